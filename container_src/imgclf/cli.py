@@ -1,0 +1,75 @@
+"""The image's two executables, `train` and `serve`, as SageMaker invokes them."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from imgclf import contract
+from imgclf.errors import UserError
+
+log = logging.getLogger("imgclf")
+
+EXIT_USER_ERROR = 1
+EXIT_INTERNAL_ERROR = 2
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+
+
+def _write_failure(base_dir: Path, reason: str) -> None:
+    """SageMaker shows the first 1024 characters of output/failure as the job's FailureReason."""
+    failure = base_dir / contract.FAILURE_FILE
+    failure.parent.mkdir(parents=True, exist_ok=True)
+    failure.write_text(reason)
+
+
+def train(argv: list[str] | None = None) -> None:
+    """Run the built-in trainer on the job under SAGEMAKER_BASE_DIR (default /opt/ml)."""
+    argparse.ArgumentParser(
+        prog="train",
+        description="Train on the SageMaker job laid out under $SAGEMAKER_BASE_DIR (default /opt/ml): "
+        "hyperparameters from input/config, images from input/data/<channel>; writes model/ and output/.",
+    ).parse_args(argv)
+    _configure_logging()
+    base_dir = Path(os.environ.get(contract.BASE_DIR_ENV, contract.DEFAULT_BASE_DIR))
+    try:
+        from imgclf.environment import TrainingEnv
+        from imgclf.train import run
+
+        env = TrainingEnv.from_environ()
+        run(env)
+    except UserError as err:
+        log.error("training failed: %s", err)
+        _write_failure(base_dir, f"ClientError: {err}")
+        sys.exit(EXIT_USER_ERROR)
+    except Exception as err:
+        log.exception("training failed with an internal error")
+        _write_failure(base_dir, f"AlgorithmError: {err!r}\n\n{traceback.format_exc()}")
+        sys.exit(EXIT_INTERNAL_ERROR)
+    (base_dir / contract.SUCCESS_FILE).touch()
+
+
+def serve(argv: list[str] | None = None) -> None:
+    """Serve the model in $SAGEMAKER_BASE_DIR/model over HTTP (/ping, /invocations)."""
+    parser = argparse.ArgumentParser(
+        prog="serve",
+        description="Serve the model under $SAGEMAKER_BASE_DIR/model (default /opt/ml/model) with multi-model-server "
+        "on port $SAGEMAKER_BIND_TO_PORT (default 8080): GET /ping, POST /invocations with a JPEG or PNG.",
+    )
+    parser.add_argument(
+        "--config-dir",
+        type=Path,
+        help="keep the server's config and temp files here instead of /etc and /tmp, so that several servers "
+        "can run on one host (used outside the image)",
+    )
+    args = parser.parse_args(argv)
+    _configure_logging()
+    from imgclf.serving.model_server import serve as run_server
+
+    sys.exit(run_server(args.config_dir))

@@ -1,0 +1,248 @@
+"""Image-folder datasets from SageMaker channels: find the splits, check every file once, load batches."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from imgclf.errors import UserError
+from imgclf.inference import eval_transform
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
+# Accepted names for each split, as a channel or as a subfolder of the `training` channel.
+SPLIT_NAMES = {"train": ("train",), "valid": ("valid", "validation", "val"), "test": ("test",)}
+COMBINED_CHANNEL = "training"
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+MAX_LOGGED_SKIPS = 20
+
+
+@dataclass
+class Split:
+    """One split's readable images (path, class index) and the files left out, with the reason."""
+
+    root: Path
+    samples: list[tuple[Path, int]]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+@dataclass
+class ImageFolderData:
+    classes: list[str]
+    splits: dict[str, Split]
+
+    def skipped_report(self) -> list[dict[str, str]]:
+        return [
+            {"split": name, "file": str(path), "reason": reason}
+            for name, split in self.splits.items()
+            for path, reason in split.skipped
+        ]
+
+
+def find_split_dirs(channels: Mapping[str, Path]) -> dict[str, Path]:
+    """Map train/valid/test to folders: separate channels, or subfolders of one `training` channel."""
+    if "train" in channels:
+        source, candidates = "channels", dict(channels)
+    elif COMBINED_CHANNEL in channels:
+        root = channels[COMBINED_CHANNEL]
+        source = f"the {COMBINED_CHANNEL!r} channel ({root})"
+        candidates = {p.name: p for p in root.iterdir() if p.is_dir()} if root.is_dir() else {}
+    else:
+        raise UserError(
+            f"no training data: got channels {sorted(channels) or 'none'}; give a 'train', 'valid' and 'test' "
+            f"channel, or one {COMBINED_CHANNEL!r} channel with train/, valid/ (or val/) and test/ subfolders"
+        )
+    dirs = {}
+    for split, names in SPLIT_NAMES.items():
+        found = next((candidates[n] for n in names if candidates.get(n) is not None), None)
+        if found is None:
+            raise UserError(f"no {split!r} split in {source}: expected one named {' or '.join(names)}")
+        dirs[split] = found
+    return dirs
+
+
+def check_image(path: Path) -> str | None:
+    """Decode the file (at reduced scale where the format allows); return why it is unusable, or None."""
+    try:
+        with Image.open(path) as image:
+            image.draft("RGB", (1, 1))  # JPEG: decode at 1/8 scale; still reads the whole stream
+            image.load()
+    except Image.DecompressionBombError as err:
+        return f"image too large ({err})"
+    except (OSError, SyntaxError, ValueError) as err:
+        return f"not a readable image ({err})"
+    return None
+
+
+def scan_split(root: Path, class_names: list[str] | None = None) -> tuple[list[str], Split]:
+    """List class folders and check every file in them, in parallel threads."""
+    if not root.is_dir():
+        raise UserError(f"split folder {root} does not exist")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    index = {name: i for i, name in enumerate(class_names or classes)}
+    files = [
+        (path, index.get(name, -1))
+        for name in classes
+        for path in sorted((root / name).rglob("*"))
+        if path.is_file() and not path.name.startswith(".")
+    ]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        problems = list(pool.map(lambda item: check_image(item[0]), files))
+    split = Split(root=root, samples=[])
+    for (path, label), problem in zip(files, problems, strict=True):
+        if problem:
+            split.skipped.append((path, problem))
+        else:
+            split.samples.append((path, label))
+    return classes, split
+
+
+def load_image_folders(channels: Mapping[str, Path]) -> ImageFolderData:
+    """Scan all splits; the class folders must be the same in each, and no split may be empty."""
+    dirs = find_split_dirs(channels)
+    classes, train = scan_split(dirs["train"])
+    if not classes:
+        raise UserError(
+            f"the train split {dirs['train']} has no class subfolders; put each class's images in its own folder"
+        )
+    splits = {"train": train}
+    for name in SPLITS[1:]:
+        split_classes, splits[name] = scan_split(dirs[name], classes)
+        if split_classes != classes:
+            missing = sorted(set(classes) - set(split_classes))
+            extra = sorted(set(split_classes) - set(classes))
+            raise UserError(
+                f"class folders of the {name} split ({dirs[name]}) differ from train's: "
+                f"missing {missing}, extra {extra}; every split needs the same class folders"
+            )
+    for name, split in splits.items():
+        _log_skipped(name, split)
+        if not split.samples:
+            raise UserError(f"the {name} split ({split.root}) has no readable images")
+    present = {label for _, label in train.samples}
+    empty = [c for i, c in enumerate(classes) if i not in present]
+    if empty:
+        raise UserError(f"classes {empty} have no readable images in the train split {train.root}")
+    return ImageFolderData(classes=classes, splits=splits)
+
+
+def _log_skipped(name: str, split: Split) -> None:
+    if not split.skipped:
+        return
+    log.warning("skipped %d unreadable file(s) in the %s split:", len(split.skipped), name)
+    for path, reason in split.skipped[:MAX_LOGGED_SKIPS]:
+        log.warning("  %s: %s", path, reason)
+    if len(split.skipped) > MAX_LOGGED_SKIPS:
+        log.warning("  ... and %d more (all listed in metrics.json)", len(split.skipped) - MAX_LOGGED_SKIPS)
+
+
+def train_transform(crop_size: int) -> v2.Compose:
+    """Train-time augmentation: random resized crop and horizontal flip, then ImageNet normalisation."""
+    return v2.Compose(
+        [
+            v2.PILToTensor(),
+            v2.RandomResizedCrop(crop_size, scale=(0.35, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        ]
+    )
+
+
+def resize_size_for(crop_size: int) -> int:
+    """Short side to resize to before the centre crop (the usual 256/224 ratio)."""
+    return round(crop_size * 256 / 224)
+
+
+def eval_preprocessing(crop_size: int) -> dict:
+    """The evaluation preprocessing, as recorded in the model config for serving."""
+    return {
+        "crop_size": crop_size,
+        "resize_size": resize_size_for(crop_size),
+        "mean": IMAGENET_MEAN,
+        "std": IMAGENET_STD,
+    }
+
+
+class ImageDataset(Dataset):
+    """(image, label) pairs; a file that fails to load now yields None and is dropped by `collate`."""
+
+    def __init__(self, samples: list[tuple[Path, int]], transform: v2.Compose):
+        self.samples = samples
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
+        path, label = self.samples[index]
+        try:
+            with Image.open(path) as image:
+                picture = image.convert("RGB")
+        except (OSError, SyntaxError, ValueError) as err:
+            log.warning("could not load %s, leaving it out of this batch: %s", path, err)
+            return None
+        return self.transform(picture), label
+
+
+def collate(items: list[tuple[torch.Tensor, int] | None]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Stack the loadable items; also return how many were dropped."""
+    good = [item for item in items if item is not None]
+    if not good:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), len(items)
+    images = torch.stack([image for image, _ in good])
+    labels = torch.tensor([label for _, label in good])
+    return images, labels, len(items) - len(good)
+
+
+def make_loader(
+    samples: list[tuple[Path, int]],
+    transform: v2.Compose,
+    *,
+    batch_size: int,
+    num_workers: int,
+    shuffle: bool,
+    seed: int,
+    pin_memory: bool,
+) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        ImageDataset(samples, transform),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+        generator=generator,
+    )
+
+
+def make_loaders(
+    data: ImageFolderData, *, crop_size: int, batch_size: int, num_workers: int, seed: int, pin_memory: bool
+) -> dict[str, DataLoader]:
+    """Shuffled, augmented batches for train; deterministic ones for valid and test."""
+    evaluation = eval_transform(**eval_preprocessing(crop_size))
+    return {
+        name: make_loader(
+            split.samples,
+            train_transform(crop_size) if name == "train" else evaluation,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            shuffle=name == "train",
+            seed=seed,
+            pin_memory=pin_memory,
+        )
+        for name, split in data.splits.items()
+    }

@@ -1,0 +1,99 @@
+"""The training job as SageMaker describes it: config files under the base dir and `SM_*` variables."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imgclf import contract
+from imgclf.errors import UserError
+
+
+def decode_hyperparameters(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Decode SageMaker's JSON-encoded strings (`"0.01"`, `"\\"128\\""`); keep a value as is if it is not JSON."""
+    decoded = {}
+    for key, value in raw.items():
+        if isinstance(value, str):
+            with contextlib.suppress(json.JSONDecodeError):
+                value = json.loads(value)
+        decoded[key] = value
+    return decoded
+
+
+def _read_json(path: Path, default: Any) -> Any:
+    if not path.is_file():
+        return default
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path} is not valid JSON ({err}); it is written by the launcher or SageMaker") from err
+
+
+@dataclass(frozen=True)
+class TrainingEnv:
+    """Where a training job reads its inputs and writes its outputs."""
+
+    base_dir: Path
+    model_dir: Path
+    output_data_dir: Path
+    hyperparameters: dict[str, Any]
+    channels: dict[str, Path]
+    hosts: list[str]
+    current_host: str
+    num_gpus: int
+
+    @property
+    def failure_file(self) -> Path:
+        return self.base_dir / contract.FAILURE_FILE
+
+    @property
+    def success_file(self) -> Path:
+        return self.base_dir / contract.SUCCESS_FILE
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.base_dir / contract.CHECKPOINT_DIR
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> TrainingEnv:
+        """Read the job from `SAGEMAKER_BASE_DIR` (default `/opt/ml`) and the toolkit's `SM_*` variables."""
+        environ = os.environ if environ is None else environ
+        base = Path(environ.get(contract.BASE_DIR_ENV, contract.DEFAULT_BASE_DIR))
+        raw_hps = _read_json(base / contract.HYPERPARAMETERS_FILE, {})
+        resources = _read_json(base / contract.RESOURCE_CONFIG_FILE, {})
+        hosts = json.loads(environ[contract.HOSTS_ENV]) if contract.HOSTS_ENV in environ else resources.get("hosts")
+        current_host = environ.get(contract.CURRENT_HOST_ENV) or resources.get("current_host") or "algo-1"
+        return cls(
+            base_dir=base,
+            model_dir=Path(environ.get(contract.MODEL_DIR_ENV, base / contract.MODEL_DIR)),
+            output_data_dir=Path(environ.get(contract.OUTPUT_DATA_DIR_ENV, base / contract.OUTPUT_DATA_DIR)),
+            hyperparameters=decode_hyperparameters(raw_hps),
+            channels=_find_channels(base, environ),
+            hosts=list(hosts or [current_host]),
+            current_host=current_host,
+            num_gpus=int(environ.get(contract.NUM_GPUS_ENV, _count_gpus())),
+        )
+
+
+def _find_channels(base: Path, environ: Mapping[str, str]) -> dict[str, Path]:
+    """Channels declared in inputdataconfig.json or present under input/data; `SM_CHANNEL_*` overrides both."""
+    data_dir = base / contract.INPUT_DATA_DIR
+    declared = _read_json(base / contract.INPUT_DATA_CONFIG_FILE, {})
+    channels = {name: data_dir / name for name in declared}
+    if data_dir.is_dir():
+        channels.update({p.name: p for p in data_dir.iterdir() if p.is_dir()})
+    for key, value in environ.items():
+        if key.startswith(contract.CHANNEL_ENV_PREFIX):
+            channels[key[len(contract.CHANNEL_ENV_PREFIX) :].lower()] = Path(value)
+    return channels
+
+
+def _count_gpus() -> int:
+    import torch  # deferred: reading the environment should not pay for importing torch
+
+    return torch.cuda.device_count()

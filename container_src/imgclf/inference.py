@@ -1,0 +1,123 @@
+"""Inference hooks for a trained model: `model_fn`, `input_fn`, `predict_fn`, `output_fn`.
+
+This file is copied into every model artifact as `code/inference.py`, so it imports nothing from `imgclf`:
+the artifact can be served by this project's image or by any container that follows the SageMaker
+inference toolkit's hook contract. It also holds the evaluation transform, which training reuses.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from PIL import Image
+from torchvision.transforms import v2
+
+WEIGHTS_FILE = "model.pth"
+CONFIG_FILE = "model_config.json"
+IMAGE_CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image")
+JSON_CONTENT_TYPE = "application/json"
+TOP_K_ENV = "IMGCLF_TOP_K"
+
+
+class RequestError(Exception):
+    """A request the model cannot answer; `status` is the HTTP status to send back."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def eval_transform(crop_size: int, resize_size: int, mean: list[float], std: list[float]) -> v2.Compose:
+    """Deterministic preprocessing: resize the short side, centre-crop, scale to [0, 1], normalise."""
+    return v2.Compose(
+        [
+            v2.PILToTensor(),
+            v2.Resize(resize_size, antialias=True),
+            v2.CenterCrop(crop_size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=mean, std=std),
+        ]
+    )
+
+
+@dataclass
+class Classifier:
+    """What `model_fn` returns: the network, its class names and its preprocessing."""
+
+    network: torch.nn.Module
+    classes: list[str]
+    transform: v2.Compose
+    device: torch.device
+    top_k: int
+
+
+def model_fn(model_dir: str) -> Classifier:
+    """Load the weights with `weights_only=True`: nothing in the artifact is unpickled as code."""
+    model_dir = Path(model_dir)
+    config = json.loads((model_dir / CONFIG_FILE).read_text())
+    classes = config["classes"]
+    network = torchvision.models.get_model(config["architecture"], weights=None, num_classes=len(classes))
+    state = torch.load(model_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    network.load_state_dict(state)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    network.to(device).eval()
+    pre = config["preprocessing"]
+    transform = eval_transform(pre["crop_size"], pre["resize_size"], pre["mean"], pre["std"])
+    top_k = min(int(os.environ.get(TOP_K_ENV, 5)), len(classes))
+    return Classifier(network, classes, transform, device, top_k)
+
+
+def decode_image(data: bytes | bytearray) -> Image.Image:
+    """Decode image bytes into an RGB picture, or raise `RequestError(400)` saying why not."""
+    if not data:
+        raise RequestError(400, "the request body is empty; send the image file's bytes")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise RequestError(400, f"the body is not a decodable image ({err})") from err
+
+
+def input_fn(request_body: bytes | bytearray, content_type: str | None) -> Image.Image:
+    """Decode one image request; the model's own preprocessing runs in `predict_fn`."""
+    media_type = (content_type or "").split(";")[0].strip().lower()
+    if media_type not in IMAGE_CONTENT_TYPES:
+        raise RequestError(
+            415, f"unsupported content type {content_type!r}; send one of {', '.join(IMAGE_CONTENT_TYPES)}"
+        )
+    return decode_image(request_body)
+
+
+def predict_fn(images: Image.Image | list[Image.Image], model: Classifier) -> list[dict]:
+    """Classify one image or a batch; one result per image: the top-k classes and the logits of all classes."""
+    images = images if isinstance(images, list) else [images]
+    batch = torch.stack([model.transform(image) for image in images]).to(model.device)
+    with torch.inference_mode():
+        logits = model.network(batch).float().cpu()
+    probabilities = logits.softmax(dim=1)
+    top_p, top_i = probabilities.topk(model.top_k, dim=1)
+    return [
+        {
+            "predictions": [
+                {"label": model.classes[i], "index": i, "probability": p}
+                for p, i in zip(row_p.tolist(), row_i.tolist(), strict=True)
+            ],
+            "logits": row_logits.tolist(),
+        }
+        for row_p, row_i, row_logits in zip(top_p, top_i, logits, strict=True)
+    ]
+
+
+def output_fn(prediction: list[dict], accept: str | None) -> str:
+    """Serialise the result of one request as JSON (the only response type offered)."""
+    media_types = [part.split(";")[0].strip().lower() for part in (accept or "").split(",")]
+    if not any(m in ("", "*/*", "application/*", JSON_CONTENT_TYPE) for m in media_types):
+        raise RequestError(406, f"cannot answer with {accept!r}; this model answers {JSON_CONTENT_TYPE}")
+    return json.dumps(prediction[0] if len(prediction) == 1 else prediction)

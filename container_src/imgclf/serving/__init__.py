@@ -1,0 +1,1 @@
+"""Serving: the model server's handler service and the `serve` supervisor."""

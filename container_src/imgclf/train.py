@@ -1,0 +1,180 @@
+"""The built-in trainer: fine-tune a ResNet on the job's image folders and save a servable model."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
+from torch.utils.data import DataLoader
+
+from imgclf import artifacts, data
+from imgclf.environment import TrainingEnv
+from imgclf.hyperparameters import Hyperparameters
+from imgclf.model import build_model, find_pretrained_weights
+
+log = logging.getLogger(__name__)
+
+# The lines a tuner parses; README.md lists the matching regexes.
+EPOCH_METRICS = (
+    "epoch: {epoch} train loss: {train_loss:.6g} valid loss: {valid_loss:.6g} valid accuracy: {valid_accuracy:.6g}"
+)
+TEST_LOSS = "average test loss: {:.6g}"
+TEST_ACCURACY = "test accuracy: {:.6g}"
+PROGRESS_LINES_PER_EPOCH = 10
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    accuracy: float
+    images: int
+    dropped: int
+
+
+def make_optimizer(hps: Hyperparameters, model: nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if hps.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=hps.learning_rate, momentum=hps.momentum, weight_decay=hps.weight_decay)
+    optimizer_class = torch.optim.Adam if hps.optimizer == "adam" else torch.optim.AdamW
+    return optimizer_class(params, lr=hps.learning_rate, weight_decay=hps.weight_decay)
+
+
+def make_scheduler(hps: Hyperparameters, optimizer: torch.optim.Optimizer, total_steps: int) -> LRScheduler:
+    """Stepped once per training step."""
+    if hps.lr_scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
+    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
+
+
+def steps_per_epoch(loader: DataLoader, max_steps: int) -> int:
+    return min(len(loader), max_steps) if max_steps else len(loader)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: LRScheduler,
+    loader: DataLoader,
+    device: torch.device,
+    epoch: int,
+    max_steps: int = 0,
+) -> EpochStats:
+    model.train()
+    steps = steps_per_epoch(loader, max_steps)
+    report_every = max(1, steps // PROGRESS_LINES_PER_EPOCH)
+    total_loss, correct, seen, dropped = 0.0, 0, 0, 0
+    start = time.perf_counter()
+    for step, (images, labels, broken) in enumerate(loader, start=1):
+        dropped += broken
+        if len(labels):
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            outputs = model(images)
+            loss = criterion(outputs, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total_loss += loss.item() * len(labels)  # .item() is a sync point; once a step is cheap enough
+            correct += (outputs.argmax(1) == labels).sum().item()
+            seen += len(labels)
+        if step % report_every == 0 or step == steps:
+            rate = seen / (time.perf_counter() - start)
+            log.info(
+                "epoch %d step %d/%d loss %.4f (%.1f images/s)", epoch, step, steps, total_loss / max(seen, 1), rate
+            )
+        if step == steps:
+            break
+    return EpochStats(total_loss / max(seen, 1), correct / max(seen, 1), seen, dropped)
+
+
+def evaluate(model: nn.Module, criterion: nn.Module, loader: DataLoader, device: torch.device) -> EpochStats:
+    model.eval()
+    total_loss, correct, seen, dropped = 0.0, 0, 0, 0
+    with torch.inference_mode():
+        for images, labels, broken in loader:
+            dropped += broken
+            if not len(labels):
+                continue
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            outputs = model(images)
+            total_loss += criterion(outputs, labels).item() * len(labels)
+            correct += (outputs.argmax(1) == labels).sum().item()
+            seen += len(labels)
+    return EpochStats(total_loss / max(seen, 1), correct / max(seen, 1), seen, dropped)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run(env: TrainingEnv) -> dict:
+    """Train, validate each epoch, test once, save the model and metrics; return the metrics."""
+    hps = Hyperparameters.from_mapping(env.hyperparameters)  # fails before any data is read
+    log.info("hyperparameters: %s", dataclasses.asdict(hps))
+    weights = find_pretrained_weights(hps.model_name, env.channels, hps.pretrained)
+    seed_everything(hps.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    images = data.load_image_folders(env.channels)
+    log.info(
+        "%d classes; %s images",
+        len(images.classes),
+        ", ".join(f"{name} {len(split.samples)}" for name, split in images.splits.items()),
+    )
+    loaders = data.make_loaders(
+        images,
+        crop_size=hps.image_size,
+        batch_size=hps.batch_size,
+        num_workers=hps.num_workers,
+        seed=hps.seed,
+        pin_memory=device.type == "cuda",
+    )
+    model = build_model(hps.model_name, len(images.classes), weights, hps.freeze_backbone).to(device)
+    criterion = nn.CrossEntropyLoss()
+    optimizer = make_optimizer(hps, model)
+    scheduler = make_scheduler(hps, optimizer, hps.epochs * steps_per_epoch(loaders["train"], hps.max_steps_per_epoch))
+
+    history = []
+    for epoch in range(1, hps.epochs + 1):
+        train = train_one_epoch(
+            model, criterion, optimizer, scheduler, loaders["train"], device, epoch, hps.max_steps_per_epoch
+        )
+        valid = evaluate(model, criterion, loaders["valid"], device)
+        print(
+            EPOCH_METRICS.format(
+                epoch=epoch, train_loss=train.loss, valid_loss=valid.loss, valid_accuracy=valid.accuracy
+            ),
+            flush=True,
+        )
+        history.append({"epoch": epoch, "train": dataclasses.asdict(train), "valid": dataclasses.asdict(valid)})
+    test = evaluate(model, criterion, loaders["test"], device)
+    print(TEST_LOSS.format(test.loss), flush=True)
+    print(TEST_ACCURACY.format(test.accuracy), flush=True)
+
+    artifacts.save_model(
+        env.model_dir,
+        model,
+        {
+            "architecture": hps.model_name,
+            "classes": images.classes,
+            "preprocessing": data.eval_preprocessing(hps.image_size),
+            "pretrained_weights": str(weights) if weights else None,
+            "hyperparameters": dataclasses.asdict(hps),
+        },
+    )
+    metrics = {
+        "epochs": history,
+        "test": dataclasses.asdict(test),
+        "skipped_files": images.skipped_report(),
+    }
+    path = artifacts.save_metrics(env.output_data_dir, metrics)
+    log.info("saved the model to %s and metrics to %s", env.model_dir, path)
+    return metrics

@@ -1,0 +1,16 @@
+"""Backends by name; each is a small class behind `launcher.backends.base.Backend`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from launcher.backends.base import Backend
+from launcher.backends.process import ProcessBackend
+from launcher.records import RecordStore
+
+BACKENDS: dict[str, type[Backend]] = {backend.name: backend for backend in (ProcessBackend,)}
+DEFAULT_BACKEND = ProcessBackend.name
+
+
+def get_backend(name: str, workdir: Path, records: RecordStore) -> Backend:
+    return BACKENDS[name](workdir, records)

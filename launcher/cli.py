@@ -1,0 +1,258 @@
+"""`launcher`: train, deploy, predict and stop with the imgclf image on a chosen backend."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mimetypes
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from launcher.backends import BACKENDS, DEFAULT_BACKEND, get_backend
+from launcher.backends.base import DeploySpec, TrainingSpec
+from launcher.errors import LauncherError
+from launcher.progress import say
+from launcher.records import RecordStore, unique_name
+
+WORKDIR_ENV = "IMGCLF_WORKDIR"
+DEFAULT_WORKDIR = ".imgclf"
+JOB_PREFIX = "imgclf"
+CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
+
+
+def absolute_path(text: str) -> Path:
+    """Jobs run in their own folders, so every local path is made absolute first."""
+    return Path(text).expanduser().resolve()
+
+
+def parse_key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return key.strip(), value
+
+
+def parse_value(text: str) -> Any:
+    """`0.01` -> 0.01, `64` -> 64, `true` -> True, anything else stays a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="launcher",
+        description="Fine-tune a torchvision ResNet on an image-folder dataset and serve it as a JPEG-in, "
+        "JSON-out endpoint, with one container image, on the process backend (this machine, no Docker, "
+        "no AWS), SageMaker local mode, or SageMaker.",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=absolute_path,
+        default=absolute_path(os.environ.get(WORKDIR_ENV, DEFAULT_WORKDIR)),
+        help="where job folders, endpoint folders and their records live "
+        f"(default: ${WORKDIR_ENV} or ./{DEFAULT_WORKDIR})",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sample = commands.add_parser(
+        "sample-data",
+        help="write a small real dataset (scikit-learn's handwritten digits) as JPEGs",
+        description="Write DIR/{train,valid,test}/<digit>/*.jpg: 1,797 images of 10 classes from scikit-learn's "
+        "bundled digits, upscaled to RGB. Nothing is downloaded.",
+    )
+    sample.add_argument("directory", type=Path, help="folder to create (existing files are overwritten)")
+    sample.add_argument("--size", type=int, default=64, help="side of each square image in pixels (default 64)")
+    sample.add_argument("--seed", type=int, default=0, help="seed of the stratified train/valid/test split (default 0)")
+
+    backend_help = f"where to run: {', '.join(BACKENDS)} (default {DEFAULT_BACKEND})"
+    train = commands.add_parser(
+        "train",
+        help="run a training job",
+        description="Run a training job with the built-in trainer and pack its model.tar.gz and output.tar.gz "
+        "as SageMaker would. Prints the metric lines a tuner reads, then where the artifacts are.",
+    )
+    train.add_argument("--backend", choices=list(BACKENDS), default=DEFAULT_BACKEND, help=backend_help)
+    train.add_argument(
+        "--data",
+        help="one 'training' channel holding train/, valid/ (or val/) and test/ class folders",
+    )
+    train.add_argument(
+        "--channel",
+        action="append",
+        type=parse_key_value,
+        default=[],
+        metavar="NAME=PATH",
+        help="an input channel, repeatable: train=, valid=, test= folders, or pretrained= a torchvision "
+        "state_dict file to start from",
+    )
+    train.add_argument(
+        "-H",
+        "--hyperparameter",
+        action="append",
+        type=parse_key_value,
+        default=[],
+        metavar="NAME=VALUE",
+        help="a hyperparameter, repeatable, e.g. -H epochs=3 -H learning_rate=0.01 (see README for the list)",
+    )
+    train.add_argument("--job-name", help="unique job name (default: imgclf-<timestamp>-<random>)")
+    train.add_argument(
+        "--output",
+        help="where artifacts go: <output>/<job>/output/model.tar.gz (default: <workdir>/output)",
+    )
+    train.add_argument("--instance-type", default="local", help="instance type (process backend: ignored)")
+    train.add_argument("--instance-count", type=int, default=1, help="number of instances (default 1)")
+
+    deploy = commands.add_parser(
+        "deploy",
+        help="start an endpoint serving a trained model",
+        description="Start an endpoint for a model and wait until it answers /ping with the model loaded.",
+    )
+    deploy.add_argument("model", help="a training job's name, or the path of a model.tar.gz")
+    deploy.add_argument("--backend", choices=list(BACKENDS), default=DEFAULT_BACKEND, help=backend_help)
+    deploy.add_argument("--endpoint-name", help="unique endpoint name (default: imgclf-ep-<timestamp>-<random>)")
+    deploy.add_argument(
+        "--port", type=int, default=0, help="local port to listen on, on 127.0.0.1 (default: a free one)"
+    )
+    deploy.add_argument("--workers", type=int, help="model server worker processes (default: the server's choice)")
+    deploy.add_argument(
+        "--timeout", type=float, default=240.0, help="seconds to wait for the endpoint to become healthy (default 240)"
+    )
+
+    predict = commands.add_parser(
+        "predict",
+        help="classify an image with an endpoint",
+        description="Send an image file's bytes to an endpoint's /invocations and print the JSON answer: "
+        "the top classes with probabilities, and the logits of all classes.",
+    )
+    predict.add_argument("image", type=Path, help="a JPEG or PNG file")
+    predict.add_argument("--endpoint", help="endpoint name (default: the only endpoint in service)")
+    predict.add_argument(
+        "--content-type", help="request content type (default: from the file extension: image/jpeg or image/png)"
+    )
+
+    stop = commands.add_parser("stop", help="stop an endpoint", description="Stop an endpoint and free what it holds.")
+    stop.add_argument("endpoint", nargs="?", help="endpoint name (default: the only endpoint in service)")
+    return parser
+
+
+def cmd_sample_data(args: argparse.Namespace, _records: RecordStore) -> None:
+    from launcher.sample_data import write_digits
+
+    counts = write_digits(args.directory, size=args.size, seed=args.seed)
+    say(f"wrote {sum(counts.values())} images to {args.directory}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+def cmd_train(args: argparse.Namespace, records: RecordStore) -> None:
+    channels = dict(args.channel)
+    if args.data:
+        channels["training"] = args.data
+    if not channels:
+        raise LauncherError("no data: give --data DIR (with train/, valid/, test/) or --channel train=DIR ...")
+    job_name = args.job_name or unique_name(JOB_PREFIX)
+    if records.exists("jobs", job_name):
+        raise LauncherError(f"a job named {job_name!r} already exists; job names must be unique")
+    spec = TrainingSpec(
+        job_name=job_name,
+        channels=channels,
+        hyperparameters={key: parse_value(value) for key, value in args.hyperparameter},
+        output_path=str(absolute_path(args.output)) if args.output else str(args.workdir / "output"),
+        instance_type=args.instance_type,
+        instance_count=args.instance_count,
+    )
+    record = get_backend(args.backend, args.workdir, records).train(spec)
+    if record["status"] != "Completed":
+        raise LauncherError(f"training job {job_name} {record['status'].lower()}: {record.get('failure_reason', '')}")
+    test = record.get("test_metrics") or {}
+    say(
+        f"training job {job_name} completed: test accuracy {test.get('accuracy', float('nan')):.4f}, "
+        f"average test loss {test.get('loss', float('nan')):.4f}"
+    )
+    say(f"model artifact: {record['model_data']}")
+    say(f"output artifact: {record['output_data']}")
+
+
+def cmd_deploy(args: argparse.Namespace, records: RecordStore) -> None:
+    job_name = None
+    if Path(args.model).is_file():
+        model_data = args.model
+    else:
+        job = records.load("jobs", args.model)
+        if job.get("status") != "Completed":
+            raise LauncherError(f"job {args.model} is {job.get('status')}, so it has no model to deploy")
+        model_data, job_name = job["model_data"], job["name"]
+    endpoint_name = args.endpoint_name or unique_name(f"{JOB_PREFIX}-ep")
+    if records.exists("endpoints", endpoint_name):
+        raise LauncherError(f"an endpoint named {endpoint_name!r} already exists; endpoint names must be unique")
+    spec = DeploySpec(
+        endpoint_name=endpoint_name,
+        model_data=model_data,
+        job_name=job_name,
+        port=args.port,
+        workers=args.workers,
+        startup_timeout=args.timeout,
+    )
+    record = get_backend(args.backend, args.workdir, records).deploy(spec)
+    say(f"predict with: launcher predict --endpoint {record['name']} IMAGE")
+
+
+def _endpoint(records: RecordStore, name: str | None) -> dict[str, Any]:
+    if name:
+        return records.load("endpoints", name)
+    serving = records.find("endpoints", status="InService")
+    if len(serving) != 1:
+        names = ", ".join(r["name"] for r in serving) or "none"
+        raise LauncherError(f"name the endpoint: {len(serving)} are in service ({names})")
+    return serving[0]
+
+
+def cmd_predict(args: argparse.Namespace, records: RecordStore) -> None:
+    if not args.image.is_file():
+        raise LauncherError(f"no image file at {args.image}")
+    content_type = (
+        args.content_type or CONTENT_TYPES.get(args.image.suffix.lower()) or mimetypes.guess_type(args.image)[0]
+    )
+    if content_type is None:
+        raise LauncherError(
+            f"cannot tell the content type of {args.image}; pass --content-type image/jpeg or image/png"
+        )
+    endpoint = _endpoint(records, args.endpoint)
+    answer = get_backend(endpoint["backend"], args.workdir, records).predict(
+        endpoint, args.image.read_bytes(), content_type
+    )
+    print(json.dumps(answer, indent=2))
+
+
+def cmd_stop(args: argparse.Namespace, records: RecordStore) -> None:
+    endpoint = _endpoint(records, args.endpoint)
+    get_backend(endpoint["backend"], args.workdir, records).stop(endpoint)
+    say(f"endpoint {endpoint['name']} stopped")
+
+
+COMMANDS = {
+    "sample-data": cmd_sample_data,
+    "train": cmd_train,
+    "deploy": cmd_deploy,
+    "predict": cmd_predict,
+    "stop": cmd_stop,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args, RecordStore(args.workdir / "records"))
+    except LauncherError as err:
+        print(f"launcher: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("launcher: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""The SageMaker training-job layout, written on this machine for the process backend."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+from typing import Any
+
+from launcher.errors import LauncherError
+
+MODEL_ARTIFACT = "model.tar.gz"
+OUTPUT_ARTIFACT = "output.tar.gz"
+
+
+def encode_hyperparameters(hyperparameters: dict[str, Any]) -> dict[str, str]:
+    """SageMaker hands every value to the container as a JSON-encoded string (`"0.01"`, `"\\"128\\""`)."""
+    return {str(key): json.dumps(value) for key, value in hyperparameters.items()}
+
+
+def write_job_config(
+    base_dir: Path, hyperparameters: dict[str, Any], channels: dict[str, Path], host: str = "algo-1"
+) -> None:
+    """Lay out `input/config/*.json` and `input/data/<channel>` (links to the local folders) as SageMaker would."""
+    config = base_dir / "input" / "config"
+    config.mkdir(parents=True, exist_ok=True)
+    (config / "hyperparameters.json").write_text(json.dumps(encode_hyperparameters(hyperparameters), indent=2))
+    resource = {"current_host": host, "hosts": [host], "network_interface_name": "eth0"}
+    (config / "resourceconfig.json").write_text(json.dumps(resource))
+    channel_config = {name: {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated"} for name in channels}
+    (config / "inputdataconfig.json").write_text(json.dumps(channel_config))
+    data = base_dir / "input" / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    for name, source in channels.items():
+        if not source.exists():
+            raise LauncherError(f"channel {name!r}: {source} does not exist")
+        (data / name).symlink_to(source.resolve())
+
+
+def pack(source_dir: Path, archive: Path) -> Path:
+    """Tar and gzip the contents of a folder (SageMaker's model.tar.gz / output.tar.gz)."""
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in sorted(source_dir.iterdir()) if source_dir.is_dir() else []:
+            tar.add(path, arcname=path.name)
+    return archive
+
+
+def unpack(archive: Path, target_dir: Path) -> None:
+    """Extract a model artifact; members that would escape `target_dir` or link outside it are refused."""
+    target_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            tar.extractall(target_dir, filter="data")
+    except (tarfile.TarError, OSError) as err:
+        raise LauncherError(f"cannot unpack {archive}: {err}") from err

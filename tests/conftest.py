@@ -1,0 +1,101 @@
+"""Shared fixtures: tiny real image datasets and SageMaker-shaped job folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+BIN = Path(sys.executable).parent
+COLOURS = {"circle": (200, 30, 30), "square": (30, 160, 40), "triangle": (40, 60, 200)}
+
+
+def draw_shape(shape: str, size: int = 40, seed: int = 0) -> Image.Image:
+    """A small picture of a coloured shape on a white background, slightly shifted by `seed`."""
+    image = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(image)
+    offset = seed % 5
+    box = (6 + offset, 6 + offset, size - 10 + offset, size - 10 + offset)
+    if shape == "circle":
+        draw.ellipse(box, fill=COLOURS.get(shape, (128, 128, 128)))
+    elif shape == "square":
+        draw.rectangle(box, fill=COLOURS.get(shape, (128, 128, 128)))
+    else:
+        draw.polygon(
+            [(box[0], box[3]), (box[2], box[3]), ((box[0] + box[2]) // 2, box[1])],
+            fill=COLOURS.get(shape, (128, 128, 128)),
+        )
+    return image
+
+
+def write_split(root: Path, per_class: int, classes: tuple[str, ...] = tuple(COLOURS), fmt: str = "JPEG") -> Path:
+    for shape in classes:
+        folder = root / shape
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            suffix = "jpg" if fmt == "JPEG" else fmt.lower()
+            draw_shape(shape, seed=i).save(folder / f"{shape}_{i}.{suffix}", fmt)
+    return root
+
+
+@pytest.fixture
+def shapes_dataset(tmp_path: Path) -> Path:
+    """A `training`-channel layout: train/ valid/ test/ with three classes of real JPEGs."""
+    root = tmp_path / "shapes"
+    write_split(root / "train", per_class=4)
+    write_split(root / "valid", per_class=2)
+    write_split(root / "test", per_class=2)
+    return root
+
+
+# Small and fast on two CPU cores; every value JSON-encoded as SageMaker does.
+FAST_HYPERPARAMETERS = {
+    "epochs": "1",
+    "batch_size": '"4"',
+    "image_size": "32",
+    "num_workers": "0",
+    "learning_rate": "0.01",
+    "pretrained": "false",
+}
+
+
+def make_job(base_dir: Path, channels: dict[str, Path], hyperparameters: dict[str, str] | None = None) -> Path:
+    """Lay out a SageMaker training job under `base_dir` (what /opt/ml holds)."""
+    config = base_dir / "input" / "config"
+    config.mkdir(parents=True)
+    hps = FAST_HYPERPARAMETERS if hyperparameters is None else hyperparameters
+    (config / "hyperparameters.json").write_text(json.dumps(hps))
+    (config / "resourceconfig.json").write_text(json.dumps({"current_host": "algo-1", "hosts": ["algo-1"]}))
+    (config / "inputdataconfig.json").write_text(json.dumps({name: {"TrainingInputMode": "File"} for name in channels}))
+    for name, source in channels.items():
+        target = base_dir / "input" / "data" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(source)
+    return base_dir
+
+
+def run_entry_point(name: str, base_dir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the image's `train` (or another console script) as SageMaker would, under SAGEMAKER_BASE_DIR."""
+    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base_dir)}
+    return subprocess.run(
+        [str(BIN / name), *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+@pytest.fixture(scope="session")
+def trained_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real training run, shared by the tests that need a model: its `model/` folder."""
+    tmp = tmp_path_factory.mktemp("trained")
+    data = tmp / "shapes"
+    write_split(data / "train", per_class=4)
+    write_split(data / "valid", per_class=2)
+    write_split(data / "test", per_class=2)
+    base = make_job(tmp / "job", {"training": data})
+    result = run_entry_point("train", base)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return base / "model"

@@ -1,0 +1,99 @@
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import draw_shape, write_split
+
+from imgclf import data
+from imgclf.errors import UserError
+
+
+def three_splits(root: Path, names=("train", "valid", "test")) -> dict[str, Path]:
+    return {name: write_split(root / name, per_class=2) for name in names}
+
+
+def test_separate_channels(tmp_path: Path):
+    splits = three_splits(tmp_path)
+    channels = {"train": splits["train"], "validation": splits["valid"], "test": splits["test"]}
+    assert data.find_split_dirs(channels) == splits
+
+
+@pytest.mark.parametrize("valid_name", ["valid", "val", "validation"])
+def test_one_training_channel_with_subfolders(tmp_path: Path, valid_name: str):
+    splits = three_splits(tmp_path, ("train", valid_name, "test"))
+    dirs = data.find_split_dirs({"training": tmp_path})
+    assert dirs == {"train": splits["train"], "valid": splits[valid_name], "test": splits["test"]}
+
+
+def test_missing_split_names_what_is_expected(tmp_path: Path):
+    three_splits(tmp_path, ("train", "test"))
+    with pytest.raises(UserError, match=r"no 'valid' split in the 'training' channel .*valid or validation or val"):
+        data.find_split_dirs({"training": tmp_path})
+
+
+def test_no_data_channel_at_all():
+    with pytest.raises(UserError, match="no training data: got channels none"):
+        data.find_split_dirs({})
+
+
+def test_classes_come_from_folder_names(tmp_path: Path):
+    three_splits(tmp_path)
+    images = data.load_image_folders({"training": tmp_path})
+    assert images.classes == ["circle", "square", "triangle"]
+    assert {label for _, label in images.splits["test"].samples} == {0, 1, 2}
+
+
+def test_class_mismatch_is_named(tmp_path: Path):
+    write_split(tmp_path / "train", 2)
+    write_split(tmp_path / "valid", 2, classes=("circle", "square", "hexagon"))
+    write_split(tmp_path / "test", 2)
+    with pytest.raises(UserError, match=r"valid split .* missing \['triangle'\], extra \['hexagon'\]"):
+        data.load_image_folders({"training": tmp_path})
+
+
+def test_unreadable_files_are_skipped_and_reported(tmp_path: Path):
+    three_splits(tmp_path)
+    folder = tmp_path / "train" / "circle"
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.txt").write_text("not an image")
+    good = (folder / "circle_0.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(good[: len(good) // 2])
+
+    images = data.load_image_folders({"training": tmp_path})
+
+    skipped = {Path(row["file"]).name for row in images.skipped_report()}
+    assert skipped == {"empty.jpg", "notes.txt", "truncated.jpg"}
+    assert len(images.splits["train"].samples) == 6
+
+
+def test_an_empty_split_is_an_error(tmp_path: Path):
+    three_splits(tmp_path)
+    for path in (tmp_path / "test").rglob("*.jpg"):
+        path.write_bytes(b"broken")
+    with pytest.raises(UserError, match=r"the test split .* has no readable images"):
+        data.load_image_folders({"training": tmp_path})
+
+
+def test_a_class_without_training_images_is_an_error(tmp_path: Path):
+    three_splits(tmp_path)
+    for path in (tmp_path / "train" / "square").iterdir():
+        path.unlink()
+    with pytest.raises(UserError, match=r"classes \['square'\] have no readable images in the train split"):
+        data.load_image_folders({"training": tmp_path})
+
+
+def test_greyscale_and_alpha_images_become_rgb_tensors(tmp_path: Path):
+    draw_shape("circle").convert("L").save(tmp_path / "grey.png")
+    draw_shape("square").convert("RGBA").save(tmp_path / "alpha.png")
+    dataset = data.ImageDataset([(tmp_path / "grey.png", 0), (tmp_path / "alpha.png", 1)], data.train_transform(32))
+    for index in range(2):
+        image, _ = dataset[index]
+        assert image.shape == (3, 32, 32) and image.dtype == torch.float32
+
+
+def test_a_file_that_breaks_after_the_scan_is_dropped_from_its_batch(tmp_path: Path):
+    draw_shape("circle").save(tmp_path / "ok.jpg")
+    (tmp_path / "gone.jpg").write_bytes(b"")
+    dataset = data.ImageDataset([(tmp_path / "ok.jpg", 0), (tmp_path / "gone.jpg", 1)], data.train_transform(32))
+    images, labels, dropped = data.collate([dataset[0], dataset[1]])
+    assert images.shape == (1, 3, 32, 32) and labels.tolist() == [0] and dropped == 1

@@ -1,0 +1,47 @@
+"""The request hooks: content types, undecodable bodies and Accept headers map to the right HTTP status."""
+
+import io
+
+import pytest
+from conftest import draw_shape
+
+from imgclf.inference import RequestError, input_fn, output_fn
+
+
+def encoded(fmt: str) -> bytearray:
+    buffer = io.BytesIO()
+    draw_shape("circle").convert("RGBA" if fmt == "PNG" else "RGB").save(buffer, fmt)
+    return bytearray(buffer.getvalue())
+
+
+@pytest.mark.parametrize(
+    ("fmt", "content_type"),
+    [("JPEG", "image/jpeg"), ("PNG", "image/png"), ("JPEG", "application/x-image"), ("PNG", "Image/PNG; q=1")],
+)
+def test_images_decode_to_rgb(fmt, content_type):
+    assert input_fn(encoded(fmt), content_type).mode == "RGB"
+
+
+@pytest.mark.parametrize("content_type", ["text/csv", "application/json", None, ""])
+def test_unsupported_content_type_is_415(content_type):
+    with pytest.raises(RequestError) as raised:
+        input_fn(encoded("JPEG"), content_type)
+    assert raised.value.status == 415 and "image/jpeg" in str(raised.value)
+
+
+@pytest.mark.parametrize("body", [b"", b"not an image", bytes(encoded("JPEG"))[:40]])
+def test_undecodable_body_is_400(body):
+    with pytest.raises(RequestError) as raised:
+        input_fn(bytearray(body), "image/jpeg")
+    assert raised.value.status == 400
+
+
+@pytest.mark.parametrize("accept", [None, "", "*/*", "application/json", "text/html, application/json;q=0.9"])
+def test_json_answers_any_accept_that_allows_json(accept):
+    assert output_fn([{"logits": [1.0]}], accept) == '{"logits": [1.0]}'
+
+
+def test_other_accept_is_406():
+    with pytest.raises(RequestError) as raised:
+        output_fn([{"logits": [1.0]}], "text/csv")
+    assert raised.value.status == 406

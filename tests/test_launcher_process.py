@@ -1,0 +1,83 @@
+"""The launcher's process backend end to end: train -> deploy -> predict -> stop, through the CLI."""
+
+import json
+import tarfile
+from pathlib import Path
+
+import psutil
+import pytest
+
+from launcher.cli import main
+
+FAST = ["-H", "epochs=1", "-H", "batch_size=4", "-H", "image_size=32", "-H", "num_workers=0", "-H", "pretrained=false"]
+
+
+def records(workdir: Path, kind: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((workdir / "records" / kind).glob("*.json"))]
+
+
+def test_train_deploy_predict_stop(
+    tmp_path: Path, shapes_dataset: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.chdir(tmp_path)  # relative paths, as a user types them
+    workdir = tmp_path / "work"
+    base = ["--workdir", "work"]
+
+    assert main([*base, "train", "--data", shapes_dataset.name, "--job-name", "job-1", *FAST]) == 0
+    job = records(workdir, "jobs")[0]
+    assert job["status"] == "Completed" and job["name"] == "job-1"
+    assert job["hyperparameters"]["epochs"] == 1 and job["channels"] == {"training": str(shapes_dataset)}
+    # Laid out as SageMaker's S3 output: <output>/<job>/output/{model,output}.tar.gz
+    model_data = workdir / "output" / "job-1" / "output" / "model.tar.gz"
+    assert job["model_data"] == str(model_data)
+    with tarfile.open(model_data) as tar:
+        assert {"model.pth", "model_config.json", "code/inference.py"} <= set(tar.getnames())
+    with tarfile.open(workdir / "output" / "job-1" / "output" / "output.tar.gz") as tar:
+        assert "metrics.json" in tar.getnames()
+    # The job folder holds the string-encoded hyperparameters SageMaker would have written.
+    hps = json.loads((workdir / "jobs" / "job-1" / "input" / "config" / "hyperparameters.json").read_text())
+    assert hps["epochs"] == "1" and hps["pretrained"] == "false"
+
+    assert main([*base, "deploy", "job-1", "--endpoint-name", "ep-1", "--workers", "1"]) == 0
+    endpoint = records(workdir, "endpoints")[0]
+    assert endpoint["status"] == "InService" and endpoint["job_name"] == "job-1"
+    tree = [psutil.Process(endpoint["pid"]), *psutil.Process(endpoint["pid"]).children(recursive=True)]
+
+    capsys.readouterr()
+    image = next((shapes_dataset / "test" / "triangle").iterdir())
+    assert main([*base, "predict", str(image)]) == 0  # the only endpoint in service
+    answer = json.loads(capsys.readouterr().out)
+    assert len(answer["logits"]) == 3 and answer["predictions"][0]["label"] in {"circle", "square", "triangle"}
+
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert (
+        main([*base, "predict", "--endpoint", "ep-1", "--content-type", "text/plain", str(tmp_path / "notes.txt")]) == 1
+    )
+    assert "answered 415: unsupported content type 'text/plain'" in capsys.readouterr().err
+
+    assert main([*base, "stop", "ep-1"]) == 0
+    assert records(workdir, "endpoints")[0]["status"] == "Deleted"
+    _, alive = psutil.wait_procs(tree, timeout=10)
+    assert alive == []  # serve, MMS's Java and its workers are all gone
+
+
+def test_failed_job_reports_its_reason(tmp_path: Path, shapes_dataset: Path, capsys: pytest.CaptureFixture):
+    workdir = tmp_path / "work"
+    code = main(["--workdir", str(workdir), "train", "--data", str(shapes_dataset), "-H", "model_name=vgg16"])
+    assert code == 1
+    assert "hyperparameter 'model_name' must be one of" in capsys.readouterr().err
+    job = records(workdir, "jobs")[0]
+    assert job["status"] == "Failed" and "model_name" in job["failure_reason"]
+    assert "model_data" not in job
+
+
+def test_deploy_refuses_a_model_that_does_not_load(tmp_path: Path, capsys: pytest.CaptureFixture):
+    bogus = tmp_path / "model.tar.gz"
+    bogus.write_bytes(b"not a tarball")
+    assert main(["--workdir", str(tmp_path / "work"), "deploy", str(bogus)]) == 1
+    assert "cannot unpack" in capsys.readouterr().err
+
+
+def test_unknown_job_lists_what_exists(tmp_path: Path, capsys: pytest.CaptureFixture):
+    assert main(["--workdir", str(tmp_path), "deploy", "no-such-job"]) == 1
+    assert "no job named 'no-such-job'" in capsys.readouterr().err
