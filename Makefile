@@ -1,6 +1,7 @@
 # imgclf: train and serve a torchvision ResNet through the SageMaker container contract.
 #   make demo   set everything up, then sample data -> train -> deploy -> predict -> stop (process backend)
-#   make test   set everything up, then lint and run the test suite
+#   make test   set everything up (the Docker engine and the image too), then lint and run the whole suite
+#   make build  build the train+serve image; make push pushes it to ECR, or to REGISTRY=host:port
 
 PYTHON ?= python3.11
 VENV ?= .venv
@@ -14,7 +15,18 @@ DEMO_IMAGE_CLASS := 3
 DEMO_HYPERPARAMETERS := -H epochs=5 -H image_size=32 -H batch_size=32 -H learning_rate=0.02
 LAUNCHER := $(BIN)/launcher --workdir $(WORKDIR)
 
-.PHONY: install system-deps demo test lint format bench clean
+# The image. Without registry access, BASE_IMAGE=$(LOCAL_BASE) (made by `make base-image` from Debian's packages).
+IMAGE ?= imgclf
+TAG ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+BASE_IMAGE ?= python:3.11-slim-bookworm
+LOCAL_BASE ?= imgclf-base:bookworm
+WEIGHTS ?=
+REGISTRY ?=
+REGION ?=
+# Without the buildx plugin, BuildKit is unavailable: use the classic builder (the Dockerfile suits both).
+DOCKER_BUILD := $(if $(shell docker buildx version 2>/dev/null),docker build,DOCKER_BUILDKIT=0 docker build)
+
+.PHONY: install system-deps demo test test-fast lint format bench clean wheelhouse base-image build push docker-engine
 
 install: $(VENV)/.installed
 
@@ -45,8 +57,38 @@ demo: install
 	echo "[demo] predicting held-out image $$image (true class $(DEMO_IMAGE_CLASS))"; \
 	$(LAUNCHER) predict --endpoint $$name $$image
 
-test: install lint
-	$(BIN)/python -m pytest
+test: install lint docker-engine
+	@docker image inspect $(IMAGE):latest >/dev/null 2>&1 || $(MAKE) build BASE_IMAGE=$(TEST_BASE)
+	IMGCLF_TEST_IMAGE=$(IMAGE):latest $(BIN)/python -m pytest
+
+# Everything but the Docker tests.
+test-fast: install lint
+	$(BIN)/python -m pytest -m "not docker"
+
+# The tests build from the public base where a registry answers, else from the bootstrapped one.
+TEST_BASE = $(shell docker image inspect $(LOCAL_BASE) >/dev/null 2>&1 && echo $(LOCAL_BASE) \
+	|| { timeout 20 docker pull -q $(BASE_IMAGE) >/dev/null 2>&1 && echo $(BASE_IMAGE); } \
+	|| { docker/bootstrap-base.sh $(LOCAL_BASE) >&2 && echo $(LOCAL_BASE); })
+
+docker-engine:
+	@docker/ensure-engine.sh >/dev/null
+
+wheelhouse: build/wheelhouse/.complete
+
+build/wheelhouse/.complete: container_src/requirements.txt $(VENV)/.installed
+	$(BIN)/pip wheel -q --wheel-dir build/wheelhouse -r container_src/requirements.txt
+	touch $@
+
+base-image:
+	docker/bootstrap-base.sh $(LOCAL_BASE)
+
+build: wheelhouse
+	$(DOCKER_BUILD) -f docker/Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg WEIGHTS="$(WEIGHTS)" \
+		-t $(IMAGE):$(TAG) -t $(IMAGE):latest .
+	@docker image inspect --format '$(IMAGE):$(TAG) {{.Size}} bytes' $(IMAGE):$(TAG)
+
+push: install
+	$(BIN)/python docker/push.py $(IMAGE):$(TAG) $(if $(REGISTRY),--registry $(REGISTRY)) $(if $(REGION),--region $(REGION))
 
 lint: install
 	$(BIN)/ruff check .
@@ -60,4 +102,4 @@ bench: install
 	$(BIN)/python bench/train_overhead.py
 
 clean:
-	rm -rf $(VENV) $(WORKDIR) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(WORKDIR) build .pytest_cache .ruff_cache

@@ -29,6 +29,8 @@ def write_job_config(
     (config / "resourceconfig.json").write_text(json.dumps(resource))
     channel_config = {name: {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated"} for name in channels}
     (config / "inputdataconfig.json").write_text(json.dumps(channel_config))
+    for folder in ("model", "output/data", "checkpoints"):  # SageMaker creates these before the container starts
+        (base_dir / folder).mkdir(parents=True, exist_ok=True)
     data = base_dir / "input" / "data"
     data.mkdir(parents=True, exist_ok=True)
     for name, source in channels.items():

@@ -68,6 +68,8 @@ def make_job(base_dir: Path, channels: dict[str, Path], hyperparameters: dict[st
     """Lay out a SageMaker training job under `base_dir` (what /opt/ml holds)."""
     config = base_dir / "input" / "config"
     config.mkdir(parents=True)
+    for folder in ("model", "output/data"):  # SageMaker creates these before the container starts
+        (base_dir / folder).mkdir(parents=True)
     hps = FAST_HYPERPARAMETERS if hyperparameters is None else hyperparameters
     (config / "hyperparameters.json").write_text(json.dumps(hps))
     (config / "resourceconfig.json").write_text(json.dumps({"current_host": "algo-1", "hosts": ["algo-1"]}))
@@ -79,9 +81,14 @@ def make_job(base_dir: Path, channels: dict[str, Path], hyperparameters: dict[st
     return base_dir
 
 
+# On a host (not a SageMaker cluster) "algo-1" does not resolve; this tells the training toolkit not to wait
+# for it, as in SageMaker Studio's local mode. The process backend sets the same.
+HOST_RUN_ENV = {"SM_STUDIO_LOCAL_MODE": "true"}
+
+
 def run_entry_point(name: str, base_dir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the image's `train` (or another console script) as SageMaker would, under SAGEMAKER_BASE_DIR."""
-    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base_dir)}
+    env = {**os.environ, **HOST_RUN_ENV, "SAGEMAKER_BASE_DIR": str(base_dir)}
     return subprocess.run(
         [str(BIN / name), *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
     )

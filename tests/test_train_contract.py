@@ -20,7 +20,7 @@ def test_combined_training_channel(tmp_path: Path, shapes_dataset: Path):
     hps = {
         **FAST_HYPERPARAMETERS,
         "epochs": "2",
-        "sagemaker_program": '"hpo.py"',
+        "sagemaker_job_name": '"hpo-1"',
         "_tuning_objective_metric": '"average test loss"',
         "sagemaker_region": '"us-east-1"',
     }
@@ -110,3 +110,43 @@ def test_pretrained_channel_is_the_starting_point(tmp_path: Path, shapes_dataset
     assert trained["fc.weight"].shape == (3, 512)
     config = json.loads((base / "model" / "model_config.json").read_text())
     assert config["pretrained_weights"].endswith("resnet18.pth")
+
+
+USER_SCRIPT = """
+import argparse, json, os
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--epochs", type=int)
+parser.add_argument("--learning_rate", type=float)
+args = parser.parse_args()
+images = sorted(os.listdir(os.path.join(os.environ["SM_CHANNEL_TRAINING"], "train")))
+with open(os.path.join(os.environ["SM_MODEL_DIR"], "user-model.json"), "w") as f:
+    json.dump({"epochs": args.epochs, "learning_rate": args.learning_rate, "classes": images}, f)
+print("average test loss: 0.5")
+"""
+
+
+def test_script_mode_runs_the_users_script_with_the_toolkits_arguments(tmp_path: Path, shapes_dataset: Path):
+    hps = {"epochs": "3", "learning_rate": "0.1", "sagemaker_program": '"train_model.py"'}
+    base = make_job(tmp_path / "job", {"training": shapes_dataset}, hps)
+    (base / "code").mkdir()
+    (base / "code" / "train_model.py").write_text(USER_SCRIPT)
+
+    result = run_entry_point("train", base)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "average test loss: 0.5" in result.stdout
+    written = json.loads((base / "model" / "user-model.json").read_text())
+    assert written == {"epochs": 3, "learning_rate": 0.1, "classes": ["circle", "square", "triangle"]}
+    assert not (base / "model" / "model.pth").exists()  # the built-in trainer did not run
+
+
+def test_script_mode_failure_is_reported(tmp_path: Path, shapes_dataset: Path):
+    base = make_job(tmp_path / "job", {"training": shapes_dataset}, {"sagemaker_program": '"train_model.py"'})
+    (base / "code").mkdir()
+    (base / "code" / "train_model.py").write_text("raise SystemExit('no GPU for me')")
+    result = run_entry_point("train", base)
+    assert result.returncode == 1
+    assert "no GPU for me" in result.stderr + result.stdout
+    failure = (base / "output" / "failure").read_text()
+    assert failure.startswith("ExecuteUserScriptError") and "ExitCode 1" in failure

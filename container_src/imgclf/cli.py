@@ -30,11 +30,13 @@ def _write_failure(base_dir: Path, reason: str) -> None:
 
 
 def train(argv: list[str] | None = None) -> None:
-    """Run the built-in trainer on the job under SAGEMAKER_BASE_DIR (default /opt/ml)."""
+    """Run the job under SAGEMAKER_BASE_DIR (default /opt/ml): the user's script in script mode, else ours."""
     argparse.ArgumentParser(
         prog="train",
         description="Train on the SageMaker job laid out under $SAGEMAKER_BASE_DIR (default /opt/ml): "
-        "hyperparameters from input/config, images from input/data/<channel>; writes model/ and output/.",
+        "hyperparameters from input/config, images from input/data/<channel>; writes model/ and output/. "
+        "With SAGEMAKER_PROGRAM (or the sagemaker_program hyperparameter) set, the SageMaker training toolkit "
+        "runs that user script from code/ instead of the built-in trainer.",
     ).parse_args(argv)
     _configure_logging()
     base_dir = Path(os.environ.get(contract.BASE_DIR_ENV, contract.DEFAULT_BASE_DIR))
@@ -43,6 +45,13 @@ def train(argv: list[str] | None = None) -> None:
         from imgclf.train import run
 
         env = TrainingEnv.from_environ()
+        for folder in (env.model_dir, env.output_data_dir):  # SageMaker makes them; a bare host may not have
+            folder.mkdir(parents=True, exist_ok=True)
+        if env.user_program:
+            log.info("script mode: the SageMaker training toolkit runs %s", env.user_program)
+            from sagemaker_training import trainer
+
+            trainer.train()  # exits with the script's status and writes output/failure itself
         run(env)
     except UserError as err:
         log.error("training failed: %s", err)

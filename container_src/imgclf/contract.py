@@ -21,6 +21,11 @@ CHANNEL_ENV_PREFIX = "SM_CHANNEL_"
 HOSTS_ENV = "SM_HOSTS"
 CURRENT_HOST_ENV = "SM_CURRENT_HOST"
 NUM_GPUS_ENV = "SM_NUM_GPUS"
+NETWORK_INTERFACE_ENV = "SM_NETWORK_INTERFACE_NAME"
+
+# Script mode: the SDK names the user's entry point here; the training toolkit then runs it.
+USER_PROGRAM_ENV = "SAGEMAKER_PROGRAM"
+USER_PROGRAM_HYPERPARAMETER = "sagemaker_program"
 
 # SageMaker shows the first 1024 characters of the failure file as FailureReason.
 FAILURE_REASON_LIMIT = 1024

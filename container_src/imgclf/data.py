@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.transforms import v2
 
 from imgclf.errors import UserError
@@ -206,43 +206,31 @@ def collate(items: list[tuple[torch.Tensor, int] | None]) -> tuple[torch.Tensor,
     return images, labels, len(items) - len(good)
 
 
-def make_loader(
-    samples: list[tuple[Path, int]],
-    transform: v2.Compose,
+def make_loaders(
+    data: ImageFolderData,
     *,
+    crop_size: int,
     batch_size: int,
     num_workers: int,
-    shuffle: bool,
     seed: int,
     pin_memory: bool,
-) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        ImageDataset(samples, transform),
-        batch_size=batch_size,
-        shuffle=shuffle,
-        num_workers=num_workers,
-        collate_fn=collate,
-        pin_memory=pin_memory,
-        persistent_workers=num_workers > 0,
-        generator=generator,
-    )
-
-
-def make_loaders(
-    data: ImageFolderData, *, crop_size: int, batch_size: int, num_workers: int, seed: int, pin_memory: bool
+    rank: int = 0,
+    world_size: int = 1,
 ) -> dict[str, DataLoader]:
-    """Shuffled, augmented batches for train; deterministic ones for valid and test."""
+    """Augmented batches of this host's shard of train, shuffled each epoch; all of valid and test, in order."""
+    train = ImageDataset(data.splits["train"].samples, train_transform(crop_size))
     evaluation = eval_transform(**eval_preprocessing(crop_size))
+    datasets = {"train": train, **{n: ImageDataset(data.splits[n].samples, evaluation) for n in SPLITS[1:]}}
+    sampler = DistributedSampler(train, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
     return {
-        name: make_loader(
-            split.samples,
-            train_transform(crop_size) if name == "train" else evaluation,
+        name: DataLoader(
+            dataset,
             batch_size=batch_size,
+            sampler=sampler if name == "train" else None,
             num_workers=num_workers,
-            shuffle=name == "train",
-            seed=seed,
+            collate_fn=collate,
             pin_memory=pin_memory,
+            persistent_workers=num_workers > 0,
         )
-        for name, split in data.splits.items()
+        for name, dataset in datasets.items()
     }

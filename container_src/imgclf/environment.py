@@ -46,6 +46,8 @@ class TrainingEnv:
     hosts: list[str]
     current_host: str
     num_gpus: int
+    network_interface: str | None = None
+    user_program: str | None = None  # script mode: SAGEMAKER_PROGRAM or the `sagemaker_program` hyperparameter
 
     @property
     def failure_file(self) -> Path:
@@ -68,15 +70,19 @@ class TrainingEnv:
         resources = _read_json(base / contract.RESOURCE_CONFIG_FILE, {})
         hosts = json.loads(environ[contract.HOSTS_ENV]) if contract.HOSTS_ENV in environ else resources.get("hosts")
         current_host = environ.get(contract.CURRENT_HOST_ENV) or resources.get("current_host") or "algo-1"
+        hyperparameters = decode_hyperparameters(raw_hps)
         return cls(
             base_dir=base,
             model_dir=Path(environ.get(contract.MODEL_DIR_ENV, base / contract.MODEL_DIR)),
             output_data_dir=Path(environ.get(contract.OUTPUT_DATA_DIR_ENV, base / contract.OUTPUT_DATA_DIR)),
-            hyperparameters=decode_hyperparameters(raw_hps),
+            hyperparameters=hyperparameters,
             channels=_find_channels(base, environ),
             hosts=list(hosts or [current_host]),
             current_host=current_host,
             num_gpus=int(environ.get(contract.NUM_GPUS_ENV, _count_gpus())),
+            network_interface=environ.get(contract.NETWORK_INTERFACE_ENV) or resources.get("network_interface_name"),
+            user_program=environ.get(contract.USER_PROGRAM_ENV)
+            or hyperparameters.get(contract.USER_PROGRAM_HYPERPARAMETER),
         )
 
 

@@ -13,7 +13,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
-from imgclf import artifacts, data
+from imgclf import artifacts, data, distributed
 from imgclf.environment import TrainingEnv
 from imgclf.hyperparameters import Hyperparameters
 from imgclf.model import build_model, find_pretrained_weights
@@ -116,12 +116,13 @@ def seed_everything(seed: int) -> None:
 
 
 def run(env: TrainingEnv) -> dict:
-    """Train, validate each epoch, test once, save the model and metrics; return the metrics."""
+    """Train, validate each epoch, test once; the primary host saves the model and metrics. Return the metrics."""
     hps = Hyperparameters.from_mapping(env.hyperparameters)  # fails before any data is read
     log.info("hyperparameters: %s", dataclasses.asdict(hps))
     weights = find_pretrained_weights(hps.model_name, env.channels, hps.pretrained)
     seed_everything(hps.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cluster = distributed.join(env, device)
 
     images = data.load_image_folders(env.channels)
     log.info(
@@ -136,45 +137,58 @@ def run(env: TrainingEnv) -> dict:
         num_workers=hps.num_workers,
         seed=hps.seed,
         pin_memory=device.type == "cuda",
+        rank=cluster.rank,
+        world_size=cluster.world_size,
     )
     model = build_model(hps.model_name, len(images.classes), weights, hps.freeze_backbone).to(device)
+    trained = distributed.wrap(model, cluster, device)
     criterion = nn.CrossEntropyLoss()
     optimizer = make_optimizer(hps, model)
     scheduler = make_scheduler(hps, optimizer, hps.epochs * steps_per_epoch(loaders["train"], hps.max_steps_per_epoch))
 
     history = []
+    trained_images = 0
     for epoch in range(1, hps.epochs + 1):
+        loaders["train"].sampler.set_epoch(epoch)  # a new shuffle (and shard) each epoch
         train = train_one_epoch(
-            model, criterion, optimizer, scheduler, loaders["train"], device, epoch, hps.max_steps_per_epoch
+            trained, criterion, optimizer, scheduler, loaders["train"], device, epoch, hps.max_steps_per_epoch
         )
+        trained_images += train.images
         valid = evaluate(model, criterion, loaders["valid"], device)
-        print(
-            EPOCH_METRICS.format(
-                epoch=epoch, train_loss=train.loss, valid_loss=valid.loss, valid_accuracy=valid.accuracy
-            ),
-            flush=True,
-        )
+        if cluster.is_primary:
+            print(EPOCH_METRICS.format(epoch=epoch, train_loss=train.loss, valid_loss=valid.loss,
+                                       valid_accuracy=valid.accuracy), flush=True)  # fmt: skip
         history.append({"epoch": epoch, "train": dataclasses.asdict(train), "valid": dataclasses.asdict(valid)})
     test = evaluate(model, criterion, loaders["test"], device)
-    print(TEST_LOSS.format(test.loss), flush=True)
-    print(TEST_ACCURACY.format(test.accuracy), flush=True)
+    metrics = {"epochs": history, "test": dataclasses.asdict(test), "skipped_files": images.skipped_report()}
 
-    artifacts.save_model(
-        env.model_dir,
-        model,
+    artifacts.save_host_report(
+        env.output_data_dir,
+        env.current_host,
         {
-            "architecture": hps.model_name,
-            "classes": images.classes,
-            "preprocessing": data.eval_preprocessing(hps.image_size),
-            "pretrained_weights": str(weights) if weights else None,
-            "hyperparameters": dataclasses.asdict(hps),
+            "rank": cluster.rank,
+            "world_size": cluster.world_size,
+            "trained_images": trained_images,
+            "parameters_sha256": distributed.fingerprint(dict(model.named_parameters())),
+            "state_sha256": distributed.fingerprint(model.state_dict()),
         },
     )
-    metrics = {
-        "epochs": history,
-        "test": dataclasses.asdict(test),
-        "skipped_files": images.skipped_report(),
-    }
-    path = artifacts.save_metrics(env.output_data_dir, metrics)
-    log.info("saved the model to %s and metrics to %s", env.model_dir, path)
+    if cluster.is_primary:
+        print(TEST_LOSS.format(test.loss), flush=True)
+        print(TEST_ACCURACY.format(test.accuracy), flush=True)
+        artifacts.save_model(
+            env.model_dir,
+            model,
+            {
+                "architecture": hps.model_name,
+                "classes": images.classes,
+                "preprocessing": data.eval_preprocessing(hps.image_size),
+                "pretrained_weights": str(weights) if weights else None,
+                "hyperparameters": dataclasses.asdict(hps),
+                "hosts": cluster.world_size,
+            },
+        )
+        path = artifacts.save_metrics(env.output_data_dir, metrics)
+        log.info("saved the model to %s and metrics to %s", env.model_dir, path)
+    distributed.leave(cluster)
     return metrics

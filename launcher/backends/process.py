@@ -103,7 +103,13 @@ class ProcessBackend(Backend):
 
     def _run_streamed(self, command: list[str], base_dir: Path, log_file: Path) -> int:
         """Run the job's process, copying its output to the console and the job log; Ctrl-C stops it cleanly."""
-        env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base_dir), "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            "SAGEMAKER_BASE_DIR": str(base_dir),
+            "PYTHONUNBUFFERED": "1",
+            # "algo-1" does not resolve on this machine: tell the training toolkit (script mode) not to wait for it.
+            "SM_STUDIO_LOCAL_MODE": "true",
+        }
         with (
             open(log_file, "w") as log,
             subprocess.Popen(
