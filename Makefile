@@ -26,7 +26,7 @@ REGION ?=
 # Without the buildx plugin, BuildKit is unavailable: use the classic builder (the Dockerfile suits both).
 DOCKER_BUILD := $(if $(shell docker buildx version 2>/dev/null),docker build,DOCKER_BUILDKIT=0 docker build)
 
-.PHONY: install system-deps demo test test-fast lint format bench clean wheelhouse base-image build push docker-engine
+.PHONY: install system-deps demo test test-fast test-docker lint format bench clean wheelhouse base-image build push docker-engine
 
 install: $(VENV)/.installed
 
@@ -58,8 +58,12 @@ demo: install
 	$(LAUNCHER) predict --endpoint $$name $$image
 
 test: install lint docker-engine
-	@docker image inspect $(IMAGE):latest >/dev/null 2>&1 || $(MAKE) build BASE_IMAGE=$(TEST_BASE)
-	IMGCLF_TEST_IMAGE=$(IMAGE):latest $(BIN)/python -m pytest
+	$(MAKE) build BASE_IMAGE=$(TEST_BASE) TAG=test
+	IMGCLF_TEST_IMAGE=$(IMAGE):test $(BIN)/python -m pytest
+
+# Only the Docker tests (the image must be built: make build TAG=test).
+test-docker: install docker-engine
+	IMGCLF_TEST_IMAGE=$(IMAGE):test $(BIN)/python -m pytest -m docker
 
 # Everything but the Docker tests.
 test-fast: install lint

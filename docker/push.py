@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import os
 import subprocess
 import sys
 
@@ -30,9 +31,11 @@ def ecr_registry(repository: str, region: str | None, account: str | None) -> st
     import boto3
     import botocore.exceptions
 
-    session = boto3.Session(region_name=region)
+    session = boto3.Session(region_name=region or os.environ.get("AWS_REGION"))
     if session.region_name is None:
-        raise PushError("no AWS region: pass --region (REGION=...) or set AWS_REGION / `aws configure`")
+        raise PushError(
+            "no AWS region: pass --region (make push REGION=...), set AWS_DEFAULT_REGION or `aws configure`"
+        )
     if session.get_credentials() is None:
         raise PushError(
             "no AWS credentials found: configure them (`aws configure`, AWS_PROFILE or AWS_ACCESS_KEY_ID), "

@@ -19,6 +19,8 @@ from launcher.records import RecordStore, unique_name
 WORKDIR_ENV = "IMGCLF_WORKDIR"
 DEFAULT_WORKDIR = ".imgclf"
 JOB_PREFIX = "imgclf"
+IMAGE_ENV = "IMGCLF_IMAGE"
+DEFAULT_IMAGE = "imgclf:latest"
 CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
 
 
@@ -40,6 +42,20 @@ def parse_value(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         return text
+
+
+def add_image_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--image",
+        default=os.environ.get(IMAGE_ENV, DEFAULT_IMAGE),
+        help=f"the train+serve image (local backend; default ${IMAGE_ENV} or {DEFAULT_IMAGE}, built by `make build`)",
+    )
+    parser.add_argument(
+        "--instance-type",
+        default="local",
+        help="local backend: local, or local_gpu for a GPU through Docker's NVIDIA runtime (default local); "
+        "the process backend runs on this machine and ignores it",
+    )
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -103,8 +119,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--output",
         help="where artifacts go: <output>/<job>/output/model.tar.gz (default: <workdir>/output)",
     )
-    train.add_argument("--instance-type", default="local", help="instance type (process backend: ignored)")
-    train.add_argument("--instance-count", type=int, default=1, help="number of instances (default 1)")
+    add_image_options(train)
+    train.add_argument(
+        "--instance-count", type=int, default=1, help="instances; several train data-parallel (local backend)"
+    )
 
     deploy = commands.add_parser(
         "deploy",
@@ -113,6 +131,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     deploy.add_argument("model", help="a training job's name, or the path of a model.tar.gz")
     deploy.add_argument("--backend", choices=list(BACKENDS), default=DEFAULT_BACKEND, help=backend_help)
+    add_image_options(deploy)
     deploy.add_argument("--endpoint-name", help="unique endpoint name (default: imgclf-ep-<timestamp>-<random>)")
     deploy.add_argument(
         "--port", type=int, default=0, help="local port to listen on, on 127.0.0.1 (default: a free one)"
@@ -160,6 +179,7 @@ def cmd_train(args: argparse.Namespace, records: RecordStore) -> None:
         channels=channels,
         hyperparameters={key: parse_value(value) for key, value in args.hyperparameter},
         output_path=str(absolute_path(args.output)) if args.output else str(args.workdir / "output"),
+        image=args.image,
         instance_type=args.instance_type,
         instance_count=args.instance_count,
     )
@@ -191,6 +211,8 @@ def cmd_deploy(args: argparse.Namespace, records: RecordStore) -> None:
         endpoint_name=endpoint_name,
         model_data=model_data,
         job_name=job_name,
+        image=args.image,
+        instance_type=args.instance_type,
         port=args.port,
         workers=args.workers,
         startup_timeout=args.timeout,

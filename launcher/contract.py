@@ -56,3 +56,16 @@ def unpack(archive: Path, target_dir: Path) -> None:
             tar.extractall(target_dir, filter="data")
     except (tarfile.TarError, OSError) as err:
         raise LauncherError(f"cannot unpack {archive}: {err}") from err
+
+
+def read_metrics(output_archive: Path) -> dict | None:
+    """metrics.json from an output.tar.gz, or None. SageMaker packs output/data's files at the top level;
+    the SDK's local mode packs output/ itself, so there it is data/metrics.json."""
+    try:
+        with tarfile.open(output_archive, "r:*") as tar:
+            names = set(tar.getnames())
+            member = next((m for m in ("metrics.json", "data/metrics.json") if m in names), None)
+            extracted = tar.extractfile(member) if member else None
+            return json.load(extracted) if extracted else None
+    except (OSError, tarfile.TarError, ValueError):
+        return None

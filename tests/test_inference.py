@@ -38,10 +38,10 @@ def test_undecodable_body_is_400(body):
 
 @pytest.mark.parametrize("accept", [None, "", "*/*", "application/json", "text/html, application/json;q=0.9"])
 def test_json_answers_any_accept_that_allows_json(accept):
-    assert output_fn([{"logits": [1.0]}], accept) == '{"logits": [1.0]}'
+    assert output_fn({"logits": [1.0]}, accept) == '{"logits": [1.0]}'
 
 
 def test_other_accept_is_406():
     with pytest.raises(RequestError) as raised:
-        output_fn([{"logits": [1.0]}], "text/csv")
+        output_fn({"logits": [1.0]}, "text/csv")
     assert raised.value.status == 406

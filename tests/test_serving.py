@@ -19,7 +19,7 @@ import psutil
 import pytest
 from conftest import BIN, draw_shape
 
-from launcher.backends.process import free_port
+from launcher.hosted import free_port
 
 
 @dataclass

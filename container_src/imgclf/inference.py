@@ -23,6 +23,8 @@ CONFIG_FILE = "model_config.json"
 IMAGE_CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image")
 JSON_CONTENT_TYPE = "application/json"
 TOP_K_ENV = "IMGCLF_TOP_K"
+# The model server may hand predict_fn a list of decoded images and classify them in one forward pass.
+BATCHED_PREDICT = True
 
 
 class RequestError(Exception):
@@ -95,9 +97,10 @@ def input_fn(request_body: bytes | bytearray, content_type: str | None) -> Image
     return decode_image(request_body)
 
 
-def predict_fn(images: Image.Image | list[Image.Image], model: Classifier) -> list[dict]:
-    """Classify one image or a batch; one result per image: the top-k classes and the logits of all classes."""
-    images = images if isinstance(images, list) else [images]
+def predict_fn(images: Image.Image | list[Image.Image], model: Classifier) -> dict | list[dict]:
+    """Classify one image (one result) or a list (a list of results): the top-k classes and all the logits."""
+    if not isinstance(images, list):
+        return predict_fn([images], model)[0]
     batch = torch.stack([model.transform(image) for image in images]).to(model.device)
     with torch.inference_mode():
         logits = model.network(batch).float().cpu()
@@ -115,9 +118,9 @@ def predict_fn(images: Image.Image | list[Image.Image], model: Classifier) -> li
     ]
 
 
-def output_fn(prediction: list[dict], accept: str | None) -> str:
+def output_fn(prediction: dict, accept: str | None) -> str:
     """Serialise the result of one request as JSON (the only response type offered)."""
     media_types = [part.split(";")[0].strip().lower() for part in (accept or "").split(",")]
     if not any(m in ("", "*/*", "application/*", JSON_CONTENT_TYPE) for m in media_types):
         raise RequestError(406, f"cannot answer with {accept!r}; this model answers {JSON_CONTENT_TYPE}")
-    return json.dumps(prediction[0] if len(prediction) == 1 else prediction)
+    return json.dumps(prediction)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from launcher.backends.base import Backend
+from launcher.backends.local import LocalBackend
 from launcher.backends.process import ProcessBackend
 from launcher.records import RecordStore
 
-BACKENDS: dict[str, type[Backend]] = {backend.name: backend for backend in (ProcessBackend,)}
+BACKENDS: dict[str, type[Backend]] = {backend.name: backend for backend in (ProcessBackend, LocalBackend)}
 DEFAULT_BACKEND = ProcessBackend.name
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from launcher.errors import LauncherError
 from launcher.records import RecordStore
 
 
@@ -16,6 +17,7 @@ class TrainingSpec:
     channels: dict[str, str]  # channel name -> local folder (or s3:// URI on SageMaker)
     hyperparameters: dict[str, Any]
     output_path: str  # artifacts go to <output_path>/<job_name>/output/{model,output}.tar.gz
+    image: str = "imgclf:latest"
     instance_type: str = "local"
     instance_count: int = 1
 
@@ -25,10 +27,29 @@ class DeploySpec:
     endpoint_name: str
     model_data: str  # a model.tar.gz
     job_name: str | None = None  # the job that produced it, if known
+    image: str = "imgclf:latest"
+    instance_type: str = "local"
     port: int = 0  # 0: any free port
     workers: int | None = None  # model server workers; None: the server's default
     startup_timeout: float = 240.0  # SageMaker fails an endpoint whose pings do not pass within 4 minutes
     environment: dict[str, str] = field(default_factory=dict)
+
+    def serving_environment(self) -> dict[str, str]:
+        """The serving container's variables: the given ones, and the worker count if one was chosen."""
+        workers = {"SAGEMAKER_MODEL_SERVER_WORKERS": str(self.workers)} if self.workers else {}
+        return {**self.environment, **workers}
+
+    def record(self, backend: str, port: int) -> dict[str, Any]:
+        """The start of an endpoint record on this machine."""
+        return {
+            "name": self.endpoint_name,
+            "backend": backend,
+            "image": self.image,
+            "model_data": self.model_data,
+            "job_name": self.job_name,
+            "url": f"http://127.0.0.1:{port}",
+            "port": port,
+        }
 
 
 class Backend(ABC):
@@ -39,6 +60,13 @@ class Backend(ABC):
     def __init__(self, workdir: Path, records: RecordStore):
         self.workdir = workdir
         self.records = records
+
+    def new_endpoint_dir(self, name: str) -> Path:
+        folder = self.workdir / "endpoints" / name
+        if folder.exists():
+            raise LauncherError(f"endpoint folder {folder} already exists; choose another endpoint name")
+        folder.mkdir(parents=True)
+        return folder
 
     @abstractmethod
     def train(self, spec: TrainingSpec) -> dict[str, Any]:

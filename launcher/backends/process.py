@@ -9,10 +9,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,15 +19,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from launcher import contract
+from launcher import contract, hosted
 from launcher.backends.base import Backend, DeploySpec, TrainingSpec
 from launcher.errors import LauncherError
 from launcher.progress import say
-
-PING_INTERVAL = 0.5
-STOP_GRACE_SECONDS = 30  # SageMaker sends SIGKILL 30 s after SIGTERM
-LOG_TAIL_LINES = 30
-MMS_PORT_RANGE = (20000, 32767)  # MMS rejects ports >= 32767
 
 
 def container_command(name: str) -> str:
@@ -41,22 +34,6 @@ def container_command(name: str) -> str:
             "install it with: pip install -r container_src/requirements.txt ./container_src"
         )
     return found
-
-
-def free_port() -> int:
-    """A free port on 127.0.0.1 below 32767: MMS refuses higher ones, so the kernel's ephemeral range won't do."""
-    for port in random.sample(range(*MMS_PORT_RANGE), 200):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise LauncherError(f"no free port found in {MMS_PORT_RANGE}; pass --port")
-
-
-def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.is_file() else ""
 
 
 class ProcessBackend(Backend):
@@ -125,96 +102,25 @@ class ProcessBackend(Backend):
                 say("interrupted: stopping the training process")
                 process.send_signal(signal.SIGTERM)
                 try:
-                    process.wait(STOP_GRACE_SECONDS)
+                    process.wait(hosted.STOP_GRACE_SECONDS)
                 except subprocess.TimeoutExpired:
                     process.kill()
                 raise
 
     # -- serving ----------------------------------------------------------------------------------------------
     def deploy(self, spec: DeploySpec) -> dict[str, Any]:
-        base_dir = self.workdir / "endpoints" / spec.endpoint_name
-        if base_dir.exists():
-            raise LauncherError(f"endpoint folder {base_dir} already exists; choose another endpoint name")
+        base_dir = self.new_endpoint_dir(spec.endpoint_name)
         contract.unpack(Path(spec.model_data), base_dir / "model")
-        port = spec.port or free_port()
+        port = spec.port or hosted.free_port()
         env = {
             **os.environ,
-            **spec.environment,
+            **spec.serving_environment(),
             "SAGEMAKER_BASE_DIR": str(base_dir),
             "SAGEMAKER_BIND_TO_PORT": str(port),
         }
-        if spec.workers:
-            env["SAGEMAKER_MODEL_SERVER_WORKERS"] = str(spec.workers)
-        log_file = base_dir / "serve.log"
-        with open(log_file, "w") as log:
-            process = subprocess.Popen(
-                [container_command("serve"), "--config-dir", str(base_dir / "server")],
-                env=env,
-                cwd=base_dir,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: `stop` ends MMS's Java and workers with it
-            )
-        record = {
-            "name": spec.endpoint_name,
-            "backend": self.name,
-            "status": "Creating",
-            "created": time.time(),
-            "model_data": spec.model_data,
-            "job_name": spec.job_name,
-            "url": f"http://127.0.0.1:{port}",
-            "pid": process.pid,
-            "endpoint_dir": str(base_dir),
-            "log": str(log_file),
-        }
-        self.records.save("endpoints", record)
-        say(f"endpoint {spec.endpoint_name} starting on {record['url']} (log {log_file})")
-        try:
-            self._wait_until_healthy(record, process, spec.startup_timeout)
-        except BaseException:
-            self._stop_process_group(process.pid)
-            record["status"] = "Failed"
-            self.records.save("endpoints", record)
-            raise
-        record["status"] = "InService"
-        self.records.save("endpoints", record)
-        return record
-
-    def _wait_until_healthy(self, record: dict[str, Any], process: subprocess.Popen, timeout: float) -> None:
-        start = time.monotonic()
-        next_note = start + 10
-        while True:
-            if process.poll() is not None:
-                raise LauncherError(
-                    f"the model server exited with status {process.returncode} before it was healthy; "
-                    f"last lines of {record['log']}:\n{log_tail(Path(record['log']))}"
-                )
-            if self._model_ready(record["url"]):
-                say(f"endpoint {record['name']} is in service after {time.monotonic() - start:.0f} s")
-                return
-            now = time.monotonic()
-            if now - start > timeout:
-                raise LauncherError(
-                    f"the endpoint did not become healthy within {timeout:.0f} s; "
-                    f"last lines of {record['log']}:\n{log_tail(Path(record['log']))}"
-                )
-            if now >= next_note:
-                say(f"  waiting for the model server ({now - start:.0f} s)")
-                next_note = now + 10
-            time.sleep(PING_INTERVAL)
-
-    @staticmethod
-    def _model_ready(url: str) -> bool:
-        """/ping answers 200 and the model has a worker ready (MMS's management API, on the same port)."""
-        try:
-            with urllib.request.urlopen(f"{url}/ping", timeout=2) as ping:
-                if ping.status != 200:
-                    return False
-            with urllib.request.urlopen(f"{url}/models/model", timeout=2) as described:
-                workers = json.loads(described.read()).get("workers", [])
-            return any(worker.get("status") == "READY" for worker in workers)
-        except (OSError, ValueError, AttributeError):
-            return False
+        record = spec.record(self.name, port)
+        command = [container_command("serve"), "--config-dir", str(base_dir / "server")]
+        return hosted.start(self.records, record, command, env, base_dir, spec.startup_timeout)
 
     def predict(self, endpoint: dict[str, Any], body: bytes, content_type: str) -> Any:
         request = urllib.request.Request(
@@ -238,25 +144,4 @@ class ProcessBackend(Backend):
             ) from err
 
     def stop(self, endpoint: dict[str, Any]) -> None:
-        self._stop_process_group(endpoint["pid"])
-        endpoint["status"] = "Deleted"
-        endpoint["deleted"] = time.time()
-        self.records.save("endpoints", endpoint)
-
-    @staticmethod
-    def _stop_process_group(pgid: int) -> None:
-        """SIGTERM the endpoint's whole process group, then SIGKILL whatever is left after the grace period."""
-        for sig, wait in ((signal.SIGTERM, STOP_GRACE_SECONDS), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                return
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline:
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pgid, os.WNOHANG)  # reap it if this process started it
-                try:
-                    os.killpg(pgid, 0)
-                except ProcessLookupError:
-                    return
-                time.sleep(0.2)
+        hosted.stop(self.records, endpoint)

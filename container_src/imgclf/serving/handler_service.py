@@ -57,34 +57,47 @@ class ImageClassifierService:
             log.exception("could not load the model from %s", model_dir)
             self.load_error = f"the model in {model_dir} could not be loaded: {err}"
 
-    def handle(self, data: list[dict] | None, context: Any) -> list[str] | None:
+    def handle(self, data: list[dict] | None, context: Any) -> list[Any] | None:
         if data is None:  # MMS's warm-up call
             return None
-        answers: list[str | None] = [None] * len(data)
-        images, positions = [], []
+        answers: list[Any] = [None] * len(data)
+        inputs = {}
         for idx, request in enumerate(data):
             try:
                 if self.load_error:
                     raise inference.RequestError(500, self.load_error)
                 body = request.get("body") or request.get("data") or b""
-                images.append(self.hooks.input_fn(body, _header(context, idx, "Content-Type")))
-                positions.append(idx)
+                inputs[idx] = self.hooks.input_fn(body, _header(context, idx, "Content-Type"))
             except Exception as err:
                 answers[idx] = self._error(context, idx, err)
-        if images:
+        # Our hooks classify a list in one forward pass; other hooks get one input at a time, as the toolkit does.
+        batched = getattr(self.hooks, "BATCHED_PREDICT", False)
+        for group in [list(inputs)] if batched and inputs else [[idx] for idx in inputs]:
             try:
-                results = self.hooks.predict_fn(images, self.model)
+                if batched:
+                    results = self.hooks.predict_fn([inputs[idx] for idx in group], self.model)
+                else:
+                    results = [self.hooks.predict_fn(inputs[group[0]], self.model)]
             except Exception as err:
-                for idx in positions:
+                for idx in group:
                     answers[idx] = self._error(context, idx, err)
-            else:
-                for idx, result in zip(positions, results, strict=True):
-                    try:
-                        answers[idx] = self.hooks.output_fn([result], _header(context, idx, "Accept"))
-                        context.set_response_content_type(idx, inference.JSON_CONTENT_TYPE)
-                    except Exception as err:
-                        answers[idx] = self._error(context, idx, err)
+                continue
+            for idx, result in zip(group, results, strict=True):
+                answers[idx] = self._respond(context, idx, result)
         return answers
+
+    def _respond(self, context: Any, idx: int, result: Any) -> Any:
+        accept = _header(context, idx, "Accept")
+        try:
+            body = self.hooks.output_fn(result, accept)
+        except Exception as err:
+            return self._error(context, idx, err)
+        # The toolkit's convention: output_fn returns the body, or (body, content type).
+        body, content_type = body if isinstance(body, tuple) else (body, None)
+        if content_type is None:
+            content_type = accept if accept and "*" not in accept and "," not in accept else inference.JSON_CONTENT_TYPE
+        context.set_response_content_type(idx, content_type)
+        return body
 
     @staticmethod
     def _error(context: Any, idx: int, err: Exception) -> str:

@@ -1,0 +1,44 @@
+"""Host one SageMaker local-mode endpoint until SIGTERM (started detached by `launcher deploy --backend local`).
+
+The SDK keeps a local endpoint alive only while the Python process that deployed it runs, so this small
+process deploys the model, stays up, and tears the endpoint down (docker-compose down) when told to stop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import threading
+
+from launcher import sdk
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--name", required=True, help="endpoint name")
+    parser.add_argument("--image", required=True, help="serving image")
+    parser.add_argument("--model-data", required=True, help="file:// URI of a model.tar.gz")
+    parser.add_argument("--port", type=int, required=True, help="host port for the endpoint")
+    parser.add_argument("--instance-type", default="local", help="local or local_gpu")
+    parser.add_argument("--env", default="{}", help="JSON object of environment variables for the container")
+    args = parser.parse_args(argv)
+
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    session = sdk.local_session(serving_port=args.port)
+    model = sdk.model(
+        session, image=args.image, model_data=args.model_data, role=sdk.LOCAL_ROLE, name=args.name,
+        env=json.loads(args.env),
+    )  # fmt: skip
+    predictor = model.deploy(initial_instance_count=1, instance_type=args.instance_type, endpoint_name=args.name)
+    print(f"endpoint {args.name} deployed on port {args.port}", flush=True)
+    try:
+        stopping.wait()
+    finally:
+        predictor.delete_endpoint()
+        print(f"endpoint {args.name} deleted", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,318 @@
+"""The image against a real Docker engine: train and serve as SageMaker runs them, script mode, SageMaker SDK
+local mode through the launcher (one and two instances), and a push to a real registry server.
+
+Run alone with `pytest -m docker`; `make test` builds the image and names it in IMGCLF_TEST_IMAGE.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import FAST_HYPERPARAMETERS, make_job, write_split
+
+from imgclf.distributed import fingerprint
+from launcher.cli import main
+from launcher.hosted import free_port, model_ready
+
+pytestmark = pytest.mark.docker
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    name = os.environ.get("IMGCLF_TEST_IMAGE")
+    if not name:
+        pytest.fail("IMGCLF_TEST_IMAGE is not set: run the Docker tests with `make test` (it builds the image)")
+    subprocess.run(["docker", "image", "inspect", name], check=True, capture_output=True)
+    return name
+
+
+def docker(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def post_jpeg(url: str, path: Path) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        f"{url}/invocations", data=path.read_bytes(), headers={"Content-Type": "image/jpeg"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+class Container:
+    """`docker run -d IMAGE serve` with the model mounted, published on 127.0.0.1 only; removed afterwards."""
+
+    def __init__(self, image: str, model_dir: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        run = docker("run", "-d", "-p", f"127.0.0.1:{self.port}:8080", "-v", f"{model_dir}:/opt/ml/model:ro",
+                     "-e", "SAGEMAKER_MODEL_SERVER_WORKERS=1", image, "serve")  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        self.id = run.stdout.strip()
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if model_ready(self.url):
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"container not ready:\n{docker('logs', self.id).stdout[-3000:]}")
+
+    def remove(self) -> None:
+        docker("rm", "-f", self.id)
+
+
+@pytest.fixture
+def serving(image: str) -> Iterator[callable]:
+    started: list[Container] = []
+
+    def start(model_dir: Path) -> Container:
+        started.append(Container(image, model_dir))
+        started[-1].wait_ready()
+        return started[-1]
+
+    yield start
+    for container in started:
+        container.remove()
+
+
+def docker_train(image: str, base: Path) -> subprocess.CompletedProcess:
+    """`docker run IMAGE train` on a prepared /opt/ml, named algo-1 as SageMaker names it."""
+    data = base / "input" / "data"
+    for link in data.iterdir():  # a mount cannot follow links out of it: copy the channels in
+        target = link.resolve()
+        link.unlink()
+        subprocess.run(["cp", "-r", str(target), str(link)], check=True)
+    return docker("run", "--rm", "--hostname", "algo-1", "-v", f"{base}:/opt/ml", image, "train")
+
+
+def test_train_then_serve_in_the_image(image: str, tmp_path: Path, shapes_dataset: Path, serving):
+    base = make_job(tmp_path / "ml", {"training": shapes_dataset})
+    result = docker_train(image, base)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "average test loss: " in result.stdout
+    assert (base / "model" / "model.pth").is_file() and (base / "output" / "success").is_file()
+
+    container = serving(base / "model")
+    status, answer = post_jpeg(container.url, next((shapes_dataset / "test" / "circle").iterdir()))
+    assert status == 200 and len(answer["logits"]) == 3
+    with urllib.request.urlopen(f"{container.url}/ping", timeout=5) as ping:
+        assert ping.status == 200
+
+
+USER_TRAIN_SCRIPT = '''
+"""A user's script for the AWS PyTorch containers: SM_* variables in, state_dict out."""
+import argparse, os, shutil
+import torch, torchvision
+from torchvision import transforms
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--model-dir", type=str, default=os.environ["SM_MODEL_DIR"])
+    parser.add_argument("--data-dir", type=str, default=os.environ["SM_CHANNEL_TRAINING"])
+    args = parser.parse_args()
+    transform = transforms.Compose([transforms.Resize((32, 32)), transforms.ToTensor()])
+    data = torchvision.datasets.ImageFolder(os.path.join(args.data_dir, "train"), transform=transform)
+    loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size, shuffle=True)
+    model = torchvision.models.resnet18(num_classes=len(data.classes))
+    optimizer = torch.optim.Adam(model.fc.parameters(), lr=0.001)
+    for epoch in range(args.epochs):
+        for inputs, labels in loader:
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(inputs), labels)
+            loss.backward()
+            optimizer.step()
+        print(f"epoch {epoch} loss {loss.item():.4f}")
+    torch.save(model.state_dict(), os.path.join(args.model_dir, "model.pth"))
+    os.makedirs(os.path.join(args.model_dir, "code"), exist_ok=True)
+    shutil.copy(os.path.join(os.path.dirname(__file__), "inference.py"), os.path.join(args.model_dir, "code"))
+
+if __name__ == "__main__":
+    main()
+'''
+
+USER_INFERENCE_SCRIPT = """
+import io, json, os
+import torch, torchvision
+from PIL import Image
+from torchvision import transforms
+
+def model_fn(model_dir):
+    model = torchvision.models.resnet18(num_classes=3)
+    model.load_state_dict(torch.load(os.path.join(model_dir, "model.pth"), weights_only=True))
+    return model.eval()
+
+def input_fn(request_body, content_type):
+    assert content_type == "image/jpeg"
+    image = Image.open(io.BytesIO(request_body)).convert("RGB")
+    return transforms.Compose([transforms.Resize((32, 32)), transforms.ToTensor()])(image).unsqueeze(0)
+
+def predict_fn(input_object, model):
+    with torch.no_grad():
+        return model(input_object)
+
+def output_fn(prediction, accept):
+    return json.dumps({"class": int(prediction.argmax(1)[0])}), "application/json"
+"""
+
+
+def test_script_mode_user_script_trains_and_its_model_is_served(image, tmp_path, shapes_dataset, serving):
+    hps = {"epochs": "1", "batch-size": "4", "sagemaker_program": '"train_model.py"'}
+    base = make_job(tmp_path / "ml", {"training": shapes_dataset}, hps)
+    (base / "code").mkdir()
+    (base / "code" / "train_model.py").write_text(USER_TRAIN_SCRIPT)
+    (base / "code" / "inference.py").write_text(USER_INFERENCE_SCRIPT)
+
+    result = docker_train(image, base)
+
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "epoch 0 loss" in result.stdout
+    assert not (base / "model" / "model_config.json").exists()  # the user's script ran, not ours
+    container = serving(base / "model")
+    status, answer = post_jpeg(container.url, next((shapes_dataset / "test" / "square").iterdir()))
+    assert status == 200 and answer["class"] in (0, 1, 2)
+
+
+def launcher_main(*args: str) -> int:
+    return main(list(args))
+
+
+def test_local_mode_train_deploy_predict_stop(image, tmp_path, shapes_dataset, capsys):
+    work = ["--workdir", str(tmp_path / "work")]
+    hps = [arg for key, value in FAST_HYPERPARAMETERS.items() for arg in ("-H", f"{key}={json.loads(value)}")]
+    common = ["--backend", "local", "--image", image]
+    assert launcher_main(*work, "train", *common, "--data", str(shapes_dataset), "--job-name", "local-1", *hps) == 0
+    job = json.loads((tmp_path / "work" / "records" / "jobs" / "local-1.json").read_text())
+    assert job["status"] == "Completed" and job["test_metrics"]["images"] == 6
+    assert Path(job["model_data"]) == tmp_path / "work" / "output" / "local-1" / "output" / "model.tar.gz"
+
+    assert launcher_main(*work, "deploy", "local-1", *common, "--endpoint-name", "local-ep", "--workers", "1") == 0
+    try:
+        capsys.readouterr()
+        jpeg = next((shapes_dataset / "test" / "triangle").iterdir())
+        assert launcher_main(*work, "predict", "--endpoint", "local-ep", str(jpeg)) == 0
+        answer = json.loads(capsys.readouterr().out)
+        assert len(answer["logits"]) == 3
+        notes = tmp_path / "notes.txt"
+        notes.write_text("hello")
+        assert (
+            launcher_main(*work, "predict", "--endpoint", "local-ep", "--content-type", "text/plain", str(notes)) == 1
+        )
+        assert "answered 415" in capsys.readouterr().err
+    finally:
+        assert launcher_main(*work, "stop", "local-ep") == 0
+    endpoint = json.loads((tmp_path / "work" / "records" / "endpoints" / "local-ep.json").read_text())
+    assert endpoint["status"] == "Deleted"
+    assert not model_ready(endpoint["url"])
+    running = docker("ps", "-q", "--filter", f"publish={endpoint['port']}").stdout.split()
+    assert running == []
+
+
+def test_local_mode_two_instances_train_data_parallel(image, tmp_path: Path):
+    data = tmp_path / "shapes"
+    for split, count in (("train", 6), ("valid", 2), ("test", 2)):
+        write_split(data / split, per_class=count)
+    work = ["--workdir", str(tmp_path / "work")]
+    hps = [
+        "-H",
+        "epochs=2",
+        "-H",
+        "batch_size=3",
+        "-H",
+        "image_size=32",
+        "-H",
+        "num_workers=0",
+        "-H",
+        "pretrained=false",
+    ]
+    code = launcher_main(*work, "train", "--backend", "local", "--image", image, "--instance-count", "2",
+                         "--data", str(data), "--job-name", "ddp-1", *hps)  # fmt: skip
+    assert code == 0
+    job = json.loads((tmp_path / "work" / "records" / "jobs" / "ddp-1.json").read_text())
+    with tarfile.open(job["output_data"]) as tar:
+        reports = [
+            json.load(tar.extractfile(name))
+            for name in tar.getnames()
+            if "/hosts/" in f"/{name}" and name.endswith(".json")
+        ]
+    primary, secondary = sorted(reports, key=lambda report: report["rank"])
+    assert (primary["rank"], secondary["rank"], primary["world_size"]) == (0, 1, 2)
+    # 18 training images, 2 hosts, 2 epochs: each host trains on its own half, 9 images an epoch.
+    assert (primary["trained_images"], secondary["trained_images"]) == (18, 18)
+    assert primary["parameters_sha256"] == secondary["parameters_sha256"]  # DDP kept the replicas in step
+    with tarfile.open(job["model_data"]) as tar:
+        saved = torch.load(tar.extractfile("model.pth"), weights_only=True)
+    assert fingerprint(saved) == primary["state_sha256"]  # the saved model is rank 0's
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[str]:
+    """Debian's docker-registry server on 127.0.0.1, storing in a temporary folder."""
+    port = free_port()
+    config = tmp_path / "registry.yml"
+    config.write_text(
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: " + str(tmp_path / "storage") + "\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+    )
+    process = subprocess.Popen(["/usr/bin/docker-registry", "serve", str(config)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    address = f"127.0.0.1:{port}"
+    try:
+        for _ in range(50):
+            try:
+                urllib.request.urlopen(f"http://{address}/v2/", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        yield address
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_push_to_a_registry_and_pull_back_the_same_digest(image: str, registry: str):
+    push = [
+        sys.executable,
+        str(ROOT / "docker" / "push.py"),
+        image,
+        "--registry",
+        registry,
+        "--repository",
+        "imgclf-test",
+    ]
+    result = subprocess.run(push, capture_output=True, text=True, timeout=1800, check=False)
+    assert result.returncode == 0, result.stderr
+    pushed = result.stdout.strip().splitlines()[-1]
+    assert pushed.startswith(f"{registry}/imgclf-test@sha256:")
+    digest = pushed.split("@", 1)[1]
+    request = urllib.request.Request(
+        f"http://{registry}/v2/imgclf-test/manifests/{image.split(':', 1)[1]}",
+        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+        method="HEAD",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.headers["Docker-Content-Digest"] == digest
+    try:
+        assert docker("rmi", f"{registry}/imgclf-test:{image.split(':', 1)[1]}").returncode == 0
+        pulled = docker("pull", pushed)
+        assert pulled.returncode == 0, pulled.stderr
+        image_id = docker("image", "inspect", "--format", "{{.Id}}", image).stdout.strip()
+        assert docker("image", "inspect", "--format", "{{.Id}}", pushed).stdout.strip() == image_id
+    finally:
+        docker("rmi", pushed)
