@@ -10,6 +10,7 @@ import argparse
 import json
 import signal
 import threading
+from pathlib import Path
 
 from launcher import sdk
 
@@ -22,11 +23,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True, help="host port for the endpoint")
     parser.add_argument("--instance-type", default="local", help="local or local_gpu")
     parser.add_argument("--env", default="{}", help="JSON object of environment variables for the container")
+    parser.add_argument("--container-root", type=Path, required=True, help="folder for the SDK's compose files")
     args = parser.parse_args(argv)
 
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    session = sdk.local_session(serving_port=args.port)
+    session = sdk.local_session(serving_port=args.port, container_root=args.container_root)
     model = sdk.model(
         session, image=args.image, model_data=args.model_data, role=sdk.LOCAL_ROLE, name=args.name,
         env=json.loads(args.env),
@@ -37,6 +39,7 @@ def main(argv: list[str] | None = None) -> None:
         stopping.wait()
     finally:
         predictor.delete_endpoint()
+        sdk.remove_stopped_containers(args.container_root)
         print(f"endpoint {args.name} deleted", flush=True)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+from pathlib import Path
 from typing import Any
 
 # The SDK reads these at import time: no v3 migration banner.
@@ -15,8 +17,13 @@ LOCAL_ROLE = "arn:aws:iam::111111111111:role/imgclf-local-mode"
 SDK_CONFIG = {"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}}
 
 
-def local_session(serving_port: int | None = None, region: str | None = None) -> Any:
-    """A LocalSession: jobs and endpoints run in Docker on this machine through docker-compose."""
+def local_session(
+    serving_port: int | None = None, container_root: Path | None = None, region: str | None = None
+) -> Any:
+    """A LocalSession: jobs and endpoints run in Docker on this machine through docker-compose.
+
+    `container_root` is where the SDK writes its compose files (each job or endpoint in a folder of its own).
+    """
     import boto3
     from sagemaker.local import LocalSession
 
@@ -27,8 +34,31 @@ def local_session(serving_port: int | None = None, region: str | None = None) ->
     config: dict[str, Any] = {"local": {"local_code": True}}
     if serving_port:
         config["local"]["serving_port"] = serving_port
+    if container_root:
+        config["local"]["container_root"] = str(container_root)
     session.config = config
     return session
+
+
+def remove_stopped_containers(container_root: Path) -> int:
+    """Remove the stopped containers that local mode started from compose files under `container_root`.
+
+    docker-compose leaves them behind after a job ends or an endpoint stops; their compose working directory
+    (a label) tells ours apart. Returns how many were removed.
+    """
+    listed = subprocess.run(
+        ["docker", "ps", "-a", "--filter", "status=exited", "--filter", "status=created",
+         "--format", '{{.ID}} {{.Label "com.docker.compose.project.working_dir"}}'],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    ours = [
+        line.split(" ", 1)[0]
+        for line in listed.stdout.splitlines()
+        if " " in line and Path(line.split(" ", 1)[1]).is_relative_to(container_root)
+    ]
+    if ours:
+        subprocess.run(["docker", "rm", *ours], capture_output=True, check=False)
+    return len(ours)
 
 
 def estimator(

@@ -193,6 +193,12 @@ def launcher_main(*args: str) -> int:
     return main(list(args))
 
 
+def compose_containers(root: Path) -> list[str]:
+    """Containers of any state that local mode started from compose files under `root`."""
+    listed = docker("ps", "-a", "--format", '{{.Names}} {{.Label "com.docker.compose.project.working_dir"}}')
+    return [line for line in listed.stdout.splitlines() if str(root) in line]
+
+
 def test_local_mode_train_deploy_predict_stop(image, tmp_path, shapes_dataset, capsys):
     work = ["--workdir", str(tmp_path / "work")]
     hps = [arg for key, value in FAST_HYPERPARAMETERS.items() for arg in ("-H", f"{key}={json.loads(value)}")]
@@ -220,8 +226,7 @@ def test_local_mode_train_deploy_predict_stop(image, tmp_path, shapes_dataset, c
     endpoint = json.loads((tmp_path / "work" / "records" / "endpoints" / "local-ep.json").read_text())
     assert endpoint["status"] == "Deleted"
     assert not model_ready(endpoint["url"])
-    running = docker("ps", "-q", "--filter", f"publish={endpoint['port']}").stdout.split()
-    assert running == []
+    assert compose_containers(tmp_path / "work") == []  # neither the job's nor the endpoint's is left
 
 
 def test_local_mode_two_instances_train_data_parallel(image, tmp_path: Path):
@@ -259,6 +264,7 @@ def test_local_mode_two_instances_train_data_parallel(image, tmp_path: Path):
     with tarfile.open(job["model_data"]) as tar:
         saved = torch.load(tar.extractfile("model.pth"), weights_only=True)
     assert fingerprint(saved) == primary["state_sha256"]  # the saved model is rank 0's
+    assert compose_containers(tmp_path / "work") == []
 
 
 @pytest.fixture

@@ -46,8 +46,10 @@ class LocalBackend(Backend):
             "channels": {name: str(path) for name, path in channels.items()},
         }
         self.records.save("jobs", record)
+        container_root = self.workdir / "jobs" / spec.job_name
+        container_root.mkdir(parents=True, exist_ok=True)
         estimator = sdk.estimator(
-            sdk.local_session(),
+            sdk.local_session(container_root=container_root),
             image=spec.image,
             role=sdk.LOCAL_ROLE,
             instance_type=spec.instance_type,
@@ -62,6 +64,8 @@ class LocalBackend(Backend):
             record.update(status="Failed", failure_reason=f"{err}; see the container log above", ended=time.time())
             self.records.save("jobs", record)
             return record
+        finally:
+            sdk.remove_stopped_containers(container_root)
         record.update(
             status="Completed",
             ended=time.time(),
@@ -87,6 +91,7 @@ class LocalBackend(Backend):
             "--port", str(port),
             "--instance-type", spec.instance_type,
             "--env", json.dumps(spec.serving_environment()),
+            "--container-root", str(base_dir),
         ]  # fmt: skip
         return hosted.start(self.records, record, command, dict(os.environ), base_dir, spec.startup_timeout)
 

@@ -60,7 +60,12 @@ class ProcessBackend(Backend):
         contract.write_job_config(base_dir, spec.hyperparameters, channels)
         self.records.save("jobs", record)
         say(f"training job {spec.job_name} started (folder {base_dir})")
-        returncode = self._run_streamed([container_command("train")], base_dir, Path(record["log"]))
+        try:
+            returncode = self._run_streamed([container_command("train")], base_dir, Path(record["log"]))
+        except KeyboardInterrupt:
+            record.update(status="Stopped", failure_reason="interrupted by the user", ended=time.time())
+            self.records.save("jobs", record)
+            raise
 
         artifacts = Path(spec.output_path) / spec.job_name / "output"
         record["output_data"] = str(contract.pack(base_dir / "output" / "data", artifacts / contract.OUTPUT_ARTIFACT))
