@@ -51,8 +51,9 @@ def train(argv: list[str] | None = None) -> None:
             log.info("script mode: the SageMaker training toolkit runs %s", env.user_program)
             from sagemaker_training import trainer
 
-            trainer.train()  # exits with the script's status and writes output/failure itself
-        run(env)
+            trainer.train()  # runs the script, writes output/success or output/failure, exits with its status
+        else:
+            run(env)
     except UserError as err:
         log.error("training failed: %s", err)
         _write_failure(base_dir, f"ClientError: {err}")
