@@ -12,7 +12,6 @@ MODEL_DIR = "model"
 OUTPUT_DATA_DIR = "output/data"
 FAILURE_FILE = "output/failure"
 SUCCESS_FILE = "output/success"
-CHECKPOINT_DIR = "checkpoints"
 
 # Environment variables the sagemaker-training toolkit exposes; they win over the files.
 MODEL_DIR_ENV = "SM_MODEL_DIR"
