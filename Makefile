@@ -26,7 +26,7 @@ REGION ?=
 # Without the buildx plugin, BuildKit is unavailable: use the classic builder (the Dockerfile suits both).
 DOCKER_BUILD := $(if $(shell docker buildx version 2>/dev/null),docker build,DOCKER_BUILDKIT=0 docker build)
 
-.PHONY: install system-deps demo test test-fast test-docker lint format bench clean wheelhouse base-image build push docker-engine
+.PHONY: install system-deps browser demo test test-fast test-docker lint format bench clean wheelhouse base-image build push docker-engine
 
 install: $(VENV)/.installed
 
@@ -37,6 +37,10 @@ system-deps:
 	@command -v gcc >/dev/null && $(PYTHON) -c "import sysconfig, os, sys; \
 		sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" \
 		|| { $(SUDO) apt-get update && $(APT_INSTALL) gcc python3.11-dev; }
+
+# Headless Chromium: a test opens the training report in it.
+browser:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update && $(APT_INSTALL) chromium; }
 
 $(VENV)/.installed: container_src/requirements.txt launcher/requirements.txt requirements-dev.txt \
 		pyproject.toml container_src/pyproject.toml
@@ -57,7 +61,7 @@ demo: install
 	echo "[demo] predicting held-out image $$image (true class $(DEMO_IMAGE_CLASS))"; \
 	$(LAUNCHER) predict --endpoint $$name $$image
 
-test: install lint docker-engine
+test: install lint browser docker-engine
 	$(MAKE) build BASE_IMAGE=$(TEST_BASE) TAG=test
 	IMGCLF_TEST_IMAGE=$(IMAGE):test $(BIN)/python -m pytest
 
@@ -66,7 +70,7 @@ test-docker: install docker-engine
 	IMGCLF_TEST_IMAGE=$(IMAGE):test $(BIN)/python -m pytest -m docker
 
 # Everything but the Docker tests.
-test-fast: install lint
+test-fast: install lint browser
 	$(BIN)/python -m pytest -m "not docker"
 
 # The tests build from the public base where a registry answers, else from the bootstrapped one.

@@ -7,10 +7,12 @@ import logging
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from imgclf import contract
+from imgclf.diagnostics.rule import RuleConfigError
+from imgclf.diagnostics.rulebook import parse_rule_config
 from imgclf.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,11 @@ class Hyperparameters:
     num_workers: int = -1  # data-loading processes; -1 means one per CPU core, at most 8
     seed: int = 0
     max_steps_per_epoch: int = 0  # 0 means a full pass over the training data
+    debug_hook: bool = True  # smdebug hook writing output/data/debug (SageMaker's own config wins if given)
+    debug_train_save_interval: int = 100  # the user's original train.save_interval; also how often rules run
+    debug_eval_save_interval: int = 10  # eval.save_interval
+    rules: dict[str, Any] = field(default_factory=dict)  # rule name -> parameters (or false); see README
+    profiler_interval_ms: int = 500  # system monitor sampling interval; 0 turns the monitor off
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> Hyperparameters:
@@ -98,6 +105,13 @@ def _as_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     return text
 
 
+def _as_rules(name: str, value: Any) -> dict[str, Any]:
+    try:
+        return parse_rule_config(value)
+    except RuleConfigError as err:
+        raise HyperparameterError(f"hyperparameter {name!r}: {err}") from None
+
+
 _PARSERS = {
     "learning_rate": lambda n, v: _as_float(n, v, 0.0),
     "batch_size": lambda n, v: _as_int(n, v, 1),
@@ -113,4 +127,9 @@ _PARSERS = {
     "num_workers": lambda n, v: -1 if str(v).strip().lower() == "auto" else _as_int(n, v, 0),
     "seed": lambda n, v: _as_int(n, v, 0),
     "max_steps_per_epoch": lambda n, v: _as_int(n, v, 0),
+    "debug_hook": _as_bool,
+    "debug_train_save_interval": lambda n, v: _as_int(n, v, 1),
+    "debug_eval_save_interval": lambda n, v: _as_int(n, v, 1),
+    "rules": _as_rules,
+    "profiler_interval_ms": lambda n, v: _as_int(n, v, 0),
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
 from imgclf import artifacts, data, distributed
+from imgclf.diagnostics.evidence import JobSettings
+from imgclf.diagnostics.watch import Diagnostics, TrainingStopped
 from imgclf.environment import TrainingEnv
 from imgclf.hyperparameters import Hyperparameters
 from imgclf.model import build_model, find_pretrained_weights
@@ -65,8 +68,11 @@ def train_one_epoch(
     device: torch.device,
     epoch: int,
     max_steps: int = 0,
+    diagnostics: Diagnostics | None = None,
 ) -> EpochStats:
     model.train()
+    if diagnostics:
+        diagnostics.mode("TRAIN")
     steps = steps_per_epoch(loader, max_steps)
     report_every = max(1, steps // PROGRESS_LINES_PER_EPOCH)
     total_loss, correct, seen, dropped = 0.0, 0, 0, 0
@@ -74,16 +80,27 @@ def train_one_epoch(
     for step, (images, labels, broken) in enumerate(loader, start=1):
         dropped += broken
         if len(labels):
+            if diagnostics:
+                diagnostics.timer.batch_ready()
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             outputs = model(images)
             loss = criterion(outputs, labels)
+            if diagnostics:
+                diagnostics.timer.mark()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if diagnostics:
+                diagnostics.timer.mark()
             optimizer.step()
             scheduler.step()
-            total_loss += loss.item() * len(labels)  # .item() is a sync point; once a step is cheap enough
+            if diagnostics:
+                diagnostics.timer.mark()
+            step_loss = loss.item()  # a sync point; once a step is cheap enough
+            total_loss += step_loss * len(labels)
             correct += (outputs.argmax(1) == labels).sum().item()
             seen += len(labels)
+            if diagnostics:
+                diagnostics.train_step(epoch, step_loss, model)
         if step % report_every == 0 or step == steps:
             rate = seen / (time.perf_counter() - start)
             log.info(
@@ -94,8 +111,18 @@ def train_one_epoch(
     return EpochStats(total_loss / max(seen, 1), correct / max(seen, 1), seen, dropped)
 
 
-def evaluate(model: nn.Module, criterion: nn.Module, loader: DataLoader, device: torch.device) -> EpochStats:
+def evaluate(
+    model: nn.Module,
+    criterion: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    diagnostics: Diagnostics | None = None,
+    mode: str = "EVAL",
+) -> EpochStats:
+    """Loss and accuracy over a split; `mode` is EVAL for validation, PREDICT for the test split."""
     model.eval()
+    if diagnostics:
+        diagnostics.mode(mode)
     total_loss, correct, seen, dropped = 0.0, 0, 0, 0
     with torch.inference_mode():
         for images, labels, broken in loader:
@@ -104,10 +131,43 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader: DataLoader, device:
                 continue
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             outputs = model(images)
-            total_loss += criterion(outputs, labels).item() * len(labels)
+            batch_loss = criterion(outputs, labels).item()
+            total_loss += batch_loss * len(labels)
             correct += (outputs.argmax(1) == labels).sum().item()
             seen += len(labels)
+            if diagnostics:
+                diagnostics.valid_step(batch_loss) if mode == "EVAL" else diagnostics.test_step()
     return EpochStats(total_loss / max(seen, 1), correct / max(seen, 1), seen, dropped)
+
+
+def _fit(
+    hps: Hyperparameters,
+    trained: nn.Module,
+    model: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: LRScheduler,
+    loaders: dict[str, DataLoader],
+    device: torch.device,
+    cluster: distributed.Cluster,
+    diagnostics: Diagnostics,
+) -> tuple[list[dict], int, EpochStats]:
+    """The epochs (train, validate, print the metrics line, check the rules), then the test split."""
+    history = []
+    trained_images = 0
+    for epoch in range(1, hps.epochs + 1):
+        loaders["train"].sampler.set_epoch(epoch)  # a new shuffle (and shard) each epoch
+        train = train_one_epoch(trained, criterion, optimizer, scheduler, loaders["train"], device, epoch,
+                                hps.max_steps_per_epoch, diagnostics)  # fmt: skip
+        trained_images += train.images
+        valid = evaluate(model, criterion, loaders["valid"], device, diagnostics)
+        if cluster.is_primary:
+            print(EPOCH_METRICS.format(epoch=epoch, train_loss=train.loss, valid_loss=valid.loss,
+                                       valid_accuracy=valid.accuracy), flush=True)  # fmt: skip
+        history.append({"epoch": epoch, "train": dataclasses.asdict(train), "valid": dataclasses.asdict(valid)})
+        diagnostics.check()
+    test = evaluate(model, criterion, loaders["test"], device, diagnostics, mode="PREDICT")
+    return history, trained_images, test
 
 
 def seed_everything(seed: int) -> None:
@@ -146,20 +206,36 @@ def run(env: TrainingEnv) -> dict:
     optimizer = make_optimizer(hps, model)
     scheduler = make_scheduler(hps, optimizer, hps.epochs * steps_per_epoch(loaders["train"], hps.max_steps_per_epoch))
 
-    history = []
-    trained_images = 0
-    for epoch in range(1, hps.epochs + 1):
-        loaders["train"].sampler.set_epoch(epoch)  # a new shuffle (and shard) each epoch
-        train = train_one_epoch(
-            trained, criterion, optimizer, scheduler, loaders["train"], device, epoch, hps.max_steps_per_epoch
-        )
-        trained_images += train.images
-        valid = evaluate(model, criterion, loaders["valid"], device)
-        if cluster.is_primary:
-            print(EPOCH_METRICS.format(epoch=epoch, train_loss=train.loss, valid_loss=valid.loss,
-                                       valid_accuracy=valid.accuracy), flush=True)  # fmt: skip
-        history.append({"epoch": epoch, "train": dataclasses.asdict(train), "valid": dataclasses.asdict(valid)})
-    test = evaluate(model, criterion, loaders["test"], device)
+    diagnostics = Diagnostics(
+        base_dir=env.base_dir,
+        output_dir=env.output_data_dir,
+        model=model,
+        loss=criterion,
+        device=device,
+        settings=JobSettings(
+            cpu_count=os.cpu_count() or 1,
+            gpu_count=torch.cuda.device_count(),
+            world_size=cluster.world_size,
+            num_workers=hps.num_workers,
+            batch_size=hps.batch_size,
+            pin_memory=device.type == "cuda",
+        ),
+        rule_config=hps.rules,
+        train_interval=hps.debug_train_save_interval,
+        eval_interval=hps.debug_eval_save_interval,
+        hook_enabled=hps.debug_hook,
+        profiler_interval=hps.profiler_interval_ms / 1000,
+        primary=cluster.is_primary,
+    )
+    try:
+        history, trained_images, test = _fit(hps, trained, model, criterion, optimizer, scheduler, loaders, device,
+                                             cluster, diagnostics)  # fmt: skip
+    except KeyboardInterrupt:
+        if diagnostics.stalled is None:
+            raise
+        raise TrainingStopped(f"rule StalledTraining stopped training: {diagnostics.stalled.explanation}") from None
+    finally:
+        diagnostics.finish()
     metrics = {"epochs": history, "test": dataclasses.asdict(test), "skipped_files": images.skipped_report()}
 
     artifacts.save_host_report(

@@ -1,0 +1,32 @@
+"""Everything the rules judge, gathered in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from imgclf.diagnostics.monitor import SystemSample
+from imgclf.diagnostics.steps import StepTiming
+from imgclf.diagnostics.trace import TrainingTrace
+
+
+@dataclass
+class JobSettings:
+    """The settings that profiler rules turn into recommendations."""
+
+    cpu_count: int
+    gpu_count: int
+    world_size: int
+    num_workers: int
+    batch_size: int
+    pin_memory: bool
+
+
+@dataclass
+class Evidence:
+    trace: TrainingTrace
+    samples: list[SystemSample]
+    steps: list[StepTiming]
+    settings: JobSettings
+    initialization_seconds: float | None  # process start to the first training step
+    activity: list[float] = field(default_factory=list)  # times of training and validation steps
+    now: float = 0.0

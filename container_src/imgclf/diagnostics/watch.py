@@ -1,0 +1,185 @@
+"""The diagnostics of one training process: what the training loop calls, and the rules evaluated on the way.
+
+Every host times its steps; the primary host also runs the smdebug hook, the system monitor, the rules and
+writes the report.
+"""
+
+from __future__ import annotations
+
+import _thread
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+from torch import nn
+
+from imgclf.diagnostics import hook as smdebug_hook
+from imgclf.diagnostics.evidence import Evidence, JobSettings
+from imgclf.diagnostics.monitor import SystemMonitor
+from imgclf.diagnostics.report import summary_table, write_report
+from imgclf.diagnostics.rule import ERROR, ISSUES, Rule, RuleResult
+from imgclf.diagnostics.rulebook import build_rules
+from imgclf.diagnostics.steps import StepTimer
+from imgclf.diagnostics.trace import MetricLog, SmdebugReader
+from imgclf.diagnostics.training_rules import StalledTraining
+from imgclf.errors import UserError
+
+log = logging.getLogger(__name__)
+
+DEBUG_DIR, DIAGNOSTICS_DIR, REPORT_DIR = "debug", "diagnostics", "report"
+
+
+class TrainingStopped(UserError):
+    """A rule with `stop_on` fired."""
+
+
+class Diagnostics:
+    def __init__(
+        self,
+        *,
+        base_dir: Path,
+        output_dir: Path,
+        model: nn.Module,
+        loss: nn.Module,
+        device: torch.device,
+        settings: JobSettings,
+        rule_config: Mapping[str, Any],
+        train_interval: int,
+        eval_interval: int,
+        hook_enabled: bool,
+        profiler_interval: float,
+        primary: bool,
+    ):
+        self.primary = primary
+        self.output_dir = output_dir
+        self.settings = settings
+        folder = output_dir / DIAGNOSTICS_DIR
+        self.timer = StepTimer(folder / "steps.jsonl", device)
+        self.metric_log = MetricLog(folder / "training.jsonl", train_interval)
+        self.train_interval = train_interval
+        self.rules: list[Rule] = build_rules(rule_config) if primary else []
+        self.hook = smdebug_hook.HookState(None, None, "smdebug runs on the primary host only")
+        self.monitor = None
+        self.reader = None
+        if primary:
+            self.hook = smdebug_hook.create_hook(base_dir, output_dir / DEBUG_DIR, model, loss, train_interval,
+                                                 eval_interval, hook_enabled)  # fmt: skip
+            self.reader = SmdebugReader(self.hook.trace_dir) if self.hook.trace_dir else None
+            if profiler_interval > 0:
+                self.monitor = SystemMonitor(folder / "system.jsonl", profiler_interval).start()
+        self.activity: list[float] = []
+        self.first_step_at: float | None = None
+        self.results: dict[str, RuleResult] = {}
+        self.stalled: RuleResult | None = None
+        self._done = threading.Event()
+        self._start_watchdog()
+
+    # -- the training loop's calls --------------------------------------------------------------------------
+    def mode(self, mode: str) -> None:
+        """TRAIN, EVAL (validation) or PREDICT (test)."""
+        smdebug_hook.set_mode(self.hook, mode)
+        self.timer.wait()
+
+    def train_step(self, epoch: int, loss: float, model: nn.Module) -> None:
+        """After the optimizer step and the loss's `.item()`."""
+        timing = self.timer.end(epoch)
+        if self.first_step_at is None:
+            self.first_step_at = timing.end - timing.total
+        self.activity.append(timing.end)
+        self.metric_log.train_step(loss, model)
+        if self.metric_log.train_steps % self.train_interval == 0:
+            self.check()
+
+    def valid_step(self, loss: float) -> None:
+        self.activity.append(time.time())
+        self.metric_log.valid_step(loss)
+
+    def test_step(self) -> None:
+        self.activity.append(time.time())
+
+    def check(self) -> None:
+        """Evaluate the rules on the evidence so far; stop the job if a `stop_on` rule fires."""
+        if not self.primary:
+            return
+        self.metric_log.flush()
+        results = self._evaluate()
+        stopping = [r for r in self.rules if r.stop_on and results[r.name].status == ISSUES]
+        if stopping:
+            first = results[stopping[0].name]
+            raise TrainingStopped(f"rule {first.rule} stopped training: {first.explanation}")
+
+    def finish(self, notes: list[str] | None = None) -> None:
+        """Evaluate once more on everything, write the report and log its summary. Safe to call once, always."""
+        self._done.set()
+        self.timer.close()
+        self.metric_log.close()
+        if self.monitor:
+            self.monitor.stop()
+        smdebug_hook.close(self.hook)
+        if not self.primary:
+            return
+        results = self._evaluate()
+        folder = self.output_dir / REPORT_DIR
+        page = write_report(folder, list(results.values()), self._evidence(), [self.hook.note, *(notes or [])])
+        print("rule summary:\n" + summary_table(list(results.values())), flush=True)
+        log.info("report: %s", page)
+
+    # -- evaluation ---------------------------------------------------------------------------------------------
+    def _evidence(self) -> Evidence:
+        trace = self.metric_log.trace
+        if self.reader is not None:
+            try:
+                trace = self.reader.read()
+            except Exception as err:  # a broken trace must not end training
+                log.warning("could not read the smdebug trace, rules use the metric log: %r", err)
+                self.reader = None
+        start = psutil.Process().create_time()
+        return Evidence(
+            trace=trace,
+            samples=list(self.monitor.samples) if self.monitor else [],
+            steps=list(self.timer.timings),
+            settings=self.settings,
+            initialization_seconds=None if self.first_step_at is None else self.first_step_at - start,
+            activity=list(self.activity),
+            now=time.time(),
+        )
+
+    def _evaluate(self) -> dict[str, RuleResult]:
+        evidence = self._evidence()
+        for rule in self.rules:
+            try:
+                self.results[rule.name] = rule.evaluate(evidence)
+                if rule.kind == "training":
+                    self.results[rule.name].details["evidence"] = evidence.trace.source
+            except Exception as err:
+                log.exception("rule %s failed", rule.name)
+                self.results[rule.name] = rule.result(ERROR, f"the rule failed: {err!r}")
+        return self.results
+
+    def _start_watchdog(self) -> None:
+        """StalledTraining must fire while the loop is stuck, so it is also checked from a thread."""
+        rule = next((r for r in self.rules if isinstance(r, StalledTraining)), None)
+        if rule is None:
+            return
+        period = min(max(rule.parameters["threshold"] / 10, 0.5), 60.0)
+
+        def watch() -> None:
+            while not self._done.wait(period):
+                if not self.activity:
+                    continue
+                result = rule.evaluate(Evidence(self.metric_log.trace, [], [], self.settings, None,
+                                                list(self.activity[-1:]), time.time()))  # fmt: skip
+                if result.status == ISSUES:
+                    self.results[rule.name] = result
+                    log.error("StalledTraining: %s", result.explanation)
+                    if rule.stop_on:
+                        self.stalled = result
+                        _thread.interrupt_main()
+                        return
+
+        threading.Thread(target=watch, name="stalled-training-watchdog", daemon=True).start()

@@ -1,0 +1,64 @@
+"""The HTML report of a real training run, opened in headless Chromium (installed by `make test`)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from imgclf.diagnostics.report import PALETTE
+
+BROWSER_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--enable-logging=stderr",
+                 "--v=0"]  # fmt: skip
+
+
+def chromium(page: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert browser, "headless Chromium is needed: make browser (apt-get install chromium)"
+    command = [browser, *BROWSER_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args, page.as_uri()]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.fixture(scope="module")
+def report_dir(trained_model_dir: Path) -> Path:
+    return trained_model_dir.parent / "output" / "data" / "report"
+
+
+def test_every_rule_has_a_json_result(report_dir: Path):
+    results = [json.loads(path.read_text()) for path in sorted(report_dir.glob("*.json"))]
+    assert len(results) == 15
+    for result in results:
+        assert set(result) >= {"rule", "kind", "status", "steps", "explanation", "parameters", "recommendation"}
+        assert result["status"] in {"NoIssuesFound", "IssuesFound", "Error", "NotApplicable"}
+    statuses = {r["rule"]: r["status"] for r in results}
+    assert statuses["LowGPUUtilization"] == "NotApplicable"  # no GPU on the test machine
+
+
+def test_the_report_is_self_contained(report_dir: Path):
+    page = (report_dir / "report.html").read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?https?:""", page)  # nothing fetched from the network
+    assert "<script" not in page
+
+
+def test_the_report_opens_in_headless_chromium_and_shows_the_plots(report_dir: Path, tmp_path: Path):
+    page = report_dir / "report.html"
+    dom = chromium(page, tmp_path, "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    errors = [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "Failed to load" in line]
+    assert errors == []
+    titles = re.findall(r'<svg[^>]*aria-label="([^"]+)"', dom.stdout)
+    assert {"Loss by global step", "Step time by phase", "CPU, memory and I/O wait"} <= set(titles)
+    assert dom.stdout.count("<polyline") >= 3 and "<polygon" in dom.stdout
+
+    shot = tmp_path / "report.png"
+    rendered = chromium(page, tmp_path, "--window-size=1100,3000", f"--screenshot={shot}")
+    assert rendered.returncode == 0 and shot.is_file(), rendered.stderr[-2000:]
+    colours = Image.open(shot).convert("RGB").getcolors(maxcolors=1 << 24)
+    series_colours = {tuple(int(c[i : i + 2], 16) for i in (1, 3, 5)) for c in PALETTE[:3]}
+    drawn = sum(count for count, colour in colours if colour in series_colours)
+    assert drawn > 500, f"only {drawn} pixels in the plot colours: the plots did not render"
