@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from launcher.backends import BACKENDS, DEFAULT_BACKEND, get_backend
-from launcher.backends.base import DeploySpec, TrainingSpec
+from launcher.backends.base import S3_SCHEME, AwsOptions, DeploySpec, TrainingSpec
+from launcher.backends.sagemaker import BUCKET_ENV, REGION_ENVS, ROLE_ENV
 from launcher.errors import LauncherError
 from launcher.progress import say
 from launcher.records import RecordStore, unique_name
+from launcher.report import show_report
 
 WORKDIR_ENV = "IMGCLF_WORKDIR"
 DEFAULT_WORKDIR = ".imgclf"
@@ -27,6 +29,11 @@ CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png
 def absolute_path(text: str) -> Path:
     """Jobs run in their own folders, so every local path is made absolute first."""
     return Path(text).expanduser().resolve()
+
+
+def folder_or_s3_uri(text: str) -> str:
+    """An s3:// URI as given; a local path made absolute."""
+    return text if text.startswith(S3_SCHEME) else str(absolute_path(text))
 
 
 def parse_key_value(text: str) -> tuple[str, str]:
@@ -48,14 +55,26 @@ def add_image_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--image",
         default=os.environ.get(IMAGE_ENV, DEFAULT_IMAGE),
-        help=f"the train+serve image (local backend; default ${IMAGE_ENV} or {DEFAULT_IMAGE}, built by `make build`)",
+        help=f"the train+serve image (default ${IMAGE_ENV} or {DEFAULT_IMAGE}, built by `make build`); the "
+        "sagemaker backend needs its ECR URI, <account>.dkr.ecr.<region>.amazonaws.com/imgclf:<tag> (`make push`)",
     )
     parser.add_argument(
         "--instance-type",
         default="local",
         help="local backend: local, or local_gpu for a GPU through Docker's NVIDIA runtime (default local); "
+        "sagemaker backend: a SageMaker type such as ml.g4dn.xlarge (GPU) or ml.m5.xlarge (CPU); "
         "the process backend runs on this machine and ignores it",
     )
+
+
+def add_aws_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--role", help=f"sagemaker backend: ARN of the IAM role the job runs as (default ${ROLE_ENV})")
+    parser.add_argument(
+        "--bucket",
+        help=f"sagemaker backend: S3 bucket for artifacts (s3://BUCKET/imgclf/<job>/output/) and for local "
+        f"channel folders, which are uploaded to s3://BUCKET/imgclf/<job>/input/<channel> (default ${BUCKET_ENV})",
+    )
+    parser.add_argument("--region", help=f"sagemaker backend: AWS region (default ${' or $'.join(REGION_ENVS)})")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -94,7 +113,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     train.add_argument("--backend", choices=list(BACKENDS), default=DEFAULT_BACKEND, help=backend_help)
     train.add_argument(
         "--data",
-        help="one 'training' channel holding train/, valid/ (or val/) and test/ class folders",
+        help="one 'training' channel holding train/, valid/ (or val/) and test/ class folders "
+        "(a local folder, or an s3:// prefix on the sagemaker backend)",
     )
     train.add_argument(
         "--channel",
@@ -117,11 +137,25 @@ def get_args_parser() -> argparse.ArgumentParser:
     train.add_argument("--job-name", help="unique job name (default: imgclf-<timestamp>-<random>)")
     train.add_argument(
         "--output",
-        help="where artifacts go: <output>/<job>/output/model.tar.gz (default: <workdir>/output)",
+        type=folder_or_s3_uri,
+        help="where artifacts go: <output>/<job>/output/model.tar.gz (default: <workdir>/output; on the "
+        "sagemaker backend an s3:// URI, default s3://<bucket>/imgclf)",
     )
     add_image_options(train)
     train.add_argument(
-        "--instance-count", type=int, default=1, help="instances; several train data-parallel (local backend)"
+        "--instance-count",
+        type=int,
+        default=1,
+        help="instances; several train data-parallel (local and sagemaker backends)",
+    )
+    add_aws_options(train)
+    train.add_argument(
+        "--sagemaker-debugger",
+        action="store_true",
+        help="sagemaker backend: also attach SageMaker Debugger and Profiler as the original project did (the "
+        "LossNotDecreasing, Overfit, Overtraining, LowGPUUtilization and ProfilerReport rule jobs, 500 ms "
+        "system profiling). Debugger is closed to new AWS customers since 2026-07-30, so it is off by default; "
+        "our own rules and report run inside the container either way (see `launcher report`)",
     )
 
     deploy = commands.add_parser(
@@ -155,6 +189,15 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     stop = commands.add_parser("stop", help="stop an endpoint", description="Stop an endpoint and free what it holds.")
     stop.add_argument("endpoint", nargs="?", help="endpoint name (default: the only endpoint in service)")
+
+    report = commands.add_parser(
+        "report",
+        help="show a training job's rule and profiler report",
+        description="Extract the rule and profiler report that the image writes into every job's output.tar.gz "
+        "(downloaded from S3 for sagemaker jobs) into <workdir>/reports/<job>/, print one line per rule, those "
+        "that found issues first, and the path of the self-contained report.html.",
+    )
+    report.add_argument("job", metavar="JOB", help="a training job's name, as given to or printed by `launcher train`")
     return parser
 
 
@@ -171,6 +214,8 @@ def cmd_train(args: argparse.Namespace, records: RecordStore) -> None:
         channels["training"] = args.data
     if not channels:
         raise LauncherError("no data: give --data DIR (with train/, valid/, test/) or --channel train=DIR ...")
+    if args.sagemaker_debugger and args.backend != "sagemaker":
+        raise LauncherError("--sagemaker-debugger needs --backend sagemaker (other backends have no Debugger)")
     job_name = args.job_name or unique_name(JOB_PREFIX)
     if records.exists("jobs", job_name):
         raise LauncherError(f"a job named {job_name!r} already exists; job names must be unique")
@@ -178,10 +223,12 @@ def cmd_train(args: argparse.Namespace, records: RecordStore) -> None:
         job_name=job_name,
         channels=channels,
         hyperparameters={key: parse_value(value) for key, value in args.hyperparameter},
-        output_path=str(absolute_path(args.output)) if args.output else str(args.workdir / "output"),
+        output_path=args.output,
         image=args.image,
         instance_type=args.instance_type,
         instance_count=args.instance_count,
+        aws=AwsOptions(role=args.role, bucket=args.bucket, region=args.region),
+        sagemaker_debugger=args.sagemaker_debugger,
     )
     record = get_backend(args.backend, args.workdir, records).train(spec)
     if record["status"] != "Completed":
@@ -254,12 +301,18 @@ def cmd_stop(args: argparse.Namespace, records: RecordStore) -> None:
     say(f"endpoint {endpoint['name']} stopped")
 
 
+def cmd_report(args: argparse.Namespace, records: RecordStore) -> None:
+    job = records.load("jobs", args.job)
+    show_report(job, args.workdir / "reports" / job["name"])
+
+
 COMMANDS = {
     "sample-data": cmd_sample_data,
     "train": cmd_train,
     "deploy": cmd_deploy,
     "predict": cmd_predict,
     "stop": cmd_stop,
+    "report": cmd_report,
 }
 
 

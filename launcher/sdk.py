@@ -1,11 +1,18 @@
-"""Every use of the SageMaker Python SDK (2.x) in the launcher: sessions, estimators, models, predictors."""
+"""Every use of the SageMaker Python SDK (2.x) and boto3 in the launcher: sessions, estimators, models, predictors,
+S3 transfers."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from launcher.contract import encode_hyperparameters
+from launcher.errors import LauncherError
 
 # The SDK reads these at import time: no v3 migration banner.
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
@@ -15,6 +22,38 @@ DEFAULT_REGION = "us-east-1"
 LOCAL_ROLE = "arn:aws:iam::111111111111:role/imgclf-local-mode"
 # The SDK otherwise reports usage to an AWS host, even in local mode.
 SDK_CONFIG = {"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}}
+
+
+def boto_session(region: str) -> Any:
+    """The one place AWS credentials come from (boto3's usual chain: environment, profile, instance role)."""
+    import boto3
+
+    return boto3.Session(region_name=region)
+
+
+def aws_session(region: str) -> Any:
+    """A SageMaker Session on AWS. Passing our SDK config opts out of telemetry and skips the SDK's own config
+    lookup (which may read S3)."""
+    from sagemaker.session import Session
+
+    return Session(boto_session=boto_session(region), sagemaker_config=SDK_CONFIG)
+
+
+@contextlib.contextmanager
+def aws_errors(doing: str) -> Iterator[None]:
+    """Turn AWS client errors into LauncherErrors that say what was being done."""
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    try:
+        yield
+    except NoCredentialsError as err:
+        raise LauncherError(
+            f"{doing}: no AWS credentials found; configure them (aws configure, AWS_PROFILE, or "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+        ) from err
+    except (BotoCoreError, ClientError, S3UploadFailedError) as err:
+        raise LauncherError(f"{doing}: {err}") from err
 
 
 def local_session(
@@ -73,7 +112,11 @@ def estimator(
     base_job_name: str = "imgclf",
     **options: Any,
 ) -> Any:
-    """An Estimator for our image; metric definitions let SageMaker chart the metric lines of the log."""
+    """An Estimator for our image; metric definitions let SageMaker chart the metric lines of the log.
+
+    Hyperparameters are JSON-encoded here, as the container expects: the SDK itself only calls `str()` on each
+    value, which would turn True into "True" and "resnet50" into an undecodable bare word.
+    """
     from sagemaker.estimator import Estimator
 
     return Estimator(
@@ -82,7 +125,7 @@ def estimator(
         instance_type=instance_type,
         instance_count=instance_count,
         output_path=output_path,
-        hyperparameters=hyperparameters,
+        hyperparameters=encode_hyperparameters(hyperparameters),
         base_job_name=base_job_name,
         sagemaker_session=session,
         metric_definitions=METRIC_DEFINITIONS,
@@ -97,6 +140,82 @@ METRIC_DEFINITIONS = [
     {"Name": "average test loss", "Regex": r"average test loss: ([0-9.eE+-]+)"},
     {"Name": "test accuracy", "Regex": r"test accuracy: ([0-9.eE+-]+)"},
 ]
+
+
+def debugger_options(enabled: bool) -> dict[str, Any]:
+    """Estimator arguments for SageMaker Debugger and Profiler.
+
+    Off: no hook, no profiler and no AWS rule jobs (Debugger is closed to new customers; our container runs its
+    own rules and writes its own report either way). On: the original project's configuration, unchanged.
+    """
+    if not enabled:
+        return {"debugger_hook_config": False, "disable_profiler": True}
+    from sagemaker.debugger import (
+        DebuggerHookConfig,
+        FrameworkProfile,
+        ProfilerConfig,
+        ProfilerRule,
+        Rule,
+        rule_configs,
+    )
+
+    return {
+        "rules": [
+            Rule.sagemaker(rule_configs.loss_not_decreasing()),
+            ProfilerRule.sagemaker(rule_configs.LowGPUUtilization()),
+            ProfilerRule.sagemaker(rule_configs.ProfilerReport()),
+            Rule.sagemaker(rule_configs.overfit()),
+            Rule.sagemaker(rule_configs.overtraining()),
+        ],
+        "profiler_config": ProfilerConfig(
+            system_monitor_interval_millis=500, framework_profile_params=FrameworkProfile(num_steps=10)
+        ),
+        "debugger_hook_config": DebuggerHookConfig(
+            hook_parameters={"train.save_interval": "100", "eval.save_interval": "10"}
+        ),
+    }
+
+
+def upload(session: Any, path: Path, bucket: str, key_prefix: str) -> str:
+    """Upload a local folder (recursively) or file under s3://bucket/key_prefix; return the channel's S3 URI."""
+    with aws_errors(f"uploading {path} to s3://{bucket}/{key_prefix}"):
+        return session.upload_data(str(path), bucket=bucket, key_prefix=key_prefix)
+
+
+def start_training_job(estimator: Any, inputs: dict[str, str], job_name: str) -> None:
+    """CreateTrainingJob, without waiting for it."""
+    with aws_errors(f"SageMaker did not start training job {job_name}"):
+        estimator.fit(inputs, job_name=job_name, wait=False)
+
+
+def follow_training_job(session: Any, job_name: str) -> dict[str, Any]:
+    """Stream a job's CloudWatch log until the job ends; return its DescribeTrainingJob description.
+
+    A failed or stopped job returns normally: its description says why.
+    """
+    from sagemaker.exceptions import UnexpectedStatusException
+
+    with aws_errors(f"following training job {job_name} failed (the job may still be running)"):
+        with contextlib.suppress(UnexpectedStatusException):
+            session.logs_for_job(job_name, wait=True)
+        return session.sagemaker_client.describe_training_job(TrainingJobName=job_name)
+
+
+def download(uri: str, destination: Path, region: str) -> Path:
+    """Copy one S3 object to a local file."""
+    from botocore.exceptions import ClientError
+
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    with aws_errors(f"downloading {uri}"):
+        try:
+            response = boto_session(region).client("s3").get_object(Bucket=bucket, Key=key)
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") == "NoSuchKey":
+                raise LauncherError(f"{uri} does not exist (yet): the job has no output there") from err
+            raise
+        with open(destination, "wb") as file:
+            shutil.copyfileobj(response["Body"], file)
+    return destination
 
 
 def image_predictor(endpoint_name: str, session: Any) -> Any:

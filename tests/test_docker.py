@@ -106,6 +106,7 @@ def test_train_then_serve_in_the_image(image: str, tmp_path: Path, shapes_datase
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "average test loss: " in result.stdout
     assert (base / "model" / "model.pth").is_file() and (base / "output" / "success").is_file()
+    assert "rule summary:" in result.stdout and (base / "output" / "data" / "report" / "report.html").is_file()
 
     container = serving(base / "model")
     status, answer = post_jpeg(container.url, next((shapes_dataset / "test" / "circle").iterdir()))
@@ -207,6 +208,10 @@ def test_local_mode_train_deploy_predict_stop(image, tmp_path, shapes_dataset, c
     job = json.loads((tmp_path / "work" / "records" / "jobs" / "local-1.json").read_text())
     assert job["status"] == "Completed" and job["test_metrics"]["images"] == 6
     assert Path(job["model_data"]) == tmp_path / "work" / "output" / "local-1" / "output" / "model.tar.gz"
+    capsys.readouterr()
+    assert launcher_main(*work, "report", "local-1") == 0  # local mode packs output/, so data/report/ in the tar
+    assert "LowGPUUtilization" in capsys.readouterr().out
+    assert (tmp_path / "work" / "reports" / "local-1" / "report.html").is_file()
 
     assert launcher_main(*work, "deploy", "local-1", *common, "--endpoint-name", "local-ep", "--workers", "1") == 0
     try:

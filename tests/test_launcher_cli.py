@@ -23,7 +23,7 @@ def test_every_option_has_help():
             assert action.help and action.help.strip(), f"{name}: {action.option_strings or action.dest} has no help"
 
 
-@pytest.mark.parametrize("command", ["sample-data", "train", "deploy", "predict", "stop"])
+@pytest.mark.parametrize("command", ["sample-data", "train", "deploy", "predict", "stop", "report"])
 def test_subcommand_help_exits_cleanly(command, capsys):
     with pytest.raises(SystemExit) as exited:
         main([command, "--help"])
@@ -38,3 +38,13 @@ def test_values_are_typed_like_json():
 def test_train_without_data_is_explained(tmp_path, capsys):
     assert main(["--workdir", str(tmp_path), "train"]) == 1
     assert "no data: give --data DIR" in capsys.readouterr().err
+
+
+def test_sagemaker_debugger_needs_the_sagemaker_backend(tmp_path, capsys):
+    assert main(["--workdir", str(tmp_path), "train", "--data", str(tmp_path), "--sagemaker-debugger"]) == 1
+    assert "--sagemaker-debugger needs --backend sagemaker" in capsys.readouterr().err
+
+
+def test_process_backend_refuses_an_s3_output(tmp_path, capsys):
+    assert main(["--workdir", str(tmp_path), "train", "--data", str(tmp_path), "--output", "s3://bucket/prefix"]) == 1
+    assert "give --output a folder, not s3://bucket/prefix" in capsys.readouterr().err

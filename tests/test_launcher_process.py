@@ -33,7 +33,10 @@ def test_train_deploy_predict_stop(
     with tarfile.open(model_data) as tar:
         assert {"model.pth", "model_config.json", "code/inference.py"} <= set(tar.getnames())
     with tarfile.open(workdir / "output" / "job-1" / "output" / "output.tar.gz") as tar:
-        assert "metrics.json" in tar.getnames()
+        assert {"metrics.json", "report/report.html", "report/Overfit.json"} <= set(tar.getnames())
+    capsys.readouterr()
+    assert main([*base, "report", "job-1"]) == 0
+    assert "ExplodingTensor" in capsys.readouterr().out and (workdir / "reports" / "job-1" / "report.html").is_file()
     # The job folder holds the string-encoded hyperparameters SageMaker would have written.
     hps = json.loads((workdir / "jobs" / "job-1" / "input" / "config" / "hyperparameters.json").read_text())
     assert hps["epochs"] == "1" and hps["pretrained"] == "false"

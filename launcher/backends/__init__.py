@@ -7,9 +7,12 @@ from pathlib import Path
 from launcher.backends.base import Backend
 from launcher.backends.local import LocalBackend
 from launcher.backends.process import ProcessBackend
+from launcher.backends.sagemaker import SageMakerBackend
 from launcher.records import RecordStore
 
-BACKENDS: dict[str, type[Backend]] = {backend.name: backend for backend in (ProcessBackend, LocalBackend)}
+BACKENDS: dict[str, type[Backend]] = {
+    backend.name: backend for backend in (ProcessBackend, LocalBackend, SageMakerBackend)
+}
 DEFAULT_BACKEND = ProcessBackend.name
 
 

@@ -10,16 +10,30 @@ from typing import Any, ClassVar
 from launcher.errors import LauncherError
 from launcher.records import RecordStore
 
+S3_SCHEME = "s3://"
+
+
+@dataclass(frozen=True)
+class AwsOptions:
+    """What the user said about AWS on the command line; None: take it from the environment."""
+
+    role: str | None = None  # IAM role ARN the job runs as
+    bucket: str | None = None  # S3 bucket for artifacts and uploaded inputs
+    region: str | None = None
+
 
 @dataclass(frozen=True)
 class TrainingSpec:
     job_name: str
-    channels: dict[str, str]  # channel name -> local folder (or s3:// URI on SageMaker)
+    channels: dict[str, str]  # channel name -> local folder or file (or s3:// URI on SageMaker)
     hyperparameters: dict[str, Any]
-    output_path: str  # artifacts go to <output_path>/<job_name>/output/{model,output}.tar.gz
+    # Artifacts go to <output_path>/<job_name>/output/{model,output}.tar.gz; None: the backend's default.
+    output_path: str | None = None
     image: str = "imgclf:latest"
     instance_type: str = "local"
     instance_count: int = 1
+    aws: AwsOptions = field(default_factory=AwsOptions)
+    sagemaker_debugger: bool = False  # SageMaker Debugger's hook, rules and profiler (sagemaker backend)
 
 
 @dataclass(frozen=True)
@@ -60,6 +74,17 @@ class Backend(ABC):
     def __init__(self, workdir: Path, records: RecordStore):
         self.workdir = workdir
         self.records = records
+
+    def local_output_dir(self, spec: TrainingSpec) -> Path:
+        """Where a backend on this machine puts a job's artifacts: the given folder, or <workdir>/output."""
+        if spec.output_path is None:
+            return self.workdir / "output"
+        if spec.output_path.startswith(S3_SCHEME):
+            raise LauncherError(
+                f"the {self.name} backend writes artifacts on this machine: give --output a folder, "
+                f"not {spec.output_path}"
+            )
+        return Path(spec.output_path)
 
     def new_endpoint_dir(self, name: str) -> Path:
         folder = self.workdir / "endpoints" / name

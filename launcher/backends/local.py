@@ -29,7 +29,7 @@ class LocalBackend(Backend):
             raise LauncherError(
                 f"the local backend runs instance types {', '.join(INSTANCE_TYPES)}, not {spec.instance_type!r}"
             )
-        output_dir = Path(spec.output_path) / spec.job_name / "output"
+        output_dir = self.local_output_dir(spec) / spec.job_name / "output"
         channels = {name: Path(path).resolve() for name, path in spec.channels.items()}
         for name, path in channels.items():
             if not path.exists():

@@ -46,6 +46,7 @@ class ProcessBackend(Backend):
         base_dir = self.workdir / "jobs" / spec.job_name
         if base_dir.exists():
             raise LauncherError(f"job folder {base_dir} already exists; choose another --job-name")
+        artifacts = self.local_output_dir(spec) / spec.job_name / "output"
         channels = {name: Path(path) for name, path in spec.channels.items()}
         record = {
             "name": spec.job_name,
@@ -67,7 +68,6 @@ class ProcessBackend(Backend):
             self.records.save("jobs", record)
             raise
 
-        artifacts = Path(spec.output_path) / spec.job_name / "output"
         record["output_data"] = str(contract.pack(base_dir / "output" / "data", artifacts / contract.OUTPUT_ARTIFACT))
         failure = base_dir / "output" / "failure"
         if returncode == 0:

@@ -1,0 +1,313 @@
+"""The sagemaker backend through the CLI, against AWS clients answered by botocore's Stubber.
+
+Covered: the real SageMaker SDK (2.x) builds every request from our options, and botocore validates each request,
+and each stubbed answer, against the real service models of SageMaker, S3 and CloudWatch Logs, so field names,
+types and required members are AWS's own. We check what CreateTrainingJob receives (image, input mode, metric
+regexes, JSON-encoded hyperparameters, channels, output, resources, Debugger/Profiler settings), that local
+channels are uploaded with PutObject, that the job's log is streamed and its record kept, and that a sagemaker
+job's report is downloaded with GetObject.
+Not covered: credentials, IAM (the role's trust and permissions), S3 permissions, ECR, and the real service:
+whether SageMaker accepts the job, runs our container, or runs Debugger's rule jobs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.response import StreamingBody
+from botocore.stub import Stubber
+
+from launcher import contract, sdk
+from launcher.cli import main
+from launcher.records import RecordStore
+
+REGION = "eu-west-1"
+ROLE = "arn:aws:iam::111122223333:role/imgclf-training"
+BUCKET = "imgclf-artifacts"
+IMAGE = f"111122223333.dkr.ecr.{REGION}.amazonaws.com/imgclf:latest"
+JOB = "sm-job-1"
+ARTIFACTS = f"s3://{BUCKET}/imgclf/{JOB}/output"
+
+
+class StubbedAWS(boto3.Session):
+    """A boto3 session whose clients, one per service, answer from Stubbers and record the calls made to them."""
+
+    def __init__(self) -> None:
+        super().__init__(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION)
+        self.clients: dict[str, Any] = {}
+        self.stubbers: dict[str, Stubber] = {}
+        self.calls: list[tuple[str, dict[str, Any]]] = []  # (operation, parameters), in order
+
+    def client(self, service_name: str, *args: Any, **kwargs: Any) -> Any:
+        if service_name not in self.clients:
+            client = super().client(service_name, *args, **kwargs)
+            client.meta.events.register("provide-client-params", self._record)
+            self.stubbers[service_name] = Stubber(client)
+            self.stubbers[service_name].activate()
+            self.clients[service_name] = client
+        return self.clients[service_name]
+
+    def _record(self, params: dict[str, Any], model: Any, **_: Any) -> None:
+        self.calls.append((model.name, dict(params)))
+
+    def stub(self, service_name: str) -> Stubber:
+        self.client(service_name)
+        return self.stubbers[service_name]
+
+    def sent(self, operation: str) -> list[dict[str, Any]]:
+        return [params for name, params in self.calls if name == operation]
+
+    def assert_all_answered(self) -> None:
+        for stubber in self.stubbers.values():
+            stubber.assert_no_pending_responses()
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> StubbedAWS:
+    """Stubbed AWS behind launcher.sdk's one seam, and an environment without AWS settings or credentials."""
+    for name in ("IMGCLF_SAGEMAKER_ROLE", "IMGCLF_S3_BUCKET", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    stubbed = StubbedAWS()
+
+    def boto_session(region: str) -> StubbedAWS:
+        assert region == REGION
+        return stubbed
+
+    monkeypatch.setattr(sdk, "boto_session", boto_session)
+    return stubbed
+
+
+def description(status: str = "Completed", **fields: Any) -> dict[str, Any]:
+    """A DescribeTrainingJob answer (the Stubber checks it against the service model)."""
+    return {
+        "TrainingJobName": JOB,
+        "TrainingJobArn": f"arn:aws:sagemaker:{REGION}:111122223333:training-job/{JOB}",
+        "ModelArtifacts": {"S3ModelArtifacts": f"{ARTIFACTS}/model.tar.gz"},
+        "TrainingJobStatus": status,
+        "SecondaryStatus": status,
+        "AlgorithmSpecification": {"TrainingImage": IMAGE, "TrainingInputMode": "File"},
+        "ResourceConfig": {"InstanceType": "ml.g4dn.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30},
+        "StoppingCondition": {"MaxRuntimeInSeconds": 86400},
+        "CreationTime": 1_700_000_000,
+        **fields,
+    }
+
+
+def expect_job(aws: StubbedAWS, answer: dict[str, Any], log: list[str]) -> None:
+    """CreateTrainingJob, then what following it asks: the job's state, its log stream and events, its state."""
+    sagemaker = aws.stub("sagemaker")
+    sagemaker.add_response(
+        "create_training_job", {"TrainingJobArn": f"arn:aws:sagemaker:{REGION}:111122223333:training-job/{JOB}"}
+    )
+    sagemaker.add_response("describe_training_job", answer)
+    logs = aws.stub("logs")
+    logs.add_response("describe_log_streams", {"logStreams": [{"logStreamName": f"{JOB}/algo-1-1700000000"}]})
+    events = [{"timestamp": 1_700_000_000_000 + i, "message": line, "ingestionTime": 0} for i, line in enumerate(log)]
+    logs.add_response("get_log_events", {"events": events, "nextForwardToken": "f/1", "nextBackwardToken": "b/0"})
+    logs.add_response("get_log_events", {"events": [], "nextForwardToken": "f/1", "nextBackwardToken": "b/0"})
+    sagemaker.add_response("describe_training_job", answer)
+
+
+def train(workdir: Path, *extra: str) -> int:
+    return main([
+        "--workdir", str(workdir), "train", "--backend", "sagemaker", "--job-name", JOB, "--image", IMAGE,
+        "--instance-type", "ml.g4dn.xlarge", *extra,
+    ])  # fmt: skip
+
+
+AWS_FLAGS = ("--role", ROLE, "--bucket", BUCKET, "--region", REGION)
+HYPERPARAMETERS = ("-H", "epochs=3", "-H", "learning_rate=0.01", "-H", "model_name=resnet50", "-H", "pretrained=false",
+                   "-H", 'batch_size="128"')  # fmt: skip
+
+
+def read_record(workdir: Path) -> dict[str, Any]:
+    return RecordStore(workdir / "records").load("jobs", JOB)
+
+
+def test_train_sends_our_contract_and_uploads_local_data(
+    aws: StubbedAWS, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    data = tmp_path / "shapes"
+    for split in ("train", "valid", "test"):
+        (data / split / "circle").mkdir(parents=True)
+        (data / split / "circle" / "0.jpg").write_bytes(b"\xff\xd8 not really a JPEG")
+    for _ in range(3):
+        aws.stub("s3").add_response("put_object", {"ETag": '"0"'})
+    final = [{"MetricName": "test accuracy", "Value": 0.75}, {"MetricName": "average test loss", "Value": 0.5}]
+    expect_job(aws, description(FinalMetricDataList=final), ["epoch 1 train loss: 0.9", "average test loss: 0.5"])
+
+    pretrained = f"s3://{BUCKET}/weights/resnet50.pth"
+    assert (
+        train(tmp_path, *AWS_FLAGS, *HYPERPARAMETERS, "--data", str(data), "--channel", f"pretrained={pretrained}") == 0
+    )
+    aws.assert_all_answered()
+    captured = capsys.readouterr()
+    assert "epoch 1 train loss: 0.9\naverage test loss: 0.5" in captured.out  # the job's log, streamed
+    assert f"uploading {data} to s3://{BUCKET}/imgclf/{JOB}/input/training" in captured.err
+
+    uploads = aws.sent("PutObject")
+    assert {(put["Bucket"], put["Key"]) for put in uploads} == {
+        (BUCKET, f"imgclf/{JOB}/input/training/{split}/circle/0.jpg") for split in ("train", "valid", "test")
+    }
+    (request,) = aws.sent("CreateTrainingJob")
+    algorithm = request["AlgorithmSpecification"]
+    assert (algorithm["TrainingImage"], algorithm["TrainingInputMode"]) == (IMAGE, "File")
+    assert algorithm["MetricDefinitions"] == sdk.METRIC_DEFINITIONS
+    regexes = {d["Name"]: re.compile(d["Regex"]) for d in algorithm["MetricDefinitions"]}
+    assert regexes["average test loss"].search("average test loss: 0.5").group(1) == "0.5"
+    assert regexes["test accuracy"].search("test accuracy: 7.5e-01").group(1) == "7.5e-01"
+    # JSON-encoded strings, exactly as the process backend writes hyperparameters.json
+    assert request["HyperParameters"] == contract.encode_hyperparameters(
+        {"epochs": 3, "learning_rate": 0.01, "model_name": "resnet50", "pretrained": False, "batch_size": "128"}
+    )
+    assert (
+        request["HyperParameters"]["model_name"] == '"resnet50"' and request["HyperParameters"]["pretrained"] == "false"
+    )
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"] for c in request["InputDataConfig"]}
+    assert channels == {
+        "training": {"S3DataType": "S3Prefix", "S3Uri": f"s3://{BUCKET}/imgclf/{JOB}/input/training",
+                     "S3DataDistributionType": "FullyReplicated"},
+        "pretrained": {"S3DataType": "S3Prefix", "S3Uri": pretrained, "S3DataDistributionType": "FullyReplicated"},
+    }  # fmt: skip
+    assert request["OutputDataConfig"] == {"S3OutputPath": f"s3://{BUCKET}/imgclf"}
+    assert request["ResourceConfig"] == {"InstanceType": "ml.g4dn.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30}
+    assert (request["RoleArn"], request["TrainingJobName"]) == (ROLE, JOB)
+    # Debugger and Profiler off: no hook, no rule jobs, the profiler explicitly disabled.
+    assert request["ProfilerConfig"] == {"DisableProfiler": True}
+    for absent in ("DebugHookConfig", "DebugRuleConfigurations", "ProfilerRuleConfigurations"):
+        assert absent not in request
+
+    record = read_record(tmp_path)
+    assert record["status"] == "Completed" and record["backend"] == "sagemaker" and record["region"] == REGION
+    assert (record["model_data"], record["output_data"]) == (f"{ARTIFACTS}/model.tar.gz", f"{ARTIFACTS}/output.tar.gz")
+    assert record["test_metrics"] == {"accuracy": 0.75, "loss": 0.5}
+    assert "test accuracy 0.7500, average test loss 0.5000" in captured.err
+
+
+# The SDK warns that framework profiling is deprecated (it stopped at PyTorch 2.0); the original configuration has it.
+@pytest.mark.filterwarnings("ignore:Framework profiling:DeprecationWarning")
+def test_sagemaker_debugger_sends_the_original_configuration(aws: StubbedAWS, tmp_path: Path):
+    expect_job(aws, description(), ["training"])
+    assert train(tmp_path, *AWS_FLAGS, "--data", f"s3://{BUCKET}/shapes", "--sagemaker-debugger") == 0
+    aws.assert_all_answered()
+    (request,) = aws.sent("CreateTrainingJob")
+
+    hook = request["DebugHookConfig"]
+    assert hook["HookParameters"] == {"train.save_interval": "100", "eval.save_interval": "10"}
+    assert hook["S3OutputPath"] == f"s3://{BUCKET}/imgclf"
+    rules = {rule["RuleConfigurationName"]: rule for rule in request["DebugRuleConfigurations"]}
+    assert list(rules) == ["LossNotDecreasing", "Overfit", "Overtraining"]
+    assert all(r["RuleEvaluatorImage"].endswith("/sagemaker-debugger-rules:latest") for r in rules.values())
+    profiler_rules = [rule["RuleConfigurationName"] for rule in request["ProfilerRuleConfigurations"]]
+    assert profiler_rules == ["LowGPUUtilization", "ProfilerReport"]
+    profiler = request["ProfilerConfig"]
+    assert profiler["ProfilingIntervalInMilliseconds"] == 500 and profiler["DisableProfiler"] is False
+    # The SDK writes these as almost-JSON strings with a trailing comma: '{"StartStep": 0, "NumSteps": 10, }'
+    assert '"NumSteps": 10' in profiler["ProfilingParameters"]["DetailedProfilingConfig"]
+    assert read_record(tmp_path)["sagemaker_debugger"] is True
+
+
+def test_failed_job_is_recorded_with_its_reason(aws: StubbedAWS, tmp_path: Path, capsys: pytest.CaptureFixture):
+    reason = "AlgorithmError: hyperparameter 'model_name' must be one of ..."
+    expect_job(aws, description("Failed", FailureReason=reason), ["Traceback ..."])
+    assert train(tmp_path, *AWS_FLAGS, "--data", f"s3://{BUCKET}/shapes", "-H", "model_name=vgg16") == 1
+    aws.assert_all_answered()
+    assert f"training job {JOB} failed: {reason}" in capsys.readouterr().err
+    record = read_record(tmp_path)
+    assert (record["status"], record["failure_reason"]) == ("Failed", reason)
+
+
+def test_settings_come_from_the_environment(
+    aws: StubbedAWS, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("IMGCLF_SAGEMAKER_ROLE", ROLE)
+    monkeypatch.setenv("IMGCLF_S3_BUCKET", BUCKET)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    aws.stub("sagemaker").add_client_error(
+        "create_training_job", "ResourceLimitExceeded", "account-level service limit exceeded", 400
+    )
+    assert train(tmp_path, "--data", f"s3://{BUCKET}/shapes") == 1
+    aws.assert_all_answered()
+    (request,) = aws.sent("CreateTrainingJob")
+    assert (request["RoleArn"], request["OutputDataConfig"]["S3OutputPath"]) == (ROLE, f"s3://{BUCKET}/imgclf")
+    err = capsys.readouterr().err
+    assert f"SageMaker did not start training job {JOB}" in err and "ResourceLimitExceeded" in err
+    assert not RecordStore(tmp_path / "records").exists("jobs", JOB)
+
+
+@pytest.mark.parametrize(
+    ("leave_out", "message"),
+    [
+        ("--role", "an IAM role for the job (--role ARN or $IMGCLF_SAGEMAKER_ROLE)"),
+        ("--bucket", "an S3 bucket for artifacts and uploaded data (--bucket NAME or $IMGCLF_S3_BUCKET)"),
+        ("--region", "an AWS region (--region NAME or $AWS_REGION or $AWS_DEFAULT_REGION)"),
+    ],
+)
+def test_missing_setting_is_named(
+    aws: StubbedAWS, tmp_path: Path, capsys: pytest.CaptureFixture, leave_out: str, message: str
+):
+    flags = [arg for flag, value in zip(AWS_FLAGS[::2], AWS_FLAGS[1::2], strict=True) if flag != leave_out
+             for arg in (flag, value)]  # fmt: skip
+    assert train(tmp_path, *flags, "--data", f"s3://{BUCKET}/shapes") == 1
+    assert capsys.readouterr().err == f"launcher: error: the sagemaker backend needs {message}\n"
+    assert aws.calls == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--instance-type", "local"], "needs a SageMaker instance type such as ml.g4dn.xlarge"),
+        (["--image", "imgclf:latest"], "SageMaker pulls training images from ECR, not 'imgclf:latest'"),
+        (["--output", "out"], "give --output an s3:// URI, not"),
+        (["--data", "no-such-folder"], "channel 'training': "),
+    ],
+)
+def test_unusable_options_are_refused_before_any_call(
+    aws: StubbedAWS, tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str], message: str
+):
+    assert train(tmp_path, *AWS_FLAGS, "--data", f"s3://{BUCKET}/shapes", *extra) == 1
+    assert message in capsys.readouterr().err
+    assert aws.calls == []
+
+
+def test_report_of_a_sagemaker_job_is_downloaded(aws: StubbedAWS, tmp_path: Path, capsys: pytest.CaptureFixture):
+    report = {
+        "rule": "Overfit",
+        "kind": "training",
+        "status": "IssuesFound",
+        "steps": [10, 20],
+        "explanation": "Validation loss rose while training loss fell.",
+        "recommendation": None,
+        "parameters": {},
+    }
+    (tmp_path / "data" / "report").mkdir(parents=True)
+    (tmp_path / "data" / "report" / "Overfit.json").write_text(json.dumps(report))
+    archive = contract.pack(tmp_path / "data", tmp_path / "output.tar.gz").read_bytes()
+    key = f"imgclf/{JOB}/output/output.tar.gz"
+    s3 = aws.stub("s3")
+    s3.add_response(
+        "get_object", {"Body": StreamingBody(io.BytesIO(archive), len(archive))}, {"Bucket": BUCKET, "Key": key}
+    )
+    s3.add_client_error("get_object", "NoSuchKey", "The specified key does not exist.", 404)
+    workdir = tmp_path / "work"
+    job = {"name": JOB, "backend": "sagemaker", "status": "Completed", "region": REGION,
+           "output_data": f"{ARTIFACTS}/output.tar.gz"}  # fmt: skip
+    RecordStore(workdir / "records").save("jobs", job)
+
+    assert main(["--workdir", str(workdir), "report", JOB]) == 0
+    out = capsys.readouterr().out
+    assert "Overfit  training  IssuesFound  2      Validation loss rose while training loss fell." in out
+    assert (workdir / "reports" / JOB / "Overfit.json").is_file()
+
+    assert main(["--workdir", str(workdir), "report", JOB]) == 1
+    assert f"{ARTIFACTS}/output.tar.gz does not exist (yet)" in capsys.readouterr().err
+    aws.assert_all_answered()
