@@ -108,6 +108,7 @@ format: install
 
 bench: install
 	$(BIN)/python bench/train_overhead.py
+	$(BIN)/python bench/diagnostics_overhead.py
 
 clean:
 	rm -rf $(VENV) $(WORKDIR) build .pytest_cache .ruff_cache
