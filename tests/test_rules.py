@@ -163,3 +163,11 @@ def test_rule_configuration_is_validated_and_applied():
     ]:
         with pytest.raises(RuleConfigError, match=message):
             parse_rule_config(bad)
+
+
+def test_loss_not_decreasing_treats_sparse_saved_values_as_windows_of_their_own():
+    # The hook's default: a training loss every 100 steps, judged every 10 steps as in AWS's rule.
+    trace = TrainingTrace("test", train_loss=[(0, 1.0), (100, 0.9), (200, 0.95), (300, 0.8), (400, 0.7)])
+    result = tr.LossNotDecreasing().evaluate(evidence(trace))
+    assert result.status == ISSUES and result.steps == [200]
+    assert [w["step"] for w in result.details["windows"]] == [0, 100, 200, 300]  # the last is still open

@@ -17,10 +17,11 @@ from imgclf.diagnostics.rule import Rule, RuleConfigError, RuleResult
 class LossNotDecreasing(Rule):
     """The loss must fall from one window of `num_steps` steps to the next by at least `diff_percent` %.
 
-    AWS compares single saved values; we compare the mean of each window of at least `num_steps` steps, which is
-    less noisy on small batches. `mode` defaults to TRAIN (AWS tries EVAL first): validation loss is judged by
-    Overfit and Overtraining. A window whose mean rises by more than `increase_threshold_percent` % is reported
-    as an increase, any other failure as a plateau.
+    AWS compares single saved values; we compare the means of windows of `num_steps` steps, which is less
+    noisy when every step is saved (values saved less often are their own windows, as in AWS's rule). `mode`
+    defaults to TRAIN (AWS tries EVAL first): validation loss is judged by Overfit and Overtraining. A window
+    whose mean rises by more than `increase_threshold_percent` % is reported as an increase, any other failure
+    as a plateau.
     """
 
     name = "LossNotDecreasing"
@@ -63,14 +64,17 @@ class LossNotDecreasing(Rule):
 
 
 def _windows(series: list[tuple[int, float]], num_steps: int) -> list[tuple[int, float]]:
-    """(last step, mean) of consecutive windows spanning at least `num_steps` steps each."""
-    windows, values, start = [], [], None
+    """(last step, mean) of consecutive windows, each holding the values saved within `num_steps` steps of its
+    first; values saved further apart than that are windows of their own, as in AWS's rule. A window counts
+    once the next one has begun."""
+    windows, values, start, last = [], [], None, 0
     for step, value in series:
+        if start is not None and step - start >= num_steps:
+            windows.append((last, fmean(values) if all(math.isfinite(v) for v in values) else math.nan))
+            values, start = [], None
         start = step if start is None else start
         values.append(value)
-        if step - start + 1 >= num_steps:
-            windows.append((step, fmean(values) if all(math.isfinite(v) for v in values) else math.nan))
-            values, start = [], None
+        last = step
     return windows
 
 
