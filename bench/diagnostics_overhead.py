@@ -2,7 +2,8 @@
 against off, in one process: same model, loader and steps, alternating rounds (A B A B ...).
 
 Defaults are the job's defaults: hook saving every 100 training steps, monitor sampling every 500 ms, rules
-evaluated every 100 training steps. Prints the ratio of the medians on/off and the ratio of each round's pair; 1.0 means no overhead.
+evaluated every 100 training steps. Prints the ratio of the medians on/off and the ratio of each round's pair;
+1.0 means no overhead.
 
     .venv/bin/python bench/diagnostics_overhead.py [--steps 100] [--rounds 5] [--image-size 32] [--batch-size 16]
 """
