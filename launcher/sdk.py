@@ -1,18 +1,22 @@
-"""Every use of the SageMaker Python SDK (2.x) and boto3 in the launcher: sessions, estimators, models, predictors,
-S3 transfers."""
+"""Every use of the SageMaker Python SDK (2.x) and boto3 in the launcher: sessions, estimators, tuners, models,
+predictors, endpoints, S3 transfers."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from launcher.contract import encode_hyperparameters
 from launcher.errors import LauncherError
+
+if TYPE_CHECKING:
+    from launcher.tuning_spec import ParameterRange, TuningSpec
 
 # The SDK reads these at import time: no v3 migration banner.
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
@@ -22,6 +26,8 @@ DEFAULT_REGION = "us-east-1"
 LOCAL_ROLE = "arn:aws:iam::111111111111:role/imgclf-local-mode"
 # The SDK otherwise reports usage to an AWS host, even in local mode.
 SDK_CONFIG = {"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}}
+POLL_SECONDS = 30.0  # between Describe* calls while waiting for an endpoint or a tuning job
+CHECKPOINT_DIR = "/opt/ml/checkpoints"  # what SageMaker syncs with a spot job's checkpoint S3 URI
 
 
 def boto_session(region: str) -> Any:
@@ -176,6 +182,17 @@ def debugger_options(enabled: bool) -> dict[str, Any]:
     }
 
 
+def spot_options(max_wait: int, checkpoint_s3_uri: str) -> dict[str, Any]:
+    """Estimator arguments for managed spot training: SageMaker syncs CHECKPOINT_DIR with `checkpoint_s3_uri`,
+    so a trainer that saves checkpoints there can resume when an interrupted job is started again."""
+    return {
+        "use_spot_instances": True,
+        "max_wait": max_wait,
+        "checkpoint_s3_uri": checkpoint_s3_uri,
+        "checkpoint_local_path": CHECKPOINT_DIR,
+    }
+
+
 def upload(session: Any, path: Path, bucket: str, key_prefix: str) -> str:
     """Upload a local folder (recursively) or file under s3://bucket/key_prefix; return the channel's S3 URI."""
     with aws_errors(f"uploading {path} to s3://{bucket}/{key_prefix}"):
@@ -244,3 +261,139 @@ def model(session: Any, *, image: str, model_data: str, role: str, name: str, en
         sagemaker_session=session,
         predictor_cls=lambda endpoint_name, sagemaker_session: image_predictor(endpoint_name, sagemaker_session),
     )
+
+
+def create_endpoint(model: Any, *, instance_type: str, endpoint_name: str) -> None:
+    """CreateModel, CreateEndpointConfig and CreateEndpoint, without waiting for the endpoint: the SDK's waiter
+    polls every 30 s, cannot be told otherwise, and prints its progress to stdout; callers poll `describe_endpoint`."""
+    with aws_errors(f"SageMaker did not create endpoint {endpoint_name}"):
+        model.deploy(initial_instance_count=1, instance_type=instance_type, endpoint_name=endpoint_name, wait=False)
+
+
+def describe_endpoint(session: Any, endpoint_name: str) -> dict[str, Any]:
+    with aws_errors(f"describing endpoint {endpoint_name}"):
+        return session.sagemaker_client.describe_endpoint(EndpointName=endpoint_name)
+
+
+def invoke_endpoint(session: Any, endpoint_name: str, body: bytes, content_type: str) -> Any:
+    """InvokeEndpoint through the original project's predictor; return the decoded JSON answer.
+
+    An error answered by the container reaches us as a ModelError carrying the container's status and body;
+    it becomes a LauncherError with the container's own message.
+    """
+    from botocore.exceptions import ClientError
+
+    predictor = image_predictor(endpoint_name, session)
+    with aws_errors(f"invoking endpoint {endpoint_name}"):
+        try:
+            return predictor.predict(body, initial_args={"ContentType": content_type})
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") != "ModelError":
+                raise
+            raise LauncherError(model_error_message(endpoint_name, err.response)) from err
+
+
+def model_error_message(endpoint_name: str, response: dict[str, Any]) -> str:
+    """`endpoint NAME answered STATUS: MESSAGE` from a ModelError; the container answers {"error": ..., "status": N}."""
+    status = response.get("OriginalStatusCode", "an error")
+    detail = response.get("OriginalMessage") or response.get("Error", {}).get("Message", "")
+    with contextlib.suppress(ValueError, AttributeError):
+        answer = json.loads(detail)
+        status, detail = answer.get("status", status), answer["error"]
+    return f"endpoint {endpoint_name} answered {status}: {detail}"
+
+
+def delete_endpoint(session: Any, *, endpoint_name: str, config_name: str, model_name: str) -> list[str]:
+    """DeleteEndpoint, DeleteEndpointConfig and DeleteModel; return those that were already gone."""
+    from botocore.exceptions import ClientError
+
+    deletions = (
+        (f"endpoint {endpoint_name}", lambda: session.delete_endpoint(endpoint_name)),
+        (f"endpoint config {config_name}", lambda: session.delete_endpoint_config(config_name)),
+        (f"model {model_name}", lambda: session.delete_model(model_name)),
+    )
+    gone = []
+    for what, delete in deletions:
+        with aws_errors(f"deleting {what}"):
+            try:
+                delete()
+            except ClientError as err:
+                error = err.response.get("Error", {})
+                if error.get("Code") != "ValidationException" or "Could not find" not in error.get("Message", ""):
+                    raise
+                gone.append(what)
+    return gone
+
+
+def parameter_range(spec: ParameterRange) -> Any:
+    """A ContinuousParameter, IntegerParameter or CategoricalParameter.
+
+    Categorical values are JSON-encoded here, as static hyperparameters are: for an Estimator that is not a
+    framework's, the SDK sends `str(value)` of each (True -> "True", which the container cannot decode).
+    """
+    from sagemaker.parameter import CategoricalParameter, ContinuousParameter, IntegerParameter
+
+    if spec.kind == "continuous":
+        return ContinuousParameter(spec.min_value, spec.max_value, scaling_type=spec.scaling)
+    if spec.kind == "integer":
+        return IntegerParameter(int(spec.min_value), int(spec.max_value), scaling_type=spec.scaling)
+    return CategoricalParameter([json.dumps(value) for value in spec.values])
+
+
+def tuning_metric_definitions(objective_metric: str, objective_regex: str) -> list[dict[str, str]]:
+    """Our metric definitions with the objective's: the tuner sends only its own, not the estimator's."""
+    ours = [definition for definition in METRIC_DEFINITIONS if definition["Name"] != objective_metric]
+    return [*ours, {"Name": objective_metric, "Regex": objective_regex}]
+
+
+def tuner(estimator: Any, spec: TuningSpec, hyperband_max_epochs: int | None = None) -> Any:
+    """A HyperparameterTuner whose trials are `estimator`'s jobs with the hyperparameters of `spec.ranges`.
+
+    `hyperband_max_epochs`: the Hyperband strategy's resource, from 1 epoch to that many (the SDK sends both
+    bounds of a HyperbandStrategyConfig, so neither may be left out).
+    """
+    from sagemaker.tuner import (
+        HyperbandStrategyConfig,
+        HyperparameterTuner,
+        StrategyConfig,
+        WarmStartConfig,
+        WarmStartTypes,
+    )
+
+    options: dict[str, Any] = {}
+    if spec.warm_start_from:
+        options["warm_start_config"] = WarmStartConfig(
+            WarmStartTypes.IDENTICAL_DATA_AND_ALGORITHM, parents=set(spec.warm_start_from)
+        )
+    if hyperband_max_epochs is not None:
+        options["strategy_config"] = StrategyConfig(
+            HyperbandStrategyConfig(max_resource=hyperband_max_epochs, min_resource=1)
+        )
+    return HyperparameterTuner(
+        estimator,
+        objective_metric_name=spec.objective_metric,
+        hyperparameter_ranges={r.name: parameter_range(r) for r in spec.ranges},
+        metric_definitions=tuning_metric_definitions(spec.objective_metric, spec.objective_regex),
+        strategy=spec.strategy,
+        objective_type=spec.direction,
+        max_jobs=spec.max_jobs,
+        max_parallel_jobs=spec.max_parallel_jobs,
+        early_stopping_type=spec.early_stopping,
+        **options,
+    )
+
+
+def start_tuning_job(tuner: Any, inputs: dict[str, str], name: str) -> None:
+    """CreateHyperParameterTuningJob, without waiting for it."""
+    with aws_errors(f"SageMaker did not start tuning job {name}"):
+        tuner.fit(inputs, job_name=name, wait=False)
+
+
+def describe_tuning_job(session: Any, name: str) -> dict[str, Any]:
+    with aws_errors(f"describing tuning job {name}"):
+        return session.sagemaker_client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
+
+
+def describe_training_job(session: Any, name: str) -> dict[str, Any]:
+    with aws_errors(f"describing training job {name}"):
+        return session.sagemaker_client.describe_training_job(TrainingJobName=name)

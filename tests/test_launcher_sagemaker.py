@@ -1,13 +1,15 @@
 """The sagemaker backend through the CLI, against AWS clients answered by botocore's Stubber.
 
 Covered: the real SageMaker SDK (2.x) builds every request from our options, and botocore validates each request,
-and each stubbed answer, against the real service models of SageMaker, S3 and CloudWatch Logs, so field names,
-types and required members are AWS's own. We check what CreateTrainingJob receives (image, input mode, metric
-regexes, JSON-encoded hyperparameters, channels, output, resources, Debugger/Profiler settings), that local
-channels are uploaded with PutObject, that the job's log is streamed and its record kept, and that a sagemaker
-job's report is downloaded with GetObject.
+and each stubbed answer, against the real service models of SageMaker, SageMaker Runtime, S3 and CloudWatch Logs,
+so field names, types and required members are AWS's own. We check what CreateTrainingJob receives (image, input
+mode, metric regexes, JSON-encoded hyperparameters, channels, output, resources, Debugger/Profiler settings, spot
+training), that local channels are uploaded with PutObject, that the job's log is streamed and its record kept,
+that a sagemaker job's report is downloaded with GetObject; and for endpoints: CreateModel, CreateEndpointConfig,
+CreateEndpoint and the DescribeEndpoint wait, InvokeEndpoint with the original project's client (an error from the
+container included), and the three deletions of `stop`.
 Not covered: credentials, IAM (the role's trust and permissions), S3 permissions, ECR, and the real service:
-whether SageMaker accepts the job, runs our container, or runs Debugger's rule jobs.
+whether SageMaker accepts the job or endpoint, runs our container, or runs Debugger's rule jobs.
 """
 
 from __future__ import annotations
@@ -68,9 +70,10 @@ class StubbedAWS(boto3.Session):
             stubber.assert_no_pending_responses()
 
 
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> StubbedAWS:
-    """Stubbed AWS behind launcher.sdk's one seam, and an environment without AWS settings or credentials."""
+def stub_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> StubbedAWS:
+    """Stubbed AWS behind launcher.sdk's one seam, an environment without AWS settings or credentials, and no
+    pause between the Describe* calls of a wait."""
+    monkeypatch.setattr(sdk, "POLL_SECONDS", 0)
     for name in ("IMGCLF_SAGEMAKER_ROLE", "IMGCLF_S3_BUCKET", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
@@ -84,6 +87,11 @@ def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> StubbedAWS:
 
     monkeypatch.setattr(sdk, "boto_session", boto_session)
     return stubbed
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> StubbedAWS:
+    return stub_aws(monkeypatch, tmp_path)
 
 
 def description(status: str = "Completed", **fields: Any) -> dict[str, Any]:
@@ -266,7 +274,7 @@ def test_missing_setting_is_named(
     ("extra", "message"),
     [
         (["--instance-type", "local"], "needs a SageMaker instance type such as ml.g4dn.xlarge"),
-        (["--image", "imgclf:latest"], "SageMaker pulls training images from ECR, not 'imgclf:latest'"),
+        (["--image", "imgclf:latest"], "SageMaker pulls images from ECR, not 'imgclf:latest'"),
         (["--output", "out"], "give --output an s3:// URI, not"),
         (["--data", "no-such-folder"], "channel 'training': "),
     ],
@@ -311,3 +319,248 @@ def test_report_of_a_sagemaker_job_is_downloaded(aws: StubbedAWS, tmp_path: Path
     assert main(["--workdir", str(workdir), "report", JOB]) == 1
     assert f"{ARTIFACTS}/output.tar.gz does not exist (yet)" in capsys.readouterr().err
     aws.assert_all_answered()
+
+
+def test_spot_training_asks_for_spot_capacity_and_checkpoints(aws: StubbedAWS, tmp_path: Path):
+    expect_job(aws, description(), ["training"])
+    assert train(tmp_path, *AWS_FLAGS, "--data", f"s3://{BUCKET}/shapes", "--spot", "--max-run", "3600") == 0
+    aws.assert_all_answered()
+    (request,) = aws.sent("CreateTrainingJob")
+    assert request["EnableManagedSpotTraining"] is True
+    assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 3600, "MaxWaitTimeInSeconds": 7200}
+    checkpoints = f"s3://{BUCKET}/imgclf/{JOB}/checkpoints"
+    assert request["CheckpointConfig"] == {"S3Uri": checkpoints, "LocalPath": "/opt/ml/checkpoints"}
+    assert read_record(tmp_path)["spot"] == {"max_wait": 7200, "checkpoint_s3_uri": checkpoints}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            ["--spot", "--max-run", "3600", "--max-wait", "600"],
+            "--max-wait (600 s) must be at least --max-run (3600 s)",
+        ),
+        (["--max-wait", "600"], "--max-wait applies to spot training only"),
+    ],
+)
+def test_spot_limits_are_checked_before_any_call(
+    aws: StubbedAWS, tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str], message: str
+):
+    assert train(tmp_path, *AWS_FLAGS, "--data", f"s3://{BUCKET}/shapes", *extra) == 1
+    assert message in capsys.readouterr().err
+    assert aws.calls == []
+
+
+def test_without_spot_the_run_limit_is_sent_alone(aws: StubbedAWS, tmp_path: Path):
+    aws.stub("sagemaker").add_client_error("create_training_job", "ResourceLimitExceeded", "limit", 400)
+    assert train(tmp_path, *AWS_FLAGS, "--data", f"s3://{BUCKET}/shapes") == 1
+    (request,) = aws.sent("CreateTrainingJob")
+    assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 86400}
+    assert "EnableManagedSpotTraining" not in request and "CheckpointConfig" not in request
+
+
+ENDPOINT = "sm-endpoint-1"
+SERVING_INSTANCE = "ml.m5.large"
+ENDPOINT_ARN = f"arn:aws:sagemaker:{REGION}:111122223333:endpoint/{ENDPOINT}"
+
+
+def endpoint_description(status: str, **fields: Any) -> dict[str, Any]:
+    """A DescribeEndpoint answer."""
+    return {
+        "EndpointName": ENDPOINT,
+        "EndpointArn": ENDPOINT_ARN,
+        "EndpointConfigName": ENDPOINT,
+        "EndpointStatus": status,
+        "CreationTime": 1_700_000_000,
+        "LastModifiedTime": 1_700_000_000,
+        **fields,
+    }
+
+
+def expect_endpoint(aws: StubbedAWS, *statuses: str, **fields: Any) -> None:
+    """CreateModel, CreateEndpointConfig, CreateEndpoint, then one DescribeEndpoint answer per status."""
+    sagemaker = aws.stub("sagemaker")
+    sagemaker.add_response("create_model", {"ModelArn": f"arn:aws:sagemaker:{REGION}:111122223333:model/{ENDPOINT}"})
+    sagemaker.add_response(
+        "create_endpoint_config",
+        {"EndpointConfigArn": f"arn:aws:sagemaker:{REGION}:111122223333:endpoint-config/{ENDPOINT}"},
+    )
+    sagemaker.add_response("create_endpoint", {"EndpointArn": ENDPOINT_ARN})
+    for status in statuses:
+        sagemaker.add_response("describe_endpoint", endpoint_description(status, **fields))
+
+
+def deploy(workdir: Path, model: str, *extra: str) -> int:
+    return main([
+        "--workdir", str(workdir), "deploy", model, "--backend", "sagemaker", "--image", IMAGE,
+        "--instance-type", SERVING_INSTANCE, "--endpoint-name", ENDPOINT, *extra,
+    ])  # fmt: skip
+
+
+def save_completed_job(workdir: Path) -> None:
+    job = {"name": JOB, "backend": "sagemaker", "status": "Completed", "region": REGION,
+           "model_data": f"{ARTIFACTS}/model.tar.gz"}  # fmt: skip
+    RecordStore(workdir / "records").save("jobs", job)
+
+
+def read_endpoint(workdir: Path) -> dict[str, Any]:
+    return RecordStore(workdir / "records").load("endpoints", ENDPOINT)
+
+
+def test_deploy_creates_model_config_and_endpoint_and_waits_until_in_service(
+    aws: StubbedAWS, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    save_completed_job(tmp_path)
+    expect_endpoint(aws, "Creating", "Creating", "InService")
+    # The job's record gives the region; the role comes from the command line.
+    assert deploy(tmp_path, JOB, "--role", ROLE, "--workers", "2") == 0
+    aws.assert_all_answered()
+
+    (model,) = aws.sent("CreateModel")
+    assert model["ModelName"] == ENDPOINT and model["ExecutionRoleArn"] == ROLE
+    assert model["PrimaryContainer"] == {
+        "Image": IMAGE,
+        "ModelDataUrl": f"{ARTIFACTS}/model.tar.gz",
+        "Environment": {"SAGEMAKER_MODEL_SERVER_WORKERS": "2"},
+    }
+    (config,) = aws.sent("CreateEndpointConfig")
+    assert config["EndpointConfigName"] == ENDPOINT
+    (variant,) = config["ProductionVariants"]
+    assert (variant["ModelName"], variant["InstanceType"], variant["InitialInstanceCount"]) == (
+        ENDPOINT, SERVING_INSTANCE, 1,
+    )  # fmt: skip
+    (endpoint,) = aws.sent("CreateEndpoint")
+    assert (endpoint["EndpointName"], endpoint["EndpointConfigName"]) == (ENDPOINT, ENDPOINT)
+    assert aws.sent("DescribeEndpoint") == [{"EndpointName": ENDPOINT}] * 3
+
+    record = read_endpoint(tmp_path)
+    assert {key: record[key] for key in ("name", "backend", "region", "status", "image", "model_data", "job_name")} == {
+        "name": ENDPOINT, "backend": "sagemaker", "region": REGION, "status": "InService", "image": IMAGE,
+        "model_data": f"{ARTIFACTS}/model.tar.gz", "job_name": JOB,
+    }  # fmt: skip
+    assert (record["endpoint_name"], record["endpoint_config_name"], record["model_name"]) == (ENDPOINT,) * 3
+    assert f"endpoint {ENDPOINT} is in service" in capsys.readouterr().err
+
+
+def test_a_failed_endpoint_is_recorded_with_its_reason(aws: StubbedAWS, tmp_path: Path, capsys: pytest.CaptureFixture):
+    save_completed_job(tmp_path)
+    reason = "The primary container for production variant AllTraffic did not pass the ping health check."
+    expect_endpoint(aws, "Creating", "Failed", FailureReason=reason)
+    assert deploy(tmp_path, JOB, "--role", ROLE) == 1
+    aws.assert_all_answered()
+    assert f"endpoint {ENDPOINT} is Failed: {reason}" in capsys.readouterr().err
+    record = read_endpoint(tmp_path)
+    assert (record["status"], record["failure_reason"]) == ("Failed", reason)
+
+
+def test_deploy_uploads_a_local_model(aws: StubbedAWS, tmp_path: Path):
+    archive = tmp_path / "model.tar.gz"
+    archive.write_bytes(b"not really a model")
+    aws.stub("s3").add_response("put_object", {"ETag": '"0"'})
+    expect_endpoint(aws, "InService")
+    assert deploy(tmp_path, str(archive), *AWS_FLAGS) == 0
+    aws.assert_all_answered()
+    (put,) = aws.sent("PutObject")
+    assert (put["Bucket"], put["Key"]) == (BUCKET, f"imgclf/{ENDPOINT}/model.tar.gz")
+    uploaded = f"s3://{BUCKET}/imgclf/{ENDPOINT}/model.tar.gz"
+    assert aws.sent("CreateModel")[0]["PrimaryContainer"]["ModelDataUrl"] == uploaded
+    assert read_endpoint(tmp_path)["model_data"] == uploaded
+
+
+@pytest.mark.parametrize(
+    ("model", "extra", "message"),
+    [
+        (f"{ARTIFACTS}/model.tar.gz", ["--instance-type", "local"], "needs a SageMaker instance type"),
+        (f"{ARTIFACTS}/model.tar.gz", ["--role", ROLE], "the sagemaker backend needs an AWS region"),
+        ("model.tar.gz", ["--role", ROLE, "--region", REGION], "no job named 'model.tar.gz'"),
+    ],
+)
+def test_deploy_refuses_unusable_options_before_any_call(
+    aws: StubbedAWS, tmp_path: Path, capsys: pytest.CaptureFixture, model: str, extra: list[str], message: str
+):
+    assert deploy(tmp_path, model, *extra) == 1
+    assert message in capsys.readouterr().err
+    assert aws.calls == []
+
+
+def test_deploying_an_s3_model_needs_no_bucket_and_other_backends_refuse_it(
+    aws: StubbedAWS, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    expect_endpoint(aws, "InService")
+    assert deploy(tmp_path, f"{ARTIFACTS}/model.tar.gz", "--role", ROLE, "--region", REGION) == 0
+    aws.assert_all_answered()
+    assert main(["--workdir", str(tmp_path), "deploy", f"{ARTIFACTS}/model.tar.gz"]) == 1
+    assert "the process backend deploys a model.tar.gz on this machine" in capsys.readouterr().err
+
+
+def save_endpoint(workdir: Path) -> None:
+    endpoint = {"name": ENDPOINT, "backend": "sagemaker", "status": "InService", "region": REGION,
+                "endpoint_name": ENDPOINT, "endpoint_config_name": ENDPOINT, "model_name": ENDPOINT}  # fmt: skip
+    RecordStore(workdir / "records").save("endpoints", endpoint)
+
+
+def test_predict_sends_the_jpeg_and_decodes_the_json_answer(
+    aws: StubbedAWS, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    save_endpoint(tmp_path)
+    image = tmp_path / "dog.jpg"
+    image.write_bytes(b"\xff\xd8\xff\xe0 a JPEG")
+    answer = {"predictions": [{"label": "dog", "index": 1, "probability": 0.9}], "logits": [0.1, 2.3]}
+    body = json.dumps(answer).encode()
+    aws.stub("runtime.sagemaker").add_response(
+        "invoke_endpoint", {"Body": StreamingBody(io.BytesIO(body), len(body)), "ContentType": "application/json"}
+    )
+    assert main(["--workdir", str(tmp_path), "predict", str(image)]) == 0  # the only endpoint in service
+    aws.assert_all_answered()
+    assert json.loads(capsys.readouterr().out) == answer
+    (request,) = aws.sent("InvokeEndpoint")
+    assert request == {
+        "EndpointName": ENDPOINT, "Body": image.read_bytes(), "ContentType": "image/jpeg", "Accept": "application/json"
+    }  # fmt: skip
+
+
+def test_an_error_answered_by_the_container_is_reported_with_its_message(
+    aws: StubbedAWS, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    save_endpoint(tmp_path)
+    image = tmp_path / "empty.jpg"
+    image.write_bytes(b"")
+    container_answer = json.dumps({"error": "the request body is empty: send the image's bytes", "status": 400})
+    aws.stub("runtime.sagemaker").add_client_error(
+        "invoke_endpoint",
+        "ModelError",
+        f'Received client error (400) from primary with message "{container_answer}".',
+        424,
+        modeled_fields={"OriginalStatusCode": 400, "OriginalMessage": container_answer},
+    )
+    assert main(["--workdir", str(tmp_path), "predict", "--endpoint", ENDPOINT, str(image)]) == 1
+    aws.assert_all_answered()
+    assert capsys.readouterr().err == (
+        f"launcher: error: endpoint {ENDPOINT} answered 400: the request body is empty: send the image's bytes\n"
+    )
+
+
+def test_stop_deletes_endpoint_config_and_model_and_tolerates_one_already_gone(
+    aws: StubbedAWS, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    save_endpoint(tmp_path)
+    sagemaker = aws.stub("sagemaker")
+    sagemaker.add_response("delete_endpoint", {}, {"EndpointName": ENDPOINT})
+    sagemaker.add_response("delete_endpoint_config", {}, {"EndpointConfigName": ENDPOINT})
+    message = f'Could not find model "arn:aws:sagemaker:{REGION}:111122223333:model/{ENDPOINT}".'
+    sagemaker.add_client_error("delete_model", "ValidationException", message, 400)
+    assert main(["--workdir", str(tmp_path), "stop"]) == 0
+    aws.assert_all_answered()
+    assert [name for name, _ in aws.calls] == ["DeleteEndpoint", "DeleteEndpointConfig", "DeleteModel"]
+    assert aws.sent("DeleteModel") == [{"ModelName": ENDPOINT}]
+    err = capsys.readouterr().err
+    assert f"already deleted: model {ENDPOINT}" in err and f"endpoint {ENDPOINT} stopped" in err
+    assert read_endpoint(tmp_path)["status"] == "Deleted"
+
+
+def test_stop_reports_other_errors_and_keeps_the_record(aws: StubbedAWS, tmp_path: Path, capsys: pytest.CaptureFixture):
+    save_endpoint(tmp_path)
+    aws.stub("sagemaker").add_client_error("delete_endpoint", "AccessDeniedException", "not authorized", 400)
+    assert main(["--workdir", str(tmp_path), "stop", ENDPOINT]) == 1
+    assert f"deleting endpoint {ENDPOINT}" in capsys.readouterr().err
+    assert read_endpoint(tmp_path)["status"] == "InService"

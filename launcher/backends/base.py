@@ -11,6 +11,7 @@ from launcher.errors import LauncherError
 from launcher.records import RecordStore
 
 S3_SCHEME = "s3://"
+MAX_RUN_SECONDS = 86400  # SageMaker's default limit on a training job's run time
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,10 @@ class TrainingSpec:
     instance_count: int = 1
     aws: AwsOptions = field(default_factory=AwsOptions)
     sagemaker_debugger: bool = False  # SageMaker Debugger's hook, rules and profiler (sagemaker backend)
+    spot: bool = False  # managed spot training (sagemaker backend)
+    max_run: int = MAX_RUN_SECONDS  # seconds a sagemaker job may run
+    max_wait: int | None = None  # spot: seconds to wait for capacity and run, >= max_run; None: 2 * max_run
+    echo: bool = True  # copy the job's log to the console (a tuner running several jobs turns it off)
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,7 @@ class DeploySpec:
     workers: int | None = None  # model server workers; None: the server's default
     startup_timeout: float = 240.0  # SageMaker fails an endpoint whose pings do not pass within 4 minutes
     environment: dict[str, str] = field(default_factory=dict)
+    aws: AwsOptions = field(default_factory=AwsOptions)  # sagemaker backend
 
     def serving_environment(self) -> dict[str, str]:
         """The serving container's variables: the given ones, and the worker count if one was chosen."""
@@ -96,6 +102,10 @@ class Backend(ABC):
     @abstractmethod
     def train(self, spec: TrainingSpec) -> dict[str, Any]:
         """Run a training job to completion; return its record (also saved)."""
+
+    def stop_training(self, job_name: str) -> None:
+        """Stop a training job that `train` is running in another thread (a tuner stopping a trial early)."""
+        raise LauncherError(f"the {self.name} backend cannot stop a running training job early")
 
     @abstractmethod
     def deploy(self, spec: DeploySpec) -> dict[str, Any]:

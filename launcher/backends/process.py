@@ -23,6 +23,7 @@ from launcher import contract, hosted
 from launcher.backends.base import Backend, DeploySpec, TrainingSpec
 from launcher.errors import LauncherError
 from launcher.progress import say
+from launcher.records import RecordStore
 
 
 def container_command(name: str) -> str:
@@ -38,6 +39,10 @@ def container_command(name: str) -> str:
 
 class ProcessBackend(Backend):
     name = "process"
+
+    def __init__(self, workdir: Path, records: RecordStore):
+        super().__init__(workdir, records)
+        self._running: dict[str, subprocess.Popen] = {}  # job name -> its `train` process
 
     # -- training ---------------------------------------------------------------------------------------------
     def train(self, spec: TrainingSpec) -> dict[str, Any]:
@@ -62,7 +67,9 @@ class ProcessBackend(Backend):
         self.records.save("jobs", record)
         say(f"training job {spec.job_name} started (folder {base_dir})")
         try:
-            returncode = self._run_streamed([container_command("train")], base_dir, Path(record["log"]))
+            returncode = self._run_streamed(
+                [container_command("train")], base_dir, Path(record["log"]), spec.job_name, spec.echo
+            )
         except KeyboardInterrupt:
             record.update(status="Stopped", failure_reason="interrupted by the user", ended=time.time())
             self.records.save("jobs", record)
@@ -83,8 +90,16 @@ class ProcessBackend(Backend):
         self.records.save("jobs", record)
         return record
 
-    def _run_streamed(self, command: list[str], base_dir: Path, log_file: Path) -> int:
-        """Run the job's process, copying its output to the console and the job log; Ctrl-C stops it cleanly."""
+    def stop_training(self, job_name: str) -> None:
+        """SIGTERM, as SageMaker sends when it stops a job; the job ends as Stopped."""
+        process = self._running.get(job_name)
+        if process is None:
+            raise LauncherError(f"training job {job_name} is not running here")
+        process.send_signal(signal.SIGTERM)
+
+    def _run_streamed(self, command: list[str], base_dir: Path, log_file: Path, job_name: str, echo: bool) -> int:
+        """Run the job's process, copying its output to the job log (and the console if `echo`); Ctrl-C stops it
+        cleanly."""
         env = {
             **os.environ,
             "SAGEMAKER_BASE_DIR": str(base_dir),
@@ -98,10 +113,13 @@ class ProcessBackend(Backend):
                 command, env=env, cwd=base_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
             ) as process,
         ):
+            self._running[job_name] = process
             try:
                 for line in process.stdout:
-                    sys.stdout.write(line)
+                    if echo:
+                        sys.stdout.write(line)
                     log.write(line)
+                    log.flush()
                 return process.wait()
             except KeyboardInterrupt:
                 say("interrupted: stopping the training process")
@@ -111,6 +129,8 @@ class ProcessBackend(Backend):
                 except subprocess.TimeoutExpired:
                     process.kill()
                 raise
+            finally:
+                self._running.pop(job_name, None)
 
     # -- serving ----------------------------------------------------------------------------------------------
     def deploy(self, spec: DeploySpec) -> dict[str, Any]:

@@ -1,7 +1,8 @@
-"""The `sagemaker` backend: training jobs on Amazon SageMaker with the image pushed to ECR (`make push`).
+"""The `sagemaker` backend: training jobs and endpoints on Amazon SageMaker with the image pushed to ECR (`make push`).
 
 Inputs are S3 prefixes (local folders are uploaded first); artifacts land where SageMaker puts them,
-`<output>/<job>/output/{model,output}.tar.gz` in S3. Serving on SageMaker is not supported yet.
+`<output>/<job>/output/{model,output}.tar.gz` in S3. An endpoint's model, endpoint config and endpoint all take
+the endpoint's name.
 """
 
 from __future__ import annotations
@@ -24,46 +25,64 @@ REGION_ENVS = ("AWS_REGION", "AWS_DEFAULT_REGION")
 S3_PREFIX = "imgclf"  # default artifacts: s3://<bucket>/imgclf/<job>/output/; uploads: .../<job>/input/<channel>
 # The metric definitions' names of the final test metrics -> the keys of a record's test_metrics.
 TEST_METRICS = {"test accuracy": "accuracy", "average test loss": "loss"}
+ENDPOINT_BUSY = ("Creating", "Updating", "SystemUpdating")  # DescribeEndpoint's statuses while it is not ready
 
 
 @dataclass(frozen=True)
 class AwsSettings:
     role: str
-    bucket: str
+    bucket: str  # "" where nothing is uploaded (deploying a model already in S3)
     region: str
 
     @classmethod
-    def resolve(cls, options: AwsOptions, environ: Mapping[str, str] = os.environ) -> AwsSettings:
+    def resolve(
+        cls, options: AwsOptions, environ: Mapping[str, str] = os.environ, *, needs_bucket: bool = True
+    ) -> AwsSettings:
         """The command line's values, else the environment's; a LauncherError names whatever is missing."""
         role = options.role or environ.get(ROLE_ENV)
         bucket = options.bucket or environ.get(BUCKET_ENV)
         region = options.region or next((environ[name] for name in REGION_ENVS if environ.get(name)), None)
         needs = (
             (role, f"an IAM role for the job (--role ARN or ${ROLE_ENV})"),
-            (bucket, f"an S3 bucket for artifacts and uploaded data (--bucket NAME or ${BUCKET_ENV})"),
+            (
+                bucket or not needs_bucket,
+                f"an S3 bucket for artifacts and uploaded data (--bucket NAME or ${BUCKET_ENV})",
+            ),
             (region, f"an AWS region (--region NAME or ${' or $'.join(REGION_ENVS)})"),
         )
         missing = [need for value, need in needs if not value]
         if missing:
             raise LauncherError("the sagemaker backend needs " + "; ".join(missing))
-        return cls(role=role, bucket=bucket, region=region)
+        return cls(role=role, bucket=bucket or "", region=region)
+
+
+def check_image_and_instance(image: str, instance_type: str) -> None:
+    """SageMaker runs ml.* instances with an image from ECR; say so before anything is sent."""
+    if not instance_type.startswith("ml."):
+        raise LauncherError(
+            f"the sagemaker backend needs a SageMaker instance type such as ml.g4dn.xlarge (GPU) or ml.m5.xlarge "
+            f"(CPU), not {instance_type!r}: pass --instance-type"
+        )
+    if ".dkr.ecr." not in image:
+        raise LauncherError(
+            f"SageMaker pulls images from ECR, not {image!r}: push the image with `make push` and "
+            "pass --image <account>.dkr.ecr.<region>.amazonaws.com/imgclf:<tag>"
+        )
 
 
 def check_training_spec(spec: TrainingSpec) -> None:
-    """SageMaker runs ml.* instances with an image from ECR; say so before anything is uploaded."""
-    if not spec.instance_type.startswith("ml."):
-        raise LauncherError(
-            f"the sagemaker backend needs a SageMaker instance type such as ml.g4dn.xlarge (GPU) or ml.m5.xlarge "
-            f"(CPU), not {spec.instance_type!r}: pass --instance-type"
-        )
-    if ".dkr.ecr." not in spec.image:
-        raise LauncherError(
-            f"SageMaker pulls training images from ECR, not {spec.image!r}: push the image with `make push` and "
-            "pass --image <account>.dkr.ecr.<region>.amazonaws.com/imgclf:<tag>"
-        )
+    """Refuse what SageMaker would refuse, before anything is uploaded."""
+    check_image_and_instance(spec.image, spec.instance_type)
     if spec.output_path is not None and not spec.output_path.startswith(S3_SCHEME):
         raise LauncherError(
             f"the sagemaker backend writes artifacts to S3: give --output an s3:// URI, not {spec.output_path}"
+        )
+    if spec.max_run < 1:
+        raise LauncherError(f"--max-run must be at least 1 second, not {spec.max_run}")
+    if spec.spot and spec.max_wait is not None and spec.max_wait < spec.max_run:
+        raise LauncherError(
+            f"--max-wait ({spec.max_wait} s) must be at least --max-run ({spec.max_run} s): it is the time to wait "
+            "for spot capacity plus the time to run"
         )
 
 
@@ -82,27 +101,82 @@ def upload_local_channels(session: Any, bucket: str, job_name: str, channels: di
     return {name: uploaded.get(name, source) for name, source in channels.items()}
 
 
+@dataclass(frozen=True)
+class PreparedTraining:
+    """A training job's Estimator, ready to fit, and where its inputs and outputs are."""
+
+    aws: AwsSettings
+    session: Any
+    estimator: Any
+    channels: dict[str, str]  # every channel as an S3 URI
+    output_path: str
+    spot: dict[str, Any] | None  # spot training's max_wait and checkpoint_s3_uri; None: on-demand
+
+
+def prepare_training(spec: TrainingSpec, name: str) -> PreparedTraining:
+    """Check `spec`, upload its local channels to s3://<bucket>/imgclf/<name>/input/ and build its Estimator.
+
+    `name` is the training job's, or the tuning job's whose trials all run this Estimator.
+    """
+    check_training_spec(spec)
+    aws = AwsSettings.resolve(spec.aws)
+    output_path = (spec.output_path or f"{S3_SCHEME}{aws.bucket}/{S3_PREFIX}").rstrip("/")
+    session = sdk.aws_session(aws.region)
+    channels = upload_local_channels(session, aws.bucket, name, spec.channels)
+    options = sdk.debugger_options(spec.sagemaker_debugger)
+    spot = None
+    if spec.spot:
+        spot = {
+            "max_wait": spec.max_wait or 2 * spec.max_run,
+            "checkpoint_s3_uri": f"{S3_SCHEME}{aws.bucket}/{S3_PREFIX}/{name}/checkpoints",
+        }
+        options.update(sdk.spot_options(**spot))
+    estimator = sdk.estimator(
+        session,
+        image=spec.image,
+        role=aws.role,
+        instance_type=spec.instance_type,
+        instance_count=spec.instance_count,
+        output_path=output_path,
+        hyperparameters=spec.hyperparameters,
+        max_run=spec.max_run,
+        **options,
+    )
+    return PreparedTraining(aws, session, estimator, channels, output_path, spot)
+
+
+def outcome(description: dict[str, Any]) -> dict[str, Any]:
+    """A finished training job's status, failure reason and final test metrics, from DescribeTrainingJob."""
+    final = {m["MetricName"]: m["Value"] for m in description.get("FinalMetricDataList", [])}
+    fields = {
+        "status": description["TrainingJobStatus"],
+        "test_metrics": {key: final[name] for name, key in TEST_METRICS.items() if name in final} or None,
+    }
+    if "FailureReason" in description:
+        fields["failure_reason"] = description["FailureReason"]
+    return fields
+
+
+def model_data_in_s3(session: Any, spec: DeploySpec, bucket: str) -> str:
+    """The model's S3 URI: as given, or a local model.tar.gz uploaded to s3://<bucket>/imgclf/<endpoint>/."""
+    if spec.model_data.startswith(S3_SCHEME):
+        return spec.model_data
+    path = Path(spec.model_data).resolve()
+    if not path.is_file():
+        raise LauncherError(f"no model.tar.gz at {path} (give a training job's name, a file or an s3:// URI)")
+    key_prefix = f"{S3_PREFIX}/{spec.endpoint_name}"
+    say(f"uploading {path} to {S3_SCHEME}{bucket}/{key_prefix}")
+    return sdk.upload(session, path, bucket, key_prefix)
+
+
 class SageMakerBackend(Backend):
     name = "sagemaker"
 
     def train(self, spec: TrainingSpec) -> dict[str, Any]:
-        check_training_spec(spec)
-        aws = AwsSettings.resolve(spec.aws)
-        output_path = (spec.output_path or f"{S3_SCHEME}{aws.bucket}/{S3_PREFIX}").rstrip("/")
-        session = sdk.aws_session(aws.region)
-        channels = upload_local_channels(session, aws.bucket, spec.job_name, spec.channels)
-        artifacts = f"{output_path}/{spec.job_name}/output"
-        estimator = sdk.estimator(
-            session,
-            image=spec.image,
-            role=aws.role,
-            instance_type=spec.instance_type,
-            instance_count=spec.instance_count,
-            output_path=output_path,
-            hyperparameters=spec.hyperparameters,
-            **sdk.debugger_options(spec.sagemaker_debugger),
-        )
-        sdk.start_training_job(estimator, channels, spec.job_name)
+        prepared = prepare_training(spec, spec.job_name)
+        aws = prepared.aws
+        sdk.start_training_job(prepared.estimator, prepared.channels, spec.job_name)
+        artifacts = f"{prepared.output_path}/{spec.job_name}/output"
         record = {
             "name": spec.job_name,
             "backend": self.name,
@@ -114,8 +188,10 @@ class SageMakerBackend(Backend):
             "instance_type": spec.instance_type,
             "instance_count": spec.instance_count,
             "hyperparameters": spec.hyperparameters,
-            "channels": channels,
+            "channels": prepared.channels,
             "sagemaker_debugger": spec.sagemaker_debugger,
+            "max_run": spec.max_run,
+            "spot": prepared.spot,
             "model_data": f"{artifacts}/{contract.MODEL_ARTIFACT}",
             "output_data": f"{artifacts}/{contract.OUTPUT_ARTIFACT}",
         }
@@ -125,26 +201,92 @@ class SageMakerBackend(Backend):
             "(Ctrl-C stops following, not the job)"
         )
         try:
-            description = sdk.follow_training_job(session, spec.job_name)
+            description = sdk.follow_training_job(prepared.session, spec.job_name)
         except KeyboardInterrupt:
             say(
                 f"training job {spec.job_name} keeps running on SageMaker; stop it with: "
                 f"aws sagemaker stop-training-job --training-job-name {spec.job_name} --region {aws.region}"
             )
             raise
-        record.update(status=description["TrainingJobStatus"], ended=time.time())
-        if "FailureReason" in description:
-            record["failure_reason"] = description["FailureReason"]
-        final = {m["MetricName"]: m["Value"] for m in description.get("FinalMetricDataList", [])}
-        record["test_metrics"] = {key: final[name] for name, key in TEST_METRICS.items() if name in final} or None
+        record.update(outcome(description), ended=time.time())
         self.records.save("jobs", record)
         return record
 
     def deploy(self, spec: DeploySpec) -> dict[str, Any]:
-        raise LauncherError("deploying is not yet supported on the sagemaker backend")
+        check_image_and_instance(spec.image, spec.instance_type)
+        aws = AwsSettings.resolve(spec.aws, needs_bucket=not spec.model_data.startswith(S3_SCHEME))
+        session = sdk.aws_session(aws.region)
+        model_data = model_data_in_s3(session, spec, aws.bucket)
+        model = sdk.model(
+            session,
+            image=spec.image,
+            model_data=model_data,
+            role=aws.role,
+            name=spec.endpoint_name,
+            env=spec.serving_environment(),
+        )
+        record = {
+            "name": spec.endpoint_name,
+            "backend": self.name,
+            "status": "Creating",
+            "created": time.time(),
+            "region": aws.region,
+            "endpoint_name": spec.endpoint_name,
+            "model_name": spec.endpoint_name,
+            "endpoint_config_name": spec.endpoint_name,
+            "image": spec.image,
+            "instance_type": spec.instance_type,
+            "model_data": model_data,
+            "job_name": spec.job_name,
+        }
+        self.records.save("endpoints", record)
+        try:
+            sdk.create_endpoint(model, instance_type=spec.instance_type, endpoint_name=spec.endpoint_name)
+        except LauncherError as err:
+            record.update(status="Failed", failure_reason=str(err))
+            self.records.save("endpoints", record)
+            raise LauncherError(f"{err}\n`launcher stop {spec.endpoint_name}` deletes what was created") from err
+        say(
+            f"endpoint {spec.endpoint_name} is being created on SageMaker in {aws.region} (several minutes; Ctrl-C "
+            f"stops waiting, not the endpoint; `launcher stop {spec.endpoint_name}` deletes it)"
+        )
+        description = self._wait_for_endpoint(session, record)
+        if description["EndpointStatus"] != "InService":
+            reason = description.get("FailureReason", "no reason given")
+            record["failure_reason"] = reason
+            self.records.save("endpoints", record)
+            raise LauncherError(
+                f"endpoint {spec.endpoint_name} is {description['EndpointStatus']}: {reason}; its model, endpoint "
+                f"config and endpoint remain until `launcher stop {spec.endpoint_name}`"
+            )
+        say(f"endpoint {spec.endpoint_name} is in service")
+        return record
+
+    def _wait_for_endpoint(self, session: Any, record: dict[str, Any]) -> dict[str, Any]:
+        """Poll DescribeEndpoint until the endpoint is no longer being created; keep the record's status current."""
+        while True:
+            description = sdk.describe_endpoint(session, record["endpoint_name"])
+            record["endpoint_config_name"] = description["EndpointConfigName"]
+            if description["EndpointStatus"] != record["status"]:
+                record["status"] = description["EndpointStatus"]
+                self.records.save("endpoints", record)
+            if record["status"] not in ENDPOINT_BUSY:
+                return description
+            time.sleep(sdk.POLL_SECONDS)
 
     def predict(self, endpoint: dict[str, Any], body: bytes, content_type: str) -> Any:
-        raise LauncherError("predicting is not yet supported on the sagemaker backend")
+        session = sdk.aws_session(endpoint["region"])
+        return sdk.invoke_endpoint(session, endpoint["endpoint_name"], body, content_type)
 
     def stop(self, endpoint: dict[str, Any]) -> None:
-        raise LauncherError("stopping endpoints is not yet supported on the sagemaker backend")
+        session = sdk.aws_session(endpoint["region"])
+        gone = sdk.delete_endpoint(
+            session,
+            endpoint_name=endpoint["endpoint_name"],
+            config_name=endpoint["endpoint_config_name"],
+            model_name=endpoint["model_name"],
+        )
+        if gone:
+            say(f"already deleted: {', '.join(gone)}")
+        endpoint.update(status="Deleted", deleted=time.time())
+        self.records.save("endpoints", endpoint)

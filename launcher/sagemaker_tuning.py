@@ -1,0 +1,200 @@
+"""Hyperparameter tuning on SageMaker: a HyperparameterTuner over the Estimator `train --backend sagemaker` builds.
+
+SageMaker runs the trials and reads the objective from each trial's log by the spec's regex. The tuning job's
+record (kind "tuning") keeps its best training job, whose own record (kind "jobs") makes it deployable.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+from launcher import contract, sdk
+from launcher.backends.base import S3_SCHEME
+from launcher.backends.sagemaker import outcome, prepare_training
+from launcher.errors import LauncherError
+from launcher.progress import say
+from launcher.records import RecordStore
+from launcher.tuning_spec import TuningSpec
+
+NAME_PATTERN = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,31}")  # CreateHyperParameterTuningJob's
+MAX_NAME_LENGTH = 32
+MAX_PARENTS = 5  # warm start: at most five parent tuning jobs
+RUNNING = ("InProgress", "Stopping")
+# What SageMaker adds to a trial's hyperparameters; not the user's.
+ADDED_PREFIXES = ("_tuning_objective_metric", "sagemaker_")
+# Metrics the container prints once per epoch: what early stopping and Hyperband judge trials by.
+PER_EPOCH_METRICS = ("train loss", "valid loss", "valid accuracy")
+
+
+def check_tuning_spec(spec: TuningSpec) -> int | None:
+    """Refuse what SageMaker would refuse, before anything is uploaded; return Hyperband's maximum epochs."""
+    if len(spec.name) > MAX_NAME_LENGTH or not NAME_PATTERN.fullmatch(spec.name):
+        raise LauncherError(
+            f"tuning job name {spec.name!r}: SageMaker allows 1 to 32 letters, digits and hyphens, starting with a "
+            "letter or digit"
+        )
+    if not spec.ranges:
+        raise LauncherError(f"tuning job {spec.name} has no hyperparameter ranges to tune")
+    if spec.training.sagemaker_debugger:
+        raise LauncherError("SageMaker tuning jobs take no Debugger configuration: leave out --sagemaker-debugger")
+    if len(spec.warm_start_from) > MAX_PARENTS:
+        raise LauncherError(
+            f"warm start takes at most {MAX_PARENTS} parent tuning jobs, not {len(spec.warm_start_from)}"
+        )
+    local = [name for name, source in spec.training.channels.items() if not source.startswith(S3_SCHEME)]
+    if spec.warm_start_from and local:
+        raise LauncherError(
+            f"warm start needs the parents' data unchanged: give channel(s) {', '.join(local)} as the s3:// URIs the "
+            "parent tuning jobs used (their records list them under 'channels'), not local folders"
+        )
+    if spec.strategy == "Grid" and any(r.kind != "categorical" for r in spec.ranges):
+        raise LauncherError("the Grid strategy searches categorical ranges only")
+    if (
+        spec.strategy == "Hyperband" or spec.early_stopping == "Auto"
+    ) and spec.objective_metric not in PER_EPOCH_METRICS:
+        say(
+            f"note: {spec.strategy} / early stopping {spec.early_stopping} judge trials by the objective's values "
+            f"during training, and {spec.objective_metric!r} is printed once, at the end; "
+            f"{' or '.join(repr(m) for m in PER_EPOCH_METRICS[1:])} are printed every epoch"
+        )
+    if spec.strategy != "Hyperband":
+        return None
+    if spec.early_stopping != "Off":
+        raise LauncherError("the Hyperband strategy stops trials itself: set early stopping to Off")
+    epochs = spec.training.hyperparameters.get("epochs")
+    if not isinstance(epochs, int) or epochs < 1 or any(r.name == "epochs" for r in spec.ranges):
+        raise LauncherError(
+            "the Hyperband strategy gives each trial 1 to `epochs` epochs: fix epochs as a whole number (-H epochs=N), "
+            "not a tuned one"
+        )
+    return epochs
+
+
+def tune_on_sagemaker(spec: TuningSpec, records: RecordStore, wait: bool = True) -> dict[str, Any]:
+    """Start a SageMaker tuning job for `spec` and, if `wait`, follow it to its end; return its record (saved)."""
+    hyperband_max_epochs = check_tuning_spec(spec)
+    prepared = prepare_training(spec.training, spec.name)
+    tuner = sdk.tuner(prepared.estimator, spec, hyperband_max_epochs)
+    sdk.start_tuning_job(tuner, prepared.channels, spec.name)
+    record: dict[str, Any] = {
+        "name": spec.name,
+        "backend": "sagemaker",
+        "status": "InProgress",
+        "created": time.time(),
+        "region": prepared.aws.region,
+        "objective_metric": spec.objective_metric,
+        "direction": spec.direction,
+        "strategy": spec.strategy,
+        "early_stopping": spec.early_stopping,
+        "max_jobs": spec.max_jobs,
+        "max_parallel_jobs": spec.max_parallel_jobs,
+        "warm_start_from": list(spec.warm_start_from),
+        "image": spec.training.image,
+        "instance_type": spec.training.instance_type,
+        "channels": prepared.channels,
+        "best": None,
+    }
+    records.save("tuning", record)
+    say(f"tuning job {spec.name} started on SageMaker in {prepared.aws.region}")
+    if not wait:
+        return record
+    try:
+        description = follow_tuning_job(prepared.session, spec.name)
+    except KeyboardInterrupt:
+        say(
+            f"tuning job {spec.name} keeps running on SageMaker; stop it with: aws sagemaker "
+            f"stop-hyper-parameter-tuning-job --hyper-parameter-tuning-job-name {spec.name} --region {record['region']}"
+        )
+        raise
+    record.update(
+        status=description["HyperParameterTuningJobStatus"],
+        ended=time.time(),
+        training_jobs=description["TrainingJobStatusCounters"],
+        trials=sum(description["TrainingJobStatusCounters"].values()),
+    )
+    if "FailureReason" in description:
+        record["failure_reason"] = description["FailureReason"]
+    if "BestTrainingJob" in description:
+        best = description["BestTrainingJob"]
+        job = best_job_record(prepared.session, best["TrainingJobName"], spec.name)
+        records.save("jobs", job)
+        record["best"] = {
+            "job_name": job["name"],
+            "objective": best.get("FinalHyperParameterTuningJobObjectiveMetric", {}).get("Value"),
+            "tuned_hyperparameters": decode_hyperparameters(best["TunedHyperParameters"]),
+            "hyperparameters": job["hyperparameters"],
+            "model_data": job["model_data"],
+        }
+    records.save("tuning", record)
+    return record
+
+
+def follow_tuning_job(session: Any, name: str) -> dict[str, Any]:
+    """Poll DescribeHyperParameterTuningJob until the job ends, saying how many trials are where; return it."""
+    last = None
+    while True:
+        description = sdk.describe_tuning_job(session, name)
+        status = description["HyperParameterTuningJobStatus"]
+        progress = (
+            f"tuning job {name}: {status}; training jobs: {trial_counts(description['TrainingJobStatusCounters'])}"
+        )
+        if progress != last:
+            say(progress)
+            last = progress
+        if status not in RUNNING:
+            return description
+        time.sleep(sdk.POLL_SECONDS)
+
+
+def trial_counts(counters: dict[str, int]) -> str:
+    """`2 completed, 1 in progress, 0 failed, 0 stopped` from TrainingJobStatusCounters."""
+    failed = counters.get("RetryableError", 0) + counters.get("NonRetryableError", 0)
+    return (
+        f"{counters.get('Completed', 0)} completed, {counters.get('InProgress', 0)} in progress, {failed} failed, "
+        f"{counters.get('Stopped', 0)} stopped"
+    )
+
+
+def decode_hyperparameters(encoded: dict[str, str]) -> dict[str, Any]:
+    """The container's reading of SageMaker's strings (JSON, else the raw string), without SageMaker's own keys."""
+    decoded = {}
+    for key, value in encoded.items():
+        if key.startswith(ADDED_PREFIXES):
+            continue
+        try:
+            decoded[key] = json.loads(value)
+        except json.JSONDecodeError:
+            decoded[key] = value
+    return decoded
+
+
+def best_job_record(session: Any, job_name: str, tuning_job: str) -> dict[str, Any]:
+    """The best trial as a training job record, like `train --backend sagemaker` writes, so it can be deployed."""
+    description = sdk.describe_training_job(session, job_name)
+    model_data = description["ModelArtifacts"]["S3ModelArtifacts"]
+    resources = description["ResourceConfig"]
+    ended = description.get("TrainingEndTime")
+    return {
+        "name": job_name,
+        "backend": "sagemaker",
+        "tuning_job": tuning_job,
+        "created": description["CreationTime"].timestamp(),
+        "region": session.boto_region_name,
+        "role": description["RoleArn"],
+        "image": description["AlgorithmSpecification"]["TrainingImage"],
+        "instance_type": resources.get("InstanceType"),
+        "instance_count": resources.get("InstanceCount"),
+        "hyperparameters": decode_hyperparameters(description.get("HyperParameters", {})),
+        "channels": {
+            channel["ChannelName"]: channel["DataSource"]["S3DataSource"]["S3Uri"]
+            for channel in description.get("InputDataConfig", [])
+            if "S3DataSource" in channel["DataSource"]
+        },
+        "model_data": model_data,
+        "output_data": f"{model_data.rsplit('/', 1)[0]}/{contract.OUTPUT_ARTIFACT}",
+        **outcome(description),
+        "ended": ended.timestamp() if ended else None,
+    }

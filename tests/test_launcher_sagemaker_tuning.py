@@ -1,0 +1,279 @@
+"""launcher.sagemaker_tuning against AWS clients answered by botocore's Stubber (see test_launcher_sagemaker.py).
+
+Covered: the CreateHyperParameterTuningJob request the real SDK builds from a TuningSpec (strategy, objective,
+limits, ranges, early stopping, static hyperparameters, metric definitions, image, warm start, Hyperband's
+resource), validated against SageMaker's service model; the values the container will decode; following the job
+through DescribeHyperParameterTuningJob; and the record of its best training job.
+Not covered: whether SageMaker accepts the job and how it picks trials.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_launcher_sagemaker import BUCKET, IMAGE, REGION, ROLE, StubbedAWS, stub_aws
+
+from launcher import contract, sdk
+from launcher.backends.base import AwsOptions, TrainingSpec
+from launcher.errors import LauncherError
+from launcher.records import RecordStore
+from launcher.sagemaker_tuning import tune_on_sagemaker
+from launcher.tuning_spec import ParameterRange, TuningSpec
+
+TUNING = "imgclf-hpo-1"
+DATA = f"s3://{BUCKET}/shapes"
+ARN = f"arn:aws:sagemaker:{REGION}:111122223333"
+BEST = f"{TUNING}-004-1a2b3c4d"
+# botocore answers timestamps as aware datetimes.
+STARTED = datetime.datetime(2026, 3, 1, 12, 0, tzinfo=datetime.UTC)
+ENDED = datetime.datetime(2026, 3, 1, 12, 40, tzinfo=datetime.UTC)
+STATIC = {"epochs": 3, "model_name": "resnet50", "pretrained": False}
+# The original project's ranges, plus one integer and one string-valued range.
+RANGES = (
+    ParameterRange("learning_rate", "continuous", min_value=0.001, max_value=0.1, scaling="Logarithmic"),
+    ParameterRange("batch_size", "categorical", values=(32, 64, 128, 256, 512)),
+    ParameterRange("optimizer", "categorical", values=("sgd", "adam")),
+    ParameterRange("image_size", "integer", min_value=64, max_value=224),
+)
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> StubbedAWS:
+    return stub_aws(monkeypatch, tmp_path)
+
+
+def tuning_spec(**fields: Any) -> TuningSpec:
+    training = TrainingSpec(
+        job_name=TUNING,
+        channels={"training": DATA},
+        hyperparameters=fields.pop("hyperparameters", STATIC),
+        image=IMAGE,
+        instance_type="ml.g4dn.xlarge",
+        aws=AwsOptions(role=ROLE, bucket=BUCKET, region=REGION),
+    )
+    return TuningSpec(**{"name": TUNING, "training": training, "ranges": RANGES, "max_jobs": 6, "max_parallel_jobs": 2,
+                         **fields})  # fmt: skip
+
+
+def tuning_description(status: str, counters: dict[str, int], **fields: Any) -> dict[str, Any]:
+    """A DescribeHyperParameterTuningJob answer."""
+    return {
+        "HyperParameterTuningJobName": TUNING,
+        "HyperParameterTuningJobArn": f"{ARN}:hyper-parameter-tuning-job/{TUNING}",
+        "HyperParameterTuningJobConfig": {"Strategy": "Bayesian", "ResourceLimits": {"MaxParallelTrainingJobs": 2}},
+        "HyperParameterTuningJobStatus": status,
+        "CreationTime": 1_700_000_000,
+        "TrainingJobStatusCounters": counters,
+        "ObjectiveStatusCounters": {"Succeeded": counters.get("Completed", 0), "Pending": 0, "Failed": 0},
+        **fields,
+    }
+
+
+BEST_SUMMARY = {
+    "TrainingJobName": BEST,
+    "TrainingJobArn": f"{ARN}:training-job/{BEST}",
+    "CreationTime": STARTED,
+    "TrainingJobStatus": "Completed",
+    # As SageMaker reports them: what it passed to the trial, JSON-encoded by us for categorical values.
+    "TunedHyperParameters": {
+        "learning_rate": "0.03087708635920261",
+        "batch_size": "128",
+        "optimizer": '"adam"',
+        "image_size": "160",
+    },
+    "FinalHyperParameterTuningJobObjectiveMetric": {"MetricName": "average test loss", "Value": 0.41},
+}
+
+
+def best_training_job() -> dict[str, Any]:
+    """DescribeTrainingJob of the best trial: SageMaker's own keys among the hyperparameters."""
+    hyperparameters = {
+        **contract.encode_hyperparameters(STATIC),
+        **BEST_SUMMARY["TunedHyperParameters"],
+        "_tuning_objective_metric": '"average test loss"',
+        "sagemaker_job_name": json.dumps(BEST),
+    }
+    artifacts = f"s3://{BUCKET}/imgclf/{BEST}/output"
+    return {
+        "TrainingJobName": BEST,
+        "TrainingJobArn": f"{ARN}:training-job/{BEST}",
+        "TuningJobArn": f"{ARN}:hyper-parameter-tuning-job/{TUNING}",
+        "ModelArtifacts": {"S3ModelArtifacts": f"{artifacts}/model.tar.gz"},
+        "TrainingJobStatus": "Completed",
+        "SecondaryStatus": "Completed",
+        "HyperParameters": hyperparameters,
+        "AlgorithmSpecification": {"TrainingImage": IMAGE, "TrainingInputMode": "File"},
+        "RoleArn": ROLE,
+        "InputDataConfig": [{"ChannelName": "training", "DataSource": {"S3DataSource": {
+            "S3DataType": "S3Prefix", "S3Uri": DATA, "S3DataDistributionType": "FullyReplicated"}}}],
+        "ResourceConfig": {"InstanceType": "ml.g4dn.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30},
+        "StoppingCondition": {"MaxRuntimeInSeconds": 86400},
+        "CreationTime": STARTED,
+        "TrainingEndTime": ENDED,
+        "FinalMetricDataList": [{"MetricName": "average test loss", "Value": 0.41},
+                                {"MetricName": "test accuracy", "Value": 0.87}],
+    }  # fmt: skip
+
+
+def expect_tuning_job(aws: StubbedAWS) -> None:
+    sagemaker = aws.stub("sagemaker")
+    sagemaker.add_response(
+        "create_hyper_parameter_tuning_job",
+        {"HyperParameterTuningJobArn": f"{ARN}:hyper-parameter-tuning-job/{TUNING}"},
+    )
+    sagemaker.add_response("describe_hyper_parameter_tuning_job", tuning_description("InProgress", {"InProgress": 2}))
+    sagemaker.add_response("describe_hyper_parameter_tuning_job", tuning_description("InProgress", {"InProgress": 2}))
+    sagemaker.add_response(
+        "describe_hyper_parameter_tuning_job",
+        tuning_description("InProgress", {"Completed": 2, "InProgress": 2, "NonRetryableError": 1}),
+    )
+    sagemaker.add_response(
+        "describe_hyper_parameter_tuning_job",
+        tuning_description("Completed", {"Completed": 5, "NonRetryableError": 1}, BestTrainingJob=BEST_SUMMARY),
+    )
+    sagemaker.add_response("describe_training_job", best_training_job(), {"TrainingJobName": BEST})
+
+
+def test_tuning_job_request_and_best_job_record(aws: StubbedAWS, tmp_path: Path, capsys: pytest.CaptureFixture):
+    expect_tuning_job(aws)
+    records = RecordStore(tmp_path / "records")
+    record = tune_on_sagemaker(tuning_spec(), records)
+    aws.assert_all_answered()
+
+    (request,) = aws.sent("CreateHyperParameterTuningJob")
+    assert request["HyperParameterTuningJobName"] == TUNING
+    config = request["HyperParameterTuningJobConfig"]
+    assert config["Strategy"] == "Bayesian" and "StrategyConfig" not in config
+    assert config["HyperParameterTuningJobObjective"] == {"Type": "Minimize", "MetricName": "average test loss"}
+    assert config["ResourceLimits"] == {"MaxNumberOfTrainingJobs": 6, "MaxParallelTrainingJobs": 2}
+    assert config["TrainingJobEarlyStoppingType"] == "Off"
+    ranges = config["ParameterRanges"]
+    assert ranges["ContinuousParameterRanges"] == [
+        {"Name": "learning_rate", "MinValue": "0.001", "MaxValue": "0.1", "ScalingType": "Logarithmic"}
+    ]
+    assert ranges["IntegerParameterRanges"] == [
+        {"Name": "image_size", "MinValue": "64", "MaxValue": "224", "ScalingType": "Auto"}
+    ]
+    categorical = {r["Name"]: r["Values"] for r in ranges["CategoricalParameterRanges"]}
+    assert categorical == {"batch_size": ["32", "64", "128", "256", "512"], "optimizer": ['"sgd"', '"adam"']}
+    # What the container reads back: each value JSON-decoded to its own type.
+    assert {name: [json.loads(v) for v in values] for name, values in categorical.items()} == {
+        "batch_size": [32, 64, 128, 256, 512], "optimizer": ["sgd", "adam"]
+    }  # fmt: skip
+    assert "WarmStartConfig" not in request
+
+    definition = request["TrainingJobDefinition"]
+    # JSON-encoded, the tuned ones left out, and no SDK metadata (sagemaker_estimator_*).
+    assert definition["StaticHyperParameters"] == {"epochs": "3", "model_name": '"resnet50"', "pretrained": "false"}
+    algorithm = definition["AlgorithmSpecification"]
+    assert (algorithm["TrainingImage"], algorithm["TrainingInputMode"]) == (IMAGE, "File")
+    metrics = {d["Name"]: d["Regex"] for d in algorithm["MetricDefinitions"]}
+    assert metrics == {d["Name"]: d["Regex"] for d in sdk.METRIC_DEFINITIONS}  # the objective's among ours
+    assert re.search(metrics["average test loss"], "average test loss: 0.41").group(1) == "0.41"
+    assert definition["RoleArn"] == ROLE
+    assert definition["HyperParameterTuningResourceConfig"] == {
+        "InstanceType": "ml.g4dn.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30
+    }  # fmt: skip
+    assert definition["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] == DATA
+    assert definition["OutputDataConfig"] == {"S3OutputPath": f"s3://{BUCKET}/imgclf"}
+    assert definition["StoppingCondition"] == {"MaxRuntimeInSeconds": 86400}
+
+    err = capsys.readouterr().err
+    progress = [line for line in err.splitlines() if f"tuning job {TUNING}: " in line]
+    assert progress == [  # said when it changes, not at every poll
+        f"[launcher] tuning job {TUNING}: InProgress; training jobs: 0 completed, 2 in progress, 0 failed, 0 stopped",
+        f"[launcher] tuning job {TUNING}: InProgress; training jobs: 2 completed, 2 in progress, 1 failed, 0 stopped",
+        f"[launcher] tuning job {TUNING}: Completed; training jobs: 5 completed, 0 in progress, 1 failed, 0 stopped",
+    ]
+
+    assert (record["status"], record["trials"]) == ("Completed", 6)
+    tuned = {"learning_rate": 0.03087708635920261, "batch_size": 128, "optimizer": "adam", "image_size": 160}
+    assert record["best"] == {
+        "job_name": BEST,
+        "objective": 0.41,
+        "tuned_hyperparameters": tuned,
+        "hyperparameters": {**STATIC, **tuned},
+        "model_data": f"s3://{BUCKET}/imgclf/{BEST}/output/model.tar.gz",
+    }
+    assert records.load("tuning", TUNING) == json.loads(json.dumps(record))
+    job = records.load("jobs", BEST)  # deployable: `launcher deploy <best job> --backend sagemaker`
+    assert (job["status"], job["backend"], job["region"], job["tuning_job"]) == (
+        "Completed",
+        "sagemaker",
+        REGION,
+        TUNING,
+    )
+    assert job["model_data"] == record["best"]["model_data"]
+    assert job["output_data"] == f"s3://{BUCKET}/imgclf/{BEST}/output/output.tar.gz"
+    assert job["test_metrics"] == {"accuracy": 0.87, "loss": 0.41}
+    assert (job["created"], job["ended"]) == (STARTED.timestamp(), ENDED.timestamp())
+
+
+def test_hyperband_and_warm_start(aws: StubbedAWS, tmp_path: Path):
+    aws.stub("sagemaker").add_response(
+        "create_hyper_parameter_tuning_job",
+        {"HyperParameterTuningJobArn": f"{ARN}:hyper-parameter-tuning-job/{TUNING}"},
+    )
+    spec = tuning_spec(
+        strategy="Hyperband",
+        objective_metric="valid accuracy",
+        objective_regex=r"valid accuracy: ([0-9.eE+-]+)",
+        direction="Maximize",
+        warm_start_from=("imgclf-hpo-0", "imgclf-hpo-00"),
+    )
+    record = tune_on_sagemaker(spec, RecordStore(tmp_path / "records"), wait=False)
+    aws.assert_all_answered()
+    assert record["status"] == "InProgress" and record["best"] is None
+
+    (request,) = aws.sent("CreateHyperParameterTuningJob")
+    config = request["HyperParameterTuningJobConfig"]
+    assert config["Strategy"] == "Hyperband"
+    assert config["StrategyConfig"] == {"HyperbandStrategyConfig": {"MinResource": 1, "MaxResource": 3}}  # epochs
+    assert config["TrainingJobEarlyStoppingType"] == "Off"
+    assert config["HyperParameterTuningJobObjective"] == {"Type": "Maximize", "MetricName": "valid accuracy"}
+    warm_start = request["WarmStartConfig"]
+    assert warm_start["WarmStartType"] == "IdenticalDataAndAlgorithm"
+    parents = {parent["HyperParameterTuningJobName"] for parent in warm_start["ParentHyperParameterTuningJobs"]}
+    assert parents == {"imgclf-hpo-0", "imgclf-hpo-00"}
+    definitions = request["TrainingJobDefinition"]["AlgorithmSpecification"]["MetricDefinitions"]
+    assert {"Name": "valid accuracy", "Regex": r"valid accuracy: ([0-9.eE+-]+)"} in definitions
+
+
+def test_spot_trials_share_the_tuning_jobs_checkpoint_prefix(aws: StubbedAWS, tmp_path: Path):
+    aws.stub("sagemaker").add_client_error("create_hyper_parameter_tuning_job", "ResourceLimitExceeded", "limit", 400)
+    spec = tuning_spec()
+    spec = dataclasses.replace(spec, training=dataclasses.replace(spec.training, spot=True))
+    with pytest.raises(LauncherError, match=f"SageMaker did not start tuning job {TUNING}"):
+        tune_on_sagemaker(spec, RecordStore(tmp_path / "records"))
+    (request,) = aws.sent("CreateHyperParameterTuningJob")
+    definition = request["TrainingJobDefinition"]
+    assert definition["EnableManagedSpotTraining"] is True
+    assert definition["StoppingCondition"] == {"MaxRuntimeInSeconds": 86400, "MaxWaitTimeInSeconds": 172800}
+    assert definition["CheckpointConfig"] == {
+        "S3Uri": f"s3://{BUCKET}/imgclf/{TUNING}/checkpoints", "LocalPath": "/opt/ml/checkpoints"
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"name": "imgclf-hpo-2026-01-01-00-00-00-000"}, "SageMaker allows 1 to 32 letters, digits and hyphens"),
+        ({"strategy": "Hyperband", "early_stopping": "Auto"}, "Hyperband strategy stops trials itself"),
+        ({"strategy": "Hyperband", "hyperparameters": {"model_name": "resnet50"}}, "fix epochs as a whole number"),
+        ({"strategy": "Grid"}, "the Grid strategy searches categorical ranges only"),
+        ({"ranges": ()}, "has no hyperparameter ranges"),
+        ({"warm_start_from": tuple(f"p{i}" for i in range(6))}, "at most 5 parent tuning jobs"),
+    ],
+)
+def test_what_sagemaker_would_refuse_is_refused_before_any_call(
+    aws: StubbedAWS, tmp_path: Path, fields: dict[str, Any], message: str
+):
+    with pytest.raises(LauncherError, match=message):
+        tune_on_sagemaker(tuning_spec(**fields), RecordStore(tmp_path / "records"))
+    assert aws.calls == []
