@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import mimetypes
 import os
@@ -11,12 +12,16 @@ from pathlib import Path
 from typing import Any
 
 from launcher.backends import BACKENDS, DEFAULT_BACKEND, get_backend
-from launcher.backends.base import S3_SCHEME, AwsOptions, DeploySpec, TrainingSpec
+from launcher.backends.base import MAX_RUN_SECONDS, S3_SCHEME, AwsOptions, DeploySpec, TrainingSpec
 from launcher.backends.sagemaker import BUCKET_ENV, REGION_ENVS, ROLE_ENV
 from launcher.errors import LauncherError
+from launcher.job_config import JobConfig, load_job_config
 from launcher.progress import say
 from launcher.records import RecordStore, unique_name
 from launcher.report import show_report
+from launcher.tuning import run_tuning, tuning_spec
+from launcher.tuning_results import load_best_hyperparameters
+from launcher.tuning_spec import EARLY_STOPPING, STRATEGIES
 
 WORKDIR_ENV = "IMGCLF_WORKDIR"
 DEFAULT_WORKDIR = ".imgclf"
@@ -51,30 +56,108 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def add_image_options(parser: argparse.ArgumentParser) -> None:
+def add_image_options(parser: argparse.ArgumentParser, job: bool = False) -> None:
+    """--image and --instance-type; for a job their defaults are applied after its --config file."""
     parser.add_argument(
         "--image",
-        default=os.environ.get(IMAGE_ENV, DEFAULT_IMAGE),
+        default=None if job else os.environ.get(IMAGE_ENV, DEFAULT_IMAGE),
         help=f"the train+serve image (default ${IMAGE_ENV} or {DEFAULT_IMAGE}, built by `make build`); the "
         "sagemaker backend needs its ECR URI, <account>.dkr.ecr.<region>.amazonaws.com/imgclf:<tag> (`make push`)",
     )
     parser.add_argument(
         "--instance-type",
-        default="local",
+        default=None if job else "local",
         help="local backend: local, or local_gpu for a GPU through Docker's NVIDIA runtime (default local); "
         "sagemaker backend: a SageMaker type such as ml.g4dn.xlarge (GPU) or ml.m5.xlarge (CPU); "
         "the process backend runs on this machine and ignores it",
     )
 
 
-def add_aws_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--role", help=f"sagemaker backend: ARN of the IAM role the job runs as (default ${ROLE_ENV})")
+TRAIN_BUCKET_HELP = (
+    "artifacts (s3://BUCKET/imgclf/<job>/output/) and for local channel folders, which are uploaded to "
+    "s3://BUCKET/imgclf/<job>/input/<channel>"
+)
+DEPLOY_BUCKET_HELP = "a local model.tar.gz, which is uploaded to s3://BUCKET/imgclf/<endpoint>/ (not needed otherwise)"
+REGION_DEFAULT = f"${' or $'.join(REGION_ENVS)}"
+
+
+def add_aws_options(
+    parser: argparse.ArgumentParser, bucket_help: str = TRAIN_BUCKET_HELP, region_default: str = REGION_DEFAULT
+) -> None:
     parser.add_argument(
-        "--bucket",
-        help=f"sagemaker backend: S3 bucket for artifacts (s3://BUCKET/imgclf/<job>/output/) and for local "
-        f"channel folders, which are uploaded to s3://BUCKET/imgclf/<job>/input/<channel> (default ${BUCKET_ENV})",
+        "--role", help=f"sagemaker backend: ARN of the IAM role the job or endpoint runs as (default ${ROLE_ENV})"
     )
-    parser.add_argument("--region", help=f"sagemaker backend: AWS region (default ${' or $'.join(REGION_ENVS)})")
+    parser.add_argument("--bucket", help=f"sagemaker backend: S3 bucket for {bucket_help} (default ${BUCKET_ENV})")
+    parser.add_argument("--region", help=f"sagemaker backend: AWS region (default {region_default})")
+
+
+def add_job_options(parser: argparse.ArgumentParser, backend_help: str) -> None:
+    """What defines a training job, for `train` and `tune`; flags override the --config file."""
+    parser.add_argument(
+        "--config",
+        type=absolute_path,
+        metavar="YAML",
+        help="a job config file (data, image, instances, hyperparameters, tuning, rules; see README); "
+        "the flags below override it",
+    )
+    parser.add_argument("--backend", choices=list(BACKENDS), default=DEFAULT_BACKEND, help=backend_help)
+    parser.add_argument(
+        "--data",
+        help="one 'training' channel holding train/, valid/ (or val/) and test/ class folders "
+        "(a local folder, or an s3:// prefix on the sagemaker backend)",
+    )
+    parser.add_argument(
+        "--channel",
+        action="append",
+        type=parse_key_value,
+        default=[],
+        metavar="NAME=PATH",
+        help="an input channel, repeatable: train=, valid=, test= folders, or pretrained= a torchvision "
+        "state_dict file to start from",
+    )
+    parser.add_argument(
+        "-H",
+        "--hyperparameter",
+        action="append",
+        type=parse_key_value,
+        default=[],
+        metavar="NAME=VALUE",
+        help="a hyperparameter, repeatable, e.g. -H epochs=3 -H learning_rate=0.01 (see README for the list)",
+    )
+    parser.add_argument(
+        "--output",
+        type=folder_or_s3_uri,
+        help="where artifacts go: <output>/<job>/output/model.tar.gz (default: <workdir>/output; on the "
+        "sagemaker backend an s3:// URI, default s3://<bucket>/imgclf)",
+    )
+    add_image_options(parser, job=True)
+    parser.add_argument(
+        "--instance-count",
+        type=int,
+        help="instances; several train data-parallel (local and sagemaker backends; default 1)",
+    )
+    add_aws_options(parser)
+    parser.add_argument(
+        "--spot",
+        action="store_true",
+        help="sagemaker backend: managed spot training (spare capacity at a lower price; SageMaker may interrupt "
+        "the job and start it again when capacity returns). /opt/ml/checkpoints is synced with "
+        "s3://BUCKET/imgclf/<job>/checkpoints, for a trainer that resumes from there",
+    )
+    parser.add_argument(
+        "--max-run",
+        type=int,
+        default=MAX_RUN_SECONDS,
+        metavar="SECONDS",
+        help=f"sagemaker backend: the longest the job may run before SageMaker stops it (default {MAX_RUN_SECONDS})",
+    )
+    parser.add_argument(
+        "--max-wait",
+        type=int,
+        metavar="SECONDS",
+        help="with --spot: the longest to wait for spot capacity plus run, at least --max-run "
+        "(default twice --max-run)",
+    )
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -110,45 +193,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Run a training job with the built-in trainer and pack its model.tar.gz and output.tar.gz "
         "as SageMaker would. Prints the metric lines a tuner reads, then where the artifacts are.",
     )
-    train.add_argument("--backend", choices=list(BACKENDS), default=DEFAULT_BACKEND, help=backend_help)
-    train.add_argument(
-        "--data",
-        help="one 'training' channel holding train/, valid/ (or val/) and test/ class folders "
-        "(a local folder, or an s3:// prefix on the sagemaker backend)",
-    )
-    train.add_argument(
-        "--channel",
-        action="append",
-        type=parse_key_value,
-        default=[],
-        metavar="NAME=PATH",
-        help="an input channel, repeatable: train=, valid=, test= folders, or pretrained= a torchvision "
-        "state_dict file to start from",
-    )
-    train.add_argument(
-        "-H",
-        "--hyperparameter",
-        action="append",
-        type=parse_key_value,
-        default=[],
-        metavar="NAME=VALUE",
-        help="a hyperparameter, repeatable, e.g. -H epochs=3 -H learning_rate=0.01 (see README for the list)",
-    )
+    add_job_options(train, backend_help)
     train.add_argument("--job-name", help="unique job name (default: imgclf-<timestamp>-<random>)")
     train.add_argument(
-        "--output",
-        type=folder_or_s3_uri,
-        help="where artifacts go: <output>/<job>/output/model.tar.gz (default: <workdir>/output; on the "
-        "sagemaker backend an s3:// URI, default s3://<bucket>/imgclf)",
+        "--from-tuning",
+        metavar="TUNING",
+        help="start from the hyperparameters of this tuning run's best trial (-H flags still override them)",
     )
-    add_image_options(train)
-    train.add_argument(
-        "--instance-count",
-        type=int,
-        default=1,
-        help="instances; several train data-parallel (local and sagemaker backends)",
-    )
-    add_aws_options(train)
     train.add_argument(
         "--sagemaker-debugger",
         action="store_true",
@@ -158,12 +209,36 @@ def get_args_parser() -> argparse.ArgumentParser:
         "our own rules and report run inside the container either way (see `launcher report`)",
     )
 
+    tune = commands.add_parser(
+        "tune",
+        help="tune hyperparameters: many training jobs, the best one kept",
+        description="Run the tuning section of a job config: trials are real training jobs whose objective is "
+        "read from their logs. The process backend tunes here with Optuna (its study is kept in SQLite, so the "
+        "same command resumes an interrupted run); the sagemaker backend runs a SageMaker tuning job. Prints "
+        "the results table and the best hyperparameters; `train --from-tuning NAME` uses them.",
+    )
+    add_job_options(tune, backend_help)
+    tune.add_argument("--name", help="tuning run name (default: imgclf-tune-<timestamp>); reuse it to resume")
+    tune.add_argument("--strategy", choices=STRATEGIES, help="search strategy (default: the config's, or Bayesian)")
+    tune.add_argument("--max-jobs", type=int, help="number of trials (default: the config's, or 10)")
+    tune.add_argument(
+        "--max-parallel-jobs", type=int, help="trials at once (default: the config's, or 1; here at most cores/2)"
+    )
+    tune.add_argument(
+        "--early-stopping",
+        choices=EARLY_STOPPING,
+        help="Auto: stop trials worse than the median of earlier ones at the same epoch (default: the config's, "
+        "or Off)",
+    )
+
     deploy = commands.add_parser(
         "deploy",
         help="start an endpoint serving a trained model",
         description="Start an endpoint for a model and wait until it answers /ping with the model loaded.",
     )
-    deploy.add_argument("model", help="a training job's name, or the path of a model.tar.gz")
+    deploy.add_argument(
+        "model", help="a training job's name, the path of a model.tar.gz, or (sagemaker backend) its s3:// URI"
+    )
     deploy.add_argument("--backend", choices=list(BACKENDS), default=DEFAULT_BACKEND, help=backend_help)
     add_image_options(deploy)
     deploy.add_argument("--endpoint-name", help="unique endpoint name (default: imgclf-ep-<timestamp>-<random>)")
@@ -172,8 +247,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     deploy.add_argument("--workers", type=int, help="model server worker processes (default: the server's choice)")
     deploy.add_argument(
-        "--timeout", type=float, default=240.0, help="seconds to wait for the endpoint to become healthy (default 240)"
+        "--timeout",
+        type=float,
+        default=240.0,
+        help="process and local backends: seconds to wait for the endpoint to become healthy (default 240); "
+        "SageMaker applies its own limit",
     )
+    add_aws_options(deploy, DEPLOY_BUCKET_HELP, f"that of the training job, else {REGION_DEFAULT}")
 
     predict = commands.add_parser(
         "predict",
@@ -208,28 +288,45 @@ def cmd_sample_data(args: argparse.Namespace, _records: RecordStore) -> None:
     say(f"wrote {sum(counts.values())} images to {args.directory}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
-def cmd_train(args: argparse.Namespace, records: RecordStore) -> None:
-    channels = dict(args.channel)
+def job_spec(args: argparse.Namespace, job_name: str, base: dict[str, Any] | None = None) -> TrainingSpec:
+    """The training job the flags and the --config file describe (flags win); `base` hyperparameters go first."""
+    config = load_job_config(args.config) if args.config else JobConfig()
+    channels = {**config.channels, **dict(args.channel)}
     if args.data:
         channels["training"] = args.data
     if not channels:
-        raise LauncherError("no data: give --data DIR (with train/, valid/, test/) or --channel train=DIR ...")
+        raise LauncherError("no data: give --data DIR (with train/, valid/, test/), --channel train=DIR ..., or a "
+                            "--config with data")  # fmt: skip
+    if args.spot and args.backend != "sagemaker":
+        raise LauncherError("--spot needs --backend sagemaker (spot capacity is SageMaker's)")
+    if args.max_wait is not None and not args.spot:
+        raise LauncherError("--max-wait applies to spot training only: add --spot, or leave --max-wait out")
+    flags = {key: parse_value(value) for key, value in args.hyperparameter}
+    return TrainingSpec(
+        job_name=job_name,
+        channels=channels,
+        hyperparameters={**config.hyperparameters, **(base or {}), **flags},
+        output_path=args.output or config.output,
+        image=args.image or config.image or os.environ.get(IMAGE_ENV, DEFAULT_IMAGE),
+        instance_type=args.instance_type or config.instance_type or "local",
+        instance_count=args.instance_count or config.instance_count or 1,
+        aws=AwsOptions(role=args.role, bucket=args.bucket, region=args.region),
+        spot=args.spot,
+        max_run=args.max_run,
+        max_wait=args.max_wait,
+    )
+
+
+def cmd_train(args: argparse.Namespace, records: RecordStore) -> None:
     if args.sagemaker_debugger and args.backend != "sagemaker":
         raise LauncherError("--sagemaker-debugger needs --backend sagemaker (other backends have no Debugger)")
     job_name = args.job_name or unique_name(JOB_PREFIX)
     if records.exists("jobs", job_name):
         raise LauncherError(f"a job named {job_name!r} already exists; job names must be unique")
-    spec = TrainingSpec(
-        job_name=job_name,
-        channels=channels,
-        hyperparameters={key: parse_value(value) for key, value in args.hyperparameter},
-        output_path=args.output,
-        image=args.image,
-        instance_type=args.instance_type,
-        instance_count=args.instance_count,
-        aws=AwsOptions(role=args.role, bucket=args.bucket, region=args.region),
-        sagemaker_debugger=args.sagemaker_debugger,
-    )
+    best = load_best_hyperparameters(records.load("tuning", args.from_tuning)) if args.from_tuning else None
+    if best:
+        say(f"starting from tuning run {args.from_tuning}'s best hyperparameters: {best}")
+    spec = dataclasses.replace(job_spec(args, job_name, best), sagemaker_debugger=args.sagemaker_debugger)
     record = get_backend(args.backend, args.workdir, records).train(spec)
     if record["status"] != "Completed":
         raise LauncherError(f"training job {job_name} {record['status'].lower()}: {record.get('failure_reason', '')}")
@@ -242,15 +339,43 @@ def cmd_train(args: argparse.Namespace, records: RecordStore) -> None:
     say(f"output artifact: {record['output_data']}")
 
 
+def cmd_tune(args: argparse.Namespace, records: RecordStore) -> None:
+    config = load_job_config(args.config) if args.config else JobConfig()
+    if config.tuning is None:
+        raise LauncherError("nothing to tune: give a --config whose `tuning` section has ranges (see README)")
+    overrides = {
+        "strategy": args.strategy,
+        "max_jobs": args.max_jobs,
+        "max_parallel_jobs": args.max_parallel_jobs,
+        "early_stopping": args.early_stopping,
+    }
+    tuning = dataclasses.replace(config.tuning, **{k: v for k, v in overrides.items() if v is not None})
+    name = args.name or unique_name(f"{JOB_PREFIX}-tune")
+    spec = tuning_spec(name, job_spec(args, name), tuning)
+    record = run_tuning(spec, get_backend(args.backend, args.workdir, records), args.workdir, records)
+    best = record.get("best")
+    if not best:
+        raise LauncherError(f"tuning run {name} ended without a completed trial; see the table above")
+    say(f"best trial: job {best['job_name']}, {spec.objective_metric} {best['objective']:.6g}")
+    say(f"best hyperparameters: {json.dumps(best['tuned_hyperparameters'])}")
+    say(f"train with them: launcher train --from-tuning {name} ...")
+
+
 def cmd_deploy(args: argparse.Namespace, records: RecordStore) -> None:
-    job_name = None
-    if Path(args.model).is_file():
+    job_name, region = None, args.region
+    if args.model.startswith(S3_SCHEME) or Path(args.model).is_file():
         model_data = args.model
     else:
         job = records.load("jobs", args.model)
         if job.get("status") != "Completed":
             raise LauncherError(f"job {args.model} is {job.get('status')}, so it has no model to deploy")
         model_data, job_name = job["model_data"], job["name"]
+        region = region or job.get("region")  # a sagemaker job's model is in that region's S3
+    if model_data.startswith(S3_SCHEME) and args.backend != "sagemaker":
+        raise LauncherError(
+            f"the {args.backend} backend deploys a model.tar.gz on this machine, not {model_data}: "
+            "use --backend sagemaker"
+        )
     endpoint_name = args.endpoint_name or unique_name(f"{JOB_PREFIX}-ep")
     if records.exists("endpoints", endpoint_name):
         raise LauncherError(f"an endpoint named {endpoint_name!r} already exists; endpoint names must be unique")
@@ -263,6 +388,7 @@ def cmd_deploy(args: argparse.Namespace, records: RecordStore) -> None:
         port=args.port,
         workers=args.workers,
         startup_timeout=args.timeout,
+        aws=AwsOptions(role=args.role, bucket=args.bucket, region=region),
     )
     record = get_backend(args.backend, args.workdir, records).deploy(spec)
     say(f"predict with: launcher predict --endpoint {record['name']} IMAGE")
@@ -313,6 +439,7 @@ COMMANDS = {
     "predict": cmd_predict,
     "stop": cmd_stop,
     "report": cmd_report,
+    "tune": cmd_tune,
 }
 
 

@@ -9,7 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+import torchvision
 from PIL import Image, ImageDraw
+from torchvision.transforms import v2
+
+from imgclf.data import IMAGENET_MEAN, IMAGENET_STD
 
 BIN = Path(sys.executable).parent
 COLOURS = {"circle": (200, 30, 30), "square": (30, 160, 40), "triangle": (40, 60, 200)}
@@ -106,3 +111,23 @@ def trained_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = run_entry_point("train", base)
     assert result.returncode == 0, result.stdout + result.stderr
     return base / "model"
+
+
+@pytest.fixture(scope="session")
+def backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A `pretrained` channel: ResNet-18 weights with batch-norm statistics measured on the shapes."""
+    folder = tmp_path_factory.mktemp("pretrained")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18()
+    to_input = v2.Compose([v2.PILToTensor(), v2.Resize(32), v2.ToDtype(torch.float32, scale=True),
+                           v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])  # fmt: skip
+    images = torch.stack([to_input(draw_shape(shape, seed=i)) for shape in COLOURS for i in range(8)])
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # a plain average over the batches below
+    with torch.no_grad():
+        for _ in range(3):
+            model(images)
+    torch.save(model.state_dict(), folder / "resnet18.pth")
+    return folder

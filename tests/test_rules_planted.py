@@ -11,13 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-import torch
-import torchvision
-from conftest import COLOURS, draw_shape, make_job, run_entry_point, write_split
-from torchvision.transforms import v2
-
-from imgclf.data import IMAGENET_MEAN, IMAGENET_STD
+from conftest import COLOURS, make_job, run_entry_point, write_split
 
 GOOD = {"NoIssuesFound", "NotApplicable"}
 # Small and steady: 36 training images in batches of 6, rules judging windows of 6 steps, the smdebug hook
@@ -44,26 +38,6 @@ read = data.ImageDataset.__getitem__
 data.ImageDataset.__getitem__ = lambda self, index: (time.sleep(0.15), read(self, index))[1]
 run(TrainingEnv.from_environ())
 '''
-
-
-@pytest.fixture(scope="module")
-def backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A `pretrained` channel: ResNet-18 weights with batch-norm statistics measured on the shapes."""
-    folder = tmp_path_factory.mktemp("pretrained")
-    torch.manual_seed(0)
-    model = torchvision.models.resnet18()
-    to_input = v2.Compose([v2.PILToTensor(), v2.Resize(32), v2.ToDtype(torch.float32, scale=True),
-                           v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])  # fmt: skip
-    images = torch.stack([to_input(draw_shape(shape, seed=i)) for shape in COLOURS for i in range(8)])
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None  # a plain average over the batches below
-    with torch.no_grad():
-        for _ in range(3):
-            model(images)
-    torch.save(model.state_dict(), folder / "resnet18.pth")
-    return folder
 
 
 def shapes(root: Path, train: int = 12, valid: int = 4, valid_labels_shifted: bool = False) -> Path:

@@ -1,0 +1,210 @@
+"""Hyperparameter tuning on this machine with Optuna: every trial is a real training job through a backend
+(process), its objective read from the job's log by the same regex SageMaker's tuner uses.
+
+Strategies: Bayesian = TPE, Random, Grid, Hyperband = TPE with Hyperband pruning over epochs. Early stopping
+`Auto` is SageMaker's median rule: a trial whose validation loss (accuracy when maximising) at an epoch is
+worse than the median of earlier trials at that epoch is stopped. The study lives in SQLite, so a tuning run
+that was interrupted resumes without repeating finished trials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from launcher.backends.base import Backend
+from launcher.errors import LauncherError
+from launcher.progress import say
+from launcher.tuning_results import TrialRow, write_results
+from launcher.tuning_spec import ParameterRange, TuningSpec
+
+EPOCH_LINE = re.compile(
+    r"epoch: (\d+) train loss: \S+ valid loss: ([0-9.eE+-]+|nan|inf) valid accuracy: ([0-9.eE+-]+|nan|inf)"
+)
+POLL_SECONDS = 0.5
+STARTUP_TRIALS = 2  # the median rule needs earlier trials to compare with
+
+
+class TrialFailed(Exception):
+    """The trial's training job failed, or its log had no objective line."""
+
+
+def parallel_trials(requested: int) -> int:
+    """Trials at once on this machine: as asked, but at most one per two cores (each trial uses several)."""
+    return max(1, min(requested, (os.cpu_count() or 1) // 2))
+
+
+def make_sampler(spec: TuningSpec, seed: int) -> optuna.samplers.BaseSampler:
+    if spec.strategy == "Random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if spec.strategy == "Grid":
+        return optuna.samplers.GridSampler({r.name: grid_values(r) for r in spec.ranges}, seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def make_pruner(spec: TuningSpec, epochs: int) -> optuna.pruners.BasePruner:
+    if spec.strategy == "Hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1))
+    if spec.early_stopping == "Auto":
+        return optuna.pruners.MedianPruner(n_startup_trials=STARTUP_TRIALS, n_warmup_steps=0)
+    return optuna.pruners.NopPruner()
+
+
+def grid_values(r: ParameterRange) -> list:
+    if r.kind != "categorical":
+        raise LauncherError(f"the Grid strategy searches categorical ranges only, and {r.name} is {r.kind}")
+    return list(r.values)
+
+
+def suggest(trial: optuna.Trial, r: ParameterRange) -> Any:
+    """A value for one range. Auto scaling is logarithmic when the range spans a factor of 10 or more above 0."""
+    log = r.scaling == "Logarithmic" or (r.scaling == "Auto" and r.kind != "categorical" and r.min_value > 0
+                                         and r.max_value / r.min_value >= 10)  # fmt: skip
+    if r.kind == "categorical":
+        return trial.suggest_categorical(r.name, list(r.values))
+    if r.kind == "integer":
+        return trial.suggest_int(r.name, int(r.min_value), int(r.max_value), log=log)
+    if r.scaling == "ReverseLogarithmic":  # dense near 1: sample 1 - value on a log scale
+        return 1 - trial.suggest_float(f"1-{r.name}", 1 - r.max_value, 1 - r.min_value, log=True)
+    return trial.suggest_float(r.name, r.min_value, r.max_value, log=log)
+
+
+class LocalTuner:
+    def __init__(self, spec: TuningSpec, backend: Backend, folder: Path, seed: int = 0):
+        if spec.warm_start_from:
+            raise LauncherError("warm start is available on the sagemaker backend only")
+        self.spec, self.backend, self.folder, self.seed = spec, backend, folder, seed
+        self.objective_pattern = re.compile(spec.objective_regex)
+        self.maximise = spec.direction == "Maximize"
+        self.epochs = int(spec.training.hyperparameters.get("epochs", 5))
+
+    def run(self) -> dict[str, Any]:
+        """Run the trials still missing from the study; return the tuning record (best trial included)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        study = optuna.create_study(
+            study_name=self.spec.name,
+            storage=f"sqlite:///{self.folder / 'study.db'}",
+            load_if_exists=True,
+            direction=self.spec.direction.lower(),
+            sampler=make_sampler(self.spec, self.seed),
+            pruner=make_pruner(self.spec, self.epochs),
+        )
+        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)  # cut short by an interruption: rerun
+        done = len(self._ended(study))
+        remaining = self.spec.max_jobs - done
+        if remaining > 0:
+            at_once = parallel_trials(self.spec.max_parallel_jobs)
+            say(
+                f"tuning {self.spec.name}: {done} of {self.spec.max_jobs} trials done, running {remaining} "
+                f"({at_once} at a time; study {self.folder / 'study.db'})"
+            )
+            study.optimize(self._objective, n_trials=remaining, n_jobs=at_once, catch=(TrialFailed,))
+        rows = [self._row(t) for t in self._ended(study)]
+        return write_results(self.spec, rows, self.folder)
+
+    @staticmethod
+    def _ended(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+        """Trials whose job ran to its end (completed, stopped early or failed); not those cut by an interruption."""
+        return [t for t in study.trials if t.state.is_finished() and "duration" in t.user_attrs]
+
+    def _objective(self, trial: optuna.Trial) -> float:
+        tuned = {r.name: suggest(trial, r) for r in self.spec.ranges}
+        job_name = f"{self.spec.name}-{trial.number + 1:03d}"
+        trial.set_user_attr("job", job_name)
+        trial.set_user_attr("hyperparameters", tuned)
+        training = dataclasses.replace(self.spec.training, job_name=job_name, echo=False,
+                                       hyperparameters={**self.spec.training.hyperparameters, **tuned})  # fmt: skip
+        say(f"trial {trial.number + 1}: job {job_name} with {tuned}")
+        outcome: dict[str, Any] = {}
+        worker = threading.Thread(target=self._train, args=(training, outcome), name=job_name, daemon=True)
+        start = time.time()
+        worker.start()
+        try:
+            pruned_at = self._watch(trial, worker, job_name)
+        except KeyboardInterrupt:  # stop the trial's job too; the study reruns this trial on resume
+            with contextlib.suppress(LauncherError):
+                self.backend.stop_training(job_name)
+            worker.join()
+            raise
+        worker.join()
+        trial.set_user_attr("duration", time.time() - start)
+        if "error" in outcome:
+            raise TrialFailed(outcome["error"])
+        if pruned_at is not None:
+            trial.set_user_attr("stopped_at_epoch", pruned_at)
+            say(f"trial {trial.number + 1}: stopped early after epoch {pruned_at} (worse than the median)")
+            raise optuna.TrialPruned()
+        record = outcome["record"]
+        if record["status"] != "Completed":
+            raise TrialFailed(f"job {job_name} {record['status']}: {record.get('failure_reason', '')[:300]}")
+        value = self._objective_value(Path(record["log"]))
+        trial.set_user_attr("objective", value)
+        say(f"trial {trial.number + 1}: {self.spec.objective_metric} = {value:.6g}")
+        return value
+
+    def _train(self, training: Any, outcome: dict[str, Any]) -> None:
+        try:
+            outcome["record"] = self.backend.train(training)
+        except LauncherError as err:
+            outcome["error"] = str(err)
+
+    def _watch(self, trial: optuna.Trial, worker: threading.Thread, job_name: str) -> int | None:
+        """Report each epoch's validation metric as it appears in the log; stop the job if the pruner says so."""
+        log, read, reported = None, 0, set()
+        while worker.is_alive():
+            time.sleep(POLL_SECONDS)
+            log = log or self._log_path(job_name)
+            if log is None or not log.is_file():
+                continue
+            text = log.read_text(errors="replace")
+            new, read = text[read:], len(text)
+            for match in EPOCH_LINE.finditer(new):
+                epoch = int(match.group(1))
+                value = float(match.group(3) if self.maximise else match.group(2))
+                if epoch in reported or not math.isfinite(value):
+                    continue
+                reported.add(epoch)
+                trial.report(value, epoch)
+                if epoch < self.epochs and trial.should_prune():
+                    self.backend.stop_training(job_name)
+                    worker.join()
+                    return epoch
+        return None
+
+    def _log_path(self, job_name: str) -> Path | None:
+        if not self.backend.records.exists("jobs", job_name):
+            return None
+        return Path(self.backend.records.load("jobs", job_name)["log"])
+
+    def _objective_value(self, log: Path) -> float:
+        matches = self.objective_pattern.findall(log.read_text(errors="replace"))
+        if not matches:
+            raise TrialFailed(f"no line of {log} matches the objective regex {self.spec.objective_regex!r}")
+        value = float(matches[-1])
+        if not math.isfinite(value):
+            raise TrialFailed(f"the objective in {log} is {value}")
+        return value
+
+    @staticmethod
+    def _row(trial: optuna.trial.FrozenTrial) -> TrialRow:
+        status = {"COMPLETE": "Completed", "PRUNED": "Stopped", "FAIL": "Failed"}.get(trial.state.name, "InProgress")
+        return TrialRow(
+            trial=trial.number + 1,
+            job_name=trial.user_attrs["job"],
+            hyperparameters=trial.user_attrs.get("hyperparameters", {}),
+            objective=trial.user_attrs.get("objective"),
+            status=status,
+            duration=trial.user_attrs.get("duration"),
+            stopped_early=trial.state == optuna.trial.TrialState.PRUNED,
+            stopped_at_epoch=trial.user_attrs.get("stopped_at_epoch"),
+        )

@@ -1,0 +1,45 @@
+"""`launcher tune`: a job config's tuning section into a run on the chosen backend, and its record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from launcher.backends.base import Backend, TrainingSpec
+from launcher.errors import LauncherError
+from launcher.job_config import TuningConfig
+from launcher.local_tuning import LocalTuner
+from launcher.records import RecordStore
+from launcher.tuning_spec import TuningSpec
+
+
+def tuning_spec(name: str, training: TrainingSpec, config: TuningConfig) -> TuningSpec:
+    return TuningSpec(
+        name=name,
+        training=training,
+        ranges=config.ranges,
+        objective_metric=config.objective_metric,
+        objective_regex=config.objective_regex,
+        direction=config.direction,
+        strategy=config.strategy,
+        max_jobs=config.max_jobs,
+        max_parallel_jobs=config.max_parallel_jobs,
+        early_stopping=config.early_stopping,
+        warm_start_from=config.warm_start_from,
+    )
+
+
+def run_tuning(spec: TuningSpec, backend: Backend, workdir: Path, records: RecordStore) -> dict[str, Any]:
+    """Tune on SageMaker, or here with Optuna on the process backend; return the saved tuning record."""
+    if backend.name == "sagemaker":
+        from launcher.sagemaker_tuning import tune_on_sagemaker
+
+        return tune_on_sagemaker(spec, records)
+    if backend.name != "process":
+        raise LauncherError(
+            f"tuning on the {backend.name} backend is not supported yet: use --backend process (trials as local "
+            "processes) or --backend sagemaker"
+        )
+    record = {"backend": backend.name, **LocalTuner(spec, backend, workdir / "tuning" / spec.name).run()}
+    records.save("tuning", record)
+    return record
