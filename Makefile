@@ -109,6 +109,7 @@ format: install
 bench: install
 	$(BIN)/python bench/train_overhead.py
 	$(BIN)/python bench/diagnostics_overhead.py
+	$(BIN)/python bench/tuning_early_stopping.py
 
 clean:
 	rm -rf $(VENV) $(WORKDIR) build .pytest_cache .ruff_cache

@@ -64,66 +64,54 @@ class LowGPUUtilization(Rule):
         )
 
 
-class CPUBottleneck(Rule):
-    """More than `threshold` % of samples have GPU utilisation under `gpu_threshold` while CPU is over
-    `cpu_threshold`."""
+class _IdleGPUBottleneck(Rule):
+    """More than `threshold` % of samples have GPU utilisation under `gpu_threshold` while `busy(sample)` holds."""
 
-    name = "CPUBottleneck"
     kind = "profiler"
-    defaults: ClassVar[dict[str, Any]] = {
-        "threshold": 50.0,
-        "gpu_threshold": 10.0,
-        "cpu_threshold": 90.0,
-        "patience": 1000,
-    }
+    cause: ClassVar[str]  # what keeps the GPU waiting, for the explanation
+    advice: ClassVar[str]
+
+    def busy(self, sample: SystemSample) -> bool:
+        raise NotImplementedError
 
     def evaluate(self, evidence: Evidence) -> RuleResult:
         p = self.parameters
         samples = _gpu_samples(evidence, p["patience"])
         if not samples:
             return self.not_applicable(NO_GPU)
-        busy = [s for s in samples if max(s.gpu) < p["gpu_threshold"] and s.cpu_total > p["cpu_threshold"]]
-        share = 100 * len(busy) / len(samples)
+        stalled = [s for s in samples if max(s.gpu) < p["gpu_threshold"] and self.busy(s)]
+        share = 100 * len(stalled) / len(samples)
         if share <= p["threshold"]:
-            return self.passed(f"{share:.0f}% of samples were CPU-bound with an idle GPU", share=share)
-        return self.fired(
-            f"{share:.0f}% of samples had the CPU over {p['cpu_threshold']:.0f}% and the GPU under "
-            f"{p['gpu_threshold']:.0f}%",
-            [],
-            "move preprocessing off the CPU (smaller images on disk, GPU decoding) or choose more CPU cores",
-            share=share,
-        )
+            return self.passed(f"{share:.0f}% of samples had {self.cause} and an idle GPU", share=share)
+        return self.fired(f"{share:.0f}% of samples had {self.cause} and the GPU under {p['gpu_threshold']:.0f}%",
+                          [], self.advice, share=share)  # fmt: skip
 
 
-class IOBottleneck(Rule):
-    """More than `threshold` % of samples have GPU utilisation under `gpu_threshold` while I/O wait is over
+class CPUBottleneck(_IdleGPUBottleneck):
+    """More than `threshold` % of samples have the GPU under `gpu_threshold` while CPU is over `cpu_threshold`."""
+
+    name = "CPUBottleneck"
+    defaults: ClassVar[dict[str, Any]] = {"threshold": 50.0, "gpu_threshold": 10.0, "cpu_threshold": 90.0,
+                                          "patience": 1000}  # fmt: skip
+    cause = "the CPU over its threshold"
+    advice = "move preprocessing off the CPU (smaller images on disk, GPU decoding) or choose more CPU cores"
+
+    def busy(self, sample: SystemSample) -> bool:
+        return sample.cpu_total > self.parameters["cpu_threshold"]
+
+
+class IOBottleneck(_IdleGPUBottleneck):
+    """More than `threshold` % of samples have the GPU under `gpu_threshold` while I/O wait is over
     `io_threshold` %."""
 
     name = "IOBottleneck"
-    kind = "profiler"
-    defaults: ClassVar[dict[str, Any]] = {
-        "threshold": 50.0,
-        "gpu_threshold": 10.0,
-        "io_threshold": 50.0,
-        "patience": 1000,
-    }
+    defaults: ClassVar[dict[str, Any]] = {"threshold": 50.0, "gpu_threshold": 10.0, "io_threshold": 50.0,
+                                          "patience": 1000}  # fmt: skip
+    cause = "I/O wait over its threshold"
+    advice = "copy the data to local disk first (File input mode), or use fewer, larger files"
 
-    def evaluate(self, evidence: Evidence) -> RuleResult:
-        p = self.parameters
-        samples = _gpu_samples(evidence, p["patience"])
-        if not samples:
-            return self.not_applicable(NO_GPU)
-        waiting = [s for s in samples if max(s.gpu) < p["gpu_threshold"] and s.iowait > p["io_threshold"]]
-        share = 100 * len(waiting) / len(samples)
-        if share <= p["threshold"]:
-            return self.passed(f"{share:.0f}% of samples waited on I/O with an idle GPU", share=share)
-        return self.fired(
-            f"{share:.0f}% of samples had I/O wait over {p['io_threshold']:.0f}% and the GPU under "
-            f"{p['gpu_threshold']:.0f}%",
-            [],
-            "copy the data to local disk first (File input mode), or use fewer, larger files",
-            share=share,
-        )
+    def busy(self, sample: SystemSample) -> bool:
+        return sample.iowait > self.parameters["io_threshold"]
 
 
 class BatchSize(Rule):
