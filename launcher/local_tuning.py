@@ -1,5 +1,7 @@
 """Hyperparameter tuning on this machine with Optuna: every trial is a real training job through a backend
-(process), its objective read from the job's log by the same regex SageMaker's tuner uses.
+(process: the image's `train` as a process; local: the image in Docker through SageMaker local mode), run in a
+thread with its console output off; the job's live log (`log` in its record) gives the epoch metrics and the
+objective, by the same regex SageMaker's tuner uses.
 
 Strategies: Bayesian = TPE, Random, Grid, Hyperband = TPE with Hyperband pruning over epochs. Early stopping
 `Auto` is SageMaker's median rule: a trial whose validation loss (accuracy when maximising) at an epoch is
@@ -30,6 +32,7 @@ from launcher.tuning_spec import ParameterRange, TuningSpec
 EPOCH_LINE = re.compile(
     r"epoch: (\d+) train loss: \S+ valid loss: ([0-9.eE+-]+|nan|inf) valid accuracy: ([0-9.eE+-]+|nan|inf)"
 )
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # the tuner says what each trial does; Optuna need not
 POLL_SECONDS = 0.5
 STARTUP_TRIALS = 2  # the median rule needs earlier trials to compare with
 
@@ -38,9 +41,10 @@ class TrialFailed(Exception):
     """The trial's training job failed, or its log had no objective line."""
 
 
-def parallel_trials(requested: int) -> int:
-    """Trials at once on this machine: as asked, but at most one per two cores (each trial uses several)."""
-    return max(1, min(requested, (os.cpu_count() or 1) // 2))
+def parallel_trials(requested: int, backend_limit: int | None = None) -> int:
+    """Trials at once on this machine: as asked, but at most one per two cores (each trial uses several) and
+    no more than the backend can run at once."""
+    return max(1, min(requested, (os.cpu_count() or 1) // 2, backend_limit or requested))
 
 
 def make_sampler(spec: TuningSpec, seed: int) -> optuna.samplers.BaseSampler:
@@ -103,7 +107,7 @@ class LocalTuner:
         done = len(self._ended(study))
         remaining = self.spec.max_jobs - done
         if remaining > 0:
-            at_once = parallel_trials(self.spec.max_parallel_jobs)
+            at_once = parallel_trials(self.spec.max_parallel_jobs, self.backend.max_concurrent_jobs)
             say(
                 f"tuning {self.spec.name}: {done} of {self.spec.max_jobs} trials done, running {remaining} "
                 f"({at_once} at a time; study {self.folder / 'study.db'})"

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from launcher.contract import encode_hyperparameters
 from launcher.errors import LauncherError
@@ -85,25 +85,51 @@ def local_session(
     return session
 
 
+class LocalContainer(NamedTuple):
+    """A container of a local-mode job or endpoint."""
+
+    id: str
+    name: str
+
+
+def local_mode_containers(container_root: Path, *statuses: str) -> list[LocalContainer]:
+    """The containers that local mode started from compose files under `container_root`, in one of `statuses`
+    (Docker's: created, running, exited, ...; none given: any).
+
+    Their compose working directory (a label) tells ours apart from every other container.
+    """
+    filters = [arg for status in statuses for arg in ("--filter", f"status={status}")]
+    listed = subprocess.run(
+        ["docker", "ps", "-a", *filters,
+         "--format", '{{.ID}} {{.Names}} {{.Label "com.docker.compose.project.working_dir"}}'],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    fields = [line.split(" ", 2) for line in listed.stdout.splitlines()]
+    return [
+        LocalContainer(field[0], field[1])
+        for field in fields
+        if len(field) == 3 and Path(field[2]).is_relative_to(container_root)
+    ]
+
+
 def remove_stopped_containers(container_root: Path) -> int:
     """Remove the stopped containers that local mode started from compose files under `container_root`.
 
-    docker-compose leaves them behind after a job ends or an endpoint stops; their compose working directory
-    (a label) tells ours apart. Returns how many were removed.
+    docker-compose leaves them behind after a job ends or an endpoint stops. Returns how many were removed.
     """
-    listed = subprocess.run(
-        ["docker", "ps", "-a", "--filter", "status=exited", "--filter", "status=created",
-         "--format", '{{.ID}} {{.Label "com.docker.compose.project.working_dir"}}'],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    ours = [
-        line.split(" ", 1)[0]
-        for line in listed.stdout.splitlines()
-        if " " in line and Path(line.split(" ", 1)[1]).is_relative_to(container_root)
-    ]
+    ours = [container.id for container in local_mode_containers(container_root, "exited", "created")]
     if ours:
         subprocess.run(["docker", "rm", *ours], capture_output=True, check=False)
     return len(ours)
+
+
+def stop_running_containers(container_root: Path, grace_seconds: int) -> int:
+    """Stop the running containers of local mode under `container_root` as SageMaker stops a job: SIGTERM, then
+    SIGKILL after `grace_seconds` (`docker stop`, which waits for that). Returns how many were running."""
+    running = [container.id for container in local_mode_containers(container_root, "running")]
+    if running:
+        subprocess.run(["docker", "stop", "--time", str(grace_seconds), *running], capture_output=True, check=False)
+    return len(running)
 
 
 def estimator(

@@ -12,6 +12,8 @@ from launcher.local_tuning import LocalTuner
 from launcher.records import RecordStore
 from launcher.tuning_spec import TuningSpec
 
+LOCAL_TUNING_BACKENDS = ("process", "local")  # the backends whose trials Optuna runs on this machine
+
 
 def tuning_spec(name: str, training: TrainingSpec, config: TuningConfig) -> TuningSpec:
     return TuningSpec(
@@ -30,15 +32,16 @@ def tuning_spec(name: str, training: TrainingSpec, config: TuningConfig) -> Tuni
 
 
 def run_tuning(spec: TuningSpec, backend: Backend, workdir: Path, records: RecordStore) -> dict[str, Any]:
-    """Tune on SageMaker, or here with Optuna on the process backend; return the saved tuning record."""
+    """Tune on SageMaker, or here with Optuna (trials as processes, or as SageMaker local-mode jobs in Docker);
+    return the saved tuning record."""
     if backend.name == "sagemaker":
         from launcher.sagemaker_tuning import tune_on_sagemaker
 
         return tune_on_sagemaker(spec, records)
-    if backend.name != "process":
+    if backend.name not in LOCAL_TUNING_BACKENDS:
         raise LauncherError(
-            f"tuning on the {backend.name} backend is not supported yet: use --backend process (trials as local "
-            "processes) or --backend sagemaker"
+            f"the {backend.name} backend cannot tune: use --backend process (trials as processes here), local "
+            "(trials in Docker through SageMaker local mode) or sagemaker"
         )
     record = {"backend": backend.name, **LocalTuner(spec, backend, workdir / "tuning" / spec.name).run()}
     records.save("tuning", record)

@@ -131,3 +131,23 @@ def backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
             model(images)
     torch.save(model.state_dict(), folder / "resnet18.pth")
     return folder
+
+
+# -- Docker tests (marked `docker`): the image `make test` built, and the containers local mode leaves -------------
+@pytest.fixture(scope="module")
+def image() -> str:
+    name = os.environ.get("IMGCLF_TEST_IMAGE")
+    if not name:
+        pytest.fail("IMGCLF_TEST_IMAGE is not set: run the Docker tests with `make test` (it builds the image)")
+    subprocess.run(["docker", "image", "inspect", name], check=True, capture_output=True)
+    return name
+
+
+def docker(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def compose_containers(root: Path) -> list[str]:
+    """Containers of any state that local mode started from compose files under `root`."""
+    listed = docker("ps", "-a", "--format", '{{.Names}} {{.Label "com.docker.compose.project.working_dir"}}')
+    return [line for line in listed.stdout.splitlines() if str(root) in line]

@@ -76,6 +76,7 @@ class Backend(ABC):
     """Runs the image's `train` and `serve` somewhere; talks to them only through the SageMaker contract."""
 
     name: ClassVar[str]
+    max_concurrent_jobs: ClassVar[int | None] = None  # training jobs it can run at once here; None: no limit
 
     def __init__(self, workdir: Path, records: RecordStore):
         self.workdir = workdir

@@ -1,14 +1,19 @@
 """The `local` backend: SageMaker Python SDK local mode, our image in Docker through docker-compose.
 
-Jobs use `file://` inputs and outputs; endpoints are hosted by a detached `launcher.local_endpoint` process
-and queried with the original project's predictor (raw JPEG in, JSON out).
+Jobs use `file://` inputs and outputs; their containers' output is copied to `<workdir>/jobs/<job>/train.log`
+while they run, and a running job can be stopped (SIGTERM, as SageMaker's StopTrainingJob). Endpoints are
+hosted by a detached `launcher.local_endpoint` process and queried with the original project's predictor (raw
+JPEG in, JSON out).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -16,13 +21,77 @@ from typing import Any
 from launcher import contract, hosted, sdk
 from launcher.backends.base import Backend, DeploySpec, TrainingSpec
 from launcher.errors import LauncherError
-from launcher.progress import say
+from launcher.progress import muted_stdout, say
+from launcher.records import RecordStore
 
 INSTANCE_TYPES = ("local", "local_gpu")
+FIND_CONTAINERS_SECONDS = 0.5  # between looks for a job's containers until all of them are there
+
+
+class ContainerLogs:
+    """Copies the output of a job's containers into one log file while the job runs: `docker logs -f`, one
+    reader per container, each line prefixed with the container's name (as compose does) when there are several.
+
+    Use as a context manager around the job; on exit it waits for the readers, so the file is complete once the
+    containers have exited (and before they are removed).
+    """
+
+    def __init__(self, container_root: Path, log_file: Path, instance_count: int):
+        self.container_root, self.log_file, self.instance_count = container_root, log_file, instance_count
+        self.job_ended = threading.Event()
+        self.lock = threading.Lock()  # one line at a time into the file
+        self.readers: list[threading.Thread] = []
+        self.finder = threading.Thread(target=self._find_containers, name=f"find {container_root.name}", daemon=True)
+
+    def __enter__(self) -> ContainerLogs:
+        self.log = open(self.log_file, "w")
+        self.finder.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.job_ended.set()
+        self.finder.join()
+        for reader in self.readers:
+            reader.join()
+        self.log.close()
+
+    def _find_containers(self) -> None:
+        """Start a reader for each of the job's containers as it appears, until all are there or the job ended."""
+        followed: set[str] = set()
+        while len(followed) < self.instance_count:
+            ended = self.job_ended.is_set()  # read first: containers listed after the end are all there is
+            for container in sdk.local_mode_containers(self.container_root):
+                if container.id not in followed:
+                    followed.add(container.id)
+                    self.readers.append(threading.Thread(target=self._copy, args=(container,), daemon=True))
+                    self.readers[-1].start()
+            if ended:
+                return
+            self.job_ended.wait(FIND_CONTAINERS_SECONDS)
+
+    def _copy(self, container: sdk.LocalContainer) -> None:
+        """Copy one container's output, from its start until it exits (text mode turns its tty's CRLF into LF)."""
+        prefix = f"{container.name} | " if self.instance_count > 1 else ""
+        command = ["docker", "logs", "--follow", container.id]
+        with subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+        ) as follow:
+            for line in follow.stdout:
+                with self.lock:
+                    self.log.write(prefix + line.rstrip("\n") + "\n")
+                    self.log.flush()
 
 
 class LocalBackend(Backend):
     name = "local"
+    # Every local-mode job names its hosts algo-1, algo-2, ... on the one `sagemaker-local` network, so two jobs
+    # at once would resolve each other's hosts.
+    max_concurrent_jobs = 1
+
+    def __init__(self, workdir: Path, records: RecordStore):
+        super().__init__(workdir, records)
+        self._running: dict[str, Path] = {}  # job name -> its compose files' folder, while `train` runs it
+        self._stopping: set[str] = set()  # jobs that `stop_training` stopped
 
     def train(self, spec: TrainingSpec) -> dict[str, Any]:
         if spec.instance_type not in INSTANCE_TYPES:
@@ -34,6 +103,8 @@ class LocalBackend(Backend):
         for name, path in channels.items():
             if not path.exists():
                 raise LauncherError(f"channel {name!r}: {path} does not exist")
+        container_root = self.workdir / "jobs" / spec.job_name
+        container_root.mkdir(parents=True, exist_ok=True)
         record = {
             "name": spec.job_name,
             "backend": self.name,
@@ -44,10 +115,9 @@ class LocalBackend(Backend):
             "instance_count": spec.instance_count,
             "hyperparameters": spec.hyperparameters,
             "channels": {name: str(path) for name, path in channels.items()},
+            "log": str(container_root / "train.log"),
         }
         self.records.save("jobs", record)
-        container_root = self.workdir / "jobs" / spec.job_name
-        container_root.mkdir(parents=True, exist_ok=True)
         estimator = sdk.estimator(
             sdk.local_session(container_root=container_root),
             image=spec.image,
@@ -58,24 +128,59 @@ class LocalBackend(Backend):
             hyperparameters=spec.hyperparameters,
         )
         say(f"training job {spec.job_name} started in SageMaker local mode ({spec.instance_count} x {spec.image})")
+        inputs = {name: f"file://{path}" for name, path in channels.items()}
         try:
-            estimator.fit({name: f"file://{path}" for name, path in channels.items()}, job_name=spec.job_name)
-        except Exception as err:  # the SDK raises RuntimeError/ValueError variants for a failed container
-            record.update(status="Failed", failure_reason=f"{err}; see the container log above", ended=time.time())
+            failure = self._fit(estimator, spec, inputs, container_root, Path(record["log"]))
+        except KeyboardInterrupt:  # Ctrl-C reaches docker-compose too, which stops the containers
+            record.update(status="Stopped", failure_reason="interrupted by the user", ended=time.time())
             self.records.save("jobs", record)
-            return record
-        finally:
-            sdk.remove_stopped_containers(container_root)
-        record.update(
-            status="Completed",
-            ended=time.time(),
-            model_data=str(output_dir / contract.MODEL_ARTIFACT),
-            output_data=str(output_dir / contract.OUTPUT_ARTIFACT),
-        )
-        metrics = contract.read_metrics(output_dir / contract.OUTPUT_ARTIFACT)
-        record["test_metrics"] = (metrics or {}).get("test")
+            raise
+        if spec.job_name in self._stopping:
+            self._stopping.discard(spec.job_name)
+            record.update(status="Stopped", failure_reason="stopped on request: its containers were sent SIGTERM")
+        elif failure:
+            record.update(status="Failed", failure_reason=f"{failure}; see the container log {record['log']}")
+        else:
+            record.update(
+                status="Completed",
+                model_data=str(output_dir / contract.MODEL_ARTIFACT),
+                output_data=str(output_dir / contract.OUTPUT_ARTIFACT),
+            )
+            metrics = contract.read_metrics(output_dir / contract.OUTPUT_ARTIFACT)
+            record["test_metrics"] = (metrics or {}).get("test")
+        record["ended"] = time.time()
         self.records.save("jobs", record)
         return record
+
+    def _fit(
+        self, estimator: Any, spec: TrainingSpec, inputs: dict[str, str], container_root: Path, log_file: Path
+    ) -> str | None:
+        """Run the job with its containers' output copied to `log_file` (and to the console only if `spec.echo`);
+        remove its containers afterwards. Returns why it failed, or None."""
+        self._running[spec.job_name] = container_root
+        try:
+            with (
+                ContainerLogs(container_root, log_file, spec.instance_count),
+                contextlib.nullcontext() if spec.echo else muted_stdout(),  # the SDK prints container output
+            ):
+                estimator.fit(inputs, job_name=spec.job_name)
+        except Exception as err:  # the SDK raises RuntimeError/ValueError variants for a failed container
+            return str(err)
+        finally:
+            del self._running[spec.job_name]
+            sdk.remove_stopped_containers(container_root)
+        return None
+
+    def stop_training(self, job_name: str) -> None:
+        """SIGTERM to the job's containers, SIGKILL after a grace period, as SageMaker's StopTrainingJob; the job
+        ends as Stopped. Returns once its containers have exited."""
+        container_root = self._running.get(job_name)
+        if container_root is None:
+            raise LauncherError(f"training job {job_name} is not running here")
+        self._stopping.add(job_name)
+        if not sdk.stop_running_containers(container_root, hosted.STOP_GRACE_SECONDS):
+            self._stopping.discard(job_name)
+            raise LauncherError(f"training job {job_name} has no running container to stop (yet, or any more)")
 
     def deploy(self, spec: DeploySpec) -> dict[str, Any]:
         if spec.instance_type not in INSTANCE_TYPES:
