@@ -1,5 +1,6 @@
 # imgclf: train and serve a torchvision ResNet through the SageMaker container contract.
-#   make demo   set everything up, then sample data -> train -> deploy -> predict -> stop (process backend)
+#   make demo   set everything up, then sample data -> tune -> train the best -> deploy -> predict -> stop (process
+#               backend: `launcher run` with examples/demo.yaml)
 #   make test   set everything up (the Docker engine and the image too), then lint and run the whole suite
 #   make build  build the train+serve image; make push pushes it to ECR, or to REGISTRY=host:port
 
@@ -11,8 +12,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) apt-get install -y --no-install-recommends
 
 DEMO_DATA := $(WORKDIR)/data/digits
-DEMO_IMAGE_CLASS := 3
-DEMO_HYPERPARAMETERS := -H epochs=5 -H image_size=32 -H batch_size=32 -H learning_rate=0.02
+DEMO_CONFIG := examples/demo.yaml
 LAUNCHER := $(BIN)/launcher --workdir $(WORKDIR)
 
 # The image. Without registry access, BASE_IMAGE=$(LOCAL_BASE) (made by `make base-image` from Debian's packages).
@@ -51,15 +51,8 @@ $(VENV)/.installed: container_src/requirements.txt launcher/requirements.txt req
 	touch $@
 
 demo: install
-	@set -e; \
-	[ -d $(DEMO_DATA)/test ] || $(LAUNCHER) sample-data $(DEMO_DATA); \
-	name=demo-$$(date +%Y%m%d-%H%M%S); \
-	$(LAUNCHER) train --data $(DEMO_DATA) --job-name $$name $(DEMO_HYPERPARAMETERS); \
-	$(LAUNCHER) deploy $$name --endpoint-name $$name; \
-	trap '$(LAUNCHER) stop $$name' EXIT; \
-	image=$$(ls $(DEMO_DATA)/test/$(DEMO_IMAGE_CLASS)/*.jpg | head -n 1); \
-	echo "[demo] predicting held-out image $$image (true class $(DEMO_IMAGE_CLASS))"; \
-	$(LAUNCHER) predict --endpoint $$name $$image
+	@[ -d $(DEMO_DATA)/test ] || $(LAUNCHER) sample-data $(DEMO_DATA)
+	$(LAUNCHER) run --config $(DEMO_CONFIG) --data $(DEMO_DATA) --name demo-$$(date +%Y%m%d-%H%M%S) --stop-endpoint
 
 test: install lint browser docker-engine
 	$(MAKE) build BASE_IMAGE=$(TEST_BASE) TAG=test

@@ -5,21 +5,22 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import mimetypes
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from launcher import lineage, steps
 from launcher.backends import BACKENDS, DEFAULT_BACKEND, get_backend
 from launcher.backends.base import MAX_RUN_SECONDS, S3_SCHEME, AwsOptions, DeploySpec, TrainingSpec
 from launcher.backends.sagemaker import BUCKET_ENV, REGION_ENVS, ROLE_ENV
 from launcher.errors import LauncherError
-from launcher.job_config import JobConfig, load_job_config
+from launcher.job_config import JobConfig, TuningConfig, load_job_config
+from launcher.pipeline import Pipeline, RunPlan, sample_image
 from launcher.progress import say
 from launcher.records import RecordStore, unique_name
 from launcher.report import show_report
-from launcher.tuning import run_tuning, tuning_spec
+from launcher.tuning import tuning_spec
 from launcher.tuning_results import load_best_hyperparameters
 from launcher.tuning_spec import EARLY_STOPPING, STRATEGIES
 
@@ -28,7 +29,8 @@ DEFAULT_WORKDIR = ".imgclf"
 JOB_PREFIX = "imgclf"
 IMAGE_ENV = "IMGCLF_IMAGE"
 DEFAULT_IMAGE = "imgclf:latest"
-CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
+DEFAULT_STARTUP_TIMEOUT = 240.0  # SageMaker fails an endpoint whose pings do not pass within 4 minutes
+DEFAULT_SAGEMAKER_ENDPOINT_TYPE = "ml.m5.large"
 
 
 def absolute_path(text: str) -> Path:
@@ -200,36 +202,20 @@ def get_args_parser() -> argparse.ArgumentParser:
         metavar="TUNING",
         help="start from the hyperparameters of this tuning run's best trial (-H flags still override them)",
     )
-    train.add_argument(
-        "--sagemaker-debugger",
-        action="store_true",
-        help="sagemaker backend: also attach SageMaker Debugger and Profiler as the original project did (the "
-        "LossNotDecreasing, Overfit, Overtraining, LowGPUUtilization and ProfilerReport rule jobs, 500 ms "
-        "system profiling). Debugger is closed to new AWS customers since 2026-07-30, so it is off by default; "
-        "our own rules and report run inside the container either way (see `launcher report`)",
-    )
+    add_debugger_option(train)
 
     tune = commands.add_parser(
         "tune",
         help="tune hyperparameters: many training jobs, the best one kept",
         description="Run the tuning section of a job config: trials are real training jobs whose objective is "
-        "read from their logs. The process backend tunes here with Optuna (its study is kept in SQLite, so the "
-        "same command resumes an interrupted run); the sagemaker backend runs a SageMaker tuning job. Prints "
-        "the results table and the best hyperparameters; `train --from-tuning NAME` uses them.",
+        "read from their logs. The process backend (trials as processes) and the local backend (trials in Docker "
+        "through SageMaker local mode, one at a time) tune here with Optuna (its study is kept in SQLite, so the "
+        "same command resumes an interrupted run); the sagemaker backend runs a SageMaker tuning job. Prints the "
+        "results table and the best hyperparameters; `train --from-tuning NAME` uses them.",
     )
     add_job_options(tune, backend_help)
     tune.add_argument("--name", help="tuning run name (default: imgclf-tune-<timestamp>); reuse it to resume")
-    tune.add_argument("--strategy", choices=STRATEGIES, help="search strategy (default: the config's, or Bayesian)")
-    tune.add_argument("--max-jobs", type=int, help="number of trials (default: the config's, or 10)")
-    tune.add_argument(
-        "--max-parallel-jobs", type=int, help="trials at once (default: the config's, or 1; here at most cores/2)"
-    )
-    tune.add_argument(
-        "--early-stopping",
-        choices=EARLY_STOPPING,
-        help="Auto: stop trials worse than the median of earlier ones at the same epoch (default: the config's, "
-        "or Off)",
-    )
+    add_tuning_options(tune)
 
     deploy = commands.add_parser(
         "deploy",
@@ -242,17 +228,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--backend", choices=list(BACKENDS), default=DEFAULT_BACKEND, help=backend_help)
     add_image_options(deploy)
     deploy.add_argument("--endpoint-name", help="unique endpoint name (default: imgclf-ep-<timestamp>-<random>)")
-    deploy.add_argument(
-        "--port", type=int, default=0, help="local port to listen on, on 127.0.0.1 (default: a free one)"
-    )
-    deploy.add_argument("--workers", type=int, help="model server worker processes (default: the server's choice)")
-    deploy.add_argument(
-        "--timeout",
-        type=float,
-        default=240.0,
-        help="process and local backends: seconds to wait for the endpoint to become healthy (default 240); "
-        "SageMaker applies its own limit",
-    )
+    add_endpoint_options(deploy)
     add_aws_options(deploy, DEPLOY_BUCKET_HELP, f"that of the training job, else {REGION_DEFAULT}")
 
     predict = commands.add_parser(
@@ -278,7 +254,83 @@ def get_args_parser() -> argparse.ArgumentParser:
         "that found issues first, and the path of the self-contained report.html.",
     )
     report.add_argument("job", metavar="JOB", help="a training job's name, as given to or printed by `launcher train`")
+
+    run = commands.add_parser(
+        "run",
+        help="the whole pipeline: tune, train the best, deploy, predict a sample image",
+        description="Tune with the config's tuning section (skipped if it has none), train the best trial's "
+        "hyperparameters with the smdebug hook, rules and profiler on, deploy the model, send the endpoint a sample "
+        "image, then print where every artifact is, the rule report and the lineage chain. Steps are named "
+        "NAME-tune, NAME-train and NAME-ep; the same command with the same --name goes on after an "
+        "interruption, reusing what already finished.",
+    )
+    add_job_options(run, backend_help)
+    run.add_argument("--name", help="run name (default: imgclf-run-<timestamp>-<random>)")
+    add_tuning_options(run)
+    run.add_argument(
+        "--sample-image",
+        type=absolute_path,
+        help="the image to send the endpoint (default: the first image of the local data's test split)",
+    )
+    add_debugger_option(run)
+    add_endpoint_options(run, config_note=" (default: the config's deploy section, else ")
+    run.add_argument(
+        "--stop-endpoint",
+        action="store_true",
+        help="stop the endpoint after the sample prediction (default: leave "
+        "it in service, for `launcher predict` and `launcher stop`)",
+    )
+
+    trace = commands.add_parser(
+        "lineage",
+        help="trace an endpoint or job back to its data, code and configuration",
+        description="Print the chain behind an endpoint, training job, tuning run or pipeline run: the endpoint "
+        "and the model hash it serves, the training job (hyperparameters, code revision, image, model hash), "
+        "the tuning run and its best trial, and the dataset manifest (every input file's SHA-256).",
+    )
+    trace.add_argument("name", metavar="NAME", help="an endpoint, training job, tuning run or `launcher run` name")
+    trace.add_argument("--json", action="store_true", help="print the chain as JSON")
     return parser
+
+
+def add_debugger_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--sagemaker-debugger",
+        action="store_true",
+        help="sagemaker backend: also attach SageMaker Debugger and Profiler as the original project did (the "
+        "LossNotDecreasing, Overfit, Overtraining, LowGPUUtilization and ProfilerReport rule jobs, 500 ms "
+        "system profiling). Debugger is closed to new AWS customers since 2026-07-30, so it is off by default; "
+        "our own rules and report run inside the container either way (see `launcher report`)",
+    )
+
+
+def add_tuning_options(parser: argparse.ArgumentParser) -> None:
+    """Overrides of the --config file's tuning section, for `tune` and `run`."""
+    parser.add_argument("--strategy", choices=STRATEGIES, help="search strategy (default: the config's, or Bayesian)")
+    parser.add_argument("--max-jobs", type=int, help="number of trials (default: the config's, or 10)")
+    parser.add_argument(
+        "--max-parallel-jobs", type=int, help="trials at once (default: the config's, or 1; here at most cores/2)"
+    )
+    parser.add_argument(
+        "--early-stopping",
+        choices=EARLY_STOPPING,
+        help="Auto: stop trials worse than the median of earlier ones at the same epoch (default: the config's, "
+        "or Off)",
+    )
+
+
+def add_endpoint_options(parser: argparse.ArgumentParser, config_note: str = " (default: ") -> None:
+    """How an endpoint is served, for `deploy` and `run`; `run` takes its defaults from the config's deploy."""
+    parser.add_argument(
+        "--port", type=int, default=0, help="local port to listen on, on 127.0.0.1 (default: a free one)"
+    )
+    parser.add_argument("--workers", type=int, help=f"model server worker processes{config_note}the server's choice)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        help="process and local backends: seconds to wait for the endpoint to become healthy"
+        f"{config_note}240); SageMaker applies its own limit",
+    )
 
 
 def cmd_sample_data(args: argparse.Namespace, _records: RecordStore) -> None:
@@ -323,41 +375,33 @@ def cmd_train(args: argparse.Namespace, records: RecordStore) -> None:
     job_name = args.job_name or unique_name(JOB_PREFIX)
     if records.exists("jobs", job_name):
         raise LauncherError(f"a job named {job_name!r} already exists; job names must be unique")
-    best = load_best_hyperparameters(records.load("tuning", args.from_tuning)) if args.from_tuning else None
+    tuning = records.load("tuning", args.from_tuning) if args.from_tuning else None
+    best = load_best_hyperparameters(tuning) if tuning else None
     if best:
         say(f"starting from tuning run {args.from_tuning}'s best hyperparameters: {best}")
     spec = dataclasses.replace(job_spec(args, job_name, best), sagemaker_debugger=args.sagemaker_debugger)
-    record = get_backend(args.backend, args.workdir, records).train(spec)
-    if record["status"] != "Completed":
-        raise LauncherError(f"training job {job_name} {record['status'].lower()}: {record.get('failure_reason', '')}")
-    test = record.get("test_metrics") or {}
-    say(
-        f"training job {job_name} completed: test accuracy {test.get('accuracy', float('nan')):.4f}, "
-        f"average test loss {test.get('loss', float('nan')):.4f}"
-    )
-    say(f"model artifact: {record['model_data']}")
-    say(f"output artifact: {record['output_data']}")
+    steps.train(get_backend(args.backend, args.workdir, records), spec, tuning)
 
 
-def cmd_tune(args: argparse.Namespace, records: RecordStore) -> None:
-    config = load_job_config(args.config) if args.config else JobConfig()
+def tuning_config(args: argparse.Namespace, config: JobConfig) -> TuningConfig | None:
+    """The config's tuning section with the command line's overrides; None if it has none."""
     if config.tuning is None:
-        raise LauncherError("nothing to tune: give a --config whose `tuning` section has ranges (see README)")
+        return None
     overrides = {
         "strategy": args.strategy,
         "max_jobs": args.max_jobs,
         "max_parallel_jobs": args.max_parallel_jobs,
         "early_stopping": args.early_stopping,
     }
-    tuning = dataclasses.replace(config.tuning, **{k: v for k, v in overrides.items() if v is not None})
+    return dataclasses.replace(config.tuning, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def cmd_tune(args: argparse.Namespace, records: RecordStore) -> None:
+    tuning = tuning_config(args, load_job_config(args.config) if args.config else JobConfig())
+    if tuning is None:
+        raise LauncherError("nothing to tune: give a --config whose `tuning` section has ranges (see README)")
     name = args.name or unique_name(f"{JOB_PREFIX}-tune")
-    spec = tuning_spec(name, job_spec(args, name), tuning)
-    record = run_tuning(spec, get_backend(args.backend, args.workdir, records), args.workdir, records)
-    best = record.get("best")
-    if not best:
-        raise LauncherError(f"tuning run {name} ended without a completed trial; see the table above")
-    say(f"best trial: job {best['job_name']}, {spec.objective_metric} {best['objective']:.6g}")
-    say(f"best hyperparameters: {json.dumps(best['tuned_hyperparameters'])}")
+    steps.tune(get_backend(args.backend, args.workdir, records), tuning_spec(name, job_spec(args, name), tuning))
     say(f"train with them: launcher train --from-tuning {name} ...")
 
 
@@ -387,10 +431,10 @@ def cmd_deploy(args: argparse.Namespace, records: RecordStore) -> None:
         instance_type=args.instance_type,
         port=args.port,
         workers=args.workers,
-        startup_timeout=args.timeout,
+        startup_timeout=args.timeout or DEFAULT_STARTUP_TIMEOUT,
         aws=AwsOptions(role=args.role, bucket=args.bucket, region=region),
     )
-    record = get_backend(args.backend, args.workdir, records).deploy(spec)
+    record = steps.deploy(get_backend(args.backend, args.workdir, records), spec)
     say(f"predict with: launcher predict --endpoint {record['name']} IMAGE")
 
 
@@ -405,20 +449,10 @@ def _endpoint(records: RecordStore, name: str | None) -> dict[str, Any]:
 
 
 def cmd_predict(args: argparse.Namespace, records: RecordStore) -> None:
-    if not args.image.is_file():
-        raise LauncherError(f"no image file at {args.image}")
-    content_type = (
-        args.content_type or CONTENT_TYPES.get(args.image.suffix.lower()) or mimetypes.guess_type(args.image)[0]
-    )
-    if content_type is None:
-        raise LauncherError(
-            f"cannot tell the content type of {args.image}; pass --content-type image/jpeg or image/png"
-        )
+    steps.content_type_of(args.image, args.content_type)  # a clear error before looking for the endpoint
     endpoint = _endpoint(records, args.endpoint)
-    answer = get_backend(endpoint["backend"], args.workdir, records).predict(
-        endpoint, args.image.read_bytes(), content_type
-    )
-    print(json.dumps(answer, indent=2))
+    backend = get_backend(endpoint["backend"], args.workdir, records)
+    print(json.dumps(steps.predict(backend, endpoint, args.image, args.content_type), indent=2))
 
 
 def cmd_stop(args: argparse.Namespace, records: RecordStore) -> None:
@@ -432,6 +466,46 @@ def cmd_report(args: argparse.Namespace, records: RecordStore) -> None:
     show_report(job, args.workdir / "reports" / job["name"])
 
 
+def cmd_run(args: argparse.Namespace, records: RecordStore) -> None:
+    if args.sagemaker_debugger and args.backend != "sagemaker":
+        raise LauncherError("--sagemaker-debugger needs --backend sagemaker (other backends have no Debugger)")
+    name = args.name or unique_name(f"{JOB_PREFIX}-run")
+    config = load_job_config(args.config) if args.config else JobConfig()
+    training = dataclasses.replace(job_spec(args, f"{name}-train"), sagemaker_debugger=args.sagemaker_debugger)
+    tuning = tuning_config(args, config)
+    deploy = config.deploy
+    endpoint = DeploySpec(
+        endpoint_name=f"{name}-ep",
+        model_data="",  # the trained job's, once there is one
+        image=training.image,
+        instance_type=deploy.get("instance_type")
+        or (DEFAULT_SAGEMAKER_ENDPOINT_TYPE if args.backend == "sagemaker" else training.instance_type),
+        port=args.port,
+        workers=args.workers or deploy.get("workers"),
+        startup_timeout=args.timeout or deploy.get("timeout") or DEFAULT_STARTUP_TIMEOUT,
+        aws=training.aws,
+    )
+    plan = RunPlan(
+        name=name,
+        training=training,
+        tuning=tuning_spec(f"{name}-tune", training, tuning) if tuning else None,
+        endpoint=endpoint,
+        sample_image=sample_image(training.channels, args.sample_image),
+        stop_endpoint=args.stop_endpoint,
+    )
+    endpoint = Pipeline(plan, get_backend(args.backend, args.workdir, records)).run()["endpoint"]
+    if not args.stop_endpoint:
+        say(f"the endpoint stays in service: launcher predict --endpoint {endpoint} IMAGE; launcher stop {endpoint}")
+
+
+def cmd_lineage(args: argparse.Namespace, records: RecordStore) -> None:
+    chain = lineage.chain(records, args.name)
+    if args.json:
+        print(json.dumps([{"step": step, **facts} for step, facts in chain], indent=2, default=str))
+    else:
+        print(lineage.format_chain(chain))
+
+
 COMMANDS = {
     "sample-data": cmd_sample_data,
     "train": cmd_train,
@@ -440,6 +514,8 @@ COMMANDS = {
     "stop": cmd_stop,
     "report": cmd_report,
     "tune": cmd_tune,
+    "run": cmd_run,
+    "lineage": cmd_lineage,
 }
 
 

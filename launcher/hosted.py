@@ -41,7 +41,11 @@ def free_port() -> int:
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.is_file() else ""
+    """The last lines of a server log, without the access log's lines (the health checks would hide the cause)."""
+    if not path.is_file():
+        return ""
+    kept = [line for line in path.read_text(errors="replace").splitlines() if "ACCESS_LOG" not in line]
+    return "\n".join(kept[-lines:])
 
 
 def model_ready(url: str) -> bool:

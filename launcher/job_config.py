@@ -17,7 +17,7 @@ Example (the original project's tuning, verbatim ranges included):
       max_jobs: 20
       max_parallel_jobs: 2
       early_stopping: Auto               # Off or Auto
-    deploy: {instance_type: ml.m5.large, workers: 2}
+    deploy: {instance_type: ml.m5.large, workers: 2, timeout: 240}   # for `launcher run`
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ SDK_RANGE_CLASSES = {"ContinuousParameter": "continuous", "IntegerParameter": "i
                      "CategoricalParameter": "categorical"}  # fmt: skip
 TOP_LEVEL = ("data", "channels", "image", "instance_type", "instance_count", "hyperparameters", "rules", "profiler",
              "tuning", "deploy", "output")  # fmt: skip
+DEPLOY_KEYS = ("instance_type", "workers", "timeout")
 
 
 class ConfigError(LauncherError):
@@ -113,8 +114,21 @@ def parse_job_config(raw: Any) -> JobConfig:
         output=_optional_str(config.get("output")),
         hyperparameters=hyperparameters,
         tuning=parse_tuning(config["tuning"]) if "tuning" in config else None,
-        deploy=dict(_mapping(config.get("deploy", {}), "deploy")),
+        deploy=parse_deploy(config.get("deploy", {})),
     )
+
+
+def parse_deploy(raw: Any) -> dict[str, Any]:
+    """`deploy: {instance_type: ml.m5.large, workers: 2, timeout: 240}`, as `launcher deploy` takes them."""
+    deploy = dict(_mapping(raw, "deploy"))
+    _no_more({k: v for k, v in deploy.items() if k not in DEPLOY_KEYS}, "deploy")
+    if "instance_type" in deploy:
+        deploy["instance_type"] = str(deploy["instance_type"])
+    if "workers" in deploy:
+        _integer(deploy["workers"], "deploy.workers", 1)
+    if "timeout" in deploy and _number(deploy["timeout"], "deploy.timeout") <= 0:
+        raise ConfigError(f"deploy.timeout must be a number of seconds > 0, got {deploy['timeout']!r}")
+    return deploy
 
 
 def parse_tuning(raw: Any) -> TuningConfig:

@@ -126,15 +126,17 @@ def format_table(results: list[RuleResult]) -> str:
     )
 
 
-def show_report(job: dict[str, Any], target: Path) -> None:
-    """Extract a job's report into `target`; print its table, recommendations and the HTML report's path."""
+def show_report(job: dict[str, Any], target: Path, table: bool = True) -> None:
+    """Extract a job's report into `target`; print its table (unless the job's log just showed it),
+    recommendations and the HTML report's path."""
     with tempfile.TemporaryDirectory() as scratch:
         if not extract_report(local_archive(job, Path(scratch)), target):
             raise LauncherError(f"the output of job {job['name']} has no report: {NO_REPORT}")
     results = read_results(target)
     if not results:
         raise LauncherError(f"the report of job {job['name']} holds no rule results: {NO_REPORT}")
-    print(format_table(results))
+    if table:
+        print(format_table(results))
     advice = [r for r in results if r.status == "IssuesFound" and r.recommendation]
     if advice:
         print("\nRecommendations:")

@@ -7,7 +7,6 @@ Run alone with `pytest -m docker`; `make test` builds the image and names it in 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tarfile
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST_HYPERPARAMETERS, make_job, write_split
+from conftest import FAST_HYPERPARAMETERS, compose_containers, docker, make_job, write_split
 
 from imgclf.distributed import fingerprint
 from launcher.cli import main
@@ -27,19 +26,6 @@ from launcher.hosted import free_port, model_ready
 
 pytestmark = pytest.mark.docker
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def image() -> str:
-    name = os.environ.get("IMGCLF_TEST_IMAGE")
-    if not name:
-        pytest.fail("IMGCLF_TEST_IMAGE is not set: run the Docker tests with `make test` (it builds the image)")
-    subprocess.run(["docker", "image", "inspect", name], check=True, capture_output=True)
-    return name
-
-
-def docker(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def post_jpeg(url: str, path: Path) -> tuple[int, dict]:
@@ -194,12 +180,6 @@ def launcher_main(*args: str) -> int:
     return main(list(args))
 
 
-def compose_containers(root: Path) -> list[str]:
-    """Containers of any state that local mode started from compose files under `root`."""
-    listed = docker("ps", "-a", "--format", '{{.Names}} {{.Label "com.docker.compose.project.working_dir"}}')
-    return [line for line in listed.stdout.splitlines() if str(root) in line]
-
-
 def test_local_mode_train_deploy_predict_stop(image, tmp_path, shapes_dataset, capsys):
     work = ["--workdir", str(tmp_path / "work")]
     hps = [arg for key, value in FAST_HYPERPARAMETERS.items() for arg in ("-H", f"{key}={json.loads(value)}")]
@@ -232,6 +212,24 @@ def test_local_mode_train_deploy_predict_stop(image, tmp_path, shapes_dataset, c
     assert endpoint["status"] == "Deleted"
     assert not model_ready(endpoint["url"])
     assert compose_containers(tmp_path / "work") == []  # neither the job's nor the endpoint's is left
+
+
+def test_local_mode_run_records_the_image_in_the_lineage(image, tmp_path, shapes_dataset, capsys):
+    # No tuning section: `launcher run` trains, deploys, predicts and stops; the chain names the image's ID.
+    config = tmp_path / "job.yaml"
+    hps = {key: json.loads(value) for key, value in FAST_HYPERPARAMETERS.items()}
+    config.write_text(f"data: {shapes_dataset}\nimage: {image}\nhyperparameters: {json.dumps(hps)}\n")
+    work = ["--workdir", str(tmp_path / "work")]
+    assert launcher_main(*work, "run", "--backend", "local", "--config", str(config), "--name", "lr",
+                         "--workers", "1", "--stop-endpoint") == 0  # fmt: skip
+    run = json.loads((tmp_path / "work" / "records" / "runs" / "lr.json").read_text())
+    assert [step["step"] for step in run["steps"]] == ["training_job", "endpoint", "prediction"]
+    capsys.readouterr()
+    assert launcher_main(*work, "lineage", "lr", "--json") == 0
+    chain = {step.pop("step"): step for step in json.loads(capsys.readouterr().out)}
+    image_id = docker("image", "inspect", "--format", "{{.Id}}", image).stdout.strip()
+    assert chain["training job"]["image"]["id"] == image_id and list(chain) == ["endpoint", "training job", "dataset"]
+    assert compose_containers(tmp_path / "work") == []
 
 
 def test_local_mode_two_instances_train_data_parallel(image, tmp_path: Path):

@@ -134,9 +134,13 @@ def test_bad_requests_get_a_json_error_and_the_server_stays_up(server: Server, b
 
 
 def test_stopping_serve_ends_the_whole_process_tree(trained_model_dir: Path, tmp_path: Path):
-    server = start_server(trained_model_dir, tmp_path)
+    # A deep endpoint folder: the workers' Unix sockets must not live under it (107-byte limit on their paths).
+    server = start_server(trained_model_dir, tmp_path / ("d" * 60) / ("e" * 60))
     tree = [psutil.Process(server.process.pid), *psutil.Process(server.process.pid).children(recursive=True)]
     assert "java" in [p.name() for p in tree]  # MMS's frontend, besides `serve` and the Python workers
+    sockets = {Path(arg) for p in tree for arg in p.cmdline() if ".mms.sock" in arg}
+    assert sockets and all(len(str(s)) < 100 for s in sockets)
     stop_server(server)
     _, alive = psutil.wait_procs(tree, timeout=30)
     assert alive == []
+    assert not any(s.parent.exists() for s in sockets)  # the server's temp folder is removed with it

@@ -3,7 +3,8 @@
 Inside the image the toolkit does everything (its config at /etc/sagemaker-mms.properties, one server per
 container). Outside it, several endpoints may share a host, which the toolkit cannot do: it writes one fixed
 config file and finds "the" MMS process by scanning all processes. So with a `config_dir`, each server gets
-its own config file and temp folder (MMS keeps its pid file there), and we supervise the process tree ourselves.
+its own config file and temp folder (MMS keeps its pid file and its workers' Unix sockets there), and we
+supervise the process tree ourselves.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import psutil
@@ -22,6 +25,8 @@ log = logging.getLogger(__name__)
 
 HANDLER_SERVICE = "imgclf.serving.handler_service"
 STOP_GRACE_SECONDS = 20
+# The temp folder holds the workers' sockets, whose paths may not exceed 107 bytes: keep it short, not in config_dir.
+SOCKET_ROOT = "/tmp"
 
 
 def serve(config_dir: Path | None = None) -> int:
@@ -37,8 +42,8 @@ def serve(config_dir: Path | None = None) -> int:
 def _serve_isolated(config_dir: Path) -> int:
     from sagemaker_inference import environment, model_server
 
-    tmp_dir = config_dir / "tmp"
-    tmp_dir.mkdir(parents=True, exist_ok=True)
+    config_dir.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix="mms-", dir=SOCKET_ROOT))
     config_file = config_dir / "mms.properties"
     settings = environment.Environment()  # the toolkit's reading of the SAGEMAKER_* variables
     config_file.write_text(model_server._generate_mms_config_properties(settings, HANDLER_SERVICE))
@@ -63,7 +68,10 @@ def _serve_isolated(config_dir: Path) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    return server.wait()
+    try:
+        return server.wait()
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def stop_process_tree(pid: int, grace: float = STOP_GRACE_SECONDS) -> None:

@@ -1,0 +1,201 @@
+"""Lineage: what produced a model, recorded at each step and printed as a chain by `launcher lineage`.
+
+A training job's record gets a `lineage` entry: the dataset manifest (every input file with its size and
+SHA-256, kept content-addressed under `<workdir>/manifests/`), the code revision, the image's identity, the
+tuning run whose best hyperparameters it used, and the SHA-256 of its model.tar.gz. An endpoint's record
+names the job and the hash of the model it serves, so any prediction leads back to the data and the
+configuration that made its model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from launcher.backends.base import S3_SCHEME
+from launcher.errors import LauncherError
+from launcher.records import RecordStore
+
+CHUNK = 1 << 20
+REPOSITORY = Path(__file__).resolve().parent.parent  # the checkout the launcher and container_src come from
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _files(folder: Path) -> Iterator[Path]:
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            yield path
+
+
+def channel_manifest(source: str) -> dict[str, Any]:
+    """One channel's files (relative path, bytes, SHA-256); an s3:// channel is named, not listed."""
+    if source.startswith(S3_SCHEME):
+        return {"source": source, "files": None}
+    root = Path(source)
+    if root.is_file():
+        return {"source": str(root), "files": [{"path": root.name, "bytes": root.stat().st_size,
+                                                "sha256": file_sha256(root)}]}  # fmt: skip
+    files = [
+        {"path": str(p.relative_to(root)), "bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in _files(root)
+    ]
+    return {"source": str(root), "files": files}
+
+
+def dataset_manifest(channels: dict[str, str], store: Path) -> dict[str, Any]:
+    """Hash every input file and keep the manifest at `<store>/<digest>.json`; return its summary.
+
+    The digest covers channel names, relative paths and file hashes (not the folders' absolute locations),
+    so the same data copied elsewhere has the same digest.
+    """
+    manifest = {name: channel_manifest(source) for name, source in sorted(channels.items())}
+    content = {name: channel["files"] or channel["source"] for name, channel in manifest.items()}
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+    store.mkdir(parents=True, exist_ok=True)
+    path = store / f"{digest}.json"
+    if not path.is_file():
+        path.write_text(json.dumps({"digest": digest, "channels": manifest}, indent=1))
+    listed = [channel["files"] for channel in manifest.values() if channel["files"] is not None]
+    return {
+        "digest": digest,
+        "manifest": str(path),
+        "files": sum(len(files) for files in listed),
+        "bytes": sum(f["bytes"] for files in listed for f in files),
+        "channels": {name: channel["source"] for name, channel in manifest.items()},
+    }
+
+
+def code_revision() -> str:
+    """The git commit of this checkout, marked when it has uncommitted changes; else 'unknown'."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(REPOSITORY), *args], capture_output=True, text=True, check=True, timeout=30
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    return f"{commit} (with uncommitted changes)" if dirty else commit
+
+
+def image_identity(backend: str, image: str) -> dict[str, Any]:
+    """The image a job ran in: its Docker image ID on the local backend; none on the process backend (the
+    container code runs from this checkout); the URI, with its digest when pinned, on SageMaker."""
+    if backend == "process":
+        return {"image": None, "note": "process backend: container_src of this checkout, no image"}
+    if backend == "local":
+        inspected = subprocess.run(
+            ["docker", "image", "inspect", "--format", "{{.Id}} {{json .RepoDigests}}", image],
+            capture_output=True, text=True, check=False, timeout=60,
+        )  # fmt: skip
+        if inspected.returncode != 0:
+            return {"image": image, "id": None}
+        image_id, repo_digests = inspected.stdout.strip().split(" ", 1)
+        return {"image": image, "id": image_id, "repo_digests": json.loads(repo_digests)}
+    return {"image": image, "digest": image.split("@", 1)[1] if "@sha256:" in image else None}
+
+
+def model_hash(model_data: str | None) -> str | None:
+    """SHA-256 of a model.tar.gz on this machine; None for one in S3 (SageMaker keeps it there)."""
+    if not model_data or model_data.startswith(S3_SCHEME) or not Path(model_data).is_file():
+        return None
+    return file_sha256(Path(model_data))
+
+
+def training_lineage(
+    dataset: dict[str, Any], backend: str, image: str, tuning: dict[str, Any] | None, model_data: str | None
+) -> dict[str, Any]:
+    """The `lineage` entry of a training job's record."""
+    return {
+        "dataset": dataset,
+        "code_revision": code_revision(),
+        "image": image_identity(backend, image),
+        "tuning": tuning_facts(tuning) if tuning else None,
+        "model_sha256": model_hash(model_data),
+    }
+
+
+# -- the chain, for `launcher lineage` ------------------------------------------------------------------------
+def find_record(records: RecordStore, name: str) -> tuple[str, dict[str, Any]]:
+    """The endpoint, job, tuning run or pipeline run of that name (in that order)."""
+    for kind in ("endpoints", "jobs", "tuning", "runs"):
+        if records.exists(kind, name):
+            return kind, records.load(kind, name)
+    raise LauncherError(f"no endpoint, training job, tuning run or pipeline run named {name!r} in {records.root}")
+
+
+def chain(records: RecordStore, name: str) -> list[tuple[str, dict[str, Any]]]:
+    """(step, facts) from what serves predictions back to the data: endpoint, training job, tuning, dataset."""
+    kind, record = find_record(records, name)
+    steps: list[tuple[str, dict[str, Any]]] = []
+    if kind == "runs":
+        last = record.get("endpoint") or record.get("training_job") or record.get("tuning_run")
+        if last is None:
+            raise LauncherError(f"pipeline run {name} ended ({record.get('status')}) before any step finished")
+        kind, record = find_record(records, last)
+    if kind == "endpoints":
+        steps.append(("endpoint", _endpoint_facts(record)))
+        if not record.get("job_name") or not records.exists("jobs", record["job_name"]):
+            return steps  # deployed from a model.tar.gz that no recorded job produced
+        kind, record = "jobs", records.load("jobs", record["job_name"])
+    if kind == "jobs":
+        lineage = record.get("lineage") or {}
+        steps.append(("training job", _job_facts(record, lineage)))
+        tuning = lineage.get("tuning")
+        if tuning and records.exists("tuning", tuning["name"]):
+            steps.append(("tuning", tuning_facts(records.load("tuning", tuning["name"]))))
+        dataset = lineage.get("dataset")
+    else:  # a tuning run
+        steps.append(("tuning", tuning_facts(record)))
+        dataset = (record.get("lineage") or {}).get("dataset")
+    if dataset:
+        steps.append(("dataset", dataset))
+    return steps
+
+
+def _endpoint_facts(record: dict[str, Any]) -> dict[str, Any]:
+    keys = ("name", "backend", "status", "url", "image", "model_data", "job_name")
+    return {**{k: record.get(k) for k in keys}, "model_sha256": (record.get("lineage") or {}).get("model_sha256")}
+
+
+def _job_facts(record: dict[str, Any], lineage: dict[str, Any]) -> dict[str, Any]:
+    keys = ("name", "backend", "status", "hyperparameters", "model_data", "test_metrics")
+    facts = {k: record.get(k) for k in keys}
+    facts.update({k: lineage.get(k) for k in ("model_sha256", "code_revision", "image")})
+    return facts
+
+
+def tuning_facts(record: dict[str, Any]) -> dict[str, Any]:
+    best = record.get("best") or {}
+    return {
+        "name": record.get("name"),
+        "backend": record.get("backend"),
+        "best_job": best.get("job_name"),
+        "best_objective": best.get("objective"),
+        "best_hyperparameters": best.get("tuned_hyperparameters"),
+    }
+
+
+def format_chain(steps: list[tuple[str, dict[str, Any]]]) -> str:
+    """The chain as indented text, one fact a line."""
+    lines = []
+    for depth, (step, facts) in enumerate(steps):
+        lines.append(f"{'  ' * depth}{step}:")
+        for key, value in facts.items():
+            if value is not None:
+                text = value if isinstance(value, str) else json.dumps(value, default=str)
+                lines.append(f"{'  ' * depth}  {key}: {text}")
+    return "\n".join(lines)

@@ -1,0 +1,164 @@
+"""`launcher run`: tune, train the best configuration with rules and profiler, deploy, predict a sample image.
+
+The run's record (`records/runs/<name>.json`) lists each step as it ends; its parts are named after the run
+(`<name>-tune`, `<name>-train`, `<name>-ep`), so running the same command again after an interruption goes on
+from where it stopped: a finished tuning run, a completed training job and an endpoint serving its model are
+reused, an unfinished local study resumes, and a job or endpoint that failed is kept while the retry gets the
+next name (`<name>-train-2`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from launcher import lineage, steps
+from launcher.backends.base import S3_SCHEME, Backend, DeploySpec, TrainingSpec
+from launcher.errors import LauncherError
+from launcher.progress import say
+from launcher.report import show_report
+from launcher.tuning_results import load_best_hyperparameters
+from launcher.tuning_spec import TuningSpec
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+# The final job saves the smdebug trace and samples the system, so its report has every rule's evidence.
+FINAL_JOB_HYPERPARAMETERS = {"debug_hook": True}
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    name: str
+    training: TrainingSpec  # the job to train; its hyperparameters are the base the best trial's override
+    tuning: TuningSpec | None  # None: no tuning section, train as given
+    endpoint: DeploySpec  # model_data is filled in once the job has finished
+    sample_image: Path
+    stop_endpoint: bool = False
+
+
+def sample_image(channels: dict[str, str], given: Path | None) -> Path:
+    """The image to send the endpoint: the given one, else the first test image of a local dataset."""
+    if given is not None:
+        if not given.is_file():
+            raise LauncherError(f"no sample image at {given}")
+        return given
+    roots = [Path(channels["test"])] if "test" in channels else []
+    roots += [Path(channels["training"]) / "test"] if "training" in channels else []
+    for root in roots:
+        if root.is_dir() and not str(root).startswith(S3_SCHEME):
+            found = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if found:
+                return found[0]
+    raise LauncherError("no local test image to send the endpoint: give --sample-image FILE")
+
+
+class Pipeline:
+    """Runs a plan's steps on one backend, saving the run record after each."""
+
+    def __init__(self, plan: RunPlan, backend: Backend):
+        self.plan, self.backend, self.records = plan, backend, backend.records
+        self.record: dict[str, Any] = (
+            self.records.load("runs", plan.name)
+            if self.records.exists("runs", plan.name)
+            else {"name": plan.name, "backend": backend.name, "created": time.time(), "steps": []}
+        )
+
+    def run(self) -> dict[str, Any]:
+        self._update(status="InProgress")
+        try:
+            tuning = self._tune()
+            job = self._train(tuning)
+            endpoint = self._deploy(job)
+            try:
+                answer = steps.predict(self.backend, endpoint, self.plan.sample_image)
+                top = answer["predictions"][:3]
+                self._step("prediction", str(self.plan.sample_image), top=top)
+                say(f"prediction for {self.plan.sample_image}: {top}")
+            finally:
+                if self.plan.stop_endpoint:
+                    self.backend.stop(self.records.load("endpoints", endpoint["name"]))
+                    say(f"endpoint {endpoint['name']} stopped")
+        except BaseException as err:
+            self._update(status="Failed", failure_reason=str(err) or type(err).__name__)
+            raise
+        self._update(status="Completed", ended=time.time())
+        self._summary(tuning, job, endpoint)
+        return self.record
+
+    def _tune(self) -> dict[str, Any] | None:
+        spec = self.plan.tuning
+        if spec is None:
+            return None
+        if self.records.exists("tuning", spec.name):
+            done = self.records.load("tuning", spec.name)
+            if done.get("best") and done.get("trials", 0) >= spec.max_jobs:
+                say(f"tuning run {spec.name} already finished; reusing its best trial")
+                return done
+        record = steps.tune(self.backend, spec)
+        self._step("tuning_run", spec.name, best=record["best"]["tuned_hyperparameters"])
+        return record
+
+    def _train(self, tuning: dict[str, Any] | None) -> dict[str, Any]:
+        spec = self.plan.training
+        earlier, name = self._earlier("jobs", spec.job_name, lambda job: job["status"] == "Completed")
+        if earlier:
+            say(f"training job {name} already completed; reusing its model")
+            return earlier
+        best = load_best_hyperparameters(tuning) if tuning else {}
+        hyperparameters = {**spec.hyperparameters, **best, **FINAL_JOB_HYPERPARAMETERS}
+        job = steps.train(self.backend, dataclasses.replace(spec, job_name=name, hyperparameters=hyperparameters),
+                          tuning)  # fmt: skip
+        self._step("training_job", name, model_data=job["model_data"])
+        return job
+
+    def _deploy(self, job: dict[str, Any]) -> dict[str, Any]:
+        planned = self.plan.endpoint
+        earlier, name = self._earlier(
+            "endpoints", planned.endpoint_name, lambda ep: ep["status"] == "InService" and ep["job_name"] == job["name"]
+        )
+        if earlier:
+            say(f"endpoint {name} already serves {job['name']}; reusing it")
+            return earlier
+        region = planned.aws.region or job.get("region")  # a sagemaker job's model is in that region's S3
+        spec = dataclasses.replace(planned, endpoint_name=name, model_data=job["model_data"], job_name=job["name"],
+                                   aws=dataclasses.replace(planned.aws, region=region))  # fmt: skip
+        endpoint = steps.deploy(self.backend, spec)
+        self._step("endpoint", name, url=endpoint.get("url"))
+        return endpoint
+
+    def _earlier(self, kind: str, base: str, reusable: Callable[[dict[str, Any]], bool]) -> tuple[Any, str]:
+        """An earlier try's record that can be reused, and its name; else None and the first free name after
+        those of tries that failed (`base`, `base-2`, ...), which are kept as they are, with their logs."""
+        name, attempt = base, 1
+        while self.records.exists(kind, name):
+            earlier = self.records.load(kind, name)
+            if reusable(earlier):
+                return earlier, name
+            attempt += 1
+            name = f"{base}-{attempt}"
+        return None, name
+
+    def _step(self, step: str, name: str, **facts: Any) -> None:
+        """A finished step: listed in order, and its name kept under the step's key (e.g. `training_job`)."""
+        self.record["steps"].append({"step": step, "name": name, "ended": time.time(), **facts})
+        self.record[step] = name
+        self.records.save("runs", self.record)
+
+    def _update(self, **fields: Any) -> None:
+        self.record.update(fields)
+        self.records.save("runs", self.record)
+
+    def _summary(self, tuning: dict[str, Any] | None, job: dict[str, Any], endpoint: dict[str, Any]) -> None:
+        """Where each artifact is, then the job's rule report (its table is in the job's log) and the lineage."""
+        say(f"run {self.plan.name} completed; artifacts:")
+        if tuning:
+            say(f"  tuning results: {tuning.get('results')} and {tuning.get('plot')}")
+        say(f"  model: {job['model_data']}")
+        say(f"  output (metrics, rule and profiler report): {job['output_data']}")
+        say(f"  endpoint: {endpoint['name']} {endpoint.get('url', '')}"
+            + (" (stopped)" if self.plan.stop_endpoint else ""))  # fmt: skip
+        show_report(job, self.backend.workdir / "reports" / job["name"], table=False)
+        print(lineage.format_chain(lineage.chain(self.records, endpoint["name"])), flush=True)

@@ -1,0 +1,120 @@
+"""`launcher run` on the process backend: real tuning trials, the best configuration trained with the hook on,
+a real endpoint answering a real JPEG, a retry that reuses what finished, and `launcher lineage` leading from
+the endpoint back to every input file's hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import write_split
+
+from launcher.cli import main
+from launcher.lineage import dataset_manifest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXED = {"epochs": 1, "batch_size": 6, "image_size": 32, "num_workers": 1, "freeze_backbone": True,
+         "profiler_interval_ms": 0}  # fmt: skip
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load(work: Path, kind: str, name: str) -> dict:
+    return json.loads((work / "records" / kind / f"{name}.json").read_text())
+
+
+def test_dataset_digest_follows_content_not_location(tmp_path: Path):
+    data = write_split(tmp_path / "a" / "train", per_class=2).parent
+    first = dataset_manifest({"training": str(data)}, tmp_path / "manifests")
+    shutil.copytree(data, tmp_path / "b")
+    assert dataset_manifest({"training": str(tmp_path / "b")}, tmp_path / "manifests")["digest"] == first["digest"]
+
+    manifest = json.loads(Path(first["manifest"]).read_text())
+    files = manifest["channels"]["training"]["files"]
+    assert first["files"] == len(files) == 6 and first["bytes"] == sum(f["bytes"] for f in files)
+    assert all(f["sha256"] == sha256(data / f["path"]) for f in files)
+
+    changed = data / files[0]["path"]
+    changed.write_bytes(changed.read_bytes() + b"\0")  # one byte more in one file
+    assert dataset_manifest({"training": str(data)}, tmp_path / "manifests")["digest"] != first["digest"]
+    renamed = dataset_manifest({"train": str(tmp_path / "b")}, tmp_path / "manifests")  # another channel name
+    assert renamed["digest"] != first["digest"]
+
+
+def test_run_tunes_trains_deploys_predicts_and_traces_back(tmp_path: Path, backbone: Path, capsys):
+    data = tmp_path / "data"
+    for split, count in (("train", 8), ("valid", 2), ("test", 2)):
+        write_split(data / split, per_class=count)
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        f"channels: {{training: {data}, pretrained: {backbone}}}\n"
+        f"hyperparameters: {json.dumps(FIXED)}\n"
+        "tuning:\n"
+        "  ranges: {learning_rate: 'CategoricalParameter([0.002, 0.02])'}\n"
+        "  strategy: Grid\n"
+        "  max_jobs: 2\n"
+        "deploy: {workers: 1}\n"
+    )
+    work = tmp_path / "work"
+    run = ["--workdir", str(work), "run", "--config", str(config), "--name", "r1"]
+
+    # First try: the endpoint cannot become healthy in 1 ms, so the run fails after tuning and training.
+    assert main([*run, "--timeout", "0.001"]) == 1
+    failed = load(work, "runs", "r1")
+    assert failed["status"] == "Failed" and [s["step"] for s in failed["steps"]] == ["tuning_run", "training_job"]
+    assert load(work, "endpoints", "r1-ep")["status"] == "Failed"
+    capsys.readouterr()
+
+    # Second try: tuning and training are reused, a new endpoint answers the sample image, then it is stopped.
+    assert main([*run, "--stop-endpoint"]) == 0
+    out, err = capsys.readouterr()
+    assert "tuning run r1-tune already finished" in err and "training job r1-train already completed" in err
+    assert sorted(p.stem for p in (work / "records" / "jobs").glob("*.json")) == ["r1-train", "r1-tune-001",
+                                                                                  "r1-tune-002"]  # fmt: skip
+    record = load(work, "runs", "r1")
+    assert record["status"] == "Completed" and record["endpoint"] == "r1-ep-2"
+    assert [s["step"] for s in record["steps"]] == ["tuning_run", "training_job", "endpoint", "prediction"]
+    top = record["steps"][-1]["top"][0]
+    assert top["label"] in {"circle", "square", "triangle"} and 0 <= top["probability"] <= 1
+    assert load(work, "endpoints", "r1-ep-2")["status"] == "Deleted"
+
+    tuning, job = load(work, "tuning", "r1-tune"), load(work, "jobs", "r1-train")
+    assert job["hyperparameters"]["learning_rate"] == tuning["best"]["tuned_hyperparameters"]["learning_rate"]
+    assert job["hyperparameters"]["debug_hook"] is True
+    report = work / "reports" / "r1-train" / "report.html"
+    assert f"HTML report: {report}" in out and report.is_file()
+
+    assert main(["--workdir", str(work), "lineage", "r1", "--json"]) == 0
+    chain = {step.pop("step"): step for step in json.loads(capsys.readouterr().out)}
+    assert list(chain) == ["endpoint", "training job", "tuning", "dataset"]
+    model = work / "output" / "r1-train" / "output" / "model.tar.gz"
+    assert chain["endpoint"]["model_sha256"] == chain["training job"]["model_sha256"] == sha256(model)
+    assert chain["training job"]["hyperparameters"] == job["hyperparameters"]
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    assert chain["training job"]["code_revision"].startswith(head.strip())
+    assert chain["tuning"]["best_job"] in {"r1-tune-001", "r1-tune-002"}
+    expected = dataset_manifest({"training": str(data), "pretrained": str(backbone)}, tmp_path / "check")
+    assert chain["dataset"]["digest"] == expected["digest"]
+    assert chain["dataset"]["files"] == len([p for p in data.rglob("*") if p.is_file()]) + 1  # and the backbone
+
+    assert main(["--workdir", str(work), "lineage", "r1-ep-2"]) == 0  # the same chain, as text
+    text = capsys.readouterr().out
+    assert text.startswith("endpoint:") and expected["digest"] in text and sha256(model) in text
+
+
+@pytest.mark.parametrize(
+    ("deploy", "message"),
+    [("{workers: 0}", "deploy.workers must be an integer >= 1"), ("{port: 80}", "deploy: unknown keys port")],
+)
+def test_bad_deploy_settings_are_refused_before_any_work(tmp_path: Path, deploy: str, message: str, capsys):
+    config = tmp_path / "job.yaml"
+    config.write_text(f"data: {tmp_path}\ndeploy: {deploy}\n")
+    assert main(["--workdir", str(tmp_path / "work"), "run", "--config", str(config)]) == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "work" / "jobs").exists()
