@@ -10,12 +10,13 @@ import traceback
 from pathlib import Path
 
 from imgclf import contract
-from imgclf.errors import UserError
+from imgclf.errors import Preempted, UserError
 
 log = logging.getLogger("imgclf")
 
 EXIT_USER_ERROR = 1
 EXIT_INTERNAL_ERROR = 2
+EXIT_STOPPED = 128 + 15  # ended by SIGTERM, as a shell reports it; the checkpoint lets the job resume
 
 
 def _configure_logging() -> None:
@@ -54,6 +55,10 @@ def train(argv: list[str] | None = None) -> None:
             trainer.train()  # runs the script, writes output/success or output/failure, exits with its status
         else:
             run(env)
+    except Preempted as stopped:
+        log.warning("%s; the checkpoint in %s/%s resumes the job when it starts again", stopped, base_dir,
+                    contract.CHECKPOINT_DIR)  # fmt: skip
+        sys.exit(EXIT_STOPPED)
     except UserError as err:
         log.error("training failed: %s", err)
         _write_failure(base_dir, f"ClientError: {err}")

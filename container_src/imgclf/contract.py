@@ -12,6 +12,7 @@ MODEL_DIR = "model"
 OUTPUT_DATA_DIR = "output/data"
 FAILURE_FILE = "output/failure"
 SUCCESS_FILE = "output/success"
+CHECKPOINT_DIR = "checkpoints"  # synced with checkpoint_s3_uri by SageMaker (spot training)
 
 # Environment variables the sagemaker-training toolkit exposes; they win over the files.
 MODEL_DIR_ENV = "SM_MODEL_DIR"

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision.transforms import v2
 
 from imgclf.errors import UserError
@@ -175,8 +176,38 @@ def eval_preprocessing(crop_size: int) -> dict:
     }
 
 
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one sample's augmentation in one epoch."""
+    return ((seed * 1_000_003 + epoch) * 1_000_000_007 + index) % 2**63
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """This host's shard of the train split, in a new order each epoch, each index paired with the seed of its
+    augmentation: a sample's crop and flip depend on (seed, epoch, index) only, not on which loader worker
+    takes it or what ran before, so a resumed job sees exactly the batches the uninterrupted one would have."""
+
+    def __init__(self, dataset: Dataset, seed: int, rank: int, world_size: int):
+        self.order = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+        self.seed, self.epoch, self.start = seed, 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """The next pass is `epoch`'s order, beginning after its first `start` samples (a resumed epoch)."""
+        self.order.set_epoch(epoch)
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return len(self.order)  # a whole epoch, also when resuming: step numbers and schedules stay the same
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for index in itertools.islice(iter(self.order), self.start, None):
+            yield index, sample_seed(self.seed, self.epoch, index)
+
+
 class ImageDataset(Dataset):
-    """(image, label) pairs; a file that fails to load now yields None and is dropped by `collate`."""
+    """(image, label) pairs; a file that fails to load now yields None and is dropped by `collate`.
+
+    Indexed by position, or by (position, seed) for a seeded augmentation (see `EpochSampler`).
+    """
 
     def __init__(self, samples: list[tuple[Path, int]], transform: v2.Compose):
         self.samples = samples
@@ -185,7 +216,8 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int] | None:
+        index, seed = key if isinstance(key, tuple) else (key, None)
         path, label = self.samples[index]
         try:
             with Image.open(path) as image:
@@ -193,7 +225,11 @@ class ImageDataset(Dataset):
         except (OSError, SyntaxError, ValueError) as err:
             log.warning("could not load %s, leaving it out of this batch: %s", path, err)
             return None
-        return self.transform(picture), label
+        if seed is None:
+            return self.transform(picture), label
+        with torch.random.fork_rng(devices=[]):  # the transforms draw from torch's global generator
+            torch.manual_seed(seed)
+            return self.transform(picture), label
 
 
 def collate(items: list[tuple[torch.Tensor, int] | None]) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -221,7 +257,7 @@ def make_loaders(
     train = ImageDataset(data.splits["train"].samples, train_transform(crop_size))
     evaluation = eval_transform(**eval_preprocessing(crop_size))
     datasets = {"train": train, **{n: ImageDataset(data.splits[n].samples, evaluation) for n in SPLITS[1:]}}
-    sampler = DistributedSampler(train, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    sampler = EpochSampler(train, seed=seed, rank=rank, world_size=world_size)
     return {
         name: DataLoader(
             dataset,

@@ -53,6 +53,10 @@ class TrainingEnv:
     def failure_file(self) -> Path:
         return self.base_dir / contract.FAILURE_FILE
 
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.base_dir / contract.CHECKPOINT_DIR
+
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> TrainingEnv:
         """Read the job from `SAGEMAKER_BASE_DIR` (default `/opt/ml`) and the toolkit's `SM_*` variables."""

@@ -3,3 +3,7 @@
 
 class UserError(Exception):
     """A problem with the job's input or configuration; the message says what to change."""
+
+
+class Preempted(Exception):
+    """SIGTERM arrived during training; the checkpoint is written and the job should end now."""

@@ -47,6 +47,7 @@ class Hyperparameters:
     debug_eval_save_interval: int = 10  # eval.save_interval
     rules: dict[str, Any] = field(default_factory=dict)  # rule name -> parameters (or false); see README
     profiler_interval_ms: int = 500  # system monitor sampling interval; 0 turns the monitor off
+    checkpoint_interval: int = 0  # also checkpoint every this many steps; 0: at epoch ends and on SIGTERM only
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> Hyperparameters:
@@ -132,4 +133,5 @@ _PARSERS = {
     "debug_eval_save_interval": lambda n, v: _as_int(n, v, 1),
     "rules": _as_rules,
     "profiler_interval_ms": lambda n, v: _as_int(n, v, 0),
+    "checkpoint_interval": lambda n, v: _as_int(n, v, 0),
 }

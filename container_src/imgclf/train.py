@@ -15,6 +15,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
 from imgclf import artifacts, data, distributed
+from imgclf.checkpoint import Checkpointer, EpochProgress, TrainingState
 from imgclf.diagnostics.evidence import JobSettings
 from imgclf.diagnostics.watch import Diagnostics, TrainingStopped
 from imgclf.environment import TrainingEnv
@@ -30,6 +31,9 @@ EPOCH_METRICS = (
 TEST_LOSS = "average test loss: {:.6g}"
 TEST_ACCURACY = "test accuracy: {:.6g}"
 PROGRESS_LINES_PER_EPOCH = 10
+# Hyperparameters that do not change what is computed: a checkpoint resumes across changes of these.
+NOT_IN_CHECKPOINT_IDENTITY = ("num_workers", "debug_hook", "debug_train_save_interval", "debug_eval_save_interval",
+                              "rules", "profiler_interval_ms", "checkpoint_interval")  # fmt: skip
 
 
 @dataclass
@@ -66,19 +70,22 @@ def train_one_epoch(
     scheduler: LRScheduler,
     loader: DataLoader,
     device: torch.device,
-    epoch: int,
+    state: TrainingState,
     max_steps: int = 0,
     diagnostics: Diagnostics | None = None,
+    checkpointer: Checkpointer | None = None,
 ) -> EpochStats:
+    """Train on the rest of `state.epoch` (all of it, unless resumed mid-epoch), updating `state.progress`."""
     model.train()
     if diagnostics:
         diagnostics.mode("TRAIN")
     steps = steps_per_epoch(loader, max_steps)
     report_every = max(1, steps // PROGRESS_LINES_PER_EPOCH)
-    total_loss, correct, seen, dropped = 0.0, 0, 0, 0
-    start = time.perf_counter()
-    for step, (images, labels, broken) in enumerate(loader, start=1):
-        dropped += broken
+    progress, epoch = state.progress, state.epoch
+    start, first_seen = time.perf_counter(), progress.seen
+    for images, labels, broken in loader:  # a resumed epoch's loader starts after progress.step batches
+        progress.step += 1
+        progress.dropped += broken
         if len(labels):
             if diagnostics:
                 diagnostics.timer.batch_ready()
@@ -96,19 +103,21 @@ def train_one_epoch(
             if diagnostics:
                 diagnostics.timer.mark()
             step_loss = loss.item()  # a sync point; once a step is cheap enough
-            total_loss += step_loss * len(labels)
-            correct += (outputs.argmax(1) == labels).sum().item()
-            seen += len(labels)
+            progress.loss_sum += step_loss * len(labels)
+            progress.correct += (outputs.argmax(1) == labels).sum().item()
+            progress.seen += len(labels)
             if diagnostics:
                 diagnostics.train_step(epoch, step_loss, model)
-        if step % report_every == 0 or step == steps:
-            rate = seen / (time.perf_counter() - start)
-            log.info(
-                "epoch %d step %d/%d loss %.4f (%.1f images/s)", epoch, step, steps, total_loss / max(seen, 1), rate
-            )
-        if step == steps:
+        if progress.step % report_every == 0 or progress.step == steps:
+            rate = (progress.seen - first_seen) / (time.perf_counter() - start)
+            log.info("epoch %d step %d/%d loss %.4f (%.1f images/s)", epoch, progress.step, steps,
+                     progress.loss_sum / max(progress.seen, 1), rate)  # fmt: skip
+        if checkpointer:
+            checkpointer.after_step(state)
+        if progress.step == steps:
             break
-    return EpochStats(total_loss / max(seen, 1), correct / max(seen, 1), seen, dropped)
+    seen = max(progress.seen, 1)
+    return EpochStats(progress.loss_sum / seen, progress.correct / seen, progress.seen, progress.dropped)
 
 
 def evaluate(
@@ -151,23 +160,29 @@ def _fit(
     device: torch.device,
     cluster: distributed.Cluster,
     diagnostics: Diagnostics,
-) -> tuple[list[dict], int, EpochStats]:
-    """The epochs (train, validate, print the metrics line, check the rules), then the test split."""
-    history = []
-    trained_images = 0
-    for epoch in range(1, hps.epochs + 1):
-        loaders["train"].sampler.set_epoch(epoch)  # a new shuffle (and shard) each epoch
-        train = train_one_epoch(trained, criterion, optimizer, scheduler, loaders["train"], device, epoch,
-                                hps.max_steps_per_epoch, diagnostics)  # fmt: skip
-        trained_images += train.images
+    checkpointer: Checkpointer,
+    state: TrainingState,
+) -> tuple[TrainingState, EpochStats]:
+    """The epochs from where `state` stands (train, validate, print the metrics line, checkpoint, check the
+    rules), then the test split."""
+    while state.epoch <= hps.epochs:
+        # This epoch's shuffle (and shard), after the batches a resumed epoch already trained on.
+        loaders["train"].sampler.set_epoch(state.epoch, start=state.progress.step * hps.batch_size)
+        train = train_one_epoch(trained, criterion, optimizer, scheduler, loaders["train"], device, state,
+                                hps.max_steps_per_epoch, diagnostics, checkpointer)  # fmt: skip
         valid = evaluate(model, criterion, loaders["valid"], device, diagnostics)
         if cluster.is_primary:
-            print(EPOCH_METRICS.format(epoch=epoch, train_loss=train.loss, valid_loss=valid.loss,
+            print(EPOCH_METRICS.format(epoch=state.epoch, train_loss=train.loss, valid_loss=valid.loss,
                                        valid_accuracy=valid.accuracy), flush=True)  # fmt: skip
-        history.append({"epoch": epoch, "train": dataclasses.asdict(train), "valid": dataclasses.asdict(valid)})
+        state.history.append({"epoch": state.epoch, "train": dataclasses.asdict(train),
+                              "valid": dataclasses.asdict(valid)})  # fmt: skip
+        state.trained_images += train.images
+        state.epoch, state.progress = state.epoch + 1, EpochProgress()
+        checkpointer.after_epoch(state)
         diagnostics.check()
+    checkpointer.training_ended()
     test = evaluate(model, criterion, loaders["test"], device, diagnostics, mode="PREDICT")
-    return history, trained_images, test
+    return state, test
 
 
 def seed_everything(seed: int) -> None:
@@ -201,10 +216,21 @@ def run(env: TrainingEnv) -> dict:
         world_size=cluster.world_size,
     )
     model = build_model(hps.model_name, len(images.classes), weights, hps.freeze_backbone).to(device)
-    trained = distributed.wrap(model, cluster, device)
     criterion = nn.CrossEntropyLoss()
     optimizer = make_optimizer(hps, model)
     scheduler = make_scheduler(hps, optimizer, hps.epochs * steps_per_epoch(loaders["train"], hps.max_steps_per_epoch))
+    identity = {k: v for k, v in dataclasses.asdict(hps).items() if k not in NOT_IN_CHECKPOINT_IDENTITY}
+    checkpointer = Checkpointer(
+        env.checkpoint_dir,
+        {**identity, "classes": images.classes, "world_size": cluster.world_size},
+        model,
+        optimizer,
+        scheduler,
+        interval=hps.checkpoint_interval,
+        writer=cluster.is_primary,
+    )
+    state = checkpointer.resume()  # before DDP's wrap, which hands rank 0's weights to every host
+    trained = distributed.wrap(model, cluster, device)
 
     diagnostics = Diagnostics(
         base_dir=env.base_dir,
@@ -227,16 +253,18 @@ def run(env: TrainingEnv) -> dict:
         profiler_interval=hps.profiler_interval_ms / 1000,
         primary=cluster.is_primary,
     )
+    if cluster.world_size == 1:  # several hosts would have to agree on the step to stop at: not handled
+        checkpointer.handle_sigterm()
     try:
-        history, trained_images, test = _fit(hps, trained, model, criterion, optimizer, scheduler, loaders, device,
-                                             cluster, diagnostics)  # fmt: skip
+        state, test = _fit(hps, trained, model, criterion, optimizer, scheduler, loaders, device, cluster,
+                           diagnostics, checkpointer, state)  # fmt: skip
     except KeyboardInterrupt:
         if diagnostics.stalled is None:
             raise
         raise TrainingStopped(f"rule StalledTraining stopped training: {diagnostics.stalled.explanation}") from None
     finally:
         diagnostics.finish()
-    metrics = {"epochs": history, "test": dataclasses.asdict(test), "skipped_files": images.skipped_report()}
+    metrics = {"epochs": state.history, "test": dataclasses.asdict(test), "skipped_files": images.skipped_report()}
 
     artifacts.save_host_report(
         env.output_data_dir,
@@ -244,7 +272,7 @@ def run(env: TrainingEnv) -> dict:
         {
             "rank": cluster.rank,
             "world_size": cluster.world_size,
-            "trained_images": trained_images,
+            "trained_images": state.trained_images,
             "parameters_sha256": distributed.fingerprint(dict(model.named_parameters())),
             "state_sha256": distributed.fingerprint(model.state_dict()),
         },
@@ -266,5 +294,6 @@ def run(env: TrainingEnv) -> dict:
         )
         path = artifacts.save_metrics(env.output_data_dir, metrics)
         log.info("saved the model to %s and metrics to %s", env.model_dir, path)
+        checkpointer.discard()
     distributed.leave(cluster)
     return metrics

@@ -84,7 +84,8 @@ class ProcessBackend(Backend):
                 record["test_metrics"] = json.loads(metrics_file.read_text()).get("test")
             record["status"] = "Completed"
         else:
-            record["status"] = "Stopped" if returncode < 0 else "Failed"
+            # Killed by a signal, or ended by SIGTERM after checkpointing (128 + 15, as a shell reports it).
+            record["status"] = "Stopped" if returncode < 0 or returncode == 128 + signal.SIGTERM else "Failed"
             record["failure_reason"] = failure.read_text()[:1024] if failure.is_file() else f"exit status {returncode}"
         record["ended"] = time.time()
         self.records.save("jobs", record)

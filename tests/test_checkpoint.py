@@ -1,0 +1,107 @@
+"""Spot interruption and resume through the real `train` entry point: SIGTERM at a random step writes a
+checkpoint and ends the job (status 143); the job started again finishes with weights bit-identical to an
+uninterrupted run with the same seed. A checkpoint of another job, or a damaged one, is refused clearly."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import BIN, HOST_RUN_ENV, make_job, run_entry_point, write_split
+
+STEPS_PER_EPOCH = 12  # 3 classes x 8 images, batches of 2
+HYPERPARAMETERS = {"epochs": "2", "batch_size": "2", "image_size": "48", "num_workers": "1", "learning_rate": "0.01",
+                   "pretrained": "false", "debug_hook": "false", "profiler_interval_ms": "0"}  # fmt: skip
+PROGRESS = re.compile(r"epoch (\d+) step (\d+)/")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    write_split(root / "train", per_class=8)
+    write_split(root / "valid", per_class=2)
+    write_split(root / "test", per_class=2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = make_job(tmp_path_factory.mktemp("reference"), {"training": dataset}, HYPERPARAMETERS)
+    result = run_entry_point("train", base)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return base
+
+
+def weights(base: Path) -> dict[str, torch.Tensor]:
+    return torch.load(base / "model" / "model.pth", map_location="cpu", weights_only=True)
+
+
+def train_until_sigterm(base: Path, epoch: int, step: int) -> tuple[int, str]:
+    """Start `train`, SIGTERM it once its log reports (epoch, step); return its exit status and log."""
+    env = {**os.environ, **HOST_RUN_ENV, "SAGEMAKER_BASE_DIR": str(base)}
+    process = subprocess.Popen([str(BIN / "train")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)  # fmt: skip
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        reached = PROGRESS.search(line)
+        if reached and (int(reached[1]), int(reached[2])) >= (epoch, step):
+            process.send_signal(signal.SIGTERM)
+            break
+    lines.extend(process.stdout)
+    return process.wait(timeout=120), "".join(lines)
+
+
+@pytest.mark.parametrize("seed", [random.randrange(10**6) for _ in range(2)])
+def test_sigterm_at_a_random_step_then_resume_is_bit_identical(dataset: Path, uninterrupted: Path, tmp_path, seed):
+    chooser = random.Random(seed)
+    epoch, step = chooser.randint(1, 2), chooser.randint(1, STEPS_PER_EPOCH - 1)
+    base = make_job(tmp_path / "job", {"training": dataset}, HYPERPARAMETERS)
+
+    status, log = train_until_sigterm(base, epoch, step)
+
+    assert status == 128 + signal.SIGTERM, f"seed {seed}:\n{log}"
+    assert "stopped by SIGTERM" in log and (base / "checkpoints" / "checkpoint.pt").is_file()
+    assert not (base / "model" / "model.pth").exists() and not (base / "output" / "failure").exists()
+
+    resumed = run_entry_point("train", base)  # the job started again, with the checkpoint folder restored
+
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resuming from" in resumed.stdout
+    reference, result = weights(uninterrupted), weights(base)
+    assert reference.keys() == result.keys()
+    different = [name for name in reference if not torch.equal(reference[name], result[name])]
+    assert different == [], f"seed {seed} (SIGTERM at epoch {epoch} step {step}): {different[:5]}"
+    metrics = [json.loads((b / "output" / "data" / "metrics.json").read_text()) for b in (uninterrupted, base)]
+    assert metrics[0]["epochs"] == metrics[1]["epochs"] and metrics[0]["test"] == metrics[1]["test"]
+
+
+def test_a_completed_job_leaves_no_checkpoint(uninterrupted: Path):
+    assert (uninterrupted / "model" / "model.pth").is_file()
+    assert not (uninterrupted / "checkpoints" / "checkpoint.pt").exists()
+
+
+def test_a_checkpoint_of_another_job_or_a_damaged_one_is_refused(dataset: Path, tmp_path: Path):
+    first = make_job(tmp_path / "first", {"training": dataset}, HYPERPARAMETERS)
+    assert train_until_sigterm(first, 1, 2)[0] == 128 + signal.SIGTERM
+    base = make_job(tmp_path / "job", {"training": dataset}, {**HYPERPARAMETERS, "learning_rate": "0.02"})
+    (base / "checkpoints").mkdir()
+    checkpoint = base / "checkpoints" / "checkpoint.pt"
+    checkpoint.write_bytes((first / "checkpoints" / "checkpoint.pt").read_bytes())
+
+    other = run_entry_point("train", base)
+    assert other.returncode == 1
+    assert "belongs to another job" in (base / "output" / "failure").read_text()
+
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])  # cut short
+    damaged = run_entry_point("train", base)
+    assert damaged.returncode == 1
+    failure = (base / "output" / "failure").read_text()
+    assert failure.startswith("ClientError: checkpoint") and "cannot be read" in failure
