@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -46,6 +48,18 @@ def write_split(root: Path, per_class: int, classes: tuple[str, ...] = tuple(COL
             suffix = "jpg" if fmt == "JPEG" else fmt.lower()
             draw_shape(shape, seed=i).save(folder / f"{shape}_{i}.{suffix}", fmt)
     return root
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height over a few bytes of data (a decompression bomb needs no more
+    to be refused, and nothing this size is ever allocated)."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    data = chunk(b"IDAT", zlib.compress(b"\0" * 64))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + data + chunk(b"IEND", b"")
 
 
 @pytest.fixture

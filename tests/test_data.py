@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import draw_shape, write_split
+from conftest import draw_shape, png_header, write_split
 
 from imgclf import data
 from imgclf.errors import UserError
@@ -64,6 +64,20 @@ def test_unreadable_files_are_skipped_and_reported(tmp_path: Path):
     skipped = {Path(row["file"]).name for row in images.skipped_report()}
     assert skipped == {"empty.jpg", "notes.txt", "truncated.jpg"}
     assert len(images.splits["train"].samples) == 6
+
+
+def test_a_decompression_bomb_is_skipped_and_cmyk_is_kept(tmp_path: Path):
+    three_splits(tmp_path)
+    folder = tmp_path / "train" / "square"
+    (folder / "bomb.png").write_bytes(png_header(20000, 20000))  # 400 megapixels claimed, 100 bytes on disk
+    draw_shape("square").convert("CMYK").save(folder / "cmyk.jpg")
+
+    images = data.load_image_folders({"training": tmp_path})
+
+    [row] = images.skipped_report()
+    assert Path(row["file"]).name == "bomb.png" and row["reason"].startswith("image too large")
+    image, _ = data.ImageDataset([(folder / "cmyk.jpg", 0)], data.train_transform(32))[0]
+    assert image.shape == (3, 32, 32)
 
 
 def test_an_empty_split_is_an_error(tmp_path: Path):

@@ -1,10 +1,13 @@
-"""The request hooks: content types, undecodable bodies and Accept headers map to the right HTTP status."""
+"""The request hooks: content types, undecodable bodies and Accept headers map to the right HTTP status; torch
+threads per model-server worker."""
 
 import io
+import os
 
 import pytest
 from conftest import draw_shape
 
+from imgclf import inference
 from imgclf.inference import RequestError, input_fn, output_fn
 
 
@@ -45,3 +48,19 @@ def test_other_accept_is_406():
     with pytest.raises(RequestError) as raised:
         output_fn({"logits": [1.0]}, "text/csv")
     assert raised.value.status == 406
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, 1),  # one worker per core (no GPU here): one thread each
+        ({"SAGEMAKER_MODEL_SERVER_WORKERS": "1"}, os.cpu_count()),  # a single worker gets every core
+        ({"SAGEMAKER_MODEL_SERVER_WORKERS": "1", "IMGCLF_THREADS_PER_WORKER": "3"}, 3),
+    ],
+)
+def test_torch_threads_share_the_cores_among_workers(monkeypatch: pytest.MonkeyPatch, environ: dict, expected: int):
+    for name in ("SAGEMAKER_MODEL_SERVER_WORKERS", "IMGCLF_THREADS_PER_WORKER"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert inference.threads_per_worker() == expected

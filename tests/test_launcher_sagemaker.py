@@ -40,8 +40,9 @@ ARTIFACTS = f"s3://{BUCKET}/imgclf/{JOB}/output"
 class StubbedAWS(boto3.Session):
     """A boto3 session whose clients, one per service, answer from Stubbers and record the calls made to them."""
 
-    def __init__(self) -> None:
-        super().__init__(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION)
+    def __init__(self, key_id: str = "testing", secret: str = "testing", token: str | None = None) -> None:
+        super().__init__(aws_access_key_id=key_id, aws_secret_access_key=secret, aws_session_token=token,
+                         region_name=REGION)  # fmt: skip
         self.clients: dict[str, Any] = {}
         self.stubbers: dict[str, Stubber] = {}
         self.calls: list[tuple[str, dict[str, Any]]] = []  # (operation, parameters), in order
@@ -232,6 +233,34 @@ def test_failed_job_is_recorded_with_its_reason(aws: StubbedAWS, tmp_path: Path,
     assert f"training job {JOB} failed: {reason}" in capsys.readouterr().err
     record = read_record(tmp_path)
     assert (record["status"], record["failure_reason"]) == ("Failed", reason)
+
+
+def test_credentials_never_reach_the_console_or_the_records(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    secrets = {"key_id": "AKIAEXAMPLESECRETID1", "secret": "wJalrXUtnFEMI/K7MDENG/EXAMPLESECRET",
+               "token": "IQoJb3JpZ2luX2VjEXAMPLETOKEN"}  # fmt: skip
+    stub_aws(monkeypatch, tmp_path)
+    aws = StubbedAWS(**secrets)
+    monkeypatch.setattr(sdk, "boto_session", lambda region: aws)
+    for name, value in zip(("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"), secrets.values(),
+                           strict=True):  # fmt: skip
+        monkeypatch.setenv(name, value)
+    # A job that fails, then a call that AWS refuses: both print errors, and the records keep what happened.
+    expect_job(aws, description("Failed", FailureReason="AlgorithmError: out of memory"), ["Traceback ..."])
+    aws.stub("sagemaker").add_client_error(
+        "create_model", "AccessDeniedException", "User: arn:aws:sts::111122223333:assumed-role/ci is not authorized"
+    )
+    work = tmp_path / "work"
+    assert train(work, *AWS_FLAGS, "--data", f"s3://{BUCKET}/shapes") == 1
+    assert main(["--workdir", str(work), "deploy", f"s3://{BUCKET}/model.tar.gz", "--backend", "sagemaker",
+                 "--image", IMAGE, *AWS_FLAGS, "--instance-type", "ml.m5.large"]) == 1  # fmt: skip
+    aws.assert_all_answered()
+    printed = "".join(capsys.readouterr())
+    assert "out of memory" in printed and "is not authorized" in printed
+    written = "".join(p.read_text(errors="replace") for p in work.rglob("*") if p.is_file())
+    for value in secrets.values():
+        assert value not in printed and value not in written
 
 
 def test_settings_come_from_the_environment(

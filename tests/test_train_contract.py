@@ -58,6 +58,14 @@ def test_bad_hyperparameter_fails_before_reading_data(tmp_path: Path):
     assert not (base / "model" / "model.pth").exists()
 
 
+def test_a_missing_channel_fails_in_seconds_with_the_reason(tmp_path: Path, shapes_dataset: Path):
+    base = make_job(tmp_path / "job", {"valid": shapes_dataset / "valid", "test": shapes_dataset / "test"})
+    result = run_entry_point("train", base, timeout=60)
+    assert result.returncode == 1
+    failure = (base / "output" / "failure").read_text()
+    assert failure.startswith("ClientError: no training data: got channels ['test', 'valid']")
+
+
 def test_corrupt_image_is_skipped_and_counted(tmp_path: Path, shapes_dataset: Path):
     good = (shapes_dataset / "train" / "circle" / "circle_0.jpg").read_bytes()
     (shapes_dataset / "train" / "circle" / "broken.jpg").write_bytes(good[:100])

@@ -23,6 +23,11 @@ CONFIG_FILE = "model_config.json"
 IMAGE_CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image")
 JSON_CONTENT_TYPE = "application/json"
 TOP_K_ENV = "IMGCLF_TOP_K"
+MAX_PIXELS_ENV = "IMGCLF_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_PIXELS = 50_000_000  # a 50-megapixel photo; a bigger image is refused before it is decoded
+THREADS_ENV = "IMGCLF_THREADS_PER_WORKER"
+WORKERS_ENV = "SAGEMAKER_MODEL_SERVER_WORKERS"
+MAX_ASPECT_RATIO = 20  # longer side over shorter side; beyond it, resizing the short side explodes the long one
 # The model server may hand predict_fn a list of decoded images and classify them in one forward pass.
 BATCHED_PREDICT = True
 
@@ -59,8 +64,20 @@ class Classifier:
     top_k: int
 
 
+def threads_per_worker() -> int:
+    """Torch threads for one model-server worker: the cores shared among the workers (the server starts one
+    worker per GPU, else one per core, unless SAGEMAKER_MODEL_SERVER_WORKERS says otherwise), so that workers do
+    not fight over cores; IMGCLF_THREADS_PER_WORKER overrides it."""
+    if THREADS_ENV in os.environ:
+        return max(1, int(os.environ[THREADS_ENV]))
+    cores = os.cpu_count() or 1
+    workers = int(os.environ.get(WORKERS_ENV) or torch.cuda.device_count() or cores)
+    return max(1, cores // max(workers, 1))
+
+
 def model_fn(model_dir: str) -> Classifier:
     """Load the weights with `weights_only=True`: nothing in the artifact is unpickled as code."""
+    torch.set_num_threads(threads_per_worker())
     model_dir = Path(model_dir)
     config = json.loads((model_dir / CONFIG_FILE).read_text())
     classes = config["classes"]
@@ -75,16 +92,36 @@ def model_fn(model_dir: str) -> Classifier:
     return Classifier(network, classes, transform, device, top_k)
 
 
+def check_dimensions(width: int, height: int) -> None:
+    """Refuse, from the image header alone, what would take too much memory or time to decode and resize."""
+    if width < 1 or height < 1:
+        raise RequestError(400, f"the image is {width}x{height} pixels: it has no pixels")
+    max_pixels = int(os.environ.get(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS))
+    if width * height > max_pixels:
+        raise RequestError(
+            413, f"the image is {width}x{height} pixels, over the limit of {max_pixels:,}; send a smaller image"
+        )
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise RequestError(
+            400, f"the image is {width}x{height} pixels, longer than {MAX_ASPECT_RATIO}:1; crop it closer to a square"
+        )
+
+
 def decode_image(data: bytes | bytearray) -> Image.Image:
-    """Decode image bytes into an RGB picture, or raise `RequestError(400)` saying why not."""
+    """Decode image bytes into an RGB picture, or raise `RequestError` (400, 413) saying why not."""
     if not data:
         raise RequestError(400, "the request body is empty; send the image file's bytes")
     try:
         with Image.open(io.BytesIO(data)) as image:
+            check_dimensions(*image.size)
             image.load()
             return image.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise RequestError(400, f"the body is not a decodable image ({err})") from err
+    except RequestError:
+        raise
+    except Image.DecompressionBombError as err:  # Pillow's own limit, twice Image.MAX_IMAGE_PIXELS
+        raise RequestError(413, f"the image is too large to decode ({err})") from err
+    except Exception as err:  # Pillow's decoders raise many kinds (OSError, SyntaxError, EOFError, struct.error...)
+        raise RequestError(400, f"the body is not a decodable image ({type(err).__name__}: {err})") from err
 
 
 def input_fn(request_body: bytes | bytearray, content_type: str | None) -> Image.Image:

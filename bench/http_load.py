@@ -1,0 +1,85 @@
+"""A closed-loop HTTP load generator: `concurrency` clients, each sending the next JPEG as soon as the previous
+answer arrives, for a fixed time. Prints one JSON object: requests, errors, statuses, throughput, latencies.
+
+    python bench/http_load.py http://127.0.0.1:8080 IMAGE_DIR --concurrency 4 --seconds 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+
+def post(url: str, body: bytes) -> int:
+    request = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": "image/jpeg"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            json.loads(response.read())
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+    except (OSError, ValueError):
+        return 0  # no answer, or not JSON
+
+
+def run_load(url: str, bodies: list[bytes], concurrency: int, seconds: float) -> dict[str, Any]:
+    """Send `bodies` round-robin from `concurrency` threads for `seconds`; sum up what came back."""
+    deadline = time.monotonic() + seconds
+    statuses: Counter[int] = Counter()
+    latencies: list[float] = []
+    lock = threading.Lock()
+    source = itertools.cycle(bodies)
+
+    def client() -> None:
+        while time.monotonic() < deadline:
+            with lock:
+                body = next(source)
+            start = time.perf_counter()
+            status = post(url, body)
+            elapsed = time.perf_counter() - start
+            with lock:
+                statuses[status] += 1
+                latencies.append(elapsed)
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    duration = time.monotonic() - started
+    ordered = sorted(latencies) or [float("nan")]
+    return {
+        "requests": len(latencies),
+        "errors": sum(count for status, count in statuses.items() if status != 200),
+        "statuses": {str(status): count for status, count in sorted(statuses.items())},
+        "requests_per_second": len(latencies) / duration,
+        "p50_ms": 1000 * statistics.median(ordered),
+        "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("url", help="the endpoint, e.g. http://127.0.0.1:8080")
+    parser.add_argument("images", type=Path, help="a folder of JPEGs (searched recursively)")
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    args = parser.parse_args()
+    bodies = [path.read_bytes() for path in sorted(args.images.rglob("*.jpg"))]
+    if not bodies:
+        parser.error(f"no .jpg files under {args.images}")
+    print(json.dumps(run_load(args.url, bodies, args.concurrency, args.seconds)))
+
+
+if __name__ == "__main__":
+    main()
