@@ -24,9 +24,11 @@ import torchvision
 from torch import nn
 
 from imgclf import data
+from imgclf.checkpoint import TrainingState
 from imgclf.diagnostics.evidence import JobSettings
 from imgclf.diagnostics.watch import Diagnostics
 from imgclf.hyperparameters import Hyperparameters
+from imgclf.precision import StepPrecision
 from imgclf.train import make_optimizer, make_scheduler, train_one_epoch
 from launcher.sample_data import write_digits
 
@@ -58,6 +60,7 @@ def main() -> None:
         schedulers = {name: make_scheduler(hps, o, args.steps * (args.rounds + 1)) for name, o in optimizers.items()}
         criterion = nn.CrossEntropyLoss()
         device = torch.device("cpu")
+        precision = StepPrecision.choose("fp32", False, device)
         diagnostics = Diagnostics(
             base_dir=root / "job",
             output_dir=root / "job" / "output" / "data",
@@ -79,8 +82,9 @@ def main() -> None:
             while done < args.steps:
                 epoch += 1
                 steps = min(len(loader), args.steps - done)
-                seen += train_one_epoch(models[name], criterion, optimizers[name], schedulers[name], loader, device,
-                                        epoch, steps, diagnostics if name == "on" else None).images  # fmt: skip
+                watched = diagnostics if name == "on" else None
+                seen += train_one_epoch(models[name], criterion, optimizers[name], schedulers[name], loader,
+                                        precision, TrainingState(epoch), steps, watched).images  # fmt: skip
                 done += steps
             return seen
 

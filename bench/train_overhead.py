@@ -20,7 +20,9 @@ import torchvision
 from torch import nn
 
 from imgclf import data
+from imgclf.checkpoint import TrainingState
 from imgclf.hyperparameters import Hyperparameters
+from imgclf.precision import StepPrecision
 from imgclf.train import make_optimizer, make_scheduler, train_one_epoch
 from launcher.sample_data import write_digits
 
@@ -70,8 +72,10 @@ def main() -> None:
         scheduler = make_scheduler(hps, optimizer, args.steps * (args.rounds + 1))
         criterion = nn.CrossEntropyLoss()
 
+        precision = StepPrecision.choose("fp32", False, torch.device("cpu"))
+
         def ours() -> int:
-            return train_one_epoch(model, criterion, optimizer, scheduler, ours_loader, torch.device("cpu"), 1,
+            return train_one_epoch(model, criterion, optimizer, scheduler, ours_loader, precision, TrainingState(),
                                    args.steps).images  # fmt: skip
 
         def bare() -> int:

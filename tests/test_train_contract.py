@@ -4,6 +4,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 import torch
 import torchvision
 from conftest import FAST_HYPERPARAMETERS, make_job, run_entry_point, write_split
@@ -38,6 +39,19 @@ def test_combined_training_channel(tmp_path: Path, shapes_dataset: Path):
     assert metrics["test"]["images"] == 6
     assert float(TEST_LOSS_REGEX.search(result.stdout).group(1)) == float(f"{metrics['test']['loss']:.6g}")
     assert "unknown hyperparameters" not in result.stdout  # SageMaker's own keys are tolerated silently
+
+
+@pytest.mark.parametrize(
+    ("settings", "described"),
+    [({}, "fp32, contiguous"), ({"mixed_precision": '"bf16"', "channels_last": "true"}, "bfloat16, channels-last")],
+)
+def test_precision_and_memory_format(tmp_path: Path, shapes_dataset: Path, settings: dict, described: str):
+    # auto is full precision on a CPU; bf16 autocast and channels-last also run here (they pay on a GPU).
+    base = make_job(tmp_path / "job", {"training": shapes_dataset}, {**FAST_HYPERPARAMETERS, **settings})
+    result = run_entry_point("train", base)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"training in {described} on cpu" in result.stdout
+    assert len(TEST_LOSS_REGEX.findall(result.stdout)) == 1 and (base / "model" / "model.pth").is_file()
 
 
 def test_separate_channels(tmp_path: Path, shapes_dataset: Path):

@@ -1,12 +1,12 @@
 """Checkpoints, so that an interrupted job (a spot interruption, a stop) goes on where it stopped.
 
 SageMaker sends SIGTERM, then SIGKILL; with `checkpoint_s3_uri` it syncs `/opt/ml/checkpoints` with S3 and
-restores it when the job starts again. A checkpoint holds the model, optimizer and scheduler states, the RNG
-states, the position (epoch, steps done, the epoch's running sums) and the history so far. It is written
-atomically at each epoch's end, every `checkpoint_interval` steps if set, and at the next step boundary after
-SIGTERM, and removed once the job has saved its model. A job that finds one resumes from it, on exactly the
-batches it would have seen (see `data.EpochSampler`). Files are read with `weights_only=True`: nothing is
-unpickled but tensors and plain containers.
+restores it when the job starts again. A checkpoint holds the model, optimizer, scheduler and fp16 gradient
+scaler states, the RNG states, the position (epoch, steps done, the epoch's running sums) and the history so
+far. It is written atomically at each epoch's end, every `checkpoint_interval` steps if set, and at the next
+step boundary after SIGTERM, and removed once the job has saved its model. A job that finds one resumes from
+it, on exactly the batches it would have seen (see `data.EpochSampler`). Files are read with
+`weights_only=True`: nothing is unpickled but tensors and plain containers.
 """
 
 from __future__ import annotations
@@ -73,10 +73,11 @@ class Checkpointer:
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         interval: int = 0,
         writer: bool = True,
+        scaler: torch.amp.GradScaler | None = None,
     ):
         self.path = folder / CHECKPOINT_FILE
         self.identity, self.model, self.optimizer, self.scheduler = identity, model, optimizer, scheduler
-        self.interval, self.writer = interval, writer
+        self.interval, self.writer, self.scaler = interval, writer, scaler
         self.stop_requested = threading.Event()
 
     # -- SIGTERM ----------------------------------------------------------------------------------------------
@@ -121,6 +122,7 @@ class Checkpointer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else {},
             "rng": _rng_states(),
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -153,6 +155,8 @@ class Checkpointer:
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
+        if self.scaler and checkpoint["scaler"]:
+            self.scaler.load_state_dict(checkpoint["scaler"])
         _set_rng_states(checkpoint["rng"])
         state = TrainingState.from_dict(checkpoint["state"])
         log.info("resuming from %s: epoch %d after step %d", self.path, state.epoch, state.progress.step)

@@ -227,9 +227,13 @@ class ImageDataset(Dataset):
             return None
         if seed is None:
             return self.transform(picture), label
-        with torch.random.fork_rng(devices=[]):  # the transforms draw from torch's global generator
-            torch.manual_seed(seed)
+        generator = torch.default_generator  # the transforms draw from it; leave it as it was afterwards
+        state = generator.get_state()
+        generator.manual_seed(seed)
+        try:
             return self.transform(picture), label
+        finally:
+            generator.set_state(state)
 
 
 def collate(items: list[tuple[torch.Tensor, int] | None]) -> tuple[torch.Tensor, torch.Tensor, int]:

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 MODEL_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULERS = ("cosine", "constant")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 class HyperparameterError(UserError):
@@ -48,6 +49,8 @@ class Hyperparameters:
     rules: dict[str, Any] = field(default_factory=dict)  # rule name -> parameters (or false); see README
     profiler_interval_ms: int = 500  # system monitor sampling interval; 0 turns the monitor off
     checkpoint_interval: int = 0  # also checkpoint every this many steps; 0: at epoch ends and on SIGTERM only
+    mixed_precision: str = "auto"  # auto (bf16 or fp16 on GPU, fp32 on CPU), bf16, fp16, fp32
+    channels_last: bool | None = None  # None ("auto"): channels-last tensors on GPU only
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> Hyperparameters:
@@ -134,4 +137,6 @@ _PARSERS = {
     "rules": _as_rules,
     "profiler_interval_ms": lambda n, v: _as_int(n, v, 0),
     "checkpoint_interval": lambda n, v: _as_int(n, v, 0),
+    "mixed_precision": lambda n, v: _as_choice(n, v, PRECISIONS),
+    "channels_last": lambda n, v: _as_bool(n, v, allow_auto=True),
 }

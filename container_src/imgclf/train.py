@@ -21,6 +21,7 @@ from imgclf.diagnostics.watch import Diagnostics, TrainingStopped
 from imgclf.environment import TrainingEnv
 from imgclf.hyperparameters import Hyperparameters
 from imgclf.model import build_model, find_pretrained_weights
+from imgclf.precision import StepPrecision
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     scheduler: LRScheduler,
     loader: DataLoader,
-    device: torch.device,
+    precision: StepPrecision,
     state: TrainingState,
     max_steps: int = 0,
     diagnostics: Diagnostics | None = None,
@@ -89,16 +90,17 @@ def train_one_epoch(
         if len(labels):
             if diagnostics:
                 diagnostics.timer.batch_ready()
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            outputs = model(images)
-            loss = criterion(outputs, labels)
+            images, labels = precision.inputs(images), labels.to(precision.device, non_blocking=True)
+            with precision.autocast():
+                outputs = model(images)
+                loss = criterion(outputs, labels)
             if diagnostics:
                 diagnostics.timer.mark()
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            precision.backward(loss)
             if diagnostics:
                 diagnostics.timer.mark()
-            optimizer.step()
+            precision.step(optimizer)
             scheduler.step()
             if diagnostics:
                 diagnostics.timer.mark()
@@ -124,7 +126,7 @@ def evaluate(
     model: nn.Module,
     criterion: nn.Module,
     loader: DataLoader,
-    device: torch.device,
+    precision: StepPrecision,
     diagnostics: Diagnostics | None = None,
     mode: str = "EVAL",
 ) -> EpochStats:
@@ -138,9 +140,10 @@ def evaluate(
             dropped += broken
             if not len(labels):
                 continue
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            outputs = model(images)
-            batch_loss = criterion(outputs, labels).item()
+            images, labels = precision.inputs(images), labels.to(precision.device, non_blocking=True)
+            with precision.autocast():
+                outputs = model(images)
+            batch_loss = criterion(outputs.float(), labels).item()
             total_loss += batch_loss * len(labels)
             correct += (outputs.argmax(1) == labels).sum().item()
             seen += len(labels)
@@ -157,7 +160,7 @@ def _fit(
     optimizer: torch.optim.Optimizer,
     scheduler: LRScheduler,
     loaders: dict[str, DataLoader],
-    device: torch.device,
+    precision: StepPrecision,
     cluster: distributed.Cluster,
     diagnostics: Diagnostics,
     checkpointer: Checkpointer,
@@ -168,9 +171,9 @@ def _fit(
     while state.epoch <= hps.epochs:
         # This epoch's shuffle (and shard), after the batches a resumed epoch already trained on.
         loaders["train"].sampler.set_epoch(state.epoch, start=state.progress.step * hps.batch_size)
-        train = train_one_epoch(trained, criterion, optimizer, scheduler, loaders["train"], device, state,
+        train = train_one_epoch(trained, criterion, optimizer, scheduler, loaders["train"], precision, state,
                                 hps.max_steps_per_epoch, diagnostics, checkpointer)  # fmt: skip
-        valid = evaluate(model, criterion, loaders["valid"], device, diagnostics)
+        valid = evaluate(model, criterion, loaders["valid"], precision, diagnostics)
         if cluster.is_primary:
             print(EPOCH_METRICS.format(epoch=state.epoch, train_loss=train.loss, valid_loss=valid.loss,
                                        valid_accuracy=valid.accuracy), flush=True)  # fmt: skip
@@ -181,7 +184,7 @@ def _fit(
         checkpointer.after_epoch(state)
         diagnostics.check()
     checkpointer.training_ended()
-    test = evaluate(model, criterion, loaders["test"], device, diagnostics, mode="PREDICT")
+    test = evaluate(model, criterion, loaders["test"], precision, diagnostics, mode="PREDICT")
     return state, test
 
 
@@ -215,7 +218,9 @@ def run(env: TrainingEnv) -> dict:
         rank=cluster.rank,
         world_size=cluster.world_size,
     )
-    model = build_model(hps.model_name, len(images.classes), weights, hps.freeze_backbone).to(device)
+    precision = StepPrecision.choose(hps.mixed_precision, hps.channels_last, device)
+    log.info("training in %s on %s", precision.describe(), device)
+    model = precision.prepare(build_model(hps.model_name, len(images.classes), weights, hps.freeze_backbone).to(device))
     criterion = nn.CrossEntropyLoss()
     optimizer = make_optimizer(hps, model)
     scheduler = make_scheduler(hps, optimizer, hps.epochs * steps_per_epoch(loaders["train"], hps.max_steps_per_epoch))
@@ -228,6 +233,7 @@ def run(env: TrainingEnv) -> dict:
         scheduler,
         interval=hps.checkpoint_interval,
         writer=cluster.is_primary,
+        scaler=precision.scaler,
     )
     state = checkpointer.resume()  # before DDP's wrap, which hands rank 0's weights to every host
     trained = distributed.wrap(model, cluster, device)
@@ -256,7 +262,7 @@ def run(env: TrainingEnv) -> dict:
     if cluster.world_size == 1:  # several hosts would have to agree on the step to stop at: not handled
         checkpointer.handle_sigterm()
     try:
-        state, test = _fit(hps, trained, model, criterion, optimizer, scheduler, loaders, device, cluster,
+        state, test = _fit(hps, trained, model, criterion, optimizer, scheduler, loaders, precision, cluster,
                            diagnostics, checkpointer, state)  # fmt: skip
     except KeyboardInterrupt:
         if diagnostics.stalled is None:

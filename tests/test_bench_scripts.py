@@ -1,0 +1,30 @@
+"""The benchmarks still run (tiny settings, CPU): they import the trainer's internals, which change. Their
+figures are not checked here; `make bench` and the README report them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "printed"),
+    [
+        ("gpu_train.py", ["--device", "cpu", "--model", "resnet18", "--steps", "1", "--rounds", "1", "--images",
+                          "16", "--image-size", "32", "--batch-size", "4"], "JPEG: ours"),
+        ("input_pipeline.py", ["--images", "16", "--rounds", "1", "--crop", "32", "--batch-size", "4"],
+         "pipeline / ceiling"),
+        ("train_overhead.py", ["--steps", "1", "--rounds", "1", "--image-size", "32"], "ratio imgclf/bare"),
+        ("diagnostics_overhead.py", ["--steps", "2", "--rounds", "1"], "ratio on/off"),
+        ("cold_start.py", ["--rounds", "1", "--models", "resnet18"], "serve -> model ready"),
+    ],
+)  # fmt: skip
+def test_benchmark_runs(script: str, args: list[str], printed: str):
+    done = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert printed in done.stdout
