@@ -26,7 +26,7 @@ REGION ?=
 # Without the buildx plugin, BuildKit is unavailable: use the classic builder (the Dockerfile suits both).
 DOCKER_BUILD := $(if $(shell docker buildx version 2>/dev/null),docker build,DOCKER_BUILDKIT=0 docker build)
 
-.PHONY: install system-deps browser demo test test-fast test-docker lint format bench bench-gpu clean wheelhouse base-image build push docker-engine
+.PHONY: install system-deps browser demo test test-fast test-docker lint format bench bench-gpu torchserve-venv clean wheelhouse base-image build push docker-engine
 
 install: $(VENV)/.installed
 
@@ -100,11 +100,25 @@ format: install
 	$(BIN)/ruff format .
 
 bench: install
+	-$(MAKE) torchserve-venv
+	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/train_overhead.py
 	$(BIN)/python bench/diagnostics_overhead.py
 	$(BIN)/python bench/input_pipeline.py
 	$(BIN)/python bench/cold_start.py
 	$(BIN)/python bench/tuning_early_stopping.py
+
+# TorchServe 0.12 for bench/serve.py's comparison, in a virtualenv of its own (its model-archiver package clashes
+# with multi-model-server's; the benchmark writes the model's manifest itself and needs neither). It borrows torch
+# and torchvision from $(VENV) through a .pth file, which Python puts after the virtualenv's own packages.
+TORCHSERVE_VENV := build/torchserve-venv
+torchserve-venv: $(TORCHSERVE_VENV)/.installed
+$(TORCHSERVE_VENV)/.installed: $(VENV)/.installed
+	$(PYTHON) -m venv $(TORCHSERVE_VENV)
+	$(TORCHSERVE_VENV)/bin/pip install -q torchserve==0.12.0
+	$(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > \
+		"$$($(TORCHSERVE_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/project-venv.pth"
+	touch $@
 
 # On a GPU machine: ResNet-50 training images/s, ours against a bare loop, synthetic and JPEG data.
 bench-gpu: install

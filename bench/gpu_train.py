@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 import torchvision
+from bare import standard_train_transform
 from input_pipeline import write_jpegs
 from torch import nn
 
@@ -113,11 +114,14 @@ def main() -> None:
                                        args.steps).images  # fmt: skip
 
     bare_model, _ = fresh_model()
-    synthetic = [(torch.randn(args.batch_size, 3, args.image_size, args.image_size),
-                  torch.randint(0, 2, (args.batch_size,)), 0)] * args.steps  # fmt: skip
+    # ours takes uint8 batches, as its loaders give them, and normalises them on the GPU; the bare loop floats
+    pixels = torch.randint(0, 256, (args.batch_size, 3, args.image_size, args.image_size), dtype=torch.uint8)
+    labels = torch.randint(0, 2, (args.batch_size,))
+    synthetic = [(pixels, labels, 0)] * args.steps
+    normalised = [(data.normalize(pixels), labels, 0)] * args.steps
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        compare("synthetic", ours_on(synthetic), lambda: bare_loop(bare_model, synthetic, precision, args.steps),
+        compare("synthetic", ours_on(synthetic), lambda: bare_loop(bare_model, normalised, precision, args.steps),
                 args.rounds, device, folder)  # fmt: skip
         write_jpegs(folder / "jpegs", args.images)
         images = data.load_image_folders({"train": folder / "jpegs", "valid": folder / "jpegs",
@@ -131,7 +135,7 @@ def main() -> None:
             pin_memory=device.type == "cuda",
         )["train"]
         bare_loader = torch.utils.data.DataLoader(
-            torchvision.datasets.ImageFolder(folder / "jpegs", data.train_transform(args.image_size)),
+            torchvision.datasets.ImageFolder(folder / "jpegs", standard_train_transform(args.image_size)),
             batch_size=args.batch_size, shuffle=True, num_workers=hps.num_workers,
             pin_memory=device.type == "cuda", persistent_workers=hps.num_workers > 0,
         )  # fmt: skip

@@ -20,7 +20,7 @@ from typing import Any
 
 
 def post(url: str, body: bytes) -> int:
-    request = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": "image/jpeg"})
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "image/jpeg"})
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             json.loads(response.read())
@@ -31,8 +31,11 @@ def post(url: str, body: bytes) -> int:
         return 0  # no answer, or not JSON
 
 
-def run_load(url: str, bodies: list[bytes], concurrency: int, seconds: float) -> dict[str, Any]:
-    """Send `bodies` round-robin from `concurrency` threads for `seconds`; sum up what came back."""
+def run_load(
+    url: str, bodies: list[bytes], concurrency: int, seconds: float, path: str = "/invocations"
+) -> dict[str, Any]:
+    """POST `bodies` round-robin to `url + path` from `concurrency` threads for `seconds`; sum up the answers."""
+    url = f"{url}{path}"
     deadline = time.monotonic() + seconds
     statuses: Counter[int] = Counter()
     latencies: list[float] = []
@@ -74,11 +77,12 @@ def main() -> None:
     parser.add_argument("images", type=Path, help="a folder of JPEGs (searched recursively)")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--path", default="/invocations", help="the inference route (TorchServe: /predictions/NAME)")
     args = parser.parse_args()
     bodies = [path.read_bytes() for path in sorted(args.images.rglob("*.jpg"))]
     if not bodies:
         parser.error(f"no .jpg files under {args.images}")
-    print(json.dumps(run_load(args.url, bodies, args.concurrency, args.seconds)))
+    print(json.dumps(run_load(args.url, bodies, args.concurrency, args.seconds, args.path)))
 
 
 if __name__ == "__main__":

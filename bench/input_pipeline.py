@@ -2,8 +2,9 @@
 
 The ceiling: every core decodes JPEGs and resizes them to the crop size, nothing else (Pillow, and
 `torchvision.io.decode_jpeg` when it is faster). The pipeline: `imgclf.data.make_loaders` with the trainer's
-default `num_workers` (one per core, at most 8), batches of augmented, normalised tensors. Both run alternately
-in one process; the ratio pipeline/ceiling is printed.
+default `num_workers` (one per core, at most 8), batches of augmented uint8 tensors, normalised here as the
+trainer does on its device (on a CPU job, this process). Both run alternately in one process; the ratio
+pipeline/ceiling is printed.
 
     .venv/bin/python bench/input_pipeline.py [--images 256] [--rounds 3] [--crop 224]
 """
@@ -73,6 +74,7 @@ def pipeline(folder: Path, crop: int, batch_size: int, workers: int) -> float:
     next(batches)
     seen, start = 0, time.perf_counter()
     for batch, _, _ in batches:
+        data.normalize(batch)
         seen += len(batch)
     return seen / (time.perf_counter() - start)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 import torchvision
+from bare import standard_train_transform
 from torch import nn
 
 from imgclf import data
@@ -64,7 +65,7 @@ def main() -> None:
             pin_memory=False,
         )["train"]  # fmt: skip
         bare_loader = torch.utils.data.DataLoader(
-            torchvision.datasets.ImageFolder(root / "train", transform=data.train_transform(args.image_size)),
+            torchvision.datasets.ImageFolder(root / "train", transform=standard_train_transform(args.image_size)),
             batch_size=args.batch_size, shuffle=True, num_workers=args.workers, persistent_workers=args.workers > 0,
         )  # fmt: skip
         model = torchvision.models.resnet18(num_classes=len(images.classes))

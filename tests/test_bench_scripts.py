@@ -22,6 +22,8 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
         ("train_overhead.py", ["--steps", "1", "--rounds", "1", "--image-size", "32"], "ratio imgclf/bare"),
         ("diagnostics_overhead.py", ["--steps", "2", "--rounds", "1"], "ratio on/off"),
         ("cold_start.py", ["--rounds", "1", "--models", "resnet18"], "serve -> model ready"),
+        ("serve.py", ["--images", "4", "--seconds", "1", "--warm-up", "0.5", "--max-batch", "2", "--concurrency", "1",
+                      "2", "--torchserve-venv", "/nonexistent"], "endpoint req/s at concurrency 2"),
     ],
 )  # fmt: skip
 def test_benchmark_runs(script: str, args: list[str], printed: str):

@@ -76,7 +76,7 @@ def test_a_decompression_bomb_is_skipped_and_cmyk_is_kept(tmp_path: Path):
 
     [row] = images.skipped_report()
     assert Path(row["file"]).name == "bomb.png" and row["reason"].startswith("image too large")
-    image, _ = data.ImageDataset([(folder / "cmyk.jpg", 0)], data.train_transform(32))[0]
+    image, _ = data.ImageDataset([(folder / "cmyk.jpg", 0)], data.TrainAugmentation(32))[0]
     assert image.shape == (3, 32, 32)
 
 
@@ -99,15 +99,15 @@ def test_a_class_without_training_images_is_an_error(tmp_path: Path):
 def test_greyscale_and_alpha_images_become_rgb_tensors(tmp_path: Path):
     draw_shape("circle").convert("L").save(tmp_path / "grey.png")
     draw_shape("square").convert("RGBA").save(tmp_path / "alpha.png")
-    dataset = data.ImageDataset([(tmp_path / "grey.png", 0), (tmp_path / "alpha.png", 1)], data.train_transform(32))
+    dataset = data.ImageDataset([(tmp_path / "grey.png", 0), (tmp_path / "alpha.png", 1)], data.TrainAugmentation(32))
     for index in range(2):
         image, _ = dataset[index]
-        assert image.shape == (3, 32, 32) and image.dtype == torch.float32
+        assert image.shape == (3, 32, 32) and image.dtype == torch.uint8
 
 
 def test_a_file_that_breaks_after_the_scan_is_dropped_from_its_batch(tmp_path: Path):
     draw_shape("circle").save(tmp_path / "ok.jpg")
     (tmp_path / "gone.jpg").write_bytes(b"")
-    dataset = data.ImageDataset([(tmp_path / "ok.jpg", 0), (tmp_path / "gone.jpg", 1)], data.train_transform(32))
+    dataset = data.ImageDataset([(tmp_path / "ok.jpg", 0), (tmp_path / "gone.jpg", 1)], data.TrainAugmentation(32))
     images, labels, dropped = data.collate([dataset[0], dataset[1]])
     assert images.shape == (1, 3, 32, 32) and labels.tolist() == [0] and dropped == 1

@@ -64,3 +64,50 @@ def test_torch_threads_share_the_cores_among_workers(monkeypatch: pytest.MonkeyP
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
     assert inference.threads_per_worker() == expected
+
+
+def _network_with_trained_batch_norms():
+    import torch
+    import torchvision
+
+    network = torchvision.models.resnet18(num_classes=5).eval()
+    generator = torch.Generator().manual_seed(0)
+    for module in network.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):  # random init has mean 0, var 1: folding would be trivial
+            module.running_mean.uniform_(-0.5, 0.5, generator=generator)
+            module.running_var.uniform_(0.5, 2.0, generator=generator)
+            module.weight.data.uniform_(0.5, 1.5, generator=generator)
+            module.bias.data.uniform_(-0.2, 0.2, generator=generator)
+    return network
+
+
+def test_serving_folds_batch_norms_and_keeps_the_outputs():
+    import copy
+
+    import torch
+
+    network = _network_with_trained_batch_norms()
+    served = inference.optimize_for_inference(copy.deepcopy(network))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in served.modules())
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in served.parameters() if p.dim() == 4)
+    images = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        expected, got = network(images), served(images.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4), (got - expected).abs().max()
+
+
+def test_a_network_fx_cannot_trace_is_served_unfused(caplog: pytest.LogCaptureFixture):
+    import torch
+
+    class Branchy(torch.nn.Module):  # control flow on a tensor's value: symbolic tracing fails
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.norm = torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.norm(self.conv(x)) if x.sum() > 0 else self.conv(x)
+
+    served = inference.optimize_for_inference(Branchy())
+    assert isinstance(served.norm, torch.nn.BatchNorm2d)
+    assert "unfused" in caplog.text
+    assert served(torch.ones(1, 3, 8, 8)).shape == (1, 4, 6, 6)

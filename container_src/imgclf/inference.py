@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 import torchvision
 from PIL import Image
+from torch.fx.experimental import optimization as fx_optimization
 from torchvision.transforms import v2
 
 WEIGHTS_FILE = "model.pth"
@@ -40,13 +42,17 @@ class RequestError(Exception):
         self.status = status
 
 
+def eval_geometry(crop_size: int, resize_size: int) -> v2.Compose:
+    """Resize the short side of a uint8 image tensor, then centre-crop: the deterministic part of preprocessing."""
+    return v2.Compose([v2.Resize(resize_size, antialias=True), v2.CenterCrop(crop_size)])
+
+
 def eval_transform(crop_size: int, resize_size: int, mean: list[float], std: list[float]) -> v2.Compose:
-    """Deterministic preprocessing: resize the short side, centre-crop, scale to [0, 1], normalise."""
+    """A picture to the network's input: `eval_geometry`, then scale to [0, 1] and normalise."""
     return v2.Compose(
         [
             v2.PILToTensor(),
-            v2.Resize(resize_size, antialias=True),
-            v2.CenterCrop(crop_size),
+            eval_geometry(crop_size, resize_size),
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(mean=mean, std=std),
         ]
@@ -75,6 +81,17 @@ def threads_per_worker() -> int:
     return max(1, cores // max(workers, 1))
 
 
+def optimize_for_inference(network: torch.nn.Module) -> torch.nn.Module:
+    """Fold each batch norm into the convolution before it and keep activations channels-last: the same outputs
+    (to float rounding), fewer passes over memory. A network torch.fx cannot trace is served unfused."""
+    network.eval()
+    try:
+        network = fx_optimization.fuse(network)
+    except Exception as err:  # e.g. data-dependent control flow in a custom architecture
+        logging.getLogger(__name__).warning("serving the network unfused: torch.fx could not trace it (%s)", err)
+    return network.to(memory_format=torch.channels_last)
+
+
 def model_fn(model_dir: str) -> Classifier:
     """Load the weights with `weights_only=True`: nothing in the artifact is unpickled as code."""
     torch.set_num_threads(threads_per_worker())
@@ -85,7 +102,7 @@ def model_fn(model_dir: str) -> Classifier:
     state = torch.load(model_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     network.load_state_dict(state)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    network.to(device).eval()
+    network = optimize_for_inference(network).to(device)
     pre = config["preprocessing"]
     transform = eval_transform(pre["crop_size"], pre["resize_size"], pre["mean"], pre["std"])
     top_k = min(int(os.environ.get(TOP_K_ENV, 5)), len(classes))
@@ -138,7 +155,8 @@ def predict_fn(images: Image.Image | list[Image.Image], model: Classifier) -> di
     """Classify one image (one result) or a list (a list of results): the top-k classes and all the logits."""
     if not isinstance(images, list):
         return predict_fn([images], model)[0]
-    batch = torch.stack([model.transform(image) for image in images]).to(model.device)
+    batch = torch.stack([model.transform(image) for image in images])
+    batch = batch.to(model.device, memory_format=torch.channels_last)
     with torch.inference_mode():
         logits = model.network(batch).float().cpu()
     probabilities = logits.softmax(dim=1)

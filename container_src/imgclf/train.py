@@ -64,6 +64,11 @@ def steps_per_epoch(loader: DataLoader, max_steps: int) -> int:
     return min(len(loader), max_steps) if max_steps else len(loader)
 
 
+def model_inputs(images: torch.Tensor, precision: StepPrecision) -> torch.Tensor:
+    """A loader's uint8 batch on the device, normalised there, in the step's memory format."""
+    return precision.inputs(data.normalize(images.to(precision.device, non_blocking=True)))
+
+
 def train_one_epoch(
     model: nn.Module,
     criterion: nn.Module,
@@ -90,7 +95,7 @@ def train_one_epoch(
         if len(labels):
             if diagnostics:
                 diagnostics.timer.batch_ready()
-            images, labels = precision.inputs(images), labels.to(precision.device, non_blocking=True)
+            images, labels = model_inputs(images, precision), labels.to(precision.device, non_blocking=True)
             with precision.autocast():
                 outputs = model(images)
                 loss = criterion(outputs, labels)
@@ -140,7 +145,7 @@ def evaluate(
             dropped += broken
             if not len(labels):
                 continue
-            images, labels = precision.inputs(images), labels.to(precision.device, non_blocking=True)
+            images, labels = model_inputs(images, precision), labels.to(precision.device, non_blocking=True)
             with precision.autocast():
                 outputs = model(images)
             batch_loss = criterion(outputs.float(), labels).item()
