@@ -81,8 +81,11 @@ class Pipeline:
                 if self.plan.stop_endpoint:
                     self.backend.stop(self.records.load("endpoints", endpoint["name"]))
                     say(f"endpoint {endpoint['name']} stopped")
+        except KeyboardInterrupt:  # Ctrl-C: the step under way has recorded itself as Stopped
+            self._update(status="Stopped", failure_reason="interrupted by the user", ended=time.time())
+            raise
         except BaseException as err:
-            self._update(status="Failed", failure_reason=str(err) or type(err).__name__)
+            self._update(status="Failed", failure_reason=str(err) or type(err).__name__, ended=time.time())
             raise
         self._update(status="Completed", ended=time.time())
         self._summary(tuning, job, endpoint)

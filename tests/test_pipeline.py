@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -118,3 +122,28 @@ def test_bad_deploy_settings_are_refused_before_any_work(tmp_path: Path, deploy:
     assert main(["--workdir", str(tmp_path / "work"), "run", "--config", str(config)]) == 1
     assert message in capsys.readouterr().err
     assert not (tmp_path / "work" / "jobs").exists()
+
+
+def test_ctrl_c_records_the_run_and_its_job_as_stopped(tmp_path: Path):
+    data = tmp_path / "data"
+    for split in ("train", "valid", "test"):
+        write_split(data / split, per_class=4)
+    config = tmp_path / "job.yaml"
+    config.write_text(f"channels: {{training: {data}}}\nhyperparameters: {json.dumps({**FIXED, 'epochs': 500})}\n")
+    work = tmp_path / "work"
+    command = [str(Path(sys.executable).parent / "launcher"), "--workdir", str(work), "run", "--config", str(config),
+               "--name", "cc", "--stop-endpoint"]  # fmt: skip
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)  # fmt: skip
+    log = work / "jobs" / "cc-train" / "train.log"
+    deadline = time.monotonic() + 120
+    while not (log.is_file() and "epoch 2" in log.read_text()):  # training is under way
+        assert launcher.poll() is None and time.monotonic() < deadline, launcher.stdout.read()
+        time.sleep(0.5)
+    os.killpg(launcher.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+    output, _ = launcher.communicate(timeout=120)
+
+    assert launcher.returncode == 130, output
+    run, job = load(work, "runs", "cc"), load(work, "jobs", "cc-train")
+    assert (run["status"], job["status"]) == ("Stopped", "Stopped"), (run, job)
+    assert run["failure_reason"] == "interrupted by the user" and run["ended"] >= run["created"]
