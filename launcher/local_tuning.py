@@ -145,6 +145,7 @@ class LocalTuner:
         if "error" in outcome:
             raise TrialFailed(outcome["error"])
         if pruned_at is not None:
+            self.backend.discard_checkpoints(job_name)  # the study never resumes a pruned trial
             trial.set_user_attr("stopped_at_epoch", pruned_at)
             say(f"trial {trial.number + 1}: stopped early after epoch {pruned_at} (worse than the median)")
             raise optuna.TrialPruned()

@@ -108,6 +108,11 @@ class Backend(ABC):
         """Stop a training job that `train` is running in another thread (a tuner stopping a trial early)."""
         raise LauncherError(f"the {self.name} backend cannot stop a running training job early")
 
+    def discard_checkpoints(self, job_name: str) -> None:
+        """Free what a stopped job's checkpoints take once it will never resume (a trial stopped early). Only
+        jobs run on this machine keep them here; local-mode containers keep them inside the container."""
+        return None
+
     @abstractmethod
     def deploy(self, spec: DeploySpec) -> dict[str, Any]:
         """Start an endpoint and wait until it answers pings; return its record (also saved)."""

@@ -98,6 +98,9 @@ class ProcessBackend(Backend):
             raise LauncherError(f"training job {job_name} is not running here")
         process.send_signal(signal.SIGTERM)
 
+    def discard_checkpoints(self, job_name: str) -> None:
+        shutil.rmtree(self.workdir / "jobs" / job_name / "checkpoints", ignore_errors=True)
+
     def _run_streamed(self, command: list[str], base_dir: Path, log_file: Path, job_name: str, echo: bool) -> int:
         """Run the job's process, copying its output to the job log (and the console if `echo`); Ctrl-C stops it
         cleanly."""
