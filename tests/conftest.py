@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -48,6 +49,13 @@ def write_split(root: Path, per_class: int, classes: tuple[str, ...] = tuple(COL
             suffix = "jpg" if fmt == "JPEG" else fmt.lower()
             draw_shape(shape, seed=i).save(folder / f"{shape}_{i}.{suffix}", fmt)
     return root
+
+
+def default_sigint() -> None:
+    """`preexec_fn` for a process the test will Ctrl-C: SIGINT as a terminal's foreground job has it. A suite
+    started in the background by a non-interactive shell inherits SIGINT ignored, and Python then never raises
+    KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def png_header(width: int, height: int) -> bytes:

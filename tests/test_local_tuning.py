@@ -11,7 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import BIN, write_split
+from conftest import BIN, default_sigint, write_split
 
 from launcher.backends.base import TrainingSpec
 from launcher.backends.process import ProcessBackend
@@ -89,7 +89,8 @@ def test_an_interrupted_tuning_run_resumes_without_repeating_finished_trials(tmp
     )
     work = tmp_path / "work"
     command = [str(BIN / "launcher"), "--workdir", str(work), "tune", "--config", str(config), "--name", "t1"]
-    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             preexec_fn=default_sigint)  # fmt: skip
     deadline = time.time() + 300
     while not (work / "jobs" / "t1-002").exists() and time.time() < deadline and first.poll() is None:
         time.sleep(0.5)

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import write_split
+from conftest import default_sigint, write_split
 
 from launcher.cli import main
 from launcher.lineage import dataset_manifest
@@ -134,7 +134,7 @@ def test_ctrl_c_records_the_run_and_its_job_as_stopped(tmp_path: Path):
     command = [str(Path(sys.executable).parent / "launcher"), "--workdir", str(work), "run", "--config", str(config),
                "--name", "cc", "--stop-endpoint"]  # fmt: skip
     launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)  # fmt: skip
+                                start_new_session=True, preexec_fn=default_sigint)  # fmt: skip
     log = work / "jobs" / "cc-train" / "train.log"
     deadline = time.monotonic() + 120
     while not (log.is_file() and "epoch 2" in log.read_text()):  # training is under way
