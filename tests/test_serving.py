@@ -133,6 +133,12 @@ def test_bad_requests_get_a_json_error_and_the_server_stays_up(server: Server, b
     assert ok_status == 200
 
 
+def test_workers_wait_for_work_passively(server: Server):
+    tree = psutil.Process(server.process.pid).children(recursive=True)
+    workers = [p for p in tree if any("model_service_worker" in arg for arg in p.cmdline())]
+    assert workers and all(p.environ().get("OMP_WAIT_POLICY") == "PASSIVE" for p in workers)
+
+
 def test_stopping_serve_ends_the_whole_process_tree(trained_model_dir: Path, tmp_path: Path):
     # A deep endpoint folder: the workers' Unix sockets must not live under it (107-byte limit on their paths).
     server = start_server(trained_model_dir, tmp_path / ("d" * 60) / ("e" * 60))
