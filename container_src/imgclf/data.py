@@ -155,7 +155,7 @@ def _log_skipped(name: str, split: Split) -> None:
 
 
 class TrainAugmentation:
-    """A random resized crop (35-100 % of the area, aspect 3:4 to 4:3) and a coin-flip mirror of a uint8 image
+    """A random resized crop (`CROP_AREA` of the area, `CROP_ASPECT`) and a coin-flip mirror of a uint8 image
     tensor, drawn from torch's default generator: torchvision's training augmentation without its per-call
     dispatch, which cost as much as the resize itself."""
 
@@ -163,9 +163,7 @@ class TrainAugmentation:
         self.size = [crop_size, crop_size]
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        top, left, height, width = transforms.RandomResizedCrop.get_params(
-            image, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3)
-        )
+        top, left, height, width = transforms.RandomResizedCrop.get_params(image, CROP_AREA, CROP_ASPECT)
         image = F.resized_crop(image, top, left, height, width, self.size, antialias=True)
         return F.horizontal_flip(image) if torch.rand(1) < 0.5 else image
 

@@ -2,7 +2,8 @@
 
 This file is copied into every model artifact as `code/inference.py`, so it imports nothing from `imgclf`:
 the artifact can be served by this project's image or by any container that follows the SageMaker
-inference toolkit's hook contract. It also holds the evaluation transform and the normalisation, which training reuses.
+inference toolkit's hook contract. It also holds the evaluation transform and the normalisation, which
+training reuses.
 """
 
 from __future__ import annotations
