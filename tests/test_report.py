@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import make_job, run_entry_point, write_split
 from PIL import Image
 
 from imgclf.diagnostics.report import PALETTE
@@ -25,8 +26,29 @@ def chromium(page: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProc
 
 
 @pytest.fixture(scope="module")
-def report_dir(trained_model_dir: Path) -> Path:
-    return trained_model_dir.parent / "output" / "data" / "report"
+def short_job_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The report of a job that ends within one interval of the system monitor (5 s)."""
+    tmp = tmp_path_factory.mktemp("short")
+    write_split(tmp / "shapes" / "train", per_class=2)
+    write_split(tmp / "shapes" / "valid", per_class=2)
+    write_split(tmp / "shapes" / "test", per_class=1)
+    hps = {"epochs": "1", "batch_size": "3", "image_size": "32", "num_workers": "0", "pretrained": "false",
+           "profiler_interval_ms": "5000"}  # fmt: skip
+    result = run_entry_point("train", make_job(tmp / "job", {"training": tmp / "shapes"}, hps))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return tmp / "job" / "output" / "data" / "report"
+
+
+@pytest.fixture(scope="module", params=["default monitor", "job shorter than the monitor's interval"])
+def report_dir(request: pytest.FixtureRequest, trained_model_dir: Path) -> Path:
+    if request.param == "default monitor":
+        return trained_model_dir.parent / "output" / "data" / "report"
+    return request.getfixturevalue("short_job_report")
+
+
+def charts(dom: str) -> dict[str, str]:
+    """Each SVG chart of the page by its title."""
+    return dict(re.findall(r'<svg[^>]*aria-label="([^"]+)"(.*?)</svg>', dom, flags=re.DOTALL))
 
 
 def test_every_rule_has_a_json_result(report_dir: Path):
@@ -51,9 +73,13 @@ def test_the_report_opens_in_headless_chromium_and_shows_the_plots(report_dir: P
     assert dom.returncode == 0, dom.stderr[-2000:]
     errors = [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "Failed to load" in line]
     assert errors == []
-    titles = re.findall(r'<svg[^>]*aria-label="([^"]+)"', dom.stdout)
-    assert {"Loss by global step", "Step time by phase", "CPU, memory and I/O wait"} <= set(titles)
-    assert dom.stdout.count("<polyline") >= 3 and "<polygon" in dom.stdout
+    drawn = charts(dom.stdout)
+    # Whatever the job's length: every training and validation step has a loss, and the monitor samples the
+    # job's start and end, so each line chart has lines (here 2 or more points each) and the step chart areas.
+    assert drawn["Loss by global step"].count("<polyline") == 2  # training and validation loss
+    assert drawn["CPU, memory and I/O wait"].count("<polyline") >= 3  # all cores, each core, memory, I/O wait
+    assert drawn["Disk and network"].count("<polyline") == 4
+    assert drawn["Step time by phase"].count("<polygon") == 4
 
     shot = tmp_path / "report.png"
     rendered = chromium(page, tmp_path, "--window-size=1100,3000", f"--screenshot={shot}")

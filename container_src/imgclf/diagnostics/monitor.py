@@ -9,10 +9,13 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import IO
 
 import psutil
 
 log = logging.getLogger(__name__)
+
+MIN_WINDOW = 0.1  # seconds: the shortest span a sample averages over (CPU percentages need one)
 
 
 @dataclass
@@ -57,7 +60,11 @@ class _Nvml:
 
 
 class SystemMonitor:
-    """Samples every `interval` seconds in a daemon thread; keeps the samples and appends them to a JSONL file."""
+    """Samples every `interval` seconds in a daemon thread; keeps the samples and appends them to a JSONL file.
+
+    Whatever the interval, a job gets a sample near its start and one at its end (`stop`), so even a job shorter
+    than one interval has a line to draw. Each sample's rates cover the time since the previous one.
+    """
 
     def __init__(self, path: Path, interval: float):
         self.path = path
@@ -73,36 +80,44 @@ class SystemMonitor:
         return self
 
     def stop(self) -> None:
+        """Take the last sample and end the thread."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        psutil.cpu_percent(percpu=True)  # the first call only sets the reference point
+        psutil.cpu_percent(percpu=True)  # the first calls only set the reference point
         psutil.cpu_times_percent()
-        disk, net, last = psutil.disk_io_counters(), psutil.net_io_counters(), time.time()
+        self._disk, self._net, self._last = psutil.disk_io_counters(), psutil.net_io_counters(), time.time()
         with self.path.open("w") as out:
+            time.sleep(min(self.interval, MIN_WINDOW))  # the first sample, near the start
+            self._record(out)
             while not self._stop.wait(self.interval):
-                now = time.time()
-                new_disk, new_net = psutil.disk_io_counters(), psutil.net_io_counters()
-                elapsed = max(now - last, 1e-6)
-                gpu, gpu_memory = self.gpus.read()
-                sample = SystemSample(
-                    time=now,
-                    cpu=psutil.cpu_percent(percpu=True),
-                    memory=psutil.virtual_memory().percent,
-                    iowait=getattr(psutil.cpu_times_percent(), "iowait", 0.0),
-                    disk_read=_rate(disk, new_disk, "read_bytes", elapsed),
-                    disk_write=_rate(disk, new_disk, "write_bytes", elapsed),
-                    net_recv=_rate(net, new_net, "bytes_recv", elapsed),
-                    net_sent=_rate(net, new_net, "bytes_sent", elapsed),
-                    gpu=gpu,
-                    gpu_memory=gpu_memory,
-                )
-                self.samples.append(sample)
-                out.write(json.dumps(asdict(sample)) + "\n")
-                out.flush()
-                disk, net, last = new_disk, new_net, now
+                self._record(out)
+            time.sleep(max(MIN_WINDOW - (time.time() - self._last), 0.0))  # the last, at the end
+            self._record(out)
+
+    def _record(self, out: IO[str]) -> None:
+        now = time.time()
+        disk, net = psutil.disk_io_counters(), psutil.net_io_counters()
+        elapsed = max(now - self._last, 1e-6)
+        gpu, gpu_memory = self.gpus.read()
+        sample = SystemSample(
+            time=now,
+            cpu=psutil.cpu_percent(percpu=True),
+            memory=psutil.virtual_memory().percent,
+            iowait=getattr(psutil.cpu_times_percent(), "iowait", 0.0),
+            disk_read=_rate(self._disk, disk, "read_bytes", elapsed),
+            disk_write=_rate(self._disk, disk, "write_bytes", elapsed),
+            net_recv=_rate(self._net, net, "bytes_recv", elapsed),
+            net_sent=_rate(self._net, net, "bytes_sent", elapsed),
+            gpu=gpu,
+            gpu_memory=gpu_memory,
+        )
+        self.samples.append(sample)
+        out.write(json.dumps(asdict(sample)) + "\n")
+        out.flush()
+        self._disk, self._net, self._last = disk, net, now
 
 
 def _rate(before, after, name: str, seconds: float) -> float:

@@ -99,7 +99,7 @@ def _step_summary(evidence: Evidence) -> str:
 
 
 def _loss_plot(evidence: Evidence) -> str:
-    trace = evidence.trace
+    trace = evidence.step_losses or evidence.trace  # every step's loss where the job recorded it
     series = {"training loss": trace.train_loss, "validation loss": trace.valid_loss}
     return _line_chart("Loss by global step", "global step", "loss", series)
 

@@ -147,6 +147,7 @@ class Diagnostics:
             initialization_seconds=None if self.first_step_at is None else self.first_step_at - start,
             activity=list(self.activity),
             now=time.time(),
+            step_losses=self.metric_log.trace,
         )
 
     def _evaluate(self) -> dict[str, RuleResult]:
