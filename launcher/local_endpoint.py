@@ -12,7 +12,7 @@ import signal
 import threading
 from pathlib import Path
 
-from launcher import sdk
+from launcher import hosted, sdk
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
         stopping.wait()
     finally:
         predictor.delete_endpoint()
-        sdk.remove_stopped_containers(args.container_root)
+        sdk.remove_containers(args.container_root, hosted.STOP_GRACE_SECONDS)
         print(f"endpoint {args.name} deleted", flush=True)
 
 

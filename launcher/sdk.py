@@ -112,24 +112,28 @@ def local_mode_containers(container_root: Path, *statuses: str) -> list[LocalCon
     ]
 
 
-def remove_stopped_containers(container_root: Path) -> int:
-    """Remove the stopped containers that local mode started from compose files under `container_root`.
-
-    docker-compose leaves them behind after a job ends or an endpoint stops. Returns how many were removed.
-    """
-    ours = [container.id for container in local_mode_containers(container_root, "exited", "created")]
-    if ours:
-        subprocess.run(["docker", "rm", *ours], capture_output=True, check=False)
-    return len(ours)
-
-
 def stop_running_containers(container_root: Path, grace_seconds: int) -> int:
     """Stop the running containers of local mode under `container_root` as SageMaker stops a job: SIGTERM, then
-    SIGKILL after `grace_seconds` (`docker stop`, which waits for that). Returns how many were running."""
+    SIGKILL after `grace_seconds` (`docker stop`, which returns once they have exited). Returns how many were
+    running."""
     running = [container.id for container in local_mode_containers(container_root, "running")]
     if running:
         subprocess.run(["docker", "stop", "--time", str(grace_seconds), *running], capture_output=True, check=False)
     return len(running)
+
+
+def remove_containers(container_root: Path, grace_seconds: int) -> int:
+    """Remove every container that local mode started from compose files under `container_root`.
+
+    docker-compose leaves its containers behind when a job ends or an endpoint stops, and may still be stopping
+    them when the SDK returns; running ones are stopped first (as `stop_running_containers`), so none is left
+    whatever state compose's own shutdown reached. Returns how many were removed.
+    """
+    stop_running_containers(container_root, grace_seconds)
+    ours = [container.id for container in local_mode_containers(container_root)]
+    if ours:
+        subprocess.run(["docker", "rm", "--force", *ours], capture_output=True, check=False)
+    return len(ours)
 
 
 def estimator(

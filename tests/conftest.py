@@ -9,6 +9,7 @@ import struct
 import subprocess
 import sys
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -167,6 +168,27 @@ def image() -> str:
 
 def docker(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.fixture(autouse=True)
+def no_container_left(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every Docker test leaves no container of the test image behind, in any state (removed, then reported)."""
+    name = os.environ.get("IMGCLF_TEST_IMAGE")
+    if request.node.get_closest_marker("docker") is None or not name:
+        yield
+        return
+
+    def containers() -> set[str]:
+        return set(docker("ps", "-aq", "--no-trunc", "--filter", f"ancestor={name}").stdout.split())
+
+    before = containers()
+    yield
+    left = containers() - before
+    if left:
+        listed = docker("ps", "-a", "--no-trunc", "--format", "{{.ID}} {{.Names}} {{.Status}}").stdout.splitlines()
+        docker("rm", "--force", *left)
+        described = "\n".join(line for line in listed if line.split(" ", 1)[0] in left)
+        pytest.fail(f"the test left {len(left)} container(s) behind:\n{described}", pytrace=False)
 
 
 def compose_containers(root: Path) -> list[str]:

@@ -21,6 +21,7 @@ import torch
 from conftest import FAST_HYPERPARAMETERS, compose_containers, docker, make_job, write_split
 
 from imgclf.distributed import fingerprint
+from launcher import sdk
 from launcher.cli import main
 from launcher.hosted import free_port, model_ready
 
@@ -230,6 +231,29 @@ def test_local_mode_run_records_the_image_in_the_lineage(image, tmp_path, shapes
     image_id = docker("image", "inspect", "--format", "{{.Id}}", image).stdout.strip()
     assert chain["training job"]["image"]["id"] == image_id and list(chain) == ["endpoint", "training job", "dataset"]
     assert compose_containers(tmp_path / "work") == []
+
+
+def test_removing_local_mode_containers_leaves_none_whatever_their_state(image, tmp_path: Path):
+    # When the SDK returns, docker-compose may not have finished stopping its containers: one still running (here
+    # PID 1 ignores SIGTERM, so it takes the whole grace period), one exited, one created and never started all go,
+    # and a container of another folder stays.
+    root, other = tmp_path / "endpoint", tmp_path / "other"
+    label = "com.docker.compose.project.working_dir={}"
+    started = [
+        docker("run", "-d", "--label", label.format(root / "tmp1"), image, "sleep", "600"),
+        docker("run", "-d", "--label", label.format(root / "tmp2"), image, "true"),
+        docker("create", "--label", label.format(root / "tmp3"), image, "true"),
+        docker("create", "--label", label.format(other / "tmp4"), image, "true"),
+    ]
+    try:
+        assert all(done.returncode == 0 for done in started), [done.stderr for done in started]
+        docker("wait", started[1].stdout.strip())
+        assert len(compose_containers(root)) == 3
+        assert sdk.remove_containers(root, grace_seconds=1) == 3
+        assert compose_containers(root) == []
+        assert len(compose_containers(other)) == 1
+    finally:
+        docker("rm", "--force", *(done.stdout.strip() for done in started if done.stdout.strip()))
 
 
 def test_local_mode_two_instances_train_data_parallel(image, tmp_path: Path):

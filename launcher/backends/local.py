@@ -168,7 +168,7 @@ class LocalBackend(Backend):
             return str(err)
         finally:
             del self._running[spec.job_name]
-            sdk.remove_stopped_containers(container_root)
+            sdk.remove_containers(container_root, hosted.STOP_GRACE_SECONDS)
         return None
 
     def stop_training(self, job_name: str) -> None:
@@ -198,7 +198,11 @@ class LocalBackend(Backend):
             "--env", json.dumps(spec.serving_environment()),
             "--container-root", str(base_dir),
         ]  # fmt: skip
-        return hosted.start(self.records, record, command, dict(os.environ), base_dir, spec.startup_timeout)
+        try:
+            return hosted.start(self.records, record, command, dict(os.environ), base_dir, spec.startup_timeout)
+        except BaseException:  # the host process has ended by now: nothing can start another container
+            sdk.remove_containers(base_dir, hosted.STOP_GRACE_SECONDS)
+            raise
 
     def predict(self, endpoint: dict[str, Any], body: bytes, content_type: str) -> Any:
         predictor = sdk.image_predictor(endpoint["name"], sdk.local_session(serving_port=endpoint["port"]))
@@ -211,4 +215,6 @@ class LocalBackend(Backend):
         return answer
 
     def stop(self, endpoint: dict[str, Any]) -> None:
+        """End the endpoint's host process (and its docker-compose), then remove whatever container is left."""
         hosted.stop(self.records, endpoint)
+        sdk.remove_containers(Path(endpoint["endpoint_dir"]), hosted.STOP_GRACE_SECONDS)
