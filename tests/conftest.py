@@ -114,9 +114,11 @@ def make_job(base_dir: Path, channels: dict[str, Path], hyperparameters: dict[st
 HOST_RUN_ENV = {"SM_STUDIO_LOCAL_MODE": "true"}
 
 
-def run_entry_point(name: str, base_dir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_entry_point(
+    name: str, base_dir: Path, *args: str, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run the image's `train` (or another console script) as SageMaker would, under SAGEMAKER_BASE_DIR."""
-    env = {**os.environ, **HOST_RUN_ENV, "SAGEMAKER_BASE_DIR": str(base_dir)}
+    env = {**os.environ, **HOST_RUN_ENV, "SAGEMAKER_BASE_DIR": str(base_dir), **(env or {})}
     return subprocess.run(
         [str(BIN / name), *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
     )

@@ -44,7 +44,7 @@ def worker_ids(url: str) -> list[str]:
         return [w["id"] for w in json.loads(response.read())["workers"] if w["status"] == "READY"]
 
 
-def start_server(model_dir: Path, base: Path) -> Server:
+def start_server(model_dir: Path, base: Path, extra_env: dict[str, str] | None = None) -> Server:
     shutil.copytree(model_dir, base / "model")
     port = free_port()
     env = {
@@ -52,6 +52,7 @@ def start_server(model_dir: Path, base: Path) -> Server:
         "SAGEMAKER_BASE_DIR": str(base),
         "SAGEMAKER_BIND_TO_PORT": str(port),
         "SAGEMAKER_MODEL_SERVER_WORKERS": "1",
+        **(extra_env or {}),
     }
     log = base / "serve.log"
     with open(log, "w") as out:

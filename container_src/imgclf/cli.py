@@ -42,6 +42,7 @@ def train(argv: list[str] | None = None) -> None:
     _configure_logging()
     base_dir = Path(os.environ.get(contract.BASE_DIR_ENV, contract.DEFAULT_BASE_DIR))
     try:
+        from imgclf import accelerator
         from imgclf.environment import TrainingEnv
         from imgclf.train import run
 
@@ -49,6 +50,8 @@ def train(argv: list[str] | None = None) -> None:
         for folder in (env.model_dir, env.output_data_dir):  # SageMaker makes them; a bare host may not have
             folder.mkdir(parents=True, exist_ok=True)
         if env.user_program:
+            # A user's script picks its own device: stop it too where the GPUs are there but unusable.
+            accelerator.select_device(str(env.hyperparameters.get("allow_cpu", "")).lower() in accelerator.TRUE)
             log.info("script mode: the SageMaker training toolkit runs %s", env.user_program)
             from sagemaker_training import trainer
 
@@ -85,6 +88,13 @@ def serve(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     _configure_logging()
+    from imgclf import accelerator
+
+    try:
+        accelerator.select_device()  # before the server starts: an endpoint on unusable GPUs fails, not crawls
+    except accelerator.GpuUnusable as err:
+        log.error("cannot serve: %s", err)
+        sys.exit(EXIT_USER_ERROR)
     from imgclf.serving.model_server import serve as run_server
 
     sys.exit(run_server(args.config_dir))

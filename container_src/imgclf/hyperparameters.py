@@ -51,6 +51,7 @@ class Hyperparameters:
     checkpoint_interval: int = 0  # also checkpoint every this many steps; 0: at epoch ends and on SIGTERM only
     mixed_precision: str = "auto"  # auto (bf16 or fp16 on GPU, fp32 on CPU), bf16, fp16, fp32
     channels_last: bool | None = None  # None ("auto"): channels-last tensors on GPU only
+    allow_cpu: bool = False  # train on the CPU even where the host's GPUs are unusable (driver too old)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> Hyperparameters:
@@ -132,6 +133,7 @@ _PARSERS = {
     "seed": lambda n, v: _as_int(n, v, 0),
     "max_steps_per_epoch": lambda n, v: _as_int(n, v, 0),
     "debug_hook": _as_bool,
+    "allow_cpu": _as_bool,
     "debug_train_save_interval": lambda n, v: _as_int(n, v, 1),
     "debug_eval_save_interval": lambda n, v: _as_int(n, v, 1),
     "rules": _as_rules,

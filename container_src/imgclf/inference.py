@@ -102,7 +102,8 @@ def model_fn(model_dir: str) -> Classifier:
     network = torchvision.models.get_model(config["architecture"], weights=None, num_classes=len(classes))
     state = torch.load(model_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     network.load_state_dict(state)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # The worker's own GPU: our handler service makes MMS's gpu_id the current device before calling this.
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     network = optimize_for_inference(network).to(device)
     pre = config["preprocessing"]
     transform = eval_transform(pre["crop_size"], pre["resize_size"])

@@ -14,7 +14,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
-from imgclf import artifacts, data, distributed
+from imgclf import accelerator, artifacts, data, distributed
 from imgclf.checkpoint import Checkpointer, EpochProgress, TrainingState
 from imgclf.diagnostics.evidence import JobSettings
 from imgclf.diagnostics.watch import Diagnostics, TrainingStopped
@@ -34,7 +34,7 @@ TEST_ACCURACY = "test accuracy: {:.6g}"
 PROGRESS_LINES_PER_EPOCH = 10
 # Hyperparameters that do not change what is computed: a checkpoint resumes across changes of these.
 NOT_IN_CHECKPOINT_IDENTITY = ("num_workers", "debug_hook", "debug_train_save_interval", "debug_eval_save_interval",
-                              "rules", "profiler_interval_ms", "checkpoint_interval")  # fmt: skip
+                              "rules", "profiler_interval_ms", "checkpoint_interval", "allow_cpu")  # fmt: skip
 
 
 @dataclass
@@ -204,7 +204,7 @@ def run(env: TrainingEnv) -> dict:
     log.info("hyperparameters: %s", dataclasses.asdict(hps))
     weights = find_pretrained_weights(hps.model_name, env.channels, hps.pretrained)
     seed_everything(hps.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = accelerator.select_device(hps.allow_cpu)
     cluster = distributed.join(env, device)
 
     images = data.load_image_folders(env.channels)

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from imgclf import inference
+from imgclf import accelerator, inference
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ class ImageClassifierService:
     def initialize(self, context: Any) -> None:
         model_dir = Path(context.system_properties["model_dir"])
         try:
+            accelerator.use_worker_gpu(context.system_properties.get("gpu_id"))
             self.hooks = load_hooks(model_dir)
             self.model = self.hooks.model_fn(str(model_dir))
         except Exception as err:  # MMS swallows errors raised here; remember it and answer 500 instead
