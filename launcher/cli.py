@@ -331,6 +331,13 @@ def add_endpoint_options(parser: argparse.ArgumentParser, config_note: str = " (
         help="process and local backends: seconds to wait for the endpoint to become healthy"
         f"{config_note}240); SageMaker applies its own limit",
     )
+    parser.add_argument(
+        "--inference-ami-version",
+        metavar="VERSION",
+        help="sagemaker backend: the endpoint hosts' AMI, which sets their NVIDIA driver. auto: "
+        "al2023-ami-sagemaker-inference-gpu-4-1 (driver 580, which the image's CUDA 13 needs) on GPU instance types, "
+        f"none on CPU types; none: SageMaker's default; or a version SageMaker knows{config_note}auto)",
+    )
 
 
 def cmd_sample_data(args: argparse.Namespace, _records: RecordStore) -> None:
@@ -433,6 +440,7 @@ def cmd_deploy(args: argparse.Namespace, records: RecordStore) -> None:
         workers=args.workers,
         startup_timeout=args.timeout or DEFAULT_STARTUP_TIMEOUT,
         aws=AwsOptions(role=args.role, bucket=args.bucket, region=region),
+        inference_ami_version=args.inference_ami_version or "auto",
     )
     record = steps.deploy(get_backend(args.backend, args.workdir, records), spec)
     say(f"predict with: launcher predict --endpoint {record['name']} IMAGE")
@@ -484,6 +492,7 @@ def cmd_run(args: argparse.Namespace, records: RecordStore) -> None:
         workers=args.workers or deploy.get("workers"),
         startup_timeout=args.timeout or deploy.get("timeout") or DEFAULT_STARTUP_TIMEOUT,
         aws=training.aws,
+        inference_ami_version=args.inference_ami_version or deploy.get("inference_ami_version") or "auto",
     )
     plan = RunPlan(
         name=name,

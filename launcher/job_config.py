@@ -17,7 +17,7 @@ Example (the original project's tuning, verbatim ranges included):
       max_jobs: 20
       max_parallel_jobs: 2
       early_stopping: Auto               # Off or Auto
-    deploy: {instance_type: ml.m5.large, workers: 2, timeout: 240}   # for `launcher run`
+    deploy: {instance_type: ml.m5.large, workers: 2, timeout: 240}   # for `launcher run`; also inference_ami_version
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ SDK_RANGE_CLASSES = {"ContinuousParameter": "continuous", "IntegerParameter": "i
                      "CategoricalParameter": "categorical"}  # fmt: skip
 TOP_LEVEL = ("data", "channels", "image", "instance_type", "instance_count", "hyperparameters", "rules", "profiler",
              "tuning", "deploy", "output")  # fmt: skip
-DEPLOY_KEYS = ("instance_type", "workers", "timeout")
+DEPLOY_KEYS = ("instance_type", "workers", "timeout", "inference_ami_version")
 
 
 class ConfigError(LauncherError):
@@ -122,8 +122,9 @@ def parse_deploy(raw: Any) -> dict[str, Any]:
     """`deploy: {instance_type: ml.m5.large, workers: 2, timeout: 240}`, as `launcher deploy` takes them."""
     deploy = dict(_mapping(raw, "deploy"))
     _no_more({k: v for k, v in deploy.items() if k not in DEPLOY_KEYS}, "deploy")
-    if "instance_type" in deploy:
-        deploy["instance_type"] = str(deploy["instance_type"])
+    for key in ("instance_type", "inference_ami_version"):
+        if key in deploy:
+            deploy[key] = str(deploy[key])
     if "workers" in deploy:
         _integer(deploy["workers"], "deploy.workers", 1)
     if "timeout" in deploy and _number(deploy["timeout"], "deploy.timeout") <= 0:

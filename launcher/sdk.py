@@ -293,11 +293,21 @@ def model(session: Any, *, image: str, model_data: str, role: str, name: str, en
     )
 
 
-def create_endpoint(model: Any, *, instance_type: str, endpoint_name: str) -> None:
+def create_endpoint(model: Any, *, instance_type: str, endpoint_name: str, inference_ami_version: str | None) -> None:
     """CreateModel, CreateEndpointConfig and CreateEndpoint, without waiting for the endpoint: the SDK's waiter
-    polls every 30 s, cannot be told otherwise, and prints its progress to stdout; callers poll `describe_endpoint`."""
+    polls every 30 s, cannot be told otherwise, and prints its progress to stdout; callers poll `describe_endpoint`.
+    `inference_ami_version` picks the hosts' AMI (and so their NVIDIA driver); None leaves SageMaker's default."""
     with aws_errors(f"SageMaker did not create endpoint {endpoint_name}"):
-        model.deploy(initial_instance_count=1, instance_type=instance_type, endpoint_name=endpoint_name, wait=False)
+        model.deploy(initial_instance_count=1, instance_type=instance_type, endpoint_name=endpoint_name, wait=False,
+                     inference_ami_version=inference_ami_version)  # fmt: skip
+
+
+def inference_ami_versions() -> list[str]:
+    """The endpoint AMI versions that botocore's SageMaker service model knows (ProductionVariant's enum)."""
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model("sagemaker")
+    return list(model.shape_for("ProductionVariantInferenceAmiVersion").enum)
 
 
 def describe_endpoint(session: Any, endpoint_name: str) -> dict[str, Any]:

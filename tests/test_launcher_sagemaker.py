@@ -306,6 +306,7 @@ def test_missing_setting_is_named(
         (["--image", "imgclf:latest"], "SageMaker pulls images from ECR, not 'imgclf:latest'"),
         (["--output", "out"], "give --output an s3:// URI, not"),
         (["--data", "no-such-folder"], "channel 'training': "),
+        (["--instance-type", "ml.p3.8xlarge"], "ml.p3.8xlarge has K80 or V100 GPUs"),
     ],
 )
 def test_unusable_options_are_refused_before_any_call(
@@ -593,3 +594,45 @@ def test_stop_reports_other_errors_and_keeps_the_record(aws: StubbedAWS, tmp_pat
     assert main(["--workdir", str(tmp_path), "stop", ENDPOINT]) == 1
     assert f"deleting endpoint {ENDPOINT}" in capsys.readouterr().err
     assert read_endpoint(tmp_path)["status"] == "InService"
+
+
+@pytest.mark.parametrize(
+    ("instance_type", "extra", "ami_version"),
+    [
+        ("ml.g5.xlarge", [], "al2023-ami-sagemaker-inference-gpu-4-1"),  # GPU: the AMI with driver 580 (CUDA 13)
+        ("ml.p4d.24xlarge", [], "al2023-ami-sagemaker-inference-gpu-4-1"),
+        ("ml.m5.large", [], None),  # CPU: none
+        ("ml.g5.xlarge", ["--inference-ami-version", "none"], None),  # dropped on request
+        ("ml.g5.xlarge", ["--inference-ami-version", "al2-ami-sagemaker-inference-gpu-3-1"],
+         "al2-ami-sagemaker-inference-gpu-3-1"),
+    ],
+)  # fmt: skip
+def test_gpu_endpoints_get_an_ami_whose_driver_runs_the_image(
+    aws: StubbedAWS, tmp_path: Path, instance_type: str, extra: list[str], ami_version: str | None
+):
+    # The Stubber checks CreateEndpointConfig against botocore's service model; the enum value is checked here.
+    expect_endpoint(aws, "InService")
+    model = f"{ARTIFACTS}/model.tar.gz"
+    assert deploy(tmp_path, model, "--role", ROLE, "--region", REGION, "--instance-type", instance_type, *extra) == 0
+    aws.assert_all_answered()
+    (variant,) = aws.sent("CreateEndpointConfig")[0]["ProductionVariants"]
+    assert variant["InstanceType"] == instance_type and variant.get("InferenceAmiVersion") == ami_version
+    if ami_version:
+        assert ami_version in sdk.inference_ami_versions()
+    assert read_endpoint(tmp_path)["inference_ami_version"] == ami_version
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--instance-type", "ml.p3.2xlarge"], "ml.p3.2xlarge has K80 or V100 GPUs"),
+        (["--instance-type", "ml.p2.xlarge"], "ml.p2.xlarge has K80 or V100 GPUs"),
+        (["--instance-type", "ml.g5.xlarge", "--inference-ami-version", "al2-gpu-0"], "unknown inference AMI version"),
+    ],
+)
+def test_unusable_gpus_and_unknown_amis_are_refused_before_any_call(
+    aws: StubbedAWS, tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str], message: str
+):
+    assert deploy(tmp_path, f"{ARTIFACTS}/model.tar.gz", "--role", ROLE, "--region", REGION, *extra) == 1
+    assert message in capsys.readouterr().err
+    assert aws.calls == []

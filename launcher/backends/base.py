@@ -53,6 +53,7 @@ class DeploySpec:
     startup_timeout: float = 240.0  # SageMaker fails an endpoint whose pings do not pass within 4 minutes
     environment: dict[str, str] = field(default_factory=dict)
     aws: AwsOptions = field(default_factory=AwsOptions)  # sagemaker backend
+    inference_ami_version: str = "auto"  # sagemaker backend: the hosts' AMI (NVIDIA driver); auto, none or a version
 
     def serving_environment(self) -> dict[str, str]:
         """The serving container's variables: the given ones, and the worker count if one was chosen."""

@@ -26,6 +26,12 @@ S3_PREFIX = "imgclf"  # default artifacts: s3://<bucket>/imgclf/<job>/output/; u
 # The metric definitions' names of the final test metrics -> the keys of a record's test_metrics.
 TEST_METRICS = {"test accuracy": "accuracy", "average test loss": "loss"}
 ENDPOINT_BUSY = ("Creating", "Updating", "SystemUpdating")  # DescribeEndpoint's statuses while it is not ready
+# The image's torch needs CUDA 13, so NVIDIA driver 580: SageMaker's inference hosts run 470-550 unless the endpoint
+# config asks for this AMI. "auto" asks for it on GPU instance types only; "none" leaves SageMaker's default.
+GPU_INFERENCE_AMI = "al2023-ami-sagemaker-inference-gpu-4-1"
+GPU_FAMILIES = ("ml.g", "ml.p")
+# GPUs without kernels in the image's torch build (sm_75 and newer): K80 (ml.p2) and V100 (ml.p3).
+UNSUPPORTED_GPU_FAMILIES = ("ml.p2.", "ml.p3.", "ml.p3dn.")
 
 
 @dataclass(frozen=True)
@@ -70,9 +76,34 @@ def check_image_and_instance(image: str, instance_type: str) -> None:
         )
 
 
+def check_gpu_generation(instance_type: str) -> None:
+    if instance_type.startswith(UNSUPPORTED_GPU_FAMILIES):
+        raise LauncherError(
+            f"{instance_type} has K80 or V100 GPUs, which the image's torch (CUDA 13: T4 and newer) cannot run; "
+            "use ml.g4dn, ml.g5, ml.g6, ml.p4d or ml.p5 instances, or a CPU type"
+        )
+
+
+def endpoint_ami_version(instance_type: str, requested: str) -> str | None:
+    """The InferenceAmiVersion of an endpoint's variant: `auto` gives GPU instance types the AMI with driver 580
+    and CPU types none; `none` gives none; anything else must be a version botocore knows."""
+    check_gpu_generation(instance_type)
+    if requested == "auto":
+        return GPU_INFERENCE_AMI if instance_type.startswith(GPU_FAMILIES) else None
+    if requested == "none":
+        return None
+    known = sdk.inference_ami_versions()
+    if requested not in known:
+        raise LauncherError(
+            f"unknown inference AMI version {requested!r}; SageMaker knows auto, none, {', '.join(known)}"
+        )
+    return requested
+
+
 def check_training_spec(spec: TrainingSpec) -> None:
-    """Refuse what SageMaker would refuse, before anything is uploaded."""
+    """Refuse what SageMaker would refuse, or the image could not use, before anything is uploaded."""
     check_image_and_instance(spec.image, spec.instance_type)
+    check_gpu_generation(spec.instance_type)
     if spec.output_path is not None and not spec.output_path.startswith(S3_SCHEME):
         raise LauncherError(
             f"the sagemaker backend writes artifacts to S3: give --output an s3:// URI, not {spec.output_path}"
@@ -214,6 +245,7 @@ class SageMakerBackend(Backend):
 
     def deploy(self, spec: DeploySpec) -> dict[str, Any]:
         check_image_and_instance(spec.image, spec.instance_type)
+        ami_version = endpoint_ami_version(spec.instance_type, spec.inference_ami_version)
         aws = AwsSettings.resolve(spec.aws, needs_bucket=not spec.model_data.startswith(S3_SCHEME))
         session = sdk.aws_session(aws.region)
         model_data = model_data_in_s3(session, spec, aws.bucket)
@@ -236,12 +268,14 @@ class SageMakerBackend(Backend):
             "endpoint_config_name": spec.endpoint_name,
             "image": spec.image,
             "instance_type": spec.instance_type,
+            "inference_ami_version": ami_version,
             "model_data": model_data,
             "job_name": spec.job_name,
         }
         self.records.save("endpoints", record)
         try:
-            sdk.create_endpoint(model, instance_type=spec.instance_type, endpoint_name=spec.endpoint_name)
+            sdk.create_endpoint(model, instance_type=spec.instance_type, endpoint_name=spec.endpoint_name,
+                                inference_ami_version=ami_version)  # fmt: skip
         except LauncherError as err:
             record.update(status="Failed", failure_reason=str(err))
             self.records.save("endpoints", record)
