@@ -43,9 +43,9 @@ def weights(base: Path) -> dict[str, torch.Tensor]:
     return torch.load(base / "model" / "model.pth", map_location="cpu", weights_only=True)
 
 
-def train_until_sigterm(base: Path, epoch: int, step: int) -> tuple[int, str]:
+def train_until_sigterm(base: Path, epoch: int, step: int, env: dict[str, str] | None = None) -> tuple[int, str]:
     """Start `train`, SIGTERM it once its log reports (epoch, step); return its exit status and log."""
-    env = {**os.environ, **HOST_RUN_ENV, "SAGEMAKER_BASE_DIR": str(base)}
+    env = {**os.environ, **HOST_RUN_ENV, "SAGEMAKER_BASE_DIR": str(base), **(env or {})}
     process = subprocess.Popen([str(BIN / "train")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)  # fmt: skip
     lines = []
@@ -105,3 +105,29 @@ def test_a_checkpoint_of_another_job_or_a_damaged_one_is_refused(dataset: Path, 
     assert damaged.returncode == 1
     failure = (base / "output" / "failure").read_text()
     assert failure.startswith("ClientError: checkpoint") and "cannot be read" in failure
+
+
+def test_trials_sharing_one_checkpoint_folder_keep_to_their_own(dataset: Path, tmp_path: Path):
+    # Every trial of a SageMaker tuning job gets the same checkpoint S3 URI, restored whole into each: here both
+    # jobs' checkpoint folders are one folder. Each keeps its checkpoint under its TRAINING_JOB_NAME.
+    shared = tmp_path / "restored"
+    shared.mkdir()
+    trials = {}
+    for name, learning_rate in (("tune-001", "0.01"), ("tune-002", "0.02")):
+        base = make_job(tmp_path / name, {"training": dataset}, {**HYPERPARAMETERS, "learning_rate": learning_rate})
+        (base / "checkpoints").symlink_to(shared)
+        trials[name] = base
+    first = {"TRAINING_JOB_NAME": "tune-001"}
+    assert train_until_sigterm(trials["tune-001"], 1, 3, first)[0] == 128 + signal.SIGTERM
+    assert (shared / "tune-001" / "checkpoint.pt").is_file()
+
+    second = run_entry_point("train", trials["tune-002"], env={"TRAINING_JOB_NAME": "tune-002"})
+    assert second.returncode == 0, second.stdout + second.stderr  # another trial's checkpoint: neither read nor refused
+    assert "resuming from" not in second.stdout
+
+    resumed = run_entry_point("train", trials["tune-001"], env=first)  # the interrupted trial, started again
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"resuming from {shared / 'tune-001' / 'checkpoint.pt'}" in resumed.stdout.replace(
+        str(trials["tune-001"] / "checkpoints"), str(shared)
+    )
+    assert not any(shared.rglob("checkpoint.pt"))  # both completed: nothing left to resume

@@ -13,6 +13,7 @@ OUTPUT_DATA_DIR = "output/data"
 FAILURE_FILE = "output/failure"
 SUCCESS_FILE = "output/success"
 CHECKPOINT_DIR = "checkpoints"  # synced with checkpoint_s3_uri by SageMaker (spot training)
+TRAINING_JOB_NAME_ENV = "TRAINING_JOB_NAME"  # set by SageMaker (and local mode) in every training container
 
 # Environment variables the sagemaker-training toolkit exposes; they win over the files.
 MODEL_DIR_ENV = "SM_MODEL_DIR"

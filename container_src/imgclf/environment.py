@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,7 @@ class TrainingEnv:
     num_gpus: int
     network_interface: str | None = None
     user_program: str | None = None  # script mode: SAGEMAKER_PROGRAM or the `sagemaker_program` hyperparameter
+    job_name: str | None = None  # TRAINING_JOB_NAME
 
     @property
     def failure_file(self) -> Path:
@@ -55,7 +57,11 @@ class TrainingEnv:
 
     @property
     def checkpoint_dir(self) -> Path:
-        return self.base_dir / contract.CHECKPOINT_DIR
+        """The job's own folder under the synced checkpoint folder. Every trial of a SageMaker tuning job gets the
+        same checkpoint S3 URI and all of it restored, so a trial must tell its checkpoint from the others'; a
+        spot-interrupted job keeps its name when it starts again, and so finds its own."""
+        root = self.base_dir / contract.CHECKPOINT_DIR
+        return root / re.sub(r"[^A-Za-z0-9._-]", "-", self.job_name) if self.job_name else root
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> TrainingEnv:
@@ -79,6 +85,7 @@ class TrainingEnv:
             network_interface=environ.get(contract.NETWORK_INTERFACE_ENV) or resources.get("network_interface_name"),
             user_program=environ.get(contract.USER_PROGRAM_ENV)
             or hyperparameters.get(contract.USER_PROGRAM_HYPERPARAMETER),
+            job_name=environ.get(contract.TRAINING_JOB_NAME_ENV) or None,
         )
 
 

@@ -107,6 +107,7 @@ class ProcessBackend(Backend):
         env = {
             **os.environ,
             "SAGEMAKER_BASE_DIR": str(base_dir),
+            "TRAINING_JOB_NAME": job_name,  # as SageMaker sets it: the job's checkpoints are kept under its name
             "PYTHONUNBUFFERED": "1",
             # "algo-1" does not resolve on this machine: tell the training toolkit (script mode) not to wait for it.
             "SM_STUDIO_LOCAL_MODE": "true",
