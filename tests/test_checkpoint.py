@@ -131,3 +131,64 @@ def test_trials_sharing_one_checkpoint_folder_keep_to_their_own(dataset: Path, t
         str(trials["tune-001"] / "checkpoints"), str(shared)
     )
     assert not any(shared.rglob("checkpoint.pt"))  # both completed: nothing left to resume
+
+
+def start_train(base: Path) -> subprocess.Popen:
+    env = {**os.environ, **HOST_RUN_ENV, "SAGEMAKER_BASE_DIR": str(base)}
+    return subprocess.Popen([str(BIN / "train")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)  # fmt: skip
+
+
+def sigterm_when(process: subprocess.Popen, marker: str) -> tuple[int, str]:
+    """SIGTERM the process once its output shows `marker`; its exit status and whole output."""
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if marker in line:
+            process.send_signal(signal.SIGTERM)
+            break
+    lines.extend(process.stdout)
+    return process.wait(timeout=60), "".join(lines)
+
+
+def test_sigterm_while_the_data_is_scanned_stops_train_at_once(dataset: Path, tmp_path: Path):
+    # 6,000 training images to check before training can start: the scan is under way when SIGTERM comes.
+    data = tmp_path / "data"
+    subprocess.run(["cp", "-r", str(dataset), str(data)], check=True)
+    jpeg = (data / "train" / "circle" / "circle_0.jpg").read_bytes()
+    for i in range(6000):
+        (data / "train" / "circle" / f"copy_{i}.jpg").write_bytes(jpeg)
+    base = make_job(tmp_path / "job", {"training": data}, HYPERPARAMETERS)
+
+    status, log = sigterm_when(start_train(base), "hyperparameters:")
+
+    # 143: `train` handles SIGTERM from its first line on (PID 1 in a container ignores a signal it has no
+    # handler for, so a stop would wait for SIGKILL); a checkpoint comes only once training runs.
+    assert status == 128 + signal.SIGTERM, log
+    assert "stopped by SIGTERM outside the training steps" in log
+    assert "classes;" not in log  # the scan did not finish
+    assert not (base / "model" / "model.pth").exists() and not (base / "output" / "failure").exists()
+
+
+SIGTERM_AWARE_SCRIPT = """
+import pathlib, signal, sys, time
+
+def stop(signum, frame):
+    pathlib.Path(sys.argv[0]).with_name("got-sigterm").write_text("saved my own checkpoint")
+    sys.exit(0)
+
+signal.signal(signal.SIGTERM, stop)
+print("script ready", flush=True)
+time.sleep(120)
+"""
+
+
+def test_script_mode_passes_sigterm_to_the_users_script(tmp_path: Path, shapes_dataset: Path):
+    base = make_job(tmp_path / "job", {"training": shapes_dataset}, {"sagemaker_program": '"script.py"'})
+    (base / "code").mkdir()
+    (base / "code" / "script.py").write_text(SIGTERM_AWARE_SCRIPT)
+
+    status, log = sigterm_when(start_train(base), "script ready")
+
+    assert (base / "code" / "got-sigterm").read_text() == "saved my own checkpoint", log
+    assert status == 0, log  # the script's own exit status after its SIGTERM handler

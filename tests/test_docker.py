@@ -7,6 +7,7 @@ Run alone with `pytest -m docker`; `make test` builds the image and names it in 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -100,6 +101,36 @@ def test_train_then_serve_in_the_image(image: str, tmp_path: Path, shapes_datase
     assert status == 200 and len(answer["logits"]) == 3
     with urllib.request.urlopen(f"{container.url}/ping", timeout=5) as ping:
         assert ping.status == 200
+
+
+def test_docker_stop_while_the_data_is_scanned_ends_train_with_sigterm(image: str, tmp_path: Path):
+    # `train` is PID 1 in the container, which ignores a signal it has no handler for: without its early SIGTERM
+    # handler a stop would wait out the grace period and end in SIGKILL (137). 6,000 images keep the scan going.
+    data = tmp_path / "shapes"
+    for split, count in (("train", 4), ("valid", 2), ("test", 2)):
+        write_split(data / split, per_class=count)
+    jpeg = (data / "train" / "circle" / "circle_0.jpg").read_bytes()
+    for i in range(6000):
+        (data / "train" / "circle" / f"copy_{i}.jpg").write_bytes(jpeg)
+    base = make_job(tmp_path / "ml", {"training": data})
+    channel = base / "input" / "data" / "training"
+    channel.unlink()  # a link would point out of the mount: copy the data in
+    shutil.copytree(data, channel)
+    run = docker("run", "-d", "--hostname", "algo-1", "-v", f"{base}:/opt/ml", image, "train")
+    assert run.returncode == 0, run.stderr
+    container = run.stdout.strip()
+    try:
+        for _ in range(600):  # until `train` has read its hyperparameters (at most 5 minutes)
+            if "hyperparameters:" in docker("logs", container).stdout:
+                break
+            time.sleep(0.5)
+        assert docker("stop", "--time", "60", container).returncode == 0
+        state = json.loads(docker("inspect", "--format", "{{json .State}}", container).stdout)
+        logs = docker("logs", container)
+        assert state["ExitCode"] == 143, logs.stdout[-3000:] + logs.stderr[-3000:]
+        assert "stopped by SIGTERM outside the training steps" in logs.stdout + logs.stderr
+    finally:
+        docker("rm", "--force", container)
 
 
 USER_TRAIN_SCRIPT = '''

@@ -26,6 +26,8 @@ BASE = {
 }
 FINE_TUNE = {**BASE, "epochs": 5, "learning_rate": 0.003, "freeze_backbone": True}
 
+# Each batch of 6 takes its worker 3 s to load, so with 2 workers a step waits about 1.5 s minus its compute:
+# waiting dominates even where a step computes for several hundred milliseconds (a loaded 2-core machine).
 SLOW_LOADER_SCRIPT = '''
 """A user's script whose data loading is slow: every image read sleeps first."""
 import time
@@ -35,7 +37,7 @@ from imgclf.environment import TrainingEnv
 from imgclf.train import run
 
 read = data.ImageDataset.__getitem__
-data.ImageDataset.__getitem__ = lambda self, index: (time.sleep(0.15), read(self, index))[1]
+data.ImageDataset.__getitem__ = lambda self, index: (time.sleep(0.5), read(self, index))[1]
 run(TrainingEnv.from_environ())
 '''
 
@@ -122,7 +124,7 @@ def test_a_slow_data_loader_is_caught(tmp_path: Path, backbone: Path):
 
 
 def test_a_stalled_job_is_stopped_by_the_watchdog(tmp_path: Path, backbone: Path):
-    # Steps here wait 0.4-0.9 s for data; a 0.2 s threshold makes that a stall, caught while it lasts.
+    # Steps here wait over a second for data; a 0.2 s threshold makes that a stall, caught while it lasts.
     hps = {**FINE_TUNE, "sagemaker_program": "train_model.py",
            "rules": {"StalledTraining": {"threshold": 0.2, "stop_on": True}}}  # fmt: skip
     channels = {"training": shapes(tmp_path / "d"), "pretrained": backbone}

@@ -79,11 +79,12 @@ class Checkpointer:
         self.identity, self.model, self.optimizer, self.scheduler = identity, model, optimizer, scheduler
         self.interval, self.writer, self.scaler = interval, writer, scaler
         self.stop_requested = threading.Event()
+        self._previous_handler: Any = signal.SIG_DFL
 
     # -- SIGTERM ----------------------------------------------------------------------------------------------
     def handle_sigterm(self) -> None:
         """From now on SIGTERM asks for a checkpoint at the next step boundary instead of ending the process."""
-        signal.signal(signal.SIGTERM, self._on_sigterm)
+        self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
 
     def _on_sigterm(self, _signum: int, _frame: object) -> None:
         log.warning("SIGTERM: saving a checkpoint at the end of this step, then stopping")
@@ -91,11 +92,11 @@ class Checkpointer:
 
     def training_ended(self) -> None:
         """All epochs are done: stop now if SIGTERM came after the last check; from here on (testing, saving
-        the model) SIGTERM ends the process at once, as it would without checkpoints."""
+        the model) SIGTERM is handled as before training (`train` ends at once), as it would be without checkpoints."""
         if self.stop_requested.is_set():
             raise Preempted("stopped by SIGTERM after the last epoch, before testing")
         if signal.getsignal(signal.SIGTERM) == self._on_sigterm:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, self._previous_handler)
 
     # -- saving -----------------------------------------------------------------------------------------------
     def after_step(self, state: TrainingState) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -30,8 +31,23 @@ def _write_failure(base_dir: Path, reason: str) -> None:
     failure.write_text(reason)
 
 
+def _stop_on_sigterm(_signum: int, _frame: object) -> None:
+    """SIGTERM outside the training steps (reading the job, scanning the data, testing): stop now. As PID 1 in a
+    container, `train` would otherwise ignore it until the stop's grace period ran out and SIGKILL came."""
+    raise Preempted("stopped by SIGTERM outside the training steps")
+
+
+def _pass_sigterm_on(_signum: int, _frame: object) -> None:
+    """Script mode: the user's script decides what SIGTERM means (a checkpoint, say)."""
+    import psutil
+
+    for child in psutil.Process().children():
+        child.send_signal(signal.SIGTERM)
+
+
 def train(argv: list[str] | None = None) -> None:
     """Run the job under SAGEMAKER_BASE_DIR (default /opt/ml): the user's script in script mode, else ours."""
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)  # first thing: the trainer replaces it during training
     argparse.ArgumentParser(
         prog="train",
         description="Train on the SageMaker job laid out under $SAGEMAKER_BASE_DIR (default /opt/ml): "
@@ -53,14 +69,15 @@ def train(argv: list[str] | None = None) -> None:
             # A user's script picks its own device: stop it too where the GPUs are there but unusable.
             accelerator.select_device(str(env.hyperparameters.get("allow_cpu", "")).lower() in accelerator.TRUE)
             log.info("script mode: the SageMaker training toolkit runs %s", env.user_program)
+            signal.signal(signal.SIGTERM, _pass_sigterm_on)
             from sagemaker_training import trainer
 
             trainer.train()  # runs the script, writes output/success or output/failure, exits with its status
         else:
             run(env)
     except Preempted as stopped:
-        log.warning("%s; the checkpoint in %s/%s resumes the job when it starts again", stopped, base_dir,
-                    contract.CHECKPOINT_DIR)  # fmt: skip
+        log.warning("%s; a checkpoint in %s/%s, if one was written, resumes the job when it starts again", stopped,
+                    base_dir, contract.CHECKPOINT_DIR)  # fmt: skip
         sys.exit(EXIT_STOPPED)
     except UserError as err:
         log.error("training failed: %s", err)
