@@ -92,7 +92,7 @@ class Checkpointer:
 
     def training_ended(self) -> None:
         """All epochs are done: stop now if SIGTERM came after the last check; from here on (testing, saving
-        the model) SIGTERM is handled as before training (`train` ends at once), as it would be without checkpoints."""
+        the model) SIGTERM ends `train` at once again, as it would without checkpoints."""
         if self.stop_requested.is_set():
             raise Preempted("stopped by SIGTERM after the last epoch, before testing")
         if signal.getsignal(signal.SIGTERM) == self._on_sigterm:

@@ -32,9 +32,12 @@ def _write_failure(base_dir: Path, reason: str) -> None:
 
 
 def _stop_on_sigterm(_signum: int, _frame: object) -> None:
-    """SIGTERM outside the training steps (reading the job, scanning the data, testing): stop now. As PID 1 in a
-    container, `train` would otherwise ignore it until the stop's grace period ran out and SIGKILL came."""
-    raise Preempted("stopped by SIGTERM outside the training steps")
+    """SIGTERM outside the training steps (reading the job, scanning the data, testing, saving): end now, with
+    143. As PID 1 in a container, `train` would otherwise ignore it until the stop's grace period ran out and
+    SIGKILL came. No exception is raised: one raised wherever the signal lands (inside logging's lock, say) can
+    leave a lock held and the process hung; nothing here needs cleaning up that a restart does not redo."""
+    os.write(2, b"stopped by SIGTERM outside the training steps; exiting with status 143\n")
+    os._exit(EXIT_STOPPED)
 
 
 def _pass_sigterm_on(_signum: int, _frame: object) -> None:
@@ -76,8 +79,8 @@ def train(argv: list[str] | None = None) -> None:
         else:
             run(env)
     except Preempted as stopped:
-        log.warning("%s; a checkpoint in %s/%s, if one was written, resumes the job when it starts again", stopped,
-                    base_dir, contract.CHECKPOINT_DIR)  # fmt: skip
+        log.warning("%s; the checkpoint in %s/%s resumes the job when it starts again", stopped, base_dir,
+                    contract.CHECKPOINT_DIR)  # fmt: skip
         sys.exit(EXIT_STOPPED)
     except UserError as err:
         log.error("training failed: %s", err)
