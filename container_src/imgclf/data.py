@@ -104,11 +104,8 @@ def scan_split(root: Path, class_names: list[str] | None = None) -> tuple[list[s
         for path in sorted((root / name).rglob("*"))
         if path.is_file() and not path.name.startswith(".")
     ]
-    pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
-    try:
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         problems = list(pool.map(lambda item: check_image(item[0]), files))
-    finally:  # on SIGTERM (an exception here), drop the files not yet checked rather than finish the scan
-        pool.shutdown(wait=False, cancel_futures=True)
     split = Split(root=root, samples=[])
     for (path, label), problem in zip(files, problems, strict=True):
         if problem:
