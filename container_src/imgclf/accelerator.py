@@ -57,8 +57,8 @@ def allowed_by_environment() -> bool:
     return hidden or os.environ.get(ALLOW_CPU_ENV, "").strip().lower() in TRUE
 
 
-def unusable_message(gpus: HostGpus) -> str:
-    """Why torch cannot use the host's GPUs, and what to do."""
+def gpu_problem(gpus: HostGpus) -> str:
+    """Why torch cannot use the host's GPUs."""
     driver = f"driver {gpus.driver}" if gpus.driver else "a driver of unknown version"
     cuda = torch.version.cuda
     if cuda is None:
@@ -67,8 +67,13 @@ def unusable_message(gpus: HostGpus) -> str:
         minimum = MINIMUM_DRIVER.get(int(cuda.split(".")[0]))
         need = f"torch {torch.__version__} needs CUDA {cuda}" + (f", which needs driver {minimum} or newer" if minimum
                                                                   else "")  # fmt: skip
+    return f"this host has {gpus.count} NVIDIA GPU(s) with {driver}, but torch cannot use them: {need}"
+
+
+def unusable_message(gpus: HostGpus) -> str:
+    """Why torch cannot use the host's GPUs, and what to do."""
     return (
-        f"this host has {gpus.count} NVIDIA GPU(s) with {driver}, but torch cannot use them: {need}. "
+        f"{gpu_problem(gpus)}. "
         f"Fix: update the host's driver (a SageMaker endpoint gets driver 580 / CUDA 13.0 with the endpoint "
         f"config's InferenceAmiVersion {GPU_AMI_VERSION}), or use an image whose torch matches the driver. "
         f"To run on the CPU anyway, set the allow_cpu hyperparameter (training) or {ALLOW_CPU_ENV}=true."
@@ -98,7 +103,7 @@ def select_device(allow_cpu: bool = False, local_rank: int = 0) -> torch.device:
     if gpus.count:
         if not (allow_cpu or allowed_by_environment()):
             raise GpuUnusable(unusable_message(gpus))
-        log.warning("running on the CPU as allowed, although %s", unusable_message(gpus).split(". Fix:")[0])
+        log.warning("running on the CPU as allowed, although %s", gpu_problem(gpus))
     return torch.device("cpu")
 
 
