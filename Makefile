@@ -7,6 +7,8 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
+# bench-gpu's python: the GPU machine's own, with torch
+GPU_PYTHON ?= python3
 WORKDIR ?= .imgclf
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) apt-get install -y --no-install-recommends
@@ -121,8 +123,10 @@ $(TORCHSERVE_VENV)/.installed: $(VENV)/.installed
 	touch $@
 
 # On a GPU machine: ResNet-50 training images/s, ours against a bare loop, synthetic and JPEG data.
-bench-gpu: install
-	$(BIN)/python bench/gpu_train.py
+# The GPU checks, from source with the machine's own python3 (torch, torchvision, Pillow, psutil, nvidia-ml-py;
+# no smdebug, toolkits or Java needed): ResNet-50 training from JPEGs against a bare loop, and the serving hooks.
+bench-gpu:
+	PYTHONPATH=container_src:bench $(GPU_PYTHON) bench/gpu_train.py
 
 clean:
 	rm -rf $(VENV) $(WORKDIR) build .pytest_cache .ruff_cache

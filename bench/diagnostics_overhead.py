@@ -73,7 +73,6 @@ def main() -> None:
             eval_interval=hps.debug_eval_save_interval,
             hook_enabled=hps.debug_hook,
             profiler_interval=hps.profiler_interval_ms / 1000,
-            primary=True,
         )
 
         def run(name: str) -> int:

@@ -1,7 +1,10 @@
 """Images/s of imgclf's training loop against a bare PyTorch loop: same model, images, batch size and workers.
 
 Runs both loops alternately in one process (A B A B ...) and prints the median ratio ours/bare; 1.0 means
-no overhead. The data is scikit-learn's digits written as JPEGs (no download).
+no overhead. Then the cost of the stop agreement (every process all-reduces a stop flag at each step, so that
+all stop after the same step on SIGTERM): two processes train in one gloo group with and without it, alternately,
+and the median ratio is printed, with the time of one agreement against a step's. The data is scikit-learn's
+digits written as JPEGs (no download).
 
     .venv/bin/python bench/train_overhead.py [--steps 20] [--rounds 3] [--image-size 64]
 """
@@ -20,8 +23,8 @@ import torchvision
 from bare import standard_train_transform
 from torch import nn
 
-from imgclf import data
-from imgclf.checkpoint import TrainingState
+from imgclf import data, distributed
+from imgclf.checkpoint import Checkpointer, TrainingState
 from imgclf.hyperparameters import Hyperparameters
 from imgclf.precision import StepPrecision
 from imgclf.train import make_optimizer, make_scheduler, train_one_epoch
@@ -42,6 +45,48 @@ def bare_loop(model: nn.Module, loader: torch.utils.data.DataLoader, steps: int)
         if step == steps:
             break
     return seen
+
+
+def stop_agreement(rank: int, args: argparse.Namespace, root: Path, store: str) -> None:
+    """One of two processes: our loop with and without the stop agreement, alternately, on this rank's shard."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    torch.set_num_threads(max(1, torch.get_num_threads() // 2))
+    cluster = distributed.Cluster(rank=rank, world_size=2)
+    images = data.load_image_folders({"training": root})
+    loader = data.make_loaders(images, crop_size=args.image_size, batch_size=args.batch_size, num_workers=1,
+                               seed=0, pin_memory=False, rank=rank, world_size=2)["train"]  # fmt: skip
+    hps = Hyperparameters.from_mapping({"batch_size": args.batch_size})
+    model = torchvision.models.resnet18(num_classes=len(images.classes))
+    optimizer = make_optimizer(hps, model)
+    scheduler = make_scheduler(hps, optimizer, 10**6)
+    trained = distributed.wrap(model, cluster, torch.device("cpu"))
+    criterion, precision = nn.CrossEntropyLoss(), StepPrecision.choose("fp32", False, torch.device("cpu"))
+    with tempfile.TemporaryDirectory() as folder:
+        agreeing = Checkpointer(Path(folder), {}, model, optimizer, scheduler, cluster=cluster)
+
+        def run(checkpointer: Checkpointer | None) -> float:
+            start = time.perf_counter()
+            seen = train_one_epoch(trained, criterion, optimizer, scheduler, loader, precision, TrainingState(),
+                                   args.steps, checkpointer=checkpointer).images  # fmt: skip
+            return seen / (time.perf_counter() - start)
+
+        run(agreeing), run(None)  # warm-up
+        rates: dict[str, list[float]] = {"with": [], "without": []}
+        for _ in range(args.rounds):
+            rates["with"].append(run(agreeing))
+            rates["without"].append(run(None))
+        start = time.perf_counter()
+        for _ in range(100):
+            cluster.any(False)
+        agreement = (time.perf_counter() - start) / 100
+    if rank == 0:
+        step = args.batch_size / statistics.median(rates["without"])
+        ratio = statistics.median(rates["with"]) / statistics.median(rates["without"])
+        with_rate, without_rate = statistics.median(rates["with"]), statistics.median(rates["without"])
+        print(f"stop agreement, 2 gloo processes: {with_rate:.1f} vs {without_rate:.1f} images/s per process; "
+              f"ratio with/without: {ratio:.3f}; one agreement {agreement * 1e6:.0f} us = {agreement / step:.2%} "
+              f"of a {step * 1000:.0f} ms step")  # fmt: skip
+    torch.distributed.destroy_process_group()
 
 
 def main() -> None:
@@ -96,6 +141,11 @@ def main() -> None:
     print(f"bare loop:  {bare_rate:.1f} images/s  (runs: {', '.join(f'{r:.1f}' for r in rates['bare'])})")
     print(f"imgclf:     {ours_rate:.1f} images/s  (runs: {', '.join(f'{r:.1f}' for r in rates['ours'])})")
     print(f"ratio imgclf/bare: {ours_rate / bare_rate:.3f}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_digits(root, size=args.image_size)
+        torch.multiprocessing.spawn(stop_agreement, args=(args, root, str(root / "store")), nprocs=2)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Spot interruption and resume through the real `train` entry point: SIGTERM at a random step writes a
 checkpoint and ends the job (status 143); the job started again finishes with weights bit-identical to an
-uninterrupted run with the same seed. A checkpoint of another job, or a damaged one, is refused clearly."""
+uninterrupted run with the same seed, with one training process and with two (which must agree on the step to
+stop at). A checkpoint of another job, or a damaged one, is refused clearly."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 import torch
 from conftest import BIN, HOST_RUN_ENV, make_job, run_entry_point, write_split
 
-STEPS_PER_EPOCH = 12  # 3 classes x 8 images, batches of 2
+TRAIN_BATCHES = 12  # 3 classes x 8 images, batches of 2, shared out among the training processes
 HYPERPARAMETERS = {"epochs": "2", "batch_size": "2", "image_size": "48", "num_workers": "1", "learning_rate": "0.01",
                    "pretrained": "false", "debug_hook": "false", "profiler_interval_ms": "0"}  # fmt: skip
 PROGRESS = re.compile(r"epoch (\d+) step (\d+)/")
@@ -31,9 +32,15 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module", params=[1, 2], ids=["1-process", "2-processes"])
+def processes(request: pytest.FixtureRequest) -> int:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def uninterrupted(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    base = make_job(tmp_path_factory.mktemp("reference"), {"training": dataset}, HYPERPARAMETERS)
+def uninterrupted(dataset: Path, processes: int, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    hyperparameters = {**HYPERPARAMETERS, "processes_per_host": str(processes)}
+    base = make_job(tmp_path_factory.mktemp("reference"), {"training": dataset}, hyperparameters)
     result = run_entry_point("train", base)
     assert result.returncode == 0, result.stdout + result.stderr
     return base
@@ -60,12 +67,14 @@ def train_until_sigterm(base: Path, epoch: int, step: int, env: dict[str, str] |
 
 
 @pytest.mark.parametrize("seed", [random.randrange(10**6) for _ in range(2)])
-def test_sigterm_at_a_random_step_then_resume_is_bit_identical(dataset: Path, uninterrupted: Path, tmp_path, seed):
+def test_sigterm_at_a_random_step_then_resume_is_bit_identical(dataset: Path, processes: int, uninterrupted: Path,
+                                                                tmp_path: Path, seed: int):  # fmt: skip
     chooser = random.Random(seed)
-    epoch, step = chooser.randint(1, 2), chooser.randint(1, STEPS_PER_EPOCH - 1)
-    base = make_job(tmp_path / "job", {"training": dataset}, HYPERPARAMETERS)
+    epoch, step = chooser.randint(1, 2), chooser.randint(1, TRAIN_BATCHES // processes - 1)
+    hyperparameters = {**HYPERPARAMETERS, "processes_per_host": str(processes)}
+    base = make_job(tmp_path / "job", {"training": dataset}, hyperparameters)
 
-    status, log = train_until_sigterm(base, epoch, step)
+    status, log = train_until_sigterm(base, epoch, step)  # to `train` alone, as `docker stop` sends it to PID 1
 
     assert status == 128 + signal.SIGTERM, f"seed {seed}:\n{log}"
     assert "stopped by SIGTERM" in log and (base / "checkpoints" / "checkpoint.pt").is_file()

@@ -287,7 +287,7 @@ def test_removing_local_mode_containers_leaves_none_whatever_their_state(image, 
         docker("rm", "--force", *(done.stdout.strip() for done in started if done.stdout.strip()))
 
 
-def test_local_mode_two_instances_train_data_parallel(image, tmp_path: Path):
+def test_local_mode_two_instances_of_two_processes_train_data_parallel(image, tmp_path: Path):
     data = tmp_path / "shapes"
     for split, count in (("train", 6), ("valid", 2), ("test", 2)):
         write_split(data / split, per_class=count)
@@ -303,6 +303,8 @@ def test_local_mode_two_instances_train_data_parallel(image, tmp_path: Path):
         "num_workers=0",
         "-H",
         "pretrained=false",
+        "-H",
+        "processes_per_host=2",
     ]
     code = launcher_main(*work, "train", "--backend", "local", "--image", image, "--instance-count", "2",
                          "--data", str(data), "--job-name", "ddp-1", *hps)  # fmt: skip
@@ -314,14 +316,16 @@ def test_local_mode_two_instances_train_data_parallel(image, tmp_path: Path):
             for name in tar.getnames()
             if "/hosts/" in f"/{name}" and name.endswith(".json")
         ]
-    primary, secondary = sorted(reports, key=lambda report: report["rank"])
-    assert (primary["rank"], secondary["rank"], primary["world_size"]) == (0, 1, 2)
-    # 18 training images, 2 hosts, 2 epochs: each host trains on its own half, 9 images an epoch.
-    assert (primary["trained_images"], secondary["trained_images"]) == (18, 18)
-    assert primary["parameters_sha256"] == secondary["parameters_sha256"]  # DDP kept the replicas in step
+    reports.sort(key=lambda report: report["rank"])
+    # global rank = host rank x 2 + local rank, the hosts in sorted order
+    assert [(r["host"], r["rank"], r["local_rank"], r["world_size"]) for r in reports] == [
+        ("algo-1", 0, 0, 4), ("algo-1", 1, 1, 4), ("algo-2", 2, 0, 4), ("algo-2", 3, 1, 4)]  # fmt: skip
+    # 18 training images shared by 4 processes (padded to 20), 2 epochs: 5 images an epoch each.
+    assert [r["trained_images"] for r in reports] == [10] * 4
+    assert len({r["parameters_sha256"] for r in reports}) == 1  # DDP kept the replicas in step
     with tarfile.open(job["model_data"]) as tar:
         saved = torch.load(tar.extractfile("model.pth"), weights_only=True)
-    assert fingerprint(saved) == primary["state_sha256"]  # the saved model is rank 0's
+    assert fingerprint(saved) == reports[0]["state_sha256"]  # the saved model is rank 0's
     assert compose_containers(tmp_path / "work") == []
 
 

@@ -54,6 +54,8 @@ def test_platform_keys_are_ignored_silently_and_unknown_keys_warned(caplog):
         ("momentum", 1.0, "'momentum' must be a number >= 0.0 and < 1.0"),
         ("pretrained", "maybe", "'pretrained' must be one of true, false, auto"),
         ("image_size", 16, "'image_size' must be an integer >= 32"),
+        ("processes_per_host", 0, "'processes_per_host' must be an integer >= 1, got 0"),
+        ("processes_per_host", "all", "'processes_per_host' must be an integer >= 1"),
     ],
 )
 def test_bad_values_name_the_hyperparameter_and_the_rule(key, value, expected):
@@ -64,3 +66,11 @@ def test_bad_values_name_the_hyperparameter_and_the_rule(key, value, expected):
 
 def test_zero_learning_rate_is_allowed():
     assert Hyperparameters.from_mapping({"learning_rate": 0}).learning_rate == 0.0
+
+
+def test_processes_per_host_auto_and_the_cores_shared_among_them(monkeypatch: pytest.MonkeyPatch):
+    assert Hyperparameters.from_mapping({"processes_per_host": "auto"}).processes_per_host == 0  # one per GPU
+    assert Hyperparameters.from_mapping({"processes_per_host": "4"}).processes_per_host == 4
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # what torch.distributed.run tells each of 4 processes
+    assert Hyperparameters.from_mapping({}).num_workers == 4

@@ -27,9 +27,9 @@ def save_model(model_dir: Path, model: nn.Module, config: dict[str, Any]) -> Non
     shutil.copyfile(inference.__file__, code_dir / "inference.py")
 
 
-def save_host_report(output_data_dir: Path, host: str, report: dict[str, Any]) -> Path:
-    """What this host did (`hosts/<host>.json`); SageMaker merges every host's output/data."""
-    path = output_data_dir / "hosts" / f"{host}.json"
+def save_host_report(output_data_dir: Path, host: str, rank: int, report: dict[str, Any]) -> Path:
+    """What one training process did (`hosts/<host>-rank<rank>.json`); SageMaker merges every host's output/data."""
+    path = output_data_dir / "hosts" / f"{host}-rank{rank}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2))
     return path

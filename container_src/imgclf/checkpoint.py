@@ -4,7 +4,9 @@ SageMaker sends SIGTERM, then SIGKILL; with `checkpoint_s3_uri` it syncs `/opt/m
 restores it when the job starts again. A checkpoint holds the model, optimizer, scheduler and fp16 gradient
 scaler states, the RNG states, the position (epoch, steps done, the epoch's running sums) and the history so
 far. It is written atomically at each epoch's end, every `checkpoint_interval` steps if set, and at the next
-step boundary after SIGTERM, and removed once the job has saved its model. A job that finds one resumes from
+step boundary after SIGTERM, and removed once the job has saved its model. With several training processes,
+all of them agree at every step boundary whether any got SIGTERM (one all-reduced flag), so they all stop
+after the same step; rank 0 writes the checkpoint and every process resumes from it. A job that finds one resumes from
 it, on exactly the batches it would have seen (see `data.EpochSampler`). Files are read with
 `weights_only=True`: nothing is unpickled but tensors and plain containers.
 """
@@ -24,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from imgclf.distributed import Cluster
 from imgclf.errors import Preempted, UserError
 
 log = logging.getLogger(__name__)
@@ -72,12 +75,14 @@ class Checkpointer:
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         interval: int = 0,
-        writer: bool = True,
+        cluster: Cluster | None = None,
         scaler: torch.amp.GradScaler | None = None,
     ):
         self.path = folder / CHECKPOINT_FILE
         self.identity, self.model, self.optimizer, self.scheduler = identity, model, optimizer, scheduler
-        self.interval, self.writer, self.scaler = interval, writer, scaler
+        self.interval, self.scaler = interval, scaler
+        self.cluster = cluster or Cluster()
+        self.writer = self.cluster.is_primary
         self.stop_requested = threading.Event()
         self._previous_handler: Any = signal.SIG_DFL
 
@@ -90,10 +95,14 @@ class Checkpointer:
         log.warning("SIGTERM: saving a checkpoint at the end of this step, then stopping")
         self.stop_requested.set()
 
+    def _stopping(self) -> bool:
+        """Whether any process got SIGTERM; all processes call this at the same step boundaries."""
+        return self.cluster.any(self.stop_requested.is_set())
+
     def training_ended(self) -> None:
         """All epochs are done: stop now if SIGTERM came after the last check; from here on (testing, saving
         the model) SIGTERM ends `train` at once again, as it would without checkpoints."""
-        if self.stop_requested.is_set():
+        if self._stopping():
             raise Preempted("stopped by SIGTERM after the last epoch, before testing")
         if signal.getsignal(signal.SIGTERM) == self._on_sigterm:
             signal.signal(signal.SIGTERM, self._previous_handler)
@@ -101,7 +110,7 @@ class Checkpointer:
     # -- saving -----------------------------------------------------------------------------------------------
     def after_step(self, state: TrainingState) -> None:
         """Save every `interval` steps, and on SIGTERM (then raise Preempted)."""
-        stopping = self.stop_requested.is_set()
+        stopping = self._stopping()
         if stopping or (self.interval and state.progress.step % self.interval == 0):
             self.save(state)
         if stopping:
@@ -110,12 +119,16 @@ class Checkpointer:
     def after_epoch(self, state: TrainingState) -> None:
         """Save at the end of every epoch (`state` already points at the next one); raise Preempted on SIGTERM."""
         self.save(state)
-        if self.stop_requested.is_set():
+        if self._stopping():
             raise Preempted(f"stopped by SIGTERM after epoch {state.epoch - 1}")
 
     def save(self, state: TrainingState) -> None:
-        if not self.writer:
-            return
+        """Rank 0 writes; the other processes wait until it has (so none ends before the checkpoint exists)."""
+        if self.writer:
+            self._write(state)
+        self.cluster.barrier()
+
+    def _write(self, state: TrainingState) -> None:
         checkpoint = {
             "format": FORMAT,
             "identity": self.identity,

@@ -3,32 +3,69 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import sys
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imgclf import contract
-from imgclf.errors import Preempted, UserError
+from imgclf.errors import EXIT_INTERNAL_ERROR, EXIT_STOPPED, EXIT_USER_ERROR, Preempted, UserError, WorkersFailed
+
+if TYPE_CHECKING:
+    from imgclf.environment import TrainingEnv
 
 log = logging.getLogger("imgclf")
 
-EXIT_USER_ERROR = 1
-EXIT_INTERNAL_ERROR = 2
-EXIT_STOPPED = 128 + 15  # ended by SIGTERM, as a shell reports it; the checkpoint lets the job resume
+
+def _configure_logging(prefix: str = "", level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s",
+                        stream=sys.stdout)  # fmt: skip
 
 
-def _configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
-
-
-def _write_failure(base_dir: Path, reason: str) -> None:
-    """SageMaker shows the first 1024 characters of output/failure as the job's FailureReason."""
+def _write_failure(base_dir: Path, reason: str, replace: bool = False) -> None:
+    """SageMaker shows the first 1024 characters of output/failure as the job's FailureReason. Unless `replace`,
+    the first reason written stays: where one of several processes fails, the others fail after it, for its sake."""
     failure = base_dir / contract.FAILURE_FILE
     failure.parent.mkdir(parents=True, exist_ok=True)
-    failure.write_text(reason)
+    with contextlib.suppress(FileExistsError), failure.open("w" if replace else "x") as file:
+        file.write(reason)
+
+
+def _workers_failure(base_dir: Path, failed: WorkersFailed) -> str:
+    """The reason for a job whose processes failed: what the first of them wrote, and how each ended."""
+    failure = base_dir / contract.FAILURE_FILE
+    first = failure.read_text() if failure.is_file() else ""
+    if first.startswith("ClientError"):
+        return f"{first}\n\n({failed})"
+    return f"AlgorithmError: {failed}" + (f"; the first reason written: {first}" if first else "")
+
+
+@contextlib.contextmanager
+def _job_outcome(base_dir: Path) -> Iterator[None]:
+    """How a training process ends, in SageMaker's terms: output/failure with the reason, and the exit status."""
+    try:
+        yield
+    except Preempted as stopped:
+        log.warning("%s; the checkpoint in %s/%s resumes the job when it starts again", stopped, base_dir,
+                    contract.CHECKPOINT_DIR)  # fmt: skip
+        sys.exit(EXIT_STOPPED)
+    except WorkersFailed as failed:
+        log.error("training failed: %s", failed)
+        _write_failure(base_dir, _workers_failure(base_dir, failed), replace=True)
+        sys.exit(failed.exit_code)
+    except UserError as err:
+        log.error("training failed: %s", err)
+        _write_failure(base_dir, f"ClientError: {err}")
+        sys.exit(EXIT_USER_ERROR)
+    except Exception as err:
+        log.exception("training failed with an internal error")
+        _write_failure(base_dir, f"AlgorithmError: {err!r}\n\n{traceback.format_exc()}")
+        sys.exit(EXIT_INTERNAL_ERROR)
 
 
 def _stop_on_sigterm(_signum: int, _frame: object) -> None:
@@ -60,37 +97,65 @@ def train(argv: list[str] | None = None) -> None:
     ).parse_args(argv)
     _configure_logging()
     base_dir = Path(os.environ.get(contract.BASE_DIR_ENV, contract.DEFAULT_BASE_DIR))
-    try:
-        from imgclf import accelerator
+    (base_dir / contract.FAILURE_FILE).unlink(missing_ok=True)  # a reason left by an earlier run of this job
+    with _job_outcome(base_dir):
         from imgclf.environment import TrainingEnv
-        from imgclf.train import run
 
         env = TrainingEnv.from_environ()
         for folder in (env.model_dir, env.output_data_dir):  # SageMaker makes them; a bare host may not have
             folder.mkdir(parents=True, exist_ok=True)
         if env.user_program:
-            # A user's script picks its own device: stop it too where the GPUs are there but unusable.
-            accelerator.select_device(str(env.hyperparameters.get("allow_cpu", "")).lower() in accelerator.TRUE)
-            log.info("script mode: the SageMaker training toolkit runs %s", env.user_program)
-            signal.signal(signal.SIGTERM, _pass_sigterm_on)
-            from sagemaker_training import trainer
-
-            trainer.train()  # runs the script, writes output/success or output/failure, exits with its status
+            _run_user_script(env)
         else:
-            run(env)
-    except Preempted as stopped:
-        log.warning("%s; the checkpoint in %s/%s resumes the job when it starts again", stopped, base_dir,
-                    contract.CHECKPOINT_DIR)  # fmt: skip
-        sys.exit(EXIT_STOPPED)
-    except UserError as err:
-        log.error("training failed: %s", err)
-        _write_failure(base_dir, f"ClientError: {err}")
-        sys.exit(EXIT_USER_ERROR)
-    except Exception as err:
-        log.exception("training failed with an internal error")
-        _write_failure(base_dir, f"AlgorithmError: {err!r}\n\n{traceback.format_exc()}")
-        sys.exit(EXIT_INTERNAL_ERROR)
+            _run_built_in_trainer(env)
     (base_dir / contract.SUCCESS_FILE).touch()
+
+
+def _run_user_script(env: TrainingEnv) -> None:
+    """Script mode: the SageMaker training toolkit runs the user's script from code/."""
+    from imgclf import accelerator
+
+    # A user's script picks its own device: stop it too where the GPUs are there but unusable.
+    accelerator.select_device(str(env.hyperparameters.get("allow_cpu", "")).lower() in accelerator.TRUE)
+    log.info("script mode: the SageMaker training toolkit runs %s", env.user_program)
+    signal.signal(signal.SIGTERM, _pass_sigterm_on)
+    from sagemaker_training import trainer
+
+    trainer.train()  # runs the script, writes output/success or output/failure, exits with its status
+
+
+def _run_built_in_trainer(env: TrainingEnv) -> None:
+    """Our trainer: in this process, or as one process per accelerator on each host under torch.distributed.run."""
+    import torch
+
+    from imgclf import accelerator, distributed
+    from imgclf.hyperparameters import HyperparameterError, Hyperparameters
+    from imgclf.train import run
+
+    hps = Hyperparameters.from_mapping(env.hyperparameters)  # fails before any process starts
+    device = accelerator.select_device(hps.allow_cpu)
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    processes = distributed.processes_per_host(hps.processes_per_host, gpus)
+    if gpus and processes > gpus:
+        raise HyperparameterError(f"hyperparameter 'processes_per_host' is {processes}, but this host has {gpus} "
+                                  f"GPU(s): use at most {gpus}, or auto (one per GPU)")  # fmt: skip
+    if len(env.hosts) * processes == 1:
+        run(env)
+    else:
+        distributed.launch(env, processes, "imgclf.worker")
+
+
+def train_process() -> None:
+    """One of the processes `train` starts under torch.distributed.run (`python -m imgclf.worker`)."""
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)  # until the trainer checkpoints on it
+    rank = int(os.environ.get("RANK", 0))
+    _configure_logging(f"[rank {rank}] ", logging.INFO if rank == 0 else logging.WARNING)
+    base_dir = Path(os.environ.get(contract.BASE_DIR_ENV, contract.DEFAULT_BASE_DIR))
+    with _job_outcome(base_dir):
+        from imgclf.environment import TrainingEnv
+        from imgclf.train import run
+
+        run(TrainingEnv.from_environ())
 
 
 def serve(argv: list[str] | None = None) -> None:

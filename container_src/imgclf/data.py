@@ -271,6 +271,13 @@ def collate(items: list[tuple[torch.Tensor, int] | None]) -> tuple[torch.Tensor,
     return images, labels, len(items) - len(good)
 
 
+def leave_process_group(_worker_id: int) -> None:
+    """Put a loader worker in a process group of its own. A stop may signal the training process's whole group
+    (torch.distributed.run's does): it must reach the training process alone, which stops at a step boundary and
+    then ends its workers. A worker whose training process died ends by itself (DataLoader's watchdog)."""
+    os.setpgid(0, 0)
+
+
 def make_loaders(
     data: ImageFolderData,
     *,
@@ -298,6 +305,7 @@ def make_loaders(
             collate_fn=collate,
             pin_memory=pin_memory,
             persistent_workers=num_workers > 0,
+            worker_init_fn=leave_process_group,
         )
         for name, dataset in datasets.items()
     }

@@ -1,4 +1,8 @@
-"""Errors a user can fix (bad data, bad hyperparameters) versus everything else."""
+"""Errors a user can fix (bad data, bad hyperparameters) versus everything else, and the exit statuses of `train`."""
+
+EXIT_USER_ERROR = 1
+EXIT_INTERNAL_ERROR = 2
+EXIT_STOPPED = 128 + 15  # ended by SIGTERM, as a shell reports it; the checkpoint lets the job resume
 
 
 class UserError(Exception):
@@ -7,3 +11,11 @@ class UserError(Exception):
 
 class Preempted(Exception):
     """SIGTERM arrived during training; the checkpoint is written and the job should end now."""
+
+
+class WorkersFailed(Exception):
+    """One of several training processes failed and the others were ended; `exit_code` is what `train` exits with."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code

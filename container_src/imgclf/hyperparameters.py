@@ -52,6 +52,7 @@ class Hyperparameters:
     mixed_precision: str = "auto"  # auto (bf16 or fp16 on GPU, fp32 on CPU), bf16, fp16, fp32
     channels_last: bool | None = None  # None ("auto"): channels-last tensors on GPU only
     allow_cpu: bool = False  # train on the CPU even where the host's GPUs are unusable (driver too old)
+    processes_per_host: int = 0  # 0 ("auto"): one training process per GPU, one on a host without GPUs
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> Hyperparameters:
@@ -64,8 +65,9 @@ class Hyperparameters:
             log.warning("ignoring unknown hyperparameters %s; known: %s", unknown, ", ".join(fields))
         parsed = {name: _PARSERS[name](name, value) for name, value in values.items() if name in fields}
         hps = cls(**parsed)
-        if hps.num_workers < 0:
-            hps = dataclasses.replace(hps, num_workers=min(os.cpu_count() or 1, 8))
+        if hps.num_workers < 0:  # the host's cores shared by its training processes
+            processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))  # set by torch.distributed.run
+            hps = dataclasses.replace(hps, num_workers=min(max((os.cpu_count() or 1) // processes, 1), 8))
         return hps
 
 
@@ -134,6 +136,7 @@ _PARSERS = {
     "max_steps_per_epoch": lambda n, v: _as_int(n, v, 0),
     "debug_hook": _as_bool,
     "allow_cpu": _as_bool,
+    "processes_per_host": lambda n, v: 0 if str(v).strip().lower() == "auto" else _as_int(n, v, 1),
     "debug_train_save_interval": lambda n, v: _as_int(n, v, 1),
     "debug_eval_save_interval": lambda n, v: _as_int(n, v, 1),
     "rules": _as_rules,

@@ -32,9 +32,11 @@ EPOCH_METRICS = (
 TEST_LOSS = "average test loss: {:.6g}"
 TEST_ACCURACY = "test accuracy: {:.6g}"
 PROGRESS_LINES_PER_EPOCH = 10
-# Hyperparameters that do not change what is computed: a checkpoint resumes across changes of these.
+# Hyperparameters that do not change what is computed: a checkpoint resumes across changes of these
+# (processes_per_host is one: the checkpoint keeps the world size, which is what counts).
 NOT_IN_CHECKPOINT_IDENTITY = ("num_workers", "debug_hook", "debug_train_save_interval", "debug_eval_save_interval",
-                              "rules", "profiler_interval_ms", "checkpoint_interval", "allow_cpu")  # fmt: skip
+                              "rules", "profiler_interval_ms", "checkpoint_interval", "allow_cpu",
+                              "processes_per_host")  # fmt: skip
 
 
 @dataclass
@@ -204,8 +206,10 @@ def run(env: TrainingEnv) -> dict:
     log.info("hyperparameters: %s", dataclasses.asdict(hps))
     weights = find_pretrained_weights(hps.model_name, env.channels, hps.pretrained)
     seed_everything(hps.seed)
-    device = accelerator.select_device(hps.allow_cpu)
-    cluster = distributed.join(env, device)
+    device = accelerator.select_device(hps.allow_cpu, distributed.local_rank())
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    cluster = distributed.join(device)
 
     images = data.load_image_folders(env.channels)
     log.info(
@@ -237,10 +241,10 @@ def run(env: TrainingEnv) -> dict:
         optimizer,
         scheduler,
         interval=hps.checkpoint_interval,
-        writer=cluster.is_primary,
+        cluster=cluster,
         scaler=precision.scaler,
     )
-    state = checkpointer.resume()  # before DDP's wrap, which hands rank 0's weights to every host
+    state = checkpointer.resume()  # before DDP's wrap, which hands rank 0's weights to every process
     trained = distributed.wrap(model, cluster, device)
 
     diagnostics = Diagnostics(
@@ -262,27 +266,36 @@ def run(env: TrainingEnv) -> dict:
         eval_interval=hps.debug_eval_save_interval,
         hook_enabled=hps.debug_hook,
         profiler_interval=hps.profiler_interval_ms / 1000,
-        primary=cluster.is_primary,
+        rank=cluster.rank,
     )
-    if cluster.world_size == 1:  # several hosts would have to agree on the step to stop at: not handled
-        checkpointer.handle_sigterm()
+    checkpointer.handle_sigterm()
+    notes: list[str] = []
     try:
         state, test = _fit(hps, trained, model, criterion, optimizer, scheduler, loaders, precision, cluster,
                            diagnostics, checkpointer, state)  # fmt: skip
+        step_seconds = cluster.gather(diagnostics.timer.median_step_seconds())
+        if cluster.is_distributed:
+            notes.append(distributed.step_spread(step_seconds))
+            log.info("%s", notes[-1])
     except KeyboardInterrupt:
         if diagnostics.stalled is None:
             raise
         raise TrainingStopped(f"rule StalledTraining stopped training: {diagnostics.stalled.explanation}") from None
     finally:
-        diagnostics.finish()
+        diagnostics.finish(notes)
     metrics = {"epochs": state.history, "test": dataclasses.asdict(test), "skipped_files": images.skipped_report()}
 
     artifacts.save_host_report(
         env.output_data_dir,
         env.current_host,
+        cluster.rank,
         {
+            "host": env.current_host,
             "rank": cluster.rank,
+            "local_rank": cluster.local_rank,
             "world_size": cluster.world_size,
+            "device": str(device),
+            "median_step_seconds": step_seconds[cluster.rank],
             "trained_images": state.trained_images,
             "parameters_sha256": distributed.fingerprint(dict(model.named_parameters())),
             "state_sha256": distributed.fingerprint(model.state_dict()),
@@ -300,7 +313,8 @@ def run(env: TrainingEnv) -> dict:
                 "preprocessing": data.eval_preprocessing(hps.image_size),
                 "pretrained_weights": str(weights) if weights else None,
                 "hyperparameters": dataclasses.asdict(hps),
-                "hosts": cluster.world_size,
+                "hosts": len(env.hosts),
+                "processes": cluster.world_size,
             },
         )
         path = artifacts.save_metrics(env.output_data_dir, metrics)

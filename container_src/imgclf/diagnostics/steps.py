@@ -7,6 +7,7 @@ On a GPU the compute phases are timed with CUDA events, read after the step's ow
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from itertools import pairwise
@@ -65,6 +66,10 @@ class StepTimer:
         self._file.write(json.dumps(asdict(timing)) + "\n")
         self._waiting_since = time.perf_counter()
         return timing
+
+    def median_step_seconds(self) -> float:
+        """The median of the training steps' total times so far; 0 before the first."""
+        return statistics.median(t.total for t in self.timings) if self.timings else 0.0
 
     def _now(self):
         if self.cuda:

@@ -1,7 +1,8 @@
 """The diagnostics of one training process: what the training loop calls, and the rules evaluated on the way.
 
-Every host times its steps; the primary host also runs the smdebug hook, the system monitor, the rules and
-writes the report.
+Every training process times its steps (`steps.jsonl`, `steps.rank<N>.jsonl` for rank N > 0); the primary
+process (global rank 0) also runs the smdebug hook, the system monitor (which sees every GPU of its host), the
+rules and writes the report.
 """
 
 from __future__ import annotations
@@ -53,20 +54,21 @@ class Diagnostics:
         eval_interval: int,
         hook_enabled: bool,
         profiler_interval: float,
-        primary: bool,
+        rank: int = 0,
     ):
-        self.primary = primary
+        self.primary = rank == 0
         self.output_dir = output_dir
         self.settings = settings
         folder = output_dir / DIAGNOSTICS_DIR
-        self.timer = StepTimer(folder / "steps.jsonl", device)
-        self.metric_log = MetricLog(folder / "training.jsonl", train_interval)
+        suffix = f".rank{rank}" if rank else ""  # the processes of one host share its output folder
+        self.timer = StepTimer(folder / f"steps{suffix}.jsonl", device)
+        self.metric_log = MetricLog(folder / f"training{suffix}.jsonl", train_interval)
         self.train_interval = train_interval
-        self.rules: list[Rule] = build_rules(rule_config) if primary else []
-        self.hook = smdebug_hook.HookState(None, None, "smdebug runs on the primary host only")
+        self.rules: list[Rule] = build_rules(rule_config) if self.primary else []
+        self.hook = smdebug_hook.HookState(None, None, "smdebug runs in the primary process only")
         self.monitor = None
         self.reader = None
-        if primary:
+        if self.primary:
             self.hook = smdebug_hook.create_hook(base_dir, output_dir / DEBUG_DIR, model, loss, train_interval,
                                                  eval_interval, hook_enabled)  # fmt: skip
             self.reader = SmdebugReader(self.hook.trace_dir) if self.hook.trace_dir else None
