@@ -317,9 +317,11 @@ def test_local_mode_two_instances_of_two_processes_train_data_parallel(image, tm
             if "/hosts/" in f"/{name}" and name.endswith(".json")
         ]
     reports.sort(key=lambda report: report["rank"])
-    # global rank = host rank x 2 + local rank, the hosts in sorted order
-    assert [(r["host"], r["rank"], r["local_rank"], r["world_size"]) for r in reports] == [
-        ("algo-1", 0, 0, 4), ("algo-1", 1, 1, 4), ("algo-2", 2, 0, 4), ("algo-2", 3, 1, 4)]  # fmt: skip
+    # global rank = host rank x 2 + local rank, the hosts (algo-1-*, algo-2-*) in sorted order
+    assert [(r["rank"], r["local_rank"], r["world_size"]) for r in reports] == [(0, 0, 4), (1, 1, 4), (2, 0, 4),
+                                                                                (3, 1, 4)]  # fmt: skip
+    hosts = [r["host"] for r in reports]
+    assert hosts[0] == hosts[1] < hosts[2] == hosts[3] and hosts[0].startswith("algo-1")
     # 18 training images shared by 4 processes (padded to 20), 2 epochs: 5 images an epoch each.
     assert [r["trained_images"] for r in reports] == [10] * 4
     assert len({r["parameters_sha256"] for r in reports}) == 1  # DDP kept the replicas in step
