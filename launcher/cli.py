@@ -322,7 +322,14 @@ def add_tuning_options(parser: argparse.ArgumentParser) -> None:
 def add_endpoint_options(parser: argparse.ArgumentParser, config_note: str = " (default: ") -> None:
     """How an endpoint is served, for `deploy` and `run`; `run` takes its defaults from the config's deploy."""
     parser.add_argument(
-        "--port", type=int, default=0, help="local port to listen on, on 127.0.0.1 (default: a free one)"
+        "--port", type=int, default=0, help="process and local backends: the port on this machine (default: a free one)"
+    )
+    parser.add_argument(
+        "--listen",
+        metavar="ADDRESS",
+        default="127.0.0.1",
+        help="process backend: the address the endpoint listens on (default 127.0.0.1: this machine only; "
+        "0.0.0.0 opens it to the network)",
     )
     parser.add_argument("--workers", type=int, help=f"model server worker processes{config_note}the server's choice)")
     parser.add_argument(
@@ -437,6 +444,7 @@ def cmd_deploy(args: argparse.Namespace, records: RecordStore) -> None:
         image=args.image,
         instance_type=args.instance_type,
         port=args.port,
+        listen=args.listen,
         workers=args.workers,
         startup_timeout=args.timeout or DEFAULT_STARTUP_TIMEOUT,
         aws=AwsOptions(role=args.role, bucket=args.bucket, region=region),
@@ -489,6 +497,7 @@ def cmd_run(args: argparse.Namespace, records: RecordStore) -> None:
         instance_type=deploy.get("instance_type")
         or (DEFAULT_SAGEMAKER_ENDPOINT_TYPE if args.backend == "sagemaker" else training.instance_type),
         port=args.port,
+        listen=args.listen,
         workers=args.workers or deploy.get("workers"),
         startup_timeout=args.timeout or deploy.get("timeout") or DEFAULT_STARTUP_TIMEOUT,
         aws=training.aws,

@@ -7,7 +7,6 @@ and exits; `stop` later ends the whole group (model server, Java frontend, worke
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import signal
@@ -49,15 +48,11 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 
 def model_ready(url: str) -> bool:
-    """/ping answers 200 and the model has a worker ready (MMS's management API, on the same port)."""
+    """/ping answers 200: `serve` opens it once the model has loaded and answered a warm-up request."""
     try:
         with urllib.request.urlopen(f"{url}/ping", timeout=2) as ping:
-            if ping.status != 200:
-                return False
-        with urllib.request.urlopen(f"{url}/models/model", timeout=2) as described:
-            workers = json.loads(described.read()).get("workers", [])
-        return any(worker.get("status") == "READY" for worker in workers)
-    except (OSError, ValueError, AttributeError):
+            return ping.status == 200
+    except OSError:
         return False
 
 

@@ -103,6 +103,6 @@ def test_serve_exits_on_unusable_gpus_and_serves_with_allow_cpu(trained_model_di
 
     server = start_server(trained_model_dir, tmp_path / "endpoint", {**driver, accelerator.ALLOW_CPU_ENV: "true"})
     try:
-        assert worker_ids(server.url)
+        assert worker_ids(server)
     finally:
         stop_server(server)

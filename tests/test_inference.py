@@ -53,8 +53,8 @@ def test_other_accept_is_406():
 @pytest.mark.parametrize(
     ("environ", "expected"),
     [
-        ({}, 1),  # one worker per core (no GPU here): one thread each
-        ({"SAGEMAKER_MODEL_SERVER_WORKERS": "1"}, os.cpu_count()),  # a single worker gets every core
+        ({}, os.cpu_count()),  # one worker (no GPU here): every core
+        ({"SAGEMAKER_MODEL_SERVER_WORKERS": str(os.cpu_count())}, 1),  # one worker per core: one thread each
         ({"SAGEMAKER_MODEL_SERVER_WORKERS": "1", "IMGCLF_THREADS_PER_WORKER": "3"}, 3),
     ],
 )

@@ -1,4 +1,4 @@
-"""The serving contract against a real multi-model-server, started by the real `serve` entry point, over HTTP."""
+"""The serving contract against a real `serve` (the front, multi-model-server and our handler), over HTTP."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,13 @@ class Server:
     url: str
     process: subprocess.Popen
     log: Path
+    base: Path
+
+    @property
+    def management_url(self) -> str:
+        """multi-model-server's management API, on the loopback port `serve` wrote into its config."""
+        lines = (self.base / "server" / "mms.properties").read_text().splitlines()
+        return dict(line.split("=", 1) for line in lines if "=" in line)["management_address"]
 
 
 def request(url: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, dict, str]:
@@ -39,42 +47,42 @@ def request(url: str, body: bytes | None = None, headers: dict[str, str] | None 
         return err.code, json.loads(err.read()), err.headers.get("Content-Type", "")
 
 
-def worker_ids(url: str) -> list[str]:
-    with urllib.request.urlopen(f"{url}/models/model", timeout=5) as response:
+def worker_ids(server: Server) -> list[str]:
+    with urllib.request.urlopen(f"{server.management_url}/models/model", timeout=5) as response:
         return [w["id"] for w in json.loads(response.read())["workers"] if w["status"] == "READY"]
 
 
-def start_server(model_dir: Path, base: Path, extra_env: dict[str, str] | None = None) -> Server:
-    shutil.copytree(model_dir, base / "model")
+def launch(base: Path, extra_env: dict[str, str] | None = None) -> Server:
+    """Start `serve` on the model in `base/model`, on a free port of 127.0.0.1; do not wait."""
     port = free_port()
-    env = {
-        **os.environ,
-        "SAGEMAKER_BASE_DIR": str(base),
-        "SAGEMAKER_BIND_TO_PORT": str(port),
-        "SAGEMAKER_MODEL_SERVER_WORKERS": "1",
-        **(extra_env or {}),
-    }
+    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "SAGEMAKER_BIND_TO_PORT": str(port), **(extra_env or {})}
     log = base / "serve.log"
     with open(log, "w") as out:
-        process = subprocess.Popen(
-            [str(BIN / "serve"), "--config-dir", str(base / "server")],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    server = Server(f"http://127.0.0.1:{port}", process, log)
+        process = subprocess.Popen([str(BIN / "serve"), "--host", "127.0.0.1", "--config-dir", str(base / "server")],
+                                   env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    return Server(f"http://127.0.0.1:{port}", process, log, base)
+
+
+def start_server(model_dir: Path, base: Path, extra_env: dict[str, str] | None = None) -> Server:
+    """Serve a copy of `model_dir`; return once /ping answers 200 (the model has answered its warm-up)."""
+    shutil.copytree(model_dir, base / "model")
+    return start_server_in(base, extra_env)
+
+
+def start_server_in(base: Path, extra_env: dict[str, str] | None = None) -> Server:
+    """Serve `base/model`; return once /ping answers 200."""
+    server = launch(base, extra_env)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        assert process.poll() is None, log.read_text()
+        assert server.process.poll() is None, server.log.read_text()
         try:
-            if worker_ids(server.url):
+            if request(f"{server.url}/ping")[0] == 200:
                 return server
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError):
             pass
-        time.sleep(0.5)
+        time.sleep(0.2)
     stop_server(server)
-    raise AssertionError(f"server not ready in time:\n{log.read_text()}")
+    raise AssertionError(f"server not ready in time:\n{server.log.read_text()}")
 
 
 def stop_server(server: Server) -> None:
@@ -123,21 +131,40 @@ def test_image_in_json_out(server: Server, fmt: str, content_type: str):
     ],
 )
 def test_bad_requests_get_a_json_error_and_the_server_stays_up(server: Server, body, headers, status):
-    workers_before = worker_ids(server.url)
+    workers_before = worker_ids(server)
     answer_status, answer, answer_type = request(f"{server.url}/invocations", body, headers)
     assert answer_status == status
     assert answer_type.startswith("application/json")
     assert answer["status"] == status and answer["error"] and "Traceback" not in answer["error"]
     assert request(f"{server.url}/ping")[0] == 200
-    assert worker_ids(server.url) == workers_before  # no worker restarted
+    assert worker_ids(server) == workers_before  # no worker restarted
     ok_status, _, _ = request(f"{server.url}/invocations", image_bytes("JPEG"), {"Content-Type": "image/jpeg"})
     assert ok_status == 200
 
 
-def test_workers_wait_for_work_passively(server: Server):
+def worker_processes(server: Server) -> list[psutil.Process]:
+    """The model's workers: MMS 1.1 starts one Python process, which forks one child per worker."""
     tree = psutil.Process(server.process.pid).children(recursive=True)
-    workers = [p for p in tree if any("model_service_worker" in arg for arg in p.cmdline())]
-    assert workers and all(p.environ().get("OMP_WAIT_POLICY") == "PASSIVE" for p in workers)
+    return [p for p in tree if p.parent().name() != "java" and any("model_service_worker" in a for a in p.cmdline())]
+
+
+def test_one_worker_uses_every_core_by_default(server: Server):
+    workers = worker_processes(server)
+    assert len(workers) == 1, [p.cmdline() for p in workers]
+    worker = workers[0]
+    assert worker.environ()["IMGCLF_THREADS_PER_WORKER"] == str(len(os.sched_getaffinity(0)))
+    assert "OMP_WAIT_POLICY" not in worker.environ() or "OMP_WAIT_POLICY" in os.environ
+
+
+def test_oversubscribed_workers_wait_for_work_passively(trained_model_dir: Path, tmp_path: Path):
+    cores = len(os.sched_getaffinity(0))
+    server = start_server(trained_model_dir, tmp_path, {"SAGEMAKER_MODEL_SERVER_WORKERS": "2",
+                                                        "IMGCLF_THREADS_PER_WORKER": str(cores)})  # fmt: skip
+    try:
+        workers = worker_processes(server)
+        assert len(workers) == 2 and all(p.environ().get("OMP_WAIT_POLICY") == "PASSIVE" for p in workers)
+    finally:
+        stop_server(server)
 
 
 def test_stopping_serve_ends_the_whole_process_tree(trained_model_dir: Path, tmp_path: Path):
@@ -151,3 +178,114 @@ def test_stopping_serve_ends_the_whole_process_tree(trained_model_dir: Path, tmp
     _, alive = psutil.wait_procs(tree, timeout=30)
     assert alive == []
     assert not any(s.parent.exists() for s in sockets)  # the server's temp folder is removed with it
+
+
+def test_only_the_sagemaker_routes_are_reachable(server: Server):
+    # multi-model-server's management API loads a model archive, handler code included, from a URL.
+    for method, path in [("GET", "/models"), ("POST", "/models?url=http://example.com/m.mar"),
+                         ("GET", "/models/model"), ("DELETE", "/models/model"), ("GET", "/metrics")]:  # fmt: skip
+        req = urllib.request.Request(f"{server.url}{path}", method=method)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(req, timeout=10)
+        assert refused.value.code == 404 and json.loads(refused.value.read())["status"] == 404
+    assert request(f"{server.url}/ping", b"", {})[0] == 405  # POST /ping
+    java = next(p for p in psutil.Process(server.process.pid).children(recursive=True) if p.name() == "java")
+    listening = [c.laddr.ip for c in java.net_connections("tcp") if c.status == psutil.CONN_LISTEN]
+    assert listening and all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for ip in listening), listening
+
+
+def test_execution_parameters_tell_batch_transform_how_to_call(server: Server):
+    status, body, _ = request(f"{server.url}/execution-parameters")
+    assert status == 200
+    assert body == {"MaxConcurrentTransforms": 8, "BatchStrategy": "SINGLE_RECORD", "MaxPayloadInMB": 6}
+
+
+def test_concurrent_requests_are_answered_each_with_its_own_result(server: Server):
+    # They share batches: every answer must still be the one for its own image.
+    bodies = {shape: image_bytes("JPEG", shape) for shape in ("circle", "square", "triangle")}
+    alone = {shape: request(f"{server.url}/invocations", body, {"Content-Type": "image/jpeg"})[1]["logits"]
+             for shape, body in bodies.items()}  # fmt: skip
+    order = list(bodies) * 6
+
+    def ask(shape: str) -> list[float]:
+        return request(f"{server.url}/invocations", bodies[shape], {"Content-Type": "image/jpeg"})[1]["logits"]
+
+    with ThreadPoolExecutor(len(order)) as pool:
+        answers = list(pool.map(ask, order))
+    for shape, logits in zip(order, answers, strict=True):
+        assert logits == pytest.approx(alone[shape], abs=1e-4)
+
+
+BROKEN_MODELS = {
+    "corrupt weights": lambda model: (model / "model.pth").write_bytes(b"not a checkpoint"),
+    "no model_config.json": lambda model: (model / "model_config.json").unlink(),
+    "model_fn raises": lambda model: (model / "code" / "inference.py").write_text(
+        "def model_fn(model_dir):\n    raise RuntimeError('this model cannot load')\n"
+    ),
+    "inference.py does not import": lambda model: (model / "code" / "inference.py").write_text(
+        "import no_such_module\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("breakage", BROKEN_MODELS.values(), ids=BROKEN_MODELS.keys())
+def test_a_model_that_cannot_serve_ends_serve_with_the_reason(trained_model_dir: Path, tmp_path: Path, breakage):
+    shutil.copytree(trained_model_dir, tmp_path / "model")
+    breakage(tmp_path / "model")
+    server = launch(tmp_path)
+    try:
+        status = server.process.wait(timeout=120)
+    finally:
+        stop_server(server)
+    log = server.log.read_text()
+    assert status == 1, log
+    reason = next(line for line in log.splitlines() if "cannot serve:" in line)
+    assert "could not be loaded" in reason, reason
+    assert not any(p.name() == "java" for p in psutil.process_iter()
+                   if str(tmp_path) in " ".join(p.cmdline()))  # fmt: skip
+
+
+COURSE_STYLE_SCRIPT = """
+import json, os
+import torch, torchvision
+from PIL import Image
+import io
+
+def model_fn(model_dir):
+    config = json.load(open(os.path.join(model_dir, "model_config.json")))
+    model = torchvision.models.get_model(config["architecture"], num_classes=len(config["classes"]))
+    model.load_state_dict(torch.load(os.path.join(model_dir, "model.pth"), map_location="cpu"))
+    return model.eval()
+
+def input_fn(request_body, content_type="image/jpeg"):
+    if content_type == "image/jpeg":
+        image = Image.open(io.BytesIO(request_body)).convert("RGB").resize((64, 64))
+        return torchvision.transforms.functional.to_tensor(image).unsqueeze(0)
+    raise Exception(f"unsupported content type {content_type}")
+
+def predict_fn(input_object, model):
+    with torch.no_grad():
+        return model(input_object)
+"""
+
+
+def test_a_course_style_script_without_output_fn_serves_unchanged(trained_model_dir: Path, tmp_path: Path):
+    shutil.copytree(trained_model_dir, tmp_path / "model")
+    (tmp_path / "model" / "code" / "inference.py").write_text(COURSE_STYLE_SCRIPT)
+    server = start_server_in(tmp_path)
+    try:
+        status, body, answer_type = request(f"{server.url}/invocations", image_bytes("JPEG"),
+                                            {"Content-Type": "image/jpeg"})  # fmt: skip
+    finally:
+        stop_server(server)
+    assert status == 200 and answer_type == "application/json"
+    assert len(body) == 1 and len(body[0]) == 3 and all(isinstance(x, float) for x in body[0])  # [[logits]]
+
+
+def test_the_bare_logits_format_answers_as_the_original_endpoint(trained_model_dir: Path, tmp_path: Path):
+    server = start_server(trained_model_dir, tmp_path, {"IMGCLF_RESPONSE_FORMAT": "logits"})
+    try:
+        status, body, _ = request(f"{server.url}/invocations", image_bytes("JPEG"), {"Content-Type": "image/jpeg"})
+    finally:
+        stop_server(server)
+    assert status == 200 and len(body) == 1 and len(body[0]) == 3

@@ -1,4 +1,4 @@
-"""The real model server under bad input: 36 malformed requests each get a 4xx with a JSON error, odd but valid
+"""The real endpoint under bad input: 38 malformed requests each get a 4xx with a JSON error, odd but valid
 images are answered, and a bounded fuzz run (Hypothesis: random bytes and damaged JPEGs) gets no 5xx — with
 /ping healthy and the same workers (none restarted) throughout."""
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import http.client
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from test_serving import Server, request, start_server, stop_server, worker_ids
 
-MAX_REQUEST_BYTES = 6553500  # multi-model-server's default request limit (SAGEMAKER_MAX_PAYLOAD_IN_MB unset)
+MAX_REQUEST_BYTES = 6553500  # the default request limit (SAGEMAKER_MAX_PAYLOAD_IN_MB unset), as MMS's
 
 
 def encoded(image: Image.Image, fmt: str, **options) -> bytes:
@@ -30,7 +31,8 @@ JPEG = encoded(draw_shape("square"), "JPEG")
 PNG = encoded(draw_shape("circle"), "PNG")
 BAD_CRC_PNG = PNG[:20] + bytes([PNG[20] ^ 0xFF]) + PNG[21:]  # a flipped bit in the header chunk
 PART_HEADER = b'--x\r\nContent-Disposition: form-data; name="body"\r\nContent-Type: image/jpeg\r\n\r\n'
-MULTIPART = PART_HEADER + JPEG + b"\r\n--x--\r\n"  # a well-formed form: the model server hands its part on
+MULTIPART = PART_HEADER + JPEG + b"\r\n--x--\r\n"
+NAMELESS_PART = b"--x\r\nContent-Disposition: form-data\r\n\r\nabc\r\n--x--\r\n"  # MMS's Java frontend: 500
 JPEG_TYPE = {"Content-Type": "image/jpeg"}
 PNG_TYPE = {"Content-Type": "image/png"}
 
@@ -44,6 +46,8 @@ MALFORMED = {
     "image/gif type": (JPEG, {"Content-Type": "image/gif"}, 415),
     "garbage type": (JPEG, {"Content-Type": ";;;"}, 415),
     "multipart form": (MULTIPART, {"Content-Type": "multipart/form-data; boundary=x"}, 415),
+    "malformed multipart form": (NAMELESS_PART, {"Content-Type": "multipart/form-data; boundary=x"}, 415),
+    "url-encoded form": (b"a=b&c", {"Content-Type": "application/x-www-form-urlencoded"}, 415),
     "JPEG marker then junk": (b"\xff\xd8\xff\xe0 not really a jpeg", JPEG_TYPE, 400),
     "JPEG start marker only": (b"\xff\xd8", JPEG_TYPE, 400),
     "JPEG truncated to 200 bytes": (JPEG[:200], JPEG_TYPE, 400),
@@ -96,12 +100,12 @@ def server(trained_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 @pytest.fixture(scope="module")
 def workers(server: Server) -> list[str]:
     """The model's workers before any bad request."""
-    return worker_ids(server.url)
+    return worker_ids(server)
 
 
 def assert_healthy(server: Server, workers: list[str]) -> None:
     assert request(f"{server.url}/ping")[0] == 200
-    assert worker_ids(server.url) == workers  # no worker died and was restarted
+    assert worker_ids(server) == workers  # no worker died and was restarted
 
 
 def test_there_are_at_least_30_malformed_cases():
@@ -113,7 +117,7 @@ OVER_THE_LIMIT = {"announced with Expect: 100-continue": True, "sent whole": Fal
 
 @pytest.mark.parametrize("expect_continue", OVER_THE_LIMIT.values(), ids=OVER_THE_LIMIT.keys())
 def test_a_body_over_the_payload_limit_gets_413(server: Server, workers: list[str], expect_continue: bool):
-    # The model server's HTTP layer refuses it before our handler sees it: status 413, with an empty body.
+    # The front refuses it from its Content-Length, before the body is read (or sent, with Expect: 100-continue).
     host, port = server.url.removeprefix("http://").split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=60)
     connection.putrequest("POST", "/invocations")
@@ -124,7 +128,9 @@ def test_a_body_over_the_payload_limit_gets_413(server: Server, workers: list[st
     connection.endheaders()
     if not expect_continue:
         connection.send(b"\0" * (MAX_REQUEST_BYTES + 1))
-    assert connection.getresponse().status == 413
+    answer = connection.getresponse()
+    assert answer.status == 413 and answer.getheader("Content-Type") == "application/json"
+    assert json.loads(answer.read())["error"].startswith(f"the body is {MAX_REQUEST_BYTES + 1:,} bytes")
     connection.close()
     assert_healthy(server, workers)
 
@@ -135,8 +141,7 @@ def test_malformed_request_gets_a_4xx_json_error(server: Server, workers: list[s
     answer_status, answer, answer_type = request(f"{server.url}/invocations", body, headers)
     assert answer_status == status, answer
     assert answer_type.startswith("application/json")
-    message = answer.get("error") or answer.get("message")  # the model server's own 413 says "message"
-    assert message and "Traceback" not in message
+    assert answer["status"] == status and answer["error"] and "Traceback" not in answer["error"]
     assert_healthy(server, workers)
 
 

@@ -159,27 +159,40 @@ def train_process() -> None:
 
 
 def serve(argv: list[str] | None = None) -> None:
-    """Serve the model in $SAGEMAKER_BASE_DIR/model over HTTP (/ping, /invocations)."""
+    """Serve the model in $SAGEMAKER_BASE_DIR/model over HTTP (/ping, /invocations, /execution-parameters)."""
     parser = argparse.ArgumentParser(
         prog="serve",
-        description="Serve the model under $SAGEMAKER_BASE_DIR/model (default /opt/ml/model) with multi-model-server "
-        "on port $SAGEMAKER_BIND_TO_PORT (default 8080): GET /ping, POST /invocations with a JPEG or PNG.",
+        description="Serve the model under $SAGEMAKER_BASE_DIR/model (default /opt/ml/model) on port "
+        "$SAGEMAKER_BIND_TO_PORT (default 8080): GET /ping (200 once the model has loaded and answered a warm-up "
+        "request), POST /invocations with a JPEG or PNG, GET /execution-parameters. Requests are batched "
+        "(IMGCLF_MAX_BATCH_SIZE, default 8; IMGCLF_MAX_BATCH_DELAY_MS, default 1) by multi-model-server, which "
+        "listens on loopback only. Exits 1 with the reason if the model cannot serve.",
     )
+    parser.add_argument("--host", default="0.0.0.0",
+                        help="the address to listen on (default 0.0.0.0, as SageMaker needs; 127.0.0.1 keeps the "
+                        "endpoint to this machine)")  # fmt: skip
     parser.add_argument(
         "--config-dir",
         type=Path,
-        help="keep the server's config and temp files here instead of /etc and /tmp, so that several servers "
-        "can run on one host (used outside the image)",
+        help="keep the model server's config and logs here instead of a temporary folder (used outside the image)",
     )
     args = parser.parse_args(argv)
     _configure_logging()
+    import torch
+
     from imgclf import accelerator
+    from imgclf.serving import endpoint
+    from imgclf.serving.settings import ServingSettings, SettingsError
 
     try:
-        accelerator.select_device()  # before the server starts: an endpoint on unusable GPUs fails, not crawls
-    except accelerator.GpuUnusable as err:
+        device = accelerator.select_device()  # before the server starts: an endpoint on unusable GPUs fails
+        gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+        settings = ServingSettings.from_environ(gpus, endpoint.cores())
+    except (accelerator.GpuUnusable, SettingsError) as err:
         log.error("cannot serve: %s", err)
         sys.exit(EXIT_USER_ERROR)
-    from imgclf.serving.model_server import serve as run_server
+    from sagemaker_inference import environment, model_server
 
-    sys.exit(run_server(args.config_dir))
+    if args.config_dir is None and os.path.exists(model_server.REQUIREMENTS_PATH):
+        model_server._install_requirements()  # in the image, as the toolkit does: the model's code/requirements.txt
+    sys.exit(endpoint.run(Path(environment.model_dir), settings, args.host, args.config_dir))

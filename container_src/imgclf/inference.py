@@ -30,6 +30,9 @@ MAX_PIXELS_ENV = "IMGCLF_MAX_IMAGE_PIXELS"
 DEFAULT_MAX_PIXELS = 50_000_000  # a 50-megapixel photo; a bigger image is refused before it is decoded
 THREADS_ENV = "IMGCLF_THREADS_PER_WORKER"
 WORKERS_ENV = "SAGEMAKER_MODEL_SERVER_WORKERS"
+# "logits" answers the bare logits list, [[...]], as the original project's endpoint did; default "predictions".
+RESPONSE_FORMAT_ENV = "IMGCLF_RESPONSE_FORMAT"
+RESPONSE_FORMATS = ("predictions", "logits")
 MAX_ASPECT_RATIO = 20  # longer side over shorter side; beyond it, resizing the short side explodes the long one
 # The model server may hand predict_fn a list of decoded images and classify them in one forward pass.
 BATCHED_PREDICT = True
@@ -73,12 +76,12 @@ class Classifier:
 
 def threads_per_worker() -> int:
     """Torch threads for one model-server worker: the cores shared among the workers (the server starts one
-    worker per GPU, else one per core, unless SAGEMAKER_MODEL_SERVER_WORKERS says otherwise), so that workers do
-    not fight over cores; IMGCLF_THREADS_PER_WORKER overrides it."""
+    worker per GPU, else one, unless SAGEMAKER_MODEL_SERVER_WORKERS says otherwise), so that workers do not
+    fight over cores; IMGCLF_THREADS_PER_WORKER overrides it."""
     if THREADS_ENV in os.environ:
         return max(1, int(os.environ[THREADS_ENV]))
     cores = os.cpu_count() or 1
-    workers = int(os.environ.get(WORKERS_ENV) or torch.cuda.device_count() or cores)
+    workers = int(os.environ.get(WORKERS_ENV) or torch.cuda.device_count() or 1)
     return max(1, cores // max(workers, 1))
 
 
@@ -176,8 +179,12 @@ def predict_fn(images: Image.Image | list[Image.Image], model: Classifier) -> di
 
 
 def output_fn(prediction: dict, accept: str | None) -> str:
-    """Serialise the result of one request as JSON (the only response type offered)."""
+    """Serialise the result of one request as JSON (the only response type offered): the top classes and the
+    logits, or with IMGCLF_RESPONSE_FORMAT=logits the bare logits as a one-row list."""
     media_types = [part.split(";")[0].strip().lower() for part in (accept or "").split(",")]
     if not any(m in ("", "*/*", "application/*", JSON_CONTENT_TYPE) for m in media_types):
         raise RequestError(406, f"cannot answer with {accept!r}; this model answers {JSON_CONTENT_TYPE}")
-    return json.dumps(prediction)
+    response_format = os.environ.get(RESPONSE_FORMAT_ENV) or RESPONSE_FORMATS[0]
+    if response_format not in RESPONSE_FORMATS:
+        raise ValueError(f"{RESPONSE_FORMAT_ENV}={response_format!r}: use one of {', '.join(RESPONSE_FORMATS)}")
+    return json.dumps([prediction["logits"]] if response_format == "logits" else prediction)

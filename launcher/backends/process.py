@@ -149,7 +149,7 @@ class ProcessBackend(Backend):
             "SAGEMAKER_BIND_TO_PORT": str(port),
         }
         record = spec.record(self.name, port)
-        command = [container_command("serve"), "--config-dir", str(base_dir / "server")]
+        command = [container_command("serve"), "--host", spec.listen, "--config-dir", str(base_dir / "server")]
         return hosted.start(self.records, record, command, env, base_dir, spec.startup_timeout)
 
     def predict(self, endpoint: dict[str, Any], body: bytes, content_type: str) -> Any:

@@ -1,83 +1,171 @@
-"""Start multi-model-server with our handler service, the SageMaker inference toolkit's way.
+"""multi-model-server behind the front: loopback ports only, our handler service, the model registered to batch.
 
-Inside the image the toolkit does everything (its config at /etc/sagemaker-mms.properties, one server per
-container). Outside it, several endpoints may share a host, which the toolkit cannot do: it writes one fixed
-config file and finds "the" MMS process by scanning all processes. So with a `config_dir`, each server gets
-its own config file and temp folder (MMS keeps its pid file and its workers' Unix sockets there), and we
-supervise the process tree ourselves.
+The SageMaker inference toolkit reads the SAGEMAKER_* variables and writes MMS's configuration; we then move
+both of MMS's APIs to loopback ports (the management API can load code from a URL, so nothing outside this
+host may reach it), give the server its own config file and temp folder (MMS keeps its pid file and its
+workers' Unix sockets there, so several servers can share a host), and register the model through the
+management API, which waits until its workers have started. We supervise the process tree ourselves.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import random
 import shutil
-import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import psutil
 
+from imgclf.serving.settings import ServingSettings
+
 log = logging.getLogger(__name__)
 
 HANDLER_SERVICE = "imgclf.serving.handler_service"
+MODEL_NAME = "model"
 STOP_GRACE_SECONDS = 20
+LOOPBACK = "127.0.0.1"
+MMS_PORTS = (20000, 32767)  # multi-model-server refuses ports from 32767 up
+REQUEST_SIZE_MARGIN = 2**20  # MMS's own limits sit above the front's, so the front's JSON 413 is the one sent
 # The temp folder holds the workers' sockets, whose paths may not exceed 107 bytes: keep it short, not in config_dir.
 SOCKET_ROOT = "/tmp"
-# OpenMP threads spin while they wait for work. Where workers' torch threads outnumber the cores (a raised
-# IMGCLF_THREADS_PER_WORKER), the spinning threads starve the working ones: 2 requests/s instead of 20 measured
-# at concurrency 8 on 2 cores. Passive waiting costs nothing measurable at one thread per worker.
-WORKER_ENVIRONMENT = {"OMP_WAIT_POLICY": "PASSIVE"}
+# OpenMP threads spin a while before they sleep. Where the workers' torch threads outnumber the cores, the
+# spinning threads starve the working ones (2 requests/s instead of 20 measured on 2 cores), so they then wait
+# passively; otherwise spinning is faster (p50 at concurrency 1: 45 against 76 ms measured on 2 cores).
+OVERSUBSCRIBED_ENVIRONMENT = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
-def serve(config_dir: Path | None = None) -> int:
-    """Run the model server until it exits or this process is told to stop; return its exit status."""
-    for name, value in WORKER_ENVIRONMENT.items():  # the workers inherit it; the user's own setting wins
-        os.environ.setdefault(name, value)
-    if config_dir is None:
-        from sagemaker_inference import model_server
-
-        model_server.start_model_server(handler_service=HANDLER_SERVICE)
-        return 0
-    return _serve_isolated(config_dir)
+class ModelServerError(RuntimeError):
+    """multi-model-server did not start, or refused the model."""
 
 
-def _serve_isolated(config_dir: Path) -> int:
-    from sagemaker_inference import environment, model_server
+def free_loopback_ports(count: int, within: tuple[int, int] | None = None) -> list[int]:
+    """Ports free on 127.0.0.1 below 32767, from SageMaker's safe range when it gives one."""
+    low, high = within or MMS_PORTS
+    high = min(high, MMS_PORTS[1] - 1)
+    candidates = list(range(low, high + 1))
+    random.shuffle(candidates)
+    ports: list[int] = []
+    for port in candidates[:500]:
+        with socket.socket() as sock:
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise ModelServerError(f"no {count} free ports between {low} and {high} on {LOOPBACK}")
 
-    config_dir.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix="mms-", dir=SOCKET_ROOT))
-    config_file = config_dir / "mms.properties"
-    settings = environment.Environment()  # the toolkit's reading of the SAGEMAKER_* variables
-    config_file.write_text(model_server._generate_mms_config_properties(settings, HANDLER_SERVICE))
-    python_path = os.pathsep.join(filter(None, [environment.code_dir, os.environ.get("PYTHONPATH")]))
-    command = [
-        sys.executable, "-m", "mms.model_server", "--start", "--foreground",
-        "--mms-config", str(config_file),
-        "--model-store", "/",
-        "--models", f"model={environment.model_dir}",
-        "--log-config", model_server.DEFAULT_MMS_LOG_FILE,
-    ]  # fmt: skip
-    log.info("starting the model server on port %s: %s", settings.inference_http_port, " ".join(command))
-    server = subprocess.Popen(
-        command,
-        env={**os.environ, "TMPDIR": str(tmp_dir), "TEMP": str(tmp_dir), "PYTHONPATH": python_path},
-        cwd=config_dir,  # MMS writes its logs/ folder into the working directory
-    )
 
-    def stop(signum: int, _frame: object) -> None:
-        log.info("received signal %d, stopping the model server", signum)
-        stop_process_tree(server.pid)
+class ModelServer:
+    """One multi-model-server process tree whose APIs listen on loopback ports only."""
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    try:
-        return server.wait()
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+    def __init__(self, config_dir: Path, settings: ServingSettings) -> None:
+        self.config_dir = config_dir
+        self.settings = settings
+        inference_port, management_port = free_loopback_ports(2, settings.safe_ports)
+        self.inference_url = f"http://{LOOPBACK}:{inference_port}"
+        self.management_url = f"http://{LOOPBACK}:{management_port}"
+        self.process: subprocess.Popen | None = None
+        self._tmp_dir: Path | None = None
+
+    def config(self) -> str:
+        """The toolkit's MMS configuration, with our addresses, limits and handler."""
+        from sagemaker_inference import environment, model_server
+
+        text = model_server._generate_mms_config_properties(environment.Environment(), HANDLER_SERVICE)
+        properties = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+        properties.update(
+            inference_address=self.inference_url,
+            management_address=self.management_url,
+            # A batch carries up to max_batch_size bodies in one message, and its answers in one message back.
+            max_request_size=str(self.settings.max_batch_size * self.settings.max_payload_bytes + REQUEST_SIZE_MARGIN),
+            max_response_size=str(self.settings.max_batch_size * self.settings.max_payload_bytes + REQUEST_SIZE_MARGIN),
+            default_response_timeout=str(self.settings.timeout_seconds),
+            load_models="",  # nothing at start-up: `register` loads the model and waits for its workers
+        )
+        return "".join(f"{key}={value}\n" for key, value in properties.items())
+
+    def start(self) -> None:
+        from sagemaker_inference import environment, model_server
+
+        self.config_dir.mkdir(parents=True, exist_ok=True)
+        self._tmp_dir = Path(tempfile.mkdtemp(prefix="mms-", dir=SOCKET_ROOT))
+        config_file = self.config_dir / "mms.properties"
+        config_file.write_text(self.config())
+        python_path = os.pathsep.join(filter(None, [environment.code_dir, os.environ.get("PYTHONPATH")]))
+        command = [
+            sys.executable, "-m", "mms.model_server", "--start", "--foreground",
+            "--mms-config", str(config_file),
+            "--model-store", "/",
+            "--log-config", model_server.DEFAULT_MMS_LOG_FILE,
+        ]  # fmt: skip
+        env = {
+            **(OVERSUBSCRIBED_ENVIRONMENT if self.settings.oversubscribed else {}),
+            **os.environ,  # the user's own OMP_WAIT_POLICY wins
+            "TMPDIR": str(self._tmp_dir),
+            "TEMP": str(self._tmp_dir),
+            "PYTHONPATH": python_path,
+            # Our model_fn sizes its torch threads from these (inference.threads_per_worker).
+            "SAGEMAKER_MODEL_SERVER_WORKERS": str(self.settings.workers),
+            "IMGCLF_THREADS_PER_WORKER": str(self.settings.threads_per_worker),
+        }
+        log.info("starting multi-model-server on %s (management %s)", self.inference_url, self.management_url)
+        self.process = subprocess.Popen(command, env=env, cwd=self.config_dir)  # MMS writes logs/ into its cwd
+
+    def register(self, model_dir: Path) -> None:
+        """Register the model and wait until its workers have started. MMS gets one message per batch (the front
+        batches, see `wire`), hence batch size 1."""
+        query = urllib.parse.urlencode(
+            {
+                "url": str(model_dir.resolve()),
+                "model_name": MODEL_NAME,
+                "batch_size": 1,
+                "initial_workers": self.settings.workers,
+                "response_timeout": self.settings.timeout_seconds,
+                "synchronous": "true",
+            }
+        )
+        request = urllib.request.Request(f"{self.management_url}/models?{query}", method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=600) as answer:
+                answer.read()
+        except urllib.error.HTTPError as err:
+            detail = err.read().decode(errors="replace")
+            with contextlib.suppress(ValueError, AttributeError):
+                detail = json.loads(detail)["message"]
+            raise ModelServerError(f"multi-model-server refused the model in {model_dir}: {detail}") from err
+
+    def answering(self) -> bool:
+        """The frontend answers on its management port (the model may still be loading)."""
+        try:
+            with urllib.request.urlopen(f"{self.management_url}/models", timeout=2):
+                return True
+        except OSError:
+            return False
+
+    def terminate(self) -> None:
+        """End the whole process tree (SIGTERM, SIGKILL after a grace period) without reaping the server."""
+        if self.process is not None:
+            stop_process_tree(self.process.pid)
+
+    def stop(self) -> None:
+        """End the process tree, reap it and remove the temp folder."""
+        if self.process is not None:
+            stop_process_tree(self.process.pid)
+            self.process.wait()
+        if self._tmp_dir is not None:
+            shutil.rmtree(self._tmp_dir, ignore_errors=True)
 
 
 def stop_process_tree(pid: int, grace: float = STOP_GRACE_SECONDS) -> None:
