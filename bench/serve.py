@@ -38,6 +38,7 @@ from http_load import run_load
 from torchvision.transforms import v2
 
 from imgclf import inference
+from imgclf.serving import settings
 from launcher.hosted import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -192,10 +193,9 @@ def main() -> None:
         ours, theirs = {}, {}
         with running_endpoint(base) as url:
             mms_url, management_url = model_server_urls(base / "server")
-            model = model_description(management_url)
-            workers = len(model["workers"])
-            print(f"endpoint: {workers} worker(s), batches of up to {model['batchSize']} within "
-                  f"{model['maxBatchDelay']} ms")  # fmt: skip
+            workers = len(model_description(management_url)["workers"])
+            print(f"endpoint: {workers} worker(s); the front batches up to {settings.DEFAULT_MAX_BATCH_SIZE} "
+                  f"within {settings.DEFAULT_MAX_BATCH_DELAY_MS} ms")  # fmt: skip
             for concurrency in args.concurrency:
                 run_load(url, bodies, concurrency, args.warm_up)
                 ours[concurrency] = run_load(url, bodies, concurrency, args.seconds)
