@@ -46,13 +46,14 @@ def load_hooks(model_dir: Path) -> SimpleNamespace:
 
 
 def as_text_if_text(body: bytes, content_type: str | None) -> bytes | str:
-    """JSON and CSV bodies reach `input_fn` as text, as the inference toolkit hands them; others as bytes."""
+    """JSON and CSV bodies reach `input_fn` as text, as the inference toolkit hands them; others, and bodies
+    that are not UTF-8 whatever they claim, as bytes (the hook then says what is wrong)."""
     if (content_type or "").split(";")[0].strip().lower() not in UTF8_TYPES:
         return body
     try:
         return bytes(body).decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise inference.RequestError(400, f"the {content_type} body is not UTF-8 ({err})") from None
+    except UnicodeDecodeError:
+        return body
 
 
 def status_of(err: Exception) -> int | None:
