@@ -1,5 +1,6 @@
-"""A closed-loop HTTP load generator: `concurrency` clients, each sending the next JPEG as soon as the previous
-answer arrives, for a fixed time. Prints one JSON object: requests, errors, statuses, throughput, latencies.
+"""A closed-loop HTTP load generator: `concurrency` clients, each on its own persistent (keep-alive) connection,
+sending the next JPEG as soon as the previous answer arrives, for a fixed time. Prints one JSON object:
+requests, errors, statuses, throughput, latencies.
 
     python bench/http_load.py http://127.0.0.1:8080 IMAGE_DIR --concurrency 4 --seconds 20
 """
@@ -7,35 +8,54 @@ answer arrives, for a fixed time. Prints one JSON object: requests, errors, stat
 from __future__ import annotations
 
 import argparse
+import http.client
 import itertools
 import json
 import statistics
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+TIMEOUT_SECONDS = 60
 
 
-def post(url: str, body: bytes) -> int:
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": "image/jpeg"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            json.loads(response.read())
-            return response.status
-    except urllib.error.HTTPError as err:
-        return err.code
-    except (OSError, ValueError):
-        return 0  # no answer, or not JSON
+class Client:
+    """One client's connection, kept open between requests (as a pooled HTTP client keeps it) and opened again
+    where the server closed it."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.host, self.port, self.path = parts.hostname, parts.port, parts.path
+        self.connection: http.client.HTTPConnection | None = None
+
+    def post(self, body: bytes) -> int:
+        """The answer's status; 0 where no answer came, or one that is not JSON."""
+        if self.connection is None:
+            self.connection = http.client.HTTPConnection(self.host, self.port, timeout=TIMEOUT_SECONDS)
+        try:
+            self.connection.request("POST", self.path, body=body, headers={"Content-Type": "image/jpeg"})
+            answer = self.connection.getresponse()
+            json.loads(answer.read())
+            if answer.will_close:
+                self.close()
+            return answer.status
+        except (OSError, http.client.HTTPException, ValueError):
+            self.close()
+            return 0
+
+    def close(self) -> None:
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
 
 
 def run_load(
     url: str, bodies: list[bytes], concurrency: int, seconds: float, path: str = "/invocations"
 ) -> dict[str, Any]:
     """POST `bodies` round-robin to `url + path` from `concurrency` threads for `seconds`; sum up the answers."""
-    url = f"{url}{path}"
     deadline = time.monotonic() + seconds
     statuses: Counter[int] = Counter()
     latencies: list[float] = []
@@ -43,15 +63,17 @@ def run_load(
     source = itertools.cycle(bodies)
 
     def client() -> None:
+        connection = Client(f"{url}{path}")
         while time.monotonic() < deadline:
             with lock:
                 body = next(source)
             start = time.perf_counter()
-            status = post(url, body)
+            status = connection.post(body)
             elapsed = time.perf_counter() - start
             with lock:
                 statuses[status] += 1
                 latencies.append(elapsed)
+        connection.close()
 
     started = time.monotonic()
     threads = [threading.Thread(target=client) for _ in range(concurrency)]

@@ -5,13 +5,18 @@
     preprocessing, which is what a naive handler runs.
 (b) The endpoint (`serve`: the front on the public port, multi-model-server batching behind it, its default
     workers, threads and batch settings) at each --concurrency: p50/p99 latency and requests/s from a
-    closed-loop client in this process; and the front's own cost: concurrency 1 straight to multi-model-server
-    on its loopback port against the same through the front.
+    closed-loop client in this process on keep-alive connections; and the front's own cost: the lowest
+    concurrency straight to multi-model-server on its loopback port against the same through the front.
 (c) TorchServe 0.12 with the same hooks, model, images, workers and threads per worker, and dynamic batching
     (batch size = the best in-process batch, --max-batch-delay). It runs from its own virtualenv
     (`make torchserve-venv`): its model-archiver package clashes with multi-model-server's.
 
-    .venv/bin/python bench/serve.py [--model resnet18] [--seconds 20]
+Every figure but the batch sweep is taken in each of --rounds rounds, (a), (b) and (c) back to back with all
+the servers up, and each ratio is the median over the rounds of the ratio within a round: this machine's
+speed drifts by more than the differences measured, and a ratio of figures taken minutes apart measures
+the drift.
+
+    .venv/bin/python bench/serve.py [--model resnet18] [--seconds 5] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -26,7 +31,6 @@ import statistics
 import subprocess
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -162,72 +166,119 @@ def load_row(name: str, result: dict) -> str:
             f"p99 {result['p99_ms']:6.1f} ms  errors {result['errors']}")  # fmt: skip
 
 
+def median_result(results: list[dict]) -> dict:
+    """The median of each figure over the rounds; errors summed."""
+    keys = ("requests_per_second", "p50_ms", "p99_ms")
+    return {**{key: statistics.median(r[key] for r in results) for key in keys},
+            "errors": sum(r["errors"] for r in results)}  # fmt: skip
+
+
+def measure_round(step: Callable, bodies: list[bytes], best: int, servers: dict[str, tuple[str, str]],
+                  concurrencies: dict[str, list[int]], args: argparse.Namespace) -> dict:  # fmt: skip
+    """One round: the in-process baselines, then every server at each of its concurrencies, back to back, so that
+    the ratios of one round compare figures taken under the same conditions of this machine."""
+    figures = {"in process, batch 1": timed_rounds(step, bodies, 1, args.seconds),
+               "in process, best batch": timed_rounds(step, bodies, best, args.seconds)}  # fmt: skip
+    for name, (url, route) in servers.items():
+        for concurrency in concurrencies[name]:
+            run_load(url, bodies, concurrency, args.warm_up, route)
+            figures[name, concurrency] = run_load(url, bodies, concurrency, args.seconds, route)
+    return figures
+
+
+def paired(rounds: list[dict], ratio: Callable[[dict], float]) -> str:
+    """The median of one ratio over the rounds, with its range."""
+    values = sorted(ratio(figures) for figures in rounds)
+    return f"{statistics.median(values):.2f} (rounds {values[0]:.2f}-{values[-1]:.2f})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--images", type=int, default=32, help="distinct 500x375 JPEGs, sent round-robin")
-    parser.add_argument("--seconds", type=float, default=20.0, help="per measurement")
-    parser.add_argument("--warm-up", type=float, default=5.0, help="seconds of load before each endpoint figure")
+    parser.add_argument("--seconds", type=float, default=5.0, help="per figure and round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of every figure; ratios are medians over them")
+    parser.add_argument("--warm-up", type=float, default=1.0, help="seconds of load before each endpoint figure")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--max-batch-delay", type=int, default=5, help="TorchServe's, in milliseconds")
     parser.add_argument("--torchserve-venv", type=Path, default=TORCHSERVE_VENV)
     args = parser.parse_args()
     bodies = photo_jpegs(args.images)
-    with tempfile.TemporaryDirectory() as tmp:
+    low, high = min(args.concurrency), max(args.concurrency)
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         base = write_model(Path(tmp), args.model)
         print(f"{args.model}, {args.images} JPEGs 500x375 (~{len(bodies[0]) // 1024} KiB), {os.cpu_count()} cores, "
-              f"{args.seconds:g} s per figure")  # fmt: skip
+              f"{args.rounds} rounds of {args.seconds:g} s per figure, clients on keep-alive connections")  # fmt: skip
 
         naive_rate, naive_p50 = timed_rounds(naive_step(base / "model"), bodies, 1, args.seconds)
         step = served_step(base / "model")
         by_batch = {batch: timed_rounds(step, bodies, batch, args.seconds) for batch in range(1, args.max_batch + 1)
                     if batch == 1 or batch % 2 == 0}  # fmt: skip
         best = max(by_batch, key=lambda batch: by_batch[batch][0])
-        rate, p50 = by_batch[1]
         print(f"{'in process, naive eager, batch 1':<34} {naive_rate:7.1f} img/s  p50 {naive_p50:6.1f} ms")
         for batch, (batch_rate, batch_p50) in by_batch.items():
             print(f"{f'in process, served hooks, batch {batch}':<34} {batch_rate:7.1f} img/s  "
                   f"p50 {batch_p50:6.1f} ms per batch")  # fmt: skip
 
-        ours, theirs = {}, {}
-        with running_endpoint(base) as url:
-            mms_url, management_url = model_server_urls(base / "server")
-            workers = len(model_description(management_url)["workers"])
-            print(f"endpoint: {workers} worker(s); the front batches up to {settings.DEFAULT_MAX_BATCH_SIZE} "
-                  f"within {settings.DEFAULT_MAX_BATCH_DELAY_MS} ms")  # fmt: skip
-            for concurrency in args.concurrency:
-                run_load(url, bodies, concurrency, args.warm_up)
-                ours[concurrency] = run_load(url, bodies, concurrency, args.seconds)
-                print(load_row(f"endpoint, concurrency {concurrency}", ours[concurrency]))
-            low = min(args.concurrency)
-            run_load(mms_url, bodies, low, args.warm_up, "/predictions/model")
-            direct = run_load(mms_url, bodies, low, args.seconds, "/predictions/model")
-            print(load_row(f"straight to MMS, concurrency {low}", direct))
-
+        url = stack.enter_context(running_endpoint(base))
+        mms_url, management_url = model_server_urls(base / "server")
+        workers = len(model_description(management_url)["workers"])
+        print(f"endpoint: {workers} worker(s); the front batches up to {settings.DEFAULT_MAX_BATCH_SIZE} "
+              f"within {settings.DEFAULT_MAX_BATCH_DELAY_MS} ms")  # fmt: skip
+        servers = {"endpoint": (url, "/invocations"), "straight to MMS": (mms_url, "/predictions/model")}
+        concurrencies = {"endpoint": args.concurrency, "straight to MMS": [low]}
         if (args.torchserve_venv / "bin" / "torchserve").is_file():
-            with running_torchserve(args.torchserve_venv, base, bodies[0], workers, best, args.max_batch_delay) as url:
-                for concurrency in args.concurrency:
-                    run_load(url, bodies, concurrency, args.warm_up, TORCHSERVE_ROUTE)
-                    theirs[concurrency] = run_load(url, bodies, concurrency, args.seconds, TORCHSERVE_ROUTE)
-                    name = f"TorchServe (batch {best}), concurrency {concurrency}"
-                    print(load_row(name, theirs[concurrency]))
+            torchserve = f"TorchServe (batch {best})"
+            torchserve_url = stack.enter_context(
+                running_torchserve(args.torchserve_venv, base, bodies[0], workers, best, args.max_batch_delay)
+            )
+            servers[torchserve] = (torchserve_url, TORCHSERVE_ROUTE)
+            concurrencies[torchserve] = args.concurrency
         else:
+            torchserve = None
             print(f"TorchServe: skipped, no virtualenv at {args.torchserve_venv} (make torchserve-venv)")
 
-        high = max(args.concurrency)
-        print(f"best in-process batch {best}: {by_batch[best][0] / rate:.2f}x batch 1")
-        print(f"endpoint p50 at concurrency {low} / in-process batch-1 p50: {ours[low]['p50_ms'] / p50:.2f} "
-              f"(target <= 1.15; vs naive {ours[low]['p50_ms'] / naive_p50:.2f})")  # fmt: skip
-        print(f"endpoint req/s at concurrency {high} / best in-process batched img/s (batch {best}): "
-              f"{ours[high]['requests_per_second'] / by_batch[best][0]:.2f} (target >= 0.95)")  # fmt: skip
-        print(f"the front's cost at concurrency {low}: p50 {ours[low]['p50_ms'] - direct['p50_ms']:+.1f} ms "
-              f"({ours[low]['p50_ms'] / direct['p50_ms']:.2f}x straight to MMS)")  # fmt: skip
-        for concurrency, result in theirs.items():
-            print(
-                f"endpoint / TorchServe req/s at concurrency {concurrency}: "
-                f"{ours[concurrency]['requests_per_second'] / result['requests_per_second']:.2f} (target >= 1.2)"
-            )
+        rounds = []
+        for number in range(1, args.rounds + 1):
+            rounds.append(measure_round(step, bodies, best, servers, concurrencies, args))
+            figures = rounds[-1]
+            print(f"round {number}: in-process b1 p50 {figures['in process, batch 1'][1]:.1f} ms, batch {best} "
+                  f"{figures['in process, best batch'][0]:.1f} img/s; endpoint c{low} p50 "
+                  f"{figures['endpoint', low]['p50_ms']:.1f} ms, c{high} "
+                  f"{figures['endpoint', high]['requests_per_second']:.1f} req/s", flush=True)  # fmt: skip
+        stack.close()
+
+        print(f"medians over {args.rounds} rounds:")
+        for key in ("in process, batch 1", "in process, best batch"):
+            rate, p50 = (statistics.median(figures[key][i] for figures in rounds) for i in (0, 1))
+            print(f"{key:<34} {rate:7.1f} img/s  p50 {p50:6.1f} ms per batch")
+        for name in servers:
+            for concurrency in concurrencies[name]:
+                result = median_result([figures[name, concurrency] for figures in rounds])
+                print(load_row(f"{name}, concurrency {concurrency}", result))
+
+        print(f"best in-process batch {best}: {by_batch[best][0] / by_batch[1][0]:.2f}x batch 1")
+        print("ratios, each the median over the rounds of the figures taken in the same round:")
+        endpoint_p50 = median_result([figures["endpoint", low] for figures in rounds])["p50_ms"]
+        print(f"endpoint p50 at concurrency {low} / in-process batch-1 p50: "
+              f"{paired(rounds, lambda f: f['endpoint', low]['p50_ms'] / f['in process, batch 1'][1])} "
+              f"(target <= 1.15; vs naive {endpoint_p50 / naive_p50:.2f})")  # fmt: skip
+        print(
+            f"endpoint req/s at concurrency {high} / best in-process batched img/s (batch {best}): "
+            f"{paired(rounds, lambda f: f['endpoint', high]['requests_per_second'] / f['in process, best batch'][0])}"
+            " (target >= 0.95)"
+        )
+        print(f"the front's cost at concurrency {low}: p50 "
+              f"{paired(rounds, lambda f: f['endpoint', low]['p50_ms'] - f['straight to MMS', low]['p50_ms'])} ms, "
+              f"{paired(rounds, lambda f: f['endpoint', low]['p50_ms'] / f['straight to MMS', low]['p50_ms'])}x "
+              "straight to MMS")  # fmt: skip
+        if torchserve:
+            for concurrency in args.concurrency:
+                ratio = paired(rounds, lambda f, c=concurrency: f["endpoint", c]["requests_per_second"]
+                               / f[torchserve, c]["requests_per_second"])  # fmt: skip
+                print(f"endpoint / TorchServe req/s at concurrency {concurrency}: {ratio} (target >= 1.2)")
+        print(f"errors: {sum(r['errors'] for f in rounds for k, r in f.items() if isinstance(k, tuple))}")
 
 
 if __name__ == "__main__":
