@@ -328,7 +328,7 @@ def add_endpoint_options(parser: argparse.ArgumentParser, config_note: str = " (
         "--listen",
         metavar="ADDRESS",
         default="127.0.0.1",
-        help="process backend: the address the endpoint listens on (default 127.0.0.1: this machine only; "
+        help="process and local backends: the address the endpoint listens on (default 127.0.0.1: this machine only; "
         "0.0.0.0 opens it to the network)",
     )
     parser.add_argument("--workers", type=int, help=f"model server worker processes{config_note}the server's choice)")

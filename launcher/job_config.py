@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from launcher import metrics
 from launcher.errors import LauncherError
 from launcher.tuning_spec import DIRECTIONS, EARLY_STOPPING, SCALINGS, STRATEGIES, ParameterRange
 
@@ -50,8 +51,8 @@ class ConfigError(LauncherError):
 @dataclass(frozen=True)
 class TuningConfig:
     ranges: tuple[ParameterRange, ...]
-    objective_metric: str = "average test loss"
-    objective_regex: str = r"average test loss: ([0-9.eE+-]+)"
+    objective_metric: str = metrics.DEFAULT_OBJECTIVE
+    objective_regex: str = metrics.DEFAULT_OBJECTIVE_REGEX
     direction: str = "Minimize"
     strategy: str = "Bayesian"
     max_jobs: int = 10

@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image", required=True, help="serving image")
     parser.add_argument("--model-data", required=True, help="file:// URI of a model.tar.gz")
     parser.add_argument("--port", type=int, required=True, help="host port for the endpoint")
+    parser.add_argument("--listen", default="127.0.0.1", help="the address on this machine the port is published on")
     parser.add_argument("--instance-type", default="local", help="local or local_gpu")
     parser.add_argument("--env", default="{}", help="JSON object of environment variables for the container")
     parser.add_argument("--container-root", type=Path, required=True, help="folder for the SDK's compose files")
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
 
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    session = sdk.local_session(serving_port=args.port, container_root=args.container_root)
+    session = sdk.local_session(serving_port=args.port, container_root=args.container_root, listen=args.listen)
     model = sdk.model(
         session, image=args.image, model_data=args.model_data, role=sdk.LOCAL_ROLE, name=args.name,
         env=json.loads(args.env),

@@ -23,15 +23,13 @@ from typing import Any
 
 import optuna
 
+from launcher import metrics
 from launcher.backends.base import Backend
 from launcher.errors import LauncherError
 from launcher.progress import say
 from launcher.tuning_results import TrialRow, write_results
 from launcher.tuning_spec import ParameterRange, TuningSpec
 
-EPOCH_LINE = re.compile(
-    r"epoch: (\d+) train loss: \S+ valid loss: ([0-9.eE+-]+|nan|inf) valid accuracy: ([0-9.eE+-]+|nan|inf)"
-)
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the tuner says what each trial does; Optuna need not
 POLL_SECONDS = 0.5
 STARTUP_TRIALS = 2  # the median rule needs earlier trials to compare with
@@ -173,7 +171,7 @@ class LocalTuner:
                 continue
             text = log.read_text(errors="replace")
             new, read = text[read:], len(text)
-            for match in EPOCH_LINE.finditer(new):
+            for match in metrics.EPOCH_LINE.finditer(new):
                 epoch = int(match.group(1))
                 value = float(match.group(3) if self.maximise else match.group(2))
                 if epoch in reported or not math.isfinite(value):

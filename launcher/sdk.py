@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from launcher import metrics
 from launcher.contract import encode_hyperparameters
 from launcher.errors import LauncherError
 
@@ -62,12 +63,32 @@ def aws_errors(doing: str) -> Iterator[None]:
         raise LauncherError(f"{doing}: {err}") from err
 
 
+class PublishedPort(int):
+    """A serving port that local mode publishes on one address of this machine only. The SDK formats the port
+    with `%d` where it connects to the endpoint (the number) and with `%s` in its compose file's `ports` entry,
+    which then reads `ADDRESS:PORT:8080` instead of `PORT:8080` (every interface)."""
+
+    address: str
+
+    def __new__(cls, port: int, address: str) -> PublishedPort:
+        published = super().__new__(cls, port)
+        published.address = address
+        return published
+
+    def __str__(self) -> str:
+        return f"{self.address}:{int(self)}"
+
+
 def local_session(
-    serving_port: int | None = None, container_root: Path | None = None, region: str | None = None
+    serving_port: int | None = None,
+    container_root: Path | None = None,
+    region: str | None = None,
+    listen: str | None = None,
 ) -> Any:
     """A LocalSession: jobs and endpoints run in Docker on this machine through docker-compose.
 
-    `container_root` is where the SDK writes its compose files (each job or endpoint in a folder of its own).
+    `container_root` is where the SDK writes its compose files (each job or endpoint in a folder of its own);
+    `listen`, the address an endpoint's port is published on (None: every interface, the SDK's default).
     """
     import boto3
     from sagemaker.local import LocalSession
@@ -78,7 +99,7 @@ def local_session(
     )
     config: dict[str, Any] = {"local": {"local_code": True}}
     if serving_port:
-        config["local"]["serving_port"] = serving_port
+        config["local"]["serving_port"] = PublishedPort(serving_port, listen) if listen else serving_port
     if container_root:
         config["local"]["container_root"] = str(container_root)
     session.config = config
@@ -164,18 +185,9 @@ def estimator(
         hyperparameters=encode_hyperparameters(hyperparameters),
         base_job_name=base_job_name,
         sagemaker_session=session,
-        metric_definitions=METRIC_DEFINITIONS,
+        metric_definitions=metrics.METRIC_DEFINITIONS,
         **options,
     )
-
-
-METRIC_DEFINITIONS = [
-    {"Name": "train loss", "Regex": r"train loss: ([0-9.eE+-]+)"},
-    {"Name": "valid loss", "Regex": r"valid loss: ([0-9.eE+-]+)"},
-    {"Name": "valid accuracy", "Regex": r"valid accuracy: ([0-9.eE+-]+)"},
-    {"Name": "average test loss", "Regex": r"average test loss: ([0-9.eE+-]+)"},
-    {"Name": "test accuracy", "Regex": r"test accuracy: ([0-9.eE+-]+)"},
-]
 
 
 def debugger_options(enabled: bool) -> dict[str, Any]:
@@ -382,7 +394,7 @@ def parameter_range(spec: ParameterRange) -> Any:
 
 def tuning_metric_definitions(objective_metric: str, objective_regex: str) -> list[dict[str, str]]:
     """Our metric definitions with the objective's: the tuner sends only its own, not the estimator's."""
-    ours = [definition for definition in METRIC_DEFINITIONS if definition["Name"] != objective_metric]
+    ours = [definition for definition in metrics.METRIC_DEFINITIONS if definition["Name"] != objective_metric]
     return [*ours, {"Name": objective_metric, "Regex": objective_regex}]
 
 
@@ -432,6 +444,14 @@ def start_tuning_job(tuner: Any, inputs: dict[str, str], name: str) -> None:
 def describe_tuning_job(session: Any, name: str) -> dict[str, Any]:
     with aws_errors(f"describing tuning job {name}"):
         return session.sagemaker_client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
+
+
+def tuning_job_trials(session: Any, name: str) -> list[dict[str, Any]]:
+    """Every training job of a tuning job (ListTrainingJobsForHyperParameterTuningJob, all pages)."""
+    with aws_errors(f"listing the training jobs of tuning job {name}"):
+        pages = session.sagemaker_client.get_paginator("list_training_jobs_for_hyper_parameter_tuning_job")
+        return [summary for page in pages.paginate(HyperParameterTuningJobName=name)
+                for summary in page["TrainingJobSummaries"]]  # fmt: skip
 
 
 def describe_training_job(session: Any, name: str) -> dict[str, Any]:

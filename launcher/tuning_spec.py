@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from launcher import metrics
 from launcher.backends.base import TrainingSpec
 
-KINDS = ("continuous", "integer", "categorical")
 SCALINGS = ("Auto", "Linear", "Logarithmic", "ReverseLogarithmic")
 STRATEGIES = ("Bayesian", "Random", "Hyperband", "Grid")
 DIRECTIONS = ("Minimize", "Maximize")
@@ -18,7 +18,7 @@ class ParameterRange:
     """One tuned hyperparameter, as SageMaker's ContinuousParameter / IntegerParameter / CategoricalParameter."""
 
     name: str
-    kind: str  # one of KINDS
+    kind: str  # "continuous", "integer" or "categorical"
     min_value: float | None = None  # continuous and integer
     max_value: float | None = None
     values: tuple[str | int | float, ...] = ()  # categorical
@@ -30,8 +30,8 @@ class TuningSpec:
     name: str  # the tuning job's name; its trials are <name>-001, <name>-002, ...
     training: TrainingSpec  # image, channels, instance, fixed hyperparameters of every trial
     ranges: tuple[ParameterRange, ...]
-    objective_metric: str = "average test loss"
-    objective_regex: str = r"average test loss: ([0-9.eE+-]+)"
+    objective_metric: str = metrics.DEFAULT_OBJECTIVE
+    objective_regex: str = metrics.DEFAULT_OBJECTIVE_REGEX
     direction: str = "Minimize"  # one of DIRECTIONS
     strategy: str = "Bayesian"  # one of STRATEGIES
     max_jobs: int = 10

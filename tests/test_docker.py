@@ -227,6 +227,10 @@ def test_local_mode_train_deploy_predict_stop(image, tmp_path, shapes_dataset, c
 
     assert launcher_main(*work, "deploy", "local-1", *common, "--endpoint-name", "local-ep", "--workers", "1") == 0
     try:
+        port = json.loads((tmp_path / "work" / "records" / "endpoints" / "local-ep.json").read_text())["port"]
+        serving = [line.split()[0] for line in compose_containers(tmp_path / "work" / "endpoints")]
+        published = {docker("port", name, "8080/tcp").stdout.strip() for name in serving}
+        assert published == {f"127.0.0.1:{port}"}  # this machine only, unless --listen opens it
         capsys.readouterr()
         jpeg = next((shapes_dataset / "test" / "triangle").iterdir())
         assert launcher_main(*work, "predict", "--endpoint", "local-ep", str(jpeg)) == 0

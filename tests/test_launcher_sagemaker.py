@@ -25,7 +25,7 @@ import pytest
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
-from launcher import contract, sdk
+from launcher import contract, metrics, sdk
 from launcher.cli import main
 from launcher.records import RecordStore
 
@@ -170,7 +170,7 @@ def test_train_sends_our_contract_and_uploads_local_data(
     (request,) = aws.sent("CreateTrainingJob")
     algorithm = request["AlgorithmSpecification"]
     assert (algorithm["TrainingImage"], algorithm["TrainingInputMode"]) == (IMAGE, "File")
-    assert algorithm["MetricDefinitions"] == sdk.METRIC_DEFINITIONS
+    assert algorithm["MetricDefinitions"] == metrics.METRIC_DEFINITIONS
     regexes = {d["Name"]: re.compile(d["Regex"]) for d in algorithm["MetricDefinitions"]}
     assert regexes["average test loss"].search("average test loss: 0.5").group(1) == "0.5"
     assert regexes["test accuracy"].search("test accuracy: 7.5e-01").group(1) == "7.5e-01"

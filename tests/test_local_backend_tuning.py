@@ -18,7 +18,7 @@ from conftest import compose_containers, docker
 from launcher.backends.base import TrainingSpec
 from launcher.backends.local import LocalBackend
 from launcher.errors import LauncherError
-from launcher.local_tuning import EPOCH_LINE
+from launcher.metrics import EPOCH_LINE
 from launcher.records import RecordStore
 from launcher.sdk import local_mode_containers
 from launcher.tuning import run_tuning

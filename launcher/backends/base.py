@@ -49,7 +49,7 @@ class DeploySpec:
     image: str = "imgclf:latest"
     instance_type: str = "local"
     port: int = 0  # 0: any free port
-    listen: str = "127.0.0.1"  # process backend: the address the endpoint listens on; 0.0.0.0 opens it to the network
+    listen: str = "127.0.0.1"  # process, local backends: the address the endpoint listens on; 0.0.0.0: the network
     workers: int | None = None  # model server workers; None: the server's default
     startup_timeout: float = 240.0  # SageMaker fails an endpoint whose pings do not pass within 4 minutes
     environment: dict[str, str] = field(default_factory=dict)

@@ -194,6 +194,7 @@ class LocalBackend(Backend):
             "--image", spec.image,
             "--model-data", f"file://{Path(spec.model_data).resolve()}",
             "--port", str(port),
+            "--listen", spec.listen,
             "--instance-type", spec.instance_type,
             "--env", json.dumps(spec.serving_environment()),
             "--container-root", str(base_dir),

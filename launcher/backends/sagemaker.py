@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from launcher import contract, sdk
+from launcher import contract, metrics, sdk
 from launcher.backends.base import S3_SCHEME, AwsOptions, Backend, DeploySpec, TrainingSpec
 from launcher.errors import LauncherError
 from launcher.progress import say
@@ -23,8 +23,6 @@ ROLE_ENV = "IMGCLF_SAGEMAKER_ROLE"
 BUCKET_ENV = "IMGCLF_S3_BUCKET"
 REGION_ENVS = ("AWS_REGION", "AWS_DEFAULT_REGION")
 S3_PREFIX = "imgclf"  # default artifacts: s3://<bucket>/imgclf/<job>/output/; uploads: .../<job>/input/<channel>
-# The metric definitions' names of the final test metrics -> the keys of a record's test_metrics.
-TEST_METRICS = {"test accuracy": "accuracy", "average test loss": "loss"}
 ENDPOINT_BUSY = ("Creating", "Updating", "SystemUpdating")  # DescribeEndpoint's statuses while it is not ready
 # The image's torch needs CUDA 13, so NVIDIA driver 580: SageMaker's inference hosts run 470-550 unless the endpoint
 # config asks for this AMI. "auto" asks for it on GPU instance types only; "none" leaves SageMaker's default.
@@ -181,7 +179,7 @@ def outcome(description: dict[str, Any]) -> dict[str, Any]:
     final = {m["MetricName"]: m["Value"] for m in description.get("FinalMetricDataList", [])}
     fields = {
         "status": description["TrainingJobStatus"],
-        "test_metrics": {key: final[name] for name, key in TEST_METRICS.items() if name in final} or None,
+        "test_metrics": {key: final[name] for name, key in metrics.TEST_METRIC_KEYS.items() if name in final} or None,
     }
     if "FailureReason" in description:
         fields["failure_reason"] = description["FailureReason"]

@@ -1,0 +1,40 @@
+"""The metric lines of a training job's log: the one place that names them and holds the regexes that read them.
+
+The container prints, once per epoch and once at the end (its format strings are in `imgclf.train`):
+
+    epoch: 3 train loss: 0.412 valid loss: 0.52 valid accuracy: 0.875
+    average test loss: 0.25
+    test accuracy: 0.9
+
+SageMaker's metric definitions, a tuner's default objective, the local tuner's per-epoch reader and the
+record's test metrics all come from here; `tests/test_metric_lines.py` formats the container's own lines and
+matches every regex, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import re
+
+TRAIN_LOSS = "train loss"
+VALID_LOSS = "valid loss"
+VALID_ACCURACY = "valid accuracy"
+TEST_LOSS = "average test loss"
+TEST_ACCURACY = "test accuracy"
+PER_EPOCH = (TRAIN_LOSS, VALID_LOSS, VALID_ACCURACY)  # what early stopping and Hyperband judge trials by
+NUMBER = r"([0-9.eE+-]+)"  # SageMaker's metric values; "nan" and "inf" are not metric values there
+
+
+def regex(name: str) -> str:
+    """The regex SageMaker (and our tuner) reads a metric with: its name, a colon, a number."""
+    return f"{name}: {NUMBER}"
+
+
+METRIC_DEFINITIONS = [{"Name": name, "Regex": regex(name)} for name in (*PER_EPOCH, TEST_LOSS, TEST_ACCURACY)]
+DEFAULT_OBJECTIVE = TEST_LOSS
+DEFAULT_OBJECTIVE_REGEX = regex(TEST_LOSS)
+# The final test metrics' names -> the keys of a training record's test_metrics (and of metrics.json's "test").
+TEST_METRIC_KEYS = {TEST_ACCURACY: "accuracy", TEST_LOSS: "loss"}
+# One epoch's line: the epoch, its validation loss and accuracy (nan or inf where training diverged).
+EPOCH_LINE = re.compile(
+    rf"epoch: (\d+) {TRAIN_LOSS}: \S+ {VALID_LOSS}: ([0-9.eE+-]+|nan|inf) {VALID_ACCURACY}: ([0-9.eE+-]+|nan|inf)"
+)

@@ -1,0 +1,42 @@
+"""The launcher's one SDK module against the SageMaker SDK's own local-mode code: the compose file the SDK would
+hand docker-compose is generated and read back (no engine needed, but the SDK insists on docker-compose)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sagemaker.local.image import _SageMakerContainer
+
+from launcher import sdk
+
+
+@pytest.fixture
+def offline_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Credentials from the environment, so boto3 looks nowhere else (no instance-metadata call)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+def serving_ports(session, tmp_path: Path) -> list[list[str]]:
+    container = _SageMakerContainer("local", 1, "imgclf:test", sagemaker_session=session)
+    container.container_root = str(tmp_path)
+    compose = container._generate_compose_file("serve")
+    return [service["ports"] for service in compose["services"].values()]
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("offline_credentials")
+def test_a_local_endpoint_is_published_on_the_given_address_only(tmp_path: Path):
+    session = sdk.local_session(serving_port=18123, container_root=tmp_path, listen="127.0.0.1")
+    assert serving_ports(session, tmp_path) == [["127.0.0.1:18123:8080"]]
+    # Where the SDK connects (ping, invocations) it still sees the bare number.
+    assert session.serving_port == 18123 and "%d" % session.serving_port == "18123"  # noqa: UP031 (the SDK's way)
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("offline_credentials")
+def test_without_an_address_local_mode_publishes_on_every_interface(tmp_path: Path):
+    session = sdk.local_session(serving_port=18123, container_root=tmp_path)
+    assert serving_ports(session, tmp_path) == [["18123:8080"]]
