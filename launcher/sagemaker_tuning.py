@@ -1,7 +1,8 @@
 """Hyperparameter tuning on SageMaker: a HyperparameterTuner over the Estimator `train --backend sagemaker` builds.
 
 SageMaker runs the trials and reads the objective from each trial's log by the spec's regex. The tuning job's
-record (kind "tuning") keeps its best training job, whose own record (kind "jobs") makes it deployable.
+record (kind "tuning") keeps its best training job, whose own record (kind "jobs") makes it deployable, and
+the trials' results (table, CSV, JSON, plot page) are written as the local tuner writes them.
 """
 
 from __future__ import annotations
@@ -9,14 +10,16 @@ from __future__ import annotations
 import json
 import re
 import time
+from pathlib import Path
 from typing import Any
 
-from launcher import contract, sdk
+from launcher import contract, metrics, sdk
 from launcher.backends.base import S3_SCHEME
 from launcher.backends.sagemaker import outcome, prepare_training
 from launcher.errors import LauncherError
 from launcher.progress import say
 from launcher.records import RecordStore
+from launcher.tuning_results import TrialRow, write_results
 from launcher.tuning_spec import TuningSpec
 
 NAME_PATTERN = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,31}")  # CreateHyperParameterTuningJob's
@@ -25,8 +28,6 @@ MAX_PARENTS = 5  # warm start: at most five parent tuning jobs
 RUNNING = ("InProgress", "Stopping")
 # What SageMaker adds to a trial's hyperparameters; not the user's.
 ADDED_PREFIXES = ("_tuning_objective_metric", "sagemaker_")
-# Metrics the container prints once per epoch: what early stopping and Hyperband judge trials by.
-PER_EPOCH_METRICS = ("train loss", "valid loss", "valid accuracy")
 
 
 def check_tuning_spec(spec: TuningSpec) -> int | None:
@@ -54,11 +55,11 @@ def check_tuning_spec(spec: TuningSpec) -> int | None:
         raise LauncherError("the Grid strategy searches categorical ranges only")
     if (
         spec.strategy == "Hyperband" or spec.early_stopping == "Auto"
-    ) and spec.objective_metric not in PER_EPOCH_METRICS:
+    ) and spec.objective_metric not in metrics.PER_EPOCH:
         say(
             f"note: {spec.strategy} / early stopping {spec.early_stopping} judge trials by the objective's values "
             f"during training, and {spec.objective_metric!r} is printed once, at the end; "
-            f"{' or '.join(repr(m) for m in PER_EPOCH_METRICS[1:])} are printed every epoch"
+            f"{' or '.join(repr(m) for m in metrics.PER_EPOCH[1:])} are printed every epoch"
         )
     if spec.strategy != "Hyperband":
         return None
@@ -73,8 +74,9 @@ def check_tuning_spec(spec: TuningSpec) -> int | None:
     return epochs
 
 
-def tune_on_sagemaker(spec: TuningSpec, records: RecordStore, wait: bool = True) -> dict[str, Any]:
-    """Start a SageMaker tuning job for `spec` and, if `wait`, follow it to its end; return its record (saved)."""
+def tune_on_sagemaker(spec: TuningSpec, records: RecordStore, folder: Path, wait: bool = True) -> dict[str, Any]:
+    """Start a SageMaker tuning job for `spec` and, if `wait`, follow it to its end; return its record (saved).
+    Once it has ended, its trials' table, CSV, JSON and plot page go to `folder`, as the local tuner writes them."""
     hyperband_max_epochs = check_tuning_spec(spec)
     prepared = prepare_training(spec.training, spec.name)
     tuner = sdk.tuner(prepared.estimator, spec, hyperband_max_epochs)
@@ -117,6 +119,8 @@ def tune_on_sagemaker(spec: TuningSpec, records: RecordStore, wait: bool = True)
     )
     if "FailureReason" in description:
         record["failure_reason"] = description["FailureReason"]
+    results = write_results(spec, trial_rows(spec, sdk.tuning_job_trials(prepared.session, spec.name)), folder)
+    record.update(results=results["results"], plot=results["plot"], stopped_early=results["stopped_early"])
     if "BestTrainingJob" in description:
         best = description["BestTrainingJob"]
         job = best_job_record(prepared.session, best["TrainingJobName"], spec.name)
@@ -147,6 +151,28 @@ def follow_tuning_job(session: Any, name: str) -> dict[str, Any]:
         if status not in RUNNING:
             return description
         time.sleep(sdk.POLL_SECONDS)
+
+
+def trial_rows(spec: TuningSpec, summaries: list[dict[str, Any]]) -> list[TrialRow]:
+    """The tuning job's training jobs as the results table's rows, numbered in the order they were created. A trial
+    that SageMaker stopped while early stopping (or Hyperband) was on counts as stopped early."""
+    stops_early = spec.early_stopping == "Auto" or spec.strategy == "Hyperband"
+    rows = []
+    for number, summary in enumerate(sorted(summaries, key=lambda s: s["CreationTime"]), start=1):
+        start, end = summary.get("TrainingStartTime"), summary.get("TrainingEndTime")
+        stopped = summary["TrainingJobStatus"] == "Stopped"
+        rows.append(
+            TrialRow(
+                trial=number,
+                job_name=summary["TrainingJobName"],
+                hyperparameters=decode_hyperparameters(summary.get("TunedHyperParameters", {})),
+                objective=summary.get("FinalHyperParameterTuningJobObjectiveMetric", {}).get("Value"),
+                status=summary["TrainingJobStatus"],
+                duration=(end - start).total_seconds() if start and end else None,
+                stopped_early=stopped and stops_early,
+            )
+        )
+    return rows
 
 
 def trial_counts(counters: dict[str, int]) -> str:

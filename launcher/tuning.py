@@ -37,7 +37,7 @@ def run_tuning(spec: TuningSpec, backend: Backend, workdir: Path, records: Recor
     if backend.name == "sagemaker":
         from launcher.sagemaker_tuning import tune_on_sagemaker
 
-        return tune_on_sagemaker(spec, records)
+        return tune_on_sagemaker(spec, records, workdir / "tuning" / spec.name)
     if backend.name not in LOCAL_TUNING_BACKENDS:
         raise LauncherError(
             f"the {backend.name} backend cannot tune: use --backend process (trials as processes here), local "

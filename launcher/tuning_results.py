@@ -57,6 +57,7 @@ def table(rows: list[TrialRow]) -> str:
 
 def write_results(spec: TuningSpec, rows: list[TrialRow], folder: Path) -> dict[str, Any]:
     """Save results.csv, results.json, results.html and best.json in `folder`; print the table; return a record."""
+    folder.mkdir(parents=True, exist_ok=True)
     rows = sorted(rows, key=lambda r: r.trial)
     names = sorted({name for r in rows for name in r.hyperparameters})
     with (folder / "results.csv").open("w", newline="") as out:

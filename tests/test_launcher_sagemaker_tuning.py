@@ -9,6 +9,7 @@ Not covered: whether SageMaker accepts the job and how it picks trials.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import datetime
 import json
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 from test_launcher_sagemaker import BUCKET, IMAGE, REGION, ROLE, StubbedAWS, stub_aws
 
-from launcher import contract, sdk
+from launcher import contract, metrics
 from launcher.backends.base import AwsOptions, TrainingSpec
 from launcher.errors import LauncherError
 from launcher.records import RecordStore
@@ -91,6 +92,34 @@ BEST_SUMMARY = {
 }
 
 
+def trial_summary(number: int, status: str, learning_rate: float, objective: float | None) -> dict[str, Any]:
+    """One ListTrainingJobsForHyperParameterTuningJob entry."""
+    name = f"{TUNING}-{number:03d}-1a2b3c4d"
+    summary = {
+        "TrainingJobName": name,
+        "TrainingJobArn": f"{ARN}:training-job/{name}",
+        "CreationTime": STARTED + datetime.timedelta(minutes=number),
+        "TrainingStartTime": STARTED + datetime.timedelta(minutes=number, seconds=30),
+        "TrainingEndTime": STARTED + datetime.timedelta(minutes=number + 5),
+        "TrainingJobStatus": status,
+        "TunedHyperParameters": {**BEST_SUMMARY["TunedHyperParameters"], "learning_rate": str(learning_rate)},
+    }
+    if objective is not None:
+        summary["FinalHyperParameterTuningJobObjectiveMetric"] = {"MetricName": "average test loss", "Value": objective}
+    return summary
+
+
+# Six trials, listed out of their creation order; the fourth is the best, the sixth failed before any metric.
+TRIALS = [
+    trial_summary(2, "Completed", 0.01, 0.62),
+    trial_summary(1, "Completed", 0.002, 0.93),
+    trial_summary(4, "Completed", 0.03087708635920261, 0.41),
+    trial_summary(3, "Completed", 0.05, 0.55),
+    trial_summary(6, "Failed", 0.09, None),
+    trial_summary(5, "Completed", 0.07, 0.71),
+]
+
+
 def best_training_job() -> dict[str, Any]:
     """DescribeTrainingJob of the best trial: SageMaker's own keys among the hyperparameters."""
     hyperparameters = {
@@ -137,13 +166,21 @@ def expect_tuning_job(aws: StubbedAWS) -> None:
         "describe_hyper_parameter_tuning_job",
         tuning_description("Completed", {"Completed": 5, "NonRetryableError": 1}, BestTrainingJob=BEST_SUMMARY),
     )
+    first_page, second_page = TRIALS[:4], TRIALS[4:]  # SageMaker pages its answers: every page is read
+    sagemaker.add_response(
+        "list_training_jobs_for_hyper_parameter_tuning_job",
+        {"TrainingJobSummaries": first_page, "NextToken": "page-2"},
+        {"HyperParameterTuningJobName": TUNING},
+    )
+    sagemaker.add_response("list_training_jobs_for_hyper_parameter_tuning_job", {"TrainingJobSummaries": second_page},
+                           {"HyperParameterTuningJobName": TUNING, "NextToken": "page-2"})  # fmt: skip
     sagemaker.add_response("describe_training_job", best_training_job(), {"TrainingJobName": BEST})
 
 
 def test_tuning_job_request_and_best_job_record(aws: StubbedAWS, tmp_path: Path, capsys: pytest.CaptureFixture):
     expect_tuning_job(aws)
     records = RecordStore(tmp_path / "records")
-    record = tune_on_sagemaker(tuning_spec(), records)
+    record = tune_on_sagemaker(tuning_spec(), records, tmp_path / "tuning")
     aws.assert_all_answered()
 
     (request,) = aws.sent("CreateHyperParameterTuningJob")
@@ -173,9 +210,9 @@ def test_tuning_job_request_and_best_job_record(aws: StubbedAWS, tmp_path: Path,
     assert definition["StaticHyperParameters"] == {"epochs": "3", "model_name": '"resnet50"', "pretrained": "false"}
     algorithm = definition["AlgorithmSpecification"]
     assert (algorithm["TrainingImage"], algorithm["TrainingInputMode"]) == (IMAGE, "File")
-    metrics = {d["Name"]: d["Regex"] for d in algorithm["MetricDefinitions"]}
-    assert metrics == {d["Name"]: d["Regex"] for d in sdk.METRIC_DEFINITIONS}  # the objective's among ours
-    assert re.search(metrics["average test loss"], "average test loss: 0.41").group(1) == "0.41"
+    definitions = {d["Name"]: d["Regex"] for d in algorithm["MetricDefinitions"]}
+    assert definitions == {d["Name"]: d["Regex"] for d in metrics.METRIC_DEFINITIONS}  # the objective's among ours
+    assert re.search(definitions["average test loss"], "average test loss: 0.41").group(1) == "0.41"
     assert definition["RoleArn"] == ROLE
     assert definition["HyperParameterTuningResourceConfig"] == {
         "InstanceType": "ml.g4dn.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30
@@ -215,6 +252,32 @@ def test_tuning_job_request_and_best_job_record(aws: StubbedAWS, tmp_path: Path,
     assert (job["created"], job["ended"]) == (STARTED.timestamp(), ENDED.timestamp())
 
 
+def test_a_finished_tuning_job_writes_the_results_the_local_tuner_writes(aws: StubbedAWS, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture):  # fmt: skip
+    expect_tuning_job(aws)
+    record = tune_on_sagemaker(tuning_spec(), RecordStore(tmp_path / "records"), tmp_path / "tuning")
+    aws.assert_all_answered()
+    assert (record["results"], record["plot"]) == (str(tmp_path / "tuning" / "results.csv"),
+                                                   str(tmp_path / "tuning" / "results.html"))  # fmt: skip
+    with open(record["results"], newline="") as results:
+        rows = list(csv.DictReader(results))
+    assert [row["trial"] for row in rows] == ["1", "2", "3", "4", "5", "6"]  # in the order SageMaker created them
+    assert [row["status"] for row in rows] == ["Completed"] * 5 + ["Failed"]
+    assert [row["objective"] for row in rows] == ["0.93", "0.62", "0.55", "0.41", "0.71", ""]
+    assert rows[3]["job_name"] == BEST and float(rows[3]["learning_rate"]) == 0.03087708635920261
+    assert {row["optimizer"] for row in rows} == {"adam"} and {row["seconds"] for row in rows} == {"270.0"}
+    assert [trial["job_name"] for trial in json.loads((tmp_path / "tuning" / "results.json").read_text())] == [
+        f"{TUNING}-{number:03d}-1a2b3c4d" for number in range(1, 7)
+    ]
+    best = json.loads((tmp_path / "tuning" / "best.json").read_text())
+    assert (best["job_name"], best["objective"]) == (BEST, 0.41) and best["hyperparameters"] == record["best"][
+        "hyperparameters"
+    ]
+    assert "average test loss by learning_rate" in (tmp_path / "tuning" / "results.html").read_text()
+    table = capsys.readouterr().out
+    assert "0.41" in table and "Failed" in table
+
+
 def test_hyperband_and_warm_start(aws: StubbedAWS, tmp_path: Path):
     aws.stub("sagemaker").add_response(
         "create_hyper_parameter_tuning_job",
@@ -227,7 +290,7 @@ def test_hyperband_and_warm_start(aws: StubbedAWS, tmp_path: Path):
         direction="Maximize",
         warm_start_from=("imgclf-hpo-0", "imgclf-hpo-00"),
     )
-    record = tune_on_sagemaker(spec, RecordStore(tmp_path / "records"), wait=False)
+    record = tune_on_sagemaker(spec, RecordStore(tmp_path / "records"), tmp_path / "tuning", wait=False)
     aws.assert_all_answered()
     assert record["status"] == "InProgress" and record["best"] is None
 
@@ -250,7 +313,7 @@ def test_spot_trials_share_the_tuning_jobs_checkpoint_prefix(aws: StubbedAWS, tm
     spec = tuning_spec()
     spec = dataclasses.replace(spec, training=dataclasses.replace(spec.training, spot=True))
     with pytest.raises(LauncherError, match=f"SageMaker did not start tuning job {TUNING}"):
-        tune_on_sagemaker(spec, RecordStore(tmp_path / "records"))
+        tune_on_sagemaker(spec, RecordStore(tmp_path / "records"), tmp_path / "tuning")
     (request,) = aws.sent("CreateHyperParameterTuningJob")
     definition = request["TrainingJobDefinition"]
     assert definition["EnableManagedSpotTraining"] is True
@@ -275,5 +338,5 @@ def test_what_sagemaker_would_refuse_is_refused_before_any_call(
     aws: StubbedAWS, tmp_path: Path, fields: dict[str, Any], message: str
 ):
     with pytest.raises(LauncherError, match=message):
-        tune_on_sagemaker(tuning_spec(**fields), RecordStore(tmp_path / "records"))
+        tune_on_sagemaker(tuning_spec(**fields), RecordStore(tmp_path / "records"), tmp_path / "tuning")
     assert aws.calls == []
