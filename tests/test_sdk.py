@@ -31,8 +31,9 @@ def serving_ports(session, tmp_path: Path) -> list[list[str]]:
 def test_a_local_endpoint_is_published_on_the_given_address_only(tmp_path: Path):
     session = sdk.local_session(serving_port=18123, container_root=tmp_path, listen="127.0.0.1")
     assert serving_ports(session, tmp_path) == [["127.0.0.1:18123:8080"]]
-    # Where the SDK connects (ping, invocations) it still sees the bare number.
-    assert session.serving_port == 18123 and "%d" % session.serving_port == "18123"  # noqa: UP031 (the SDK's way)
+    # Where the SDK connects (its runtime client's invocations, its pings) it formats the bare number.
+    port = session.sagemaker_runtime_client.serving_port
+    assert port == 18123 and "%d" % port == "18123"  # noqa: UP031 (the SDK's way)
 
 
 @pytest.mark.docker
