@@ -30,7 +30,6 @@ JOB_PREFIX = "imgclf"
 IMAGE_ENV = "IMGCLF_IMAGE"
 DEFAULT_IMAGE = "imgclf:latest"
 DEFAULT_STARTUP_TIMEOUT = 240.0  # SageMaker fails an endpoint whose pings do not pass within 4 minutes
-DEFAULT_SAGEMAKER_ENDPOINT_TYPE = "ml.m5.large"
 
 
 def absolute_path(text: str) -> Path:
@@ -58,13 +57,21 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def add_image_options(parser: argparse.ArgumentParser, job: bool = False) -> None:
-    """--image and --instance-type; for a job their defaults are applied after its --config file."""
+def require(backend: str, capability: str, flag: str) -> None:
+    """Refuse a flag that asks for what the chosen backend does not offer, naming the backends that do."""
+    if not getattr(BACKENDS[backend], capability):
+        offering = " or ".join(f"--backend {name}" for name, cls in BACKENDS.items() if getattr(cls, capability))
+        raise LauncherError(f"{flag} needs {offering} (the {backend} backend has no {capability.replace('_', ' ')})")
+
+
+def add_image_options(parser: argparse.ArgumentParser, job: bool = False, image_note: str = "") -> None:
+    """--image and --instance-type; for a job their defaults are applied after its --config file, for an endpoint
+    the image defaults to its training job's."""
     parser.add_argument(
         "--image",
-        default=None if job else os.environ.get(IMAGE_ENV, DEFAULT_IMAGE),
-        help=f"the train+serve image (default ${IMAGE_ENV} or {DEFAULT_IMAGE}, built by `make build`); the "
-        "sagemaker backend needs its ECR URI, <account>.dkr.ecr.<region>.amazonaws.com/imgclf:<tag> (`make push`)",
+        help=f"the train+serve image (default{image_note} ${IMAGE_ENV} or {DEFAULT_IMAGE}, built by `make build`); "
+        "the sagemaker backend needs its ECR URI, <account>.dkr.ecr.<region>.amazonaws.com/imgclf:<tag> "
+        "(`make push`)",
     )
     parser.add_argument(
         "--instance-type",
@@ -226,7 +233,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "model", help="a training job's name, the path of a model.tar.gz, or (sagemaker backend) its s3:// URI"
     )
     deploy.add_argument("--backend", choices=list(BACKENDS), default=DEFAULT_BACKEND, help=backend_help)
-    add_image_options(deploy)
+    add_image_options(deploy, image_note=": the training job's image, else")
     deploy.add_argument("--endpoint-name", help="unique endpoint name (default: imgclf-ep-<timestamp>-<random>)")
     add_endpoint_options(deploy)
     add_aws_options(deploy, DEPLOY_BUCKET_HELP, f"that of the training job, else {REGION_DEFAULT}")
@@ -363,8 +370,8 @@ def job_spec(args: argparse.Namespace, job_name: str, base: dict[str, Any] | Non
     if not channels:
         raise LauncherError("no data: give --data DIR (with train/, valid/, test/), --channel train=DIR ..., or a "
                             "--config with data")  # fmt: skip
-    if args.spot and args.backend != "sagemaker":
-        raise LauncherError("--spot needs --backend sagemaker (spot capacity is SageMaker's)")
+    if args.spot:
+        require(args.backend, "spot", "--spot")
     if args.max_wait is not None and not args.spot:
         raise LauncherError("--max-wait applies to spot training only: add --spot, or leave --max-wait out")
     flags = {key: parse_value(value) for key, value in args.hyperparameter}
@@ -384,8 +391,8 @@ def job_spec(args: argparse.Namespace, job_name: str, base: dict[str, Any] | Non
 
 
 def cmd_train(args: argparse.Namespace, records: RecordStore) -> None:
-    if args.sagemaker_debugger and args.backend != "sagemaker":
-        raise LauncherError("--sagemaker-debugger needs --backend sagemaker (other backends have no Debugger)")
+    if args.sagemaker_debugger:
+        require(args.backend, "sagemaker_debugger", "--sagemaker-debugger")
     job_name = args.job_name or unique_name(JOB_PREFIX)
     if records.exists("jobs", job_name):
         raise LauncherError(f"a job named {job_name!r} already exists; job names must be unique")
@@ -420,7 +427,7 @@ def cmd_tune(args: argparse.Namespace, records: RecordStore) -> None:
 
 
 def cmd_deploy(args: argparse.Namespace, records: RecordStore) -> None:
-    job_name, region = None, args.region
+    job_name, region, image = None, args.region, args.image
     if args.model.startswith(S3_SCHEME) or Path(args.model).is_file():
         model_data = args.model
     else:
@@ -429,10 +436,11 @@ def cmd_deploy(args: argparse.Namespace, records: RecordStore) -> None:
             raise LauncherError(f"job {args.model} is {job.get('status')}, so it has no model to deploy")
         model_data, job_name = job["model_data"], job["name"]
         region = region or job.get("region")  # a sagemaker job's model is in that region's S3
-    if model_data.startswith(S3_SCHEME) and args.backend != "sagemaker":
+        image = image or job.get("image")  # the image it trained in serves it (an ECR URI for a sagemaker job)
+    if model_data.startswith(S3_SCHEME) and not BACKENDS[args.backend].models_in_s3:
         raise LauncherError(
-            f"the {args.backend} backend deploys a model.tar.gz on this machine, not {model_data}: "
-            "use --backend sagemaker"
+            f"the {args.backend} backend deploys a model.tar.gz on this machine, not {model_data}: use "
+            + " or ".join(f"--backend {name}" for name, backend in BACKENDS.items() if backend.models_in_s3)
         )
     endpoint_name = args.endpoint_name or unique_name(f"{JOB_PREFIX}-ep")
     if records.exists("endpoints", endpoint_name):
@@ -441,8 +449,8 @@ def cmd_deploy(args: argparse.Namespace, records: RecordStore) -> None:
         endpoint_name=endpoint_name,
         model_data=model_data,
         job_name=job_name,
-        image=args.image,
-        instance_type=args.instance_type,
+        image=image or os.environ.get(IMAGE_ENV, DEFAULT_IMAGE),
+        instance_type=args.instance_type or "local",
         port=args.port,
         listen=args.listen,
         workers=args.workers,
@@ -483,19 +491,19 @@ def cmd_report(args: argparse.Namespace, records: RecordStore) -> None:
 
 
 def cmd_run(args: argparse.Namespace, records: RecordStore) -> None:
-    if args.sagemaker_debugger and args.backend != "sagemaker":
-        raise LauncherError("--sagemaker-debugger needs --backend sagemaker (other backends have no Debugger)")
+    if args.sagemaker_debugger:
+        require(args.backend, "sagemaker_debugger", "--sagemaker-debugger")
     name = args.name or unique_name(f"{JOB_PREFIX}-run")
     config = load_job_config(args.config) if args.config else JobConfig()
     training = dataclasses.replace(job_spec(args, f"{name}-train"), sagemaker_debugger=args.sagemaker_debugger)
     tuning = tuning_config(args, config)
     deploy = config.deploy
+    backend = get_backend(args.backend, args.workdir, records)
     endpoint = DeploySpec(
         endpoint_name=f"{name}-ep",
         model_data="",  # the trained job's, once there is one
         image=training.image,
-        instance_type=deploy.get("instance_type")
-        or (DEFAULT_SAGEMAKER_ENDPOINT_TYPE if args.backend == "sagemaker" else training.instance_type),
+        instance_type=deploy.get("instance_type") or backend.default_endpoint_instance_type(training.instance_type),
         port=args.port,
         listen=args.listen,
         workers=args.workers or deploy.get("workers"),
@@ -511,7 +519,7 @@ def cmd_run(args: argparse.Namespace, records: RecordStore) -> None:
         sample_image=sample_image(training.channels, args.sample_image),
         stop_endpoint=args.stop_endpoint,
     )
-    endpoint = Pipeline(plan, get_backend(args.backend, args.workdir, records)).run()["endpoint"]
+    endpoint = Pipeline(plan, backend).run()["endpoint"]
     if not args.stop_endpoint:
         say(f"the endpoint stays in service: launcher predict --endpoint {endpoint} IMAGE; launcher stop {endpoint}")
 

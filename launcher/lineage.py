@@ -91,23 +91,6 @@ def code_revision() -> str:
     return f"{commit} (with uncommitted changes)" if dirty else commit
 
 
-def image_identity(backend: str, image: str) -> dict[str, Any]:
-    """The image a job ran in: its Docker image ID on the local backend; none on the process backend (the
-    container code runs from this checkout); the URI, with its digest when pinned, on SageMaker."""
-    if backend == "process":
-        return {"image": None, "note": "process backend: container_src of this checkout, no image"}
-    if backend == "local":
-        inspected = subprocess.run(
-            ["docker", "image", "inspect", "--format", "{{.Id}} {{json .RepoDigests}}", image],
-            capture_output=True, text=True, check=False, timeout=60,
-        )  # fmt: skip
-        if inspected.returncode != 0:
-            return {"image": image, "id": None}
-        image_id, repo_digests = inspected.stdout.strip().split(" ", 1)
-        return {"image": image, "id": image_id, "repo_digests": json.loads(repo_digests)}
-    return {"image": image, "digest": image.split("@", 1)[1] if "@sha256:" in image else None}
-
-
 def model_hash(model_data: str | None) -> str | None:
     """SHA-256 of a model.tar.gz on this machine; None for one in S3 (SageMaker keeps it there)."""
     if not model_data or model_data.startswith(S3_SCHEME) or not Path(model_data).is_file():
@@ -116,13 +99,13 @@ def model_hash(model_data: str | None) -> str | None:
 
 
 def training_lineage(
-    dataset: dict[str, Any], backend: str, image: str, tuning: dict[str, Any] | None, model_data: str | None
+    dataset: dict[str, Any], image: dict[str, Any], tuning: dict[str, Any] | None, model_data: str | None
 ) -> dict[str, Any]:
-    """The `lineage` entry of a training job's record."""
+    """The `lineage` entry of a training job's record; `image` is the backend's identity of the image."""
     return {
         "dataset": dataset,
         "code_revision": code_revision(),
-        "image": image_identity(backend, image),
+        "image": image,
         "tuning": tuning_facts(tuning) if tuning else None,
         "model_sha256": model_hash(model_data),
     }

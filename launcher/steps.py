@@ -33,7 +33,7 @@ def tune(backend: Backend, spec: TuningSpec) -> dict[str, Any]:
     record["lineage"] = {
         "dataset": dataset,
         "code_revision": lineage.code_revision(),
-        "image": lineage.image_identity(backend.name, spec.training.image),
+        "image": backend.image_identity(spec.training.image),
     }
     backend.records.save("tuning", record)
     best = record.get("best")
@@ -48,7 +48,8 @@ def train(backend: Backend, spec: TrainingSpec, tuning: dict[str, Any] | None = 
     """Run a training job to completion; its record gets its lineage. Fails unless the job completed."""
     dataset = record_dataset(backend, spec.channels)
     record = backend.train(spec)
-    record["lineage"] = lineage.training_lineage(dataset, backend.name, spec.image, tuning, record.get("model_data"))
+    image = backend.image_identity(spec.image)
+    record["lineage"] = lineage.training_lineage(dataset, image, tuning, record.get("model_data"))
     backend.records.save("jobs", record)
     if record["status"] != "Completed":
         raise LauncherError(

@@ -472,6 +472,18 @@ def test_deploy_creates_model_config_and_endpoint_and_waits_until_in_service(
     assert f"endpoint {ENDPOINT} is in service" in capsys.readouterr().err
 
 
+def test_deploying_a_job_without_image_serves_it_with_the_image_it_trained_in(aws: StubbedAWS, tmp_path: Path):
+    job = {"name": JOB, "backend": "sagemaker", "status": "Completed", "region": REGION, "image": IMAGE,
+           "model_data": f"{ARTIFACTS}/model.tar.gz"}  # fmt: skip
+    RecordStore(tmp_path / "records").save("jobs", job)
+    expect_endpoint(aws, "InService")
+    assert main(["--workdir", str(tmp_path), "deploy", JOB, "--backend", "sagemaker", "--role", ROLE,
+                 "--instance-type", SERVING_INSTANCE, "--endpoint-name", ENDPOINT]) == 0  # fmt: skip
+    aws.assert_all_answered()
+    (model,) = aws.sent("CreateModel")
+    assert model["PrimaryContainer"]["Image"] == IMAGE and read_endpoint(tmp_path)["image"] == IMAGE
+
+
 def test_a_failed_endpoint_is_recorded_with_its_reason(aws: StubbedAWS, tmp_path: Path, capsys: pytest.CaptureFixture):
     save_completed_job(tmp_path)
     reason = "The primary container for production variant AllTraffic did not pass the ping health check."

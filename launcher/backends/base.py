@@ -5,10 +5,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from launcher.errors import LauncherError
 from launcher.records import RecordStore
+
+if TYPE_CHECKING:
+    from launcher.tuning_spec import TuningSpec
 
 S3_SCHEME = "s3://"
 MAX_RUN_SECONDS = 86400  # SageMaker's default limit on a training job's run time
@@ -79,6 +82,10 @@ class Backend(ABC):
 
     name: ClassVar[str]
     max_concurrent_jobs: ClassVar[int | None] = None  # training jobs it can run at once here; None: no limit
+    # What only some backends offer; the CLI refuses the flags that ask for them elsewhere, naming who has them.
+    spot: ClassVar[bool] = False  # managed spot capacity for training
+    sagemaker_debugger: ClassVar[bool] = False  # SageMaker Debugger's hook, rules and profiler
+    models_in_s3: ClassVar[bool] = False  # deploys a model.tar.gz from S3 (else only one on this machine)
 
     def __init__(self, workdir: Path, records: RecordStore):
         self.workdir = workdir
@@ -114,6 +121,21 @@ class Backend(ABC):
         """Free what a stopped job's checkpoints take once it will never resume (a trial stopped early). Only
         jobs run on this machine keep them here; local-mode containers keep them inside the container."""
         return None
+
+    def default_endpoint_instance_type(self, training_instance_type: str) -> str:
+        """What `launcher run` deploys on when the config names no instance type: where it trained."""
+        return training_instance_type
+
+    def image_identity(self, image: str) -> dict[str, Any]:
+        """The image a job ran in, for its lineage: its name (and digest where the name pins one)."""
+        return {"image": image, "digest": image.split("@", 1)[1] if "@sha256:" in image else None}
+
+    def tune(self, spec: TuningSpec, folder: Path) -> dict[str, Any]:
+        """Run a tuning run to its end; return its record (saved by the caller). Here: Optuna on this machine,
+        each trial a training job of this backend; the study and the results go to `folder`."""
+        from launcher.local_tuning import LocalTuner  # it builds on this module
+
+        return {"backend": self.name, **LocalTuner(spec, self, folder).run()}
 
     @abstractmethod
     def deploy(self, spec: DeploySpec) -> dict[str, Any]:

@@ -93,6 +93,17 @@ class LocalBackend(Backend):
         self._running: dict[str, Path] = {}  # job name -> its compose files' folder, while `train` runs it
         self._stopping: set[str] = set()  # jobs that `stop_training` stopped
 
+    def image_identity(self, image: str) -> dict[str, Any]:
+        """The image's Docker ID and repository digests on this machine (none where Docker does not know it)."""
+        inspected = subprocess.run(
+            ["docker", "image", "inspect", "--format", "{{.Id}} {{json .RepoDigests}}", image],
+            capture_output=True, text=True, check=False, timeout=60,
+        )  # fmt: skip
+        if inspected.returncode != 0:
+            return {"image": image, "id": None}
+        image_id, repo_digests = inspected.stdout.strip().split(" ", 1)
+        return {"image": image, "id": image_id, "repo_digests": json.loads(repo_digests)}
+
     def train(self, spec: TrainingSpec) -> dict[str, Any]:
         if spec.instance_type not in INSTANCE_TYPES:
             raise LauncherError(

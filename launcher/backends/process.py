@@ -40,6 +40,9 @@ def container_command(name: str) -> str:
 class ProcessBackend(Backend):
     name = "process"
 
+    def image_identity(self, image: str) -> dict[str, Any]:
+        return {"image": None, "note": "process backend: container_src of this checkout, no image"}
+
     def __init__(self, workdir: Path, records: RecordStore):
         super().__init__(workdir, records)
         self._running: dict[str, subprocess.Popen] = {}  # job name -> its `train` process
@@ -148,7 +151,7 @@ class ProcessBackend(Backend):
             "SAGEMAKER_BASE_DIR": str(base_dir),
             "SAGEMAKER_BIND_TO_PORT": str(port),
         }
-        record = spec.record(self.name, port)
+        record = {**spec.record(self.name, port), "image": None}  # served from this checkout, not an image
         command = [container_command("serve"), "--host", spec.listen, "--config-dir", str(base_dir / "server")]
         return hosted.start(self.records, record, command, env, base_dir, spec.startup_timeout)
 

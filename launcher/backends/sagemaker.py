@@ -12,17 +12,21 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from launcher import contract, metrics, sdk
 from launcher.backends.base import S3_SCHEME, AwsOptions, Backend, DeploySpec, TrainingSpec
 from launcher.errors import LauncherError
 from launcher.progress import say
 
+if TYPE_CHECKING:
+    from launcher.tuning_spec import TuningSpec
+
 ROLE_ENV = "IMGCLF_SAGEMAKER_ROLE"
 BUCKET_ENV = "IMGCLF_S3_BUCKET"
 REGION_ENVS = ("AWS_REGION", "AWS_DEFAULT_REGION")
 S3_PREFIX = "imgclf"  # default artifacts: s3://<bucket>/imgclf/<job>/output/; uploads: .../<job>/input/<channel>
+DEFAULT_ENDPOINT_INSTANCE_TYPE = "ml.m5.large"
 ENDPOINT_BUSY = ("Creating", "Updating", "SystemUpdating")  # DescribeEndpoint's statuses while it is not ready
 # The image's torch needs CUDA 13, so NVIDIA driver 580: SageMaker's inference hosts run 470-550 unless the endpoint
 # config asks for this AMI. "auto" asks for it on GPU instance types only; "none" leaves SageMaker's default.
@@ -200,6 +204,18 @@ def model_data_in_s3(session: Any, spec: DeploySpec, bucket: str) -> str:
 
 class SageMakerBackend(Backend):
     name = "sagemaker"
+    spot = True
+    sagemaker_debugger = True
+    models_in_s3 = True
+
+    def default_endpoint_instance_type(self, training_instance_type: str) -> str:
+        return DEFAULT_ENDPOINT_INSTANCE_TYPE  # a training GPU is rarely what an endpoint needs
+
+    def tune(self, spec: TuningSpec, folder: Path) -> dict[str, Any]:
+        """SageMaker's HyperparameterTuner runs the trials; the results are written to `folder` once it ends."""
+        from launcher.sagemaker_tuning import tune_on_sagemaker  # it builds on this module
+
+        return tune_on_sagemaker(spec, self.records, folder)
 
     def train(self, spec: TrainingSpec) -> dict[str, Any]:
         prepared = prepare_training(spec, spec.job_name)

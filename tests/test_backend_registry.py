@@ -1,0 +1,96 @@
+"""A fourth backend is one class plus its registration: `launcher run` (tuning, training, deploying, predicting,
+stopping) and `launcher lineage` reach it through the Backend interface alone, since nothing outside the
+registry branches on a backend's name. The test backend trains by packing a real job's model and output and
+printing the container's metric lines; its endpoints are the process backend's (a real `serve`)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from conftest import write_split
+
+from imgclf import train as container_train
+from launcher import contract
+from launcher.backends import BACKENDS
+from launcher.backends.base import TrainingSpec
+from launcher.backends.process import ProcessBackend
+from launcher.cli import main
+
+BEST_RATE = 0.02
+
+
+class ReplayBackend(ProcessBackend):
+    """Only `name` and `train` are its own."""
+
+    name = "replay"
+    trained: ClassVar[Path]  # the model folder every job "trains" (a real job's, beside its output/)
+
+    def train(self, spec: TrainingSpec) -> dict[str, Any]:
+        job_dir = self.workdir / "jobs" / spec.job_name
+        job_dir.mkdir(parents=True)
+        loss = abs(float(spec.hyperparameters["learning_rate"]) - BEST_RATE)  # the objective the tuner reads
+        lines = [container_train.EPOCH_METRICS.format(epoch=1, train_loss=loss, valid_loss=loss, valid_accuracy=0.5),
+                 container_train.TEST_LOSS.format(loss), container_train.TEST_ACCURACY.format(0.5)]  # fmt: skip
+        (job_dir / "train.log").write_text("\n".join(lines) + "\n")
+        artifacts = self.local_output_dir(spec) / spec.job_name / "output"
+        record = {
+            "name": spec.job_name,
+            "backend": self.name,
+            "status": "Completed",
+            "created": time.time(),
+            "ended": time.time(),
+            "hyperparameters": spec.hyperparameters,
+            "log": str(job_dir / "train.log"),
+            "model_data": str(contract.pack(self.trained, artifacts / contract.MODEL_ARTIFACT)),
+            "output_data": str(
+                contract.pack(self.trained.parent / "output" / "data", artifacts / contract.OUTPUT_ARTIFACT)
+            ),  # the real job's, report included
+            "test_metrics": {"accuracy": 0.5, "loss": loss},
+        }
+        self.records.save("jobs", record)
+        return record
+
+
+@pytest.fixture
+def replay(monkeypatch: pytest.MonkeyPatch, trained_model_dir: Path) -> None:
+    monkeypatch.setitem(BACKENDS, ReplayBackend.name, ReplayBackend)
+    monkeypatch.setattr(ReplayBackend, "trained", trained_model_dir, raising=False)
+
+
+@pytest.mark.usefixtures("replay")
+def test_a_registered_backend_runs_the_whole_pipeline(tmp_path: Path, capsys: pytest.CaptureFixture):
+    data = tmp_path / "data"
+    for split in ("train", "valid", "test"):
+        write_split(data / split, per_class=1)
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        f"data: {data}\n"
+        "tuning:\n"
+        "  ranges: {learning_rate: 'CategoricalParameter([0.002, 0.02, 0.2])'}\n"
+        "  strategy: Grid\n"
+        "  max_jobs: 3\n"
+        "deploy: {workers: 1}\n"
+    )
+    work = ["--workdir", str(tmp_path / "work")]
+    assert main([*work, "run", "--backend", "replay", "--config", str(config), "--name", "r", "--stop-endpoint"]) == 0
+    records = tmp_path / "work" / "records"
+    tuning = json.loads((records / "tuning" / "r-tune.json").read_text())
+    assert tuning["backend"] == "replay" and tuning["best"]["tuned_hyperparameters"] == {"learning_rate": BEST_RATE}
+    assert (tmp_path / "work" / "tuning" / "r-tune" / "results.csv").is_file()
+    job = json.loads((records / "jobs" / "r-train.json").read_text())
+    assert job["backend"] == "replay" and job["hyperparameters"]["learning_rate"] == BEST_RATE
+    run = json.loads((records / "runs" / "r.json").read_text())
+    assert run["status"] == "Completed"
+    assert run["steps"][-1]["top"][0]["label"] in {"circle", "square", "triangle"}  # a real endpoint answered
+    endpoint = json.loads((records / "endpoints" / "r-ep.json").read_text())
+    assert (endpoint["backend"], endpoint["status"]) == ("replay", "Deleted")
+    capsys.readouterr()
+
+    assert main([*work, "lineage", "r-ep", "--json"]) == 0
+    chain = {step.pop("step"): step for step in json.loads(capsys.readouterr().out)}
+    assert list(chain) == ["endpoint", "training job", "tuning", "dataset"]
+    assert {chain[step]["backend"] for step in ("endpoint", "training job", "tuning")} == {"replay"}
