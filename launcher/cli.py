@@ -15,14 +15,13 @@ from launcher.backends import BACKENDS, DEFAULT_BACKEND, get_backend
 from launcher.backends.base import MAX_RUN_SECONDS, S3_SCHEME, AwsOptions, DeploySpec, TrainingSpec
 from launcher.backends.sagemaker import BUCKET_ENV, REGION_ENVS, ROLE_ENV
 from launcher.errors import LauncherError
-from launcher.job_config import JobConfig, TuningConfig, load_job_config
+from launcher.job_config import JobConfig, load_job_config
 from launcher.pipeline import Pipeline, RunPlan, sample_image
 from launcher.progress import say
 from launcher.records import RecordStore, unique_name
 from launcher.report import show_report
-from launcher.tuning import tuning_spec
 from launcher.tuning_results import load_best_hyperparameters
-from launcher.tuning_spec import EARLY_STOPPING, STRATEGIES
+from launcher.tuning_spec import EARLY_STOPPING, STRATEGIES, Tuning, TuningSpec
 
 WORKDIR_ENV = "IMGCLF_WORKDIR"
 DEFAULT_WORKDIR = ".imgclf"
@@ -404,7 +403,7 @@ def cmd_train(args: argparse.Namespace, records: RecordStore) -> None:
     steps.train(get_backend(args.backend, args.workdir, records), spec, tuning)
 
 
-def tuning_config(args: argparse.Namespace, config: JobConfig) -> TuningConfig | None:
+def tuning_config(args: argparse.Namespace, config: JobConfig) -> Tuning | None:
     """The config's tuning section with the command line's overrides; None if it has none."""
     if config.tuning is None:
         return None
@@ -422,7 +421,7 @@ def cmd_tune(args: argparse.Namespace, records: RecordStore) -> None:
     if tuning is None:
         raise LauncherError("nothing to tune: give a --config whose `tuning` section has ranges (see README)")
     name = args.name or unique_name(f"{JOB_PREFIX}-tune")
-    steps.tune(get_backend(args.backend, args.workdir, records), tuning_spec(name, job_spec(args, name), tuning))
+    steps.tune(get_backend(args.backend, args.workdir, records), TuningSpec.of(tuning, name, job_spec(args, name)))
     say(f"train with them: launcher train --from-tuning {name} ...")
 
 
@@ -514,7 +513,7 @@ def cmd_run(args: argparse.Namespace, records: RecordStore) -> None:
     plan = RunPlan(
         name=name,
         training=training,
-        tuning=tuning_spec(f"{name}-tune", training, tuning) if tuning else None,
+        tuning=TuningSpec.of(tuning, f"{name}-tune", training) if tuning else None,
         endpoint=endpoint,
         sample_image=sample_image(training.channels, args.sample_image),
         stop_endpoint=args.stop_endpoint,

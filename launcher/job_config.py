@@ -33,9 +33,8 @@ from typing import Any
 
 import yaml
 
-from launcher import metrics
 from launcher.errors import LauncherError
-from launcher.tuning_spec import DIRECTIONS, EARLY_STOPPING, SCALINGS, STRATEGIES, ParameterRange
+from launcher.tuning_spec import DIRECTIONS, EARLY_STOPPING, SCALINGS, STRATEGIES, ParameterRange, Tuning
 
 SDK_RANGE_CLASSES = {"ContinuousParameter": "continuous", "IntegerParameter": "integer",
                      "CategoricalParameter": "categorical"}  # fmt: skip
@@ -49,19 +48,6 @@ class ConfigError(LauncherError):
 
 
 @dataclass(frozen=True)
-class TuningConfig:
-    ranges: tuple[ParameterRange, ...]
-    objective_metric: str = metrics.DEFAULT_OBJECTIVE
-    objective_regex: str = metrics.DEFAULT_OBJECTIVE_REGEX
-    direction: str = "Minimize"
-    strategy: str = "Bayesian"
-    max_jobs: int = 10
-    max_parallel_jobs: int = 1
-    early_stopping: str = "Off"
-    warm_start_from: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
 class JobConfig:
     channels: dict[str, str] = field(default_factory=dict)  # channel -> folder or s3:// URI
     image: str | None = None
@@ -69,7 +55,7 @@ class JobConfig:
     instance_count: int | None = None
     output: str | None = None
     hyperparameters: dict[str, Any] = field(default_factory=dict)  # rules and profiler folded in
-    tuning: TuningConfig | None = None
+    tuning: Tuning | None = None
     deploy: dict[str, Any] = field(default_factory=dict)
 
 
@@ -133,7 +119,7 @@ def parse_deploy(raw: Any) -> dict[str, Any]:
     return deploy
 
 
-def parse_tuning(raw: Any) -> TuningConfig:
+def parse_tuning(raw: Any) -> Tuning:
     tuning = _mapping(raw, "tuning")
     known = ("ranges", "objective", "strategy", "max_jobs", "max_parallel_jobs", "early_stopping", "warm_start_from")
     unknown = sorted(set(tuning) - set(known))
@@ -147,8 +133,8 @@ def parse_tuning(raw: Any) -> TuningConfig:
     objective = _mapping(tuning.get("objective", {}), "tuning.objective")
     if set(objective) - {"metric", "regex", "direction"}:
         raise ConfigError("tuning.objective takes metric, regex and direction")
-    defaults = TuningConfig(ranges=ranges)
-    config = TuningConfig(
+    defaults = Tuning(ranges=())
+    config = tuning_section(
         ranges=ranges,
         objective_metric=str(objective.get("metric", defaults.objective_metric)),
         objective_regex=str(objective.get("regex", defaults.objective_regex)),
@@ -165,9 +151,14 @@ def parse_tuning(raw: Any) -> TuningConfig:
         raise ConfigError(f"tuning.objective.regex is not a regular expression: {err}") from None
     if groups != 1:
         raise ConfigError("tuning.objective.regex must have exactly one group: the number")
-    if config.strategy == "Grid" and any(r.kind != "categorical" for r in ranges):
-        raise ConfigError("the Grid strategy takes only categorical ranges (as SageMaker's)")
     return config
+
+
+def tuning_section(**fields: Any) -> Tuning:
+    try:
+        return Tuning(**fields)
+    except LauncherError as err:
+        raise ConfigError(f"tuning: {err}") from None
 
 
 def parse_range(name: str, spec: Any) -> ParameterRange:

@@ -49,7 +49,7 @@ def make_sampler(spec: TuningSpec, seed: int) -> optuna.samplers.BaseSampler:
     if spec.strategy == "Random":
         return optuna.samplers.RandomSampler(seed=seed)
     if spec.strategy == "Grid":
-        return optuna.samplers.GridSampler({r.name: grid_values(r) for r in spec.ranges}, seed=seed)
+        return optuna.samplers.GridSampler({r.name: list(r.values) for r in spec.ranges}, seed=seed)  # categorical
     return optuna.samplers.TPESampler(seed=seed)
 
 
@@ -59,12 +59,6 @@ def make_pruner(spec: TuningSpec, epochs: int) -> optuna.pruners.BasePruner:
     if spec.early_stopping == "Auto":
         return optuna.pruners.MedianPruner(n_startup_trials=STARTUP_TRIALS, n_warmup_steps=0)
     return optuna.pruners.NopPruner()
-
-
-def grid_values(r: ParameterRange) -> list:
-    if r.kind != "categorical":
-        raise LauncherError(f"the Grid strategy searches categorical ranges only, and {r.name} is {r.kind}")
-    return list(r.values)
 
 
 def suggest(trial: optuna.Trial, r: ParameterRange) -> Any:

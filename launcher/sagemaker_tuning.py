@@ -51,8 +51,6 @@ def check_tuning_spec(spec: TuningSpec) -> int | None:
             f"warm start needs the parents' data unchanged: give channel(s) {', '.join(local)} as the s3:// URIs the "
             "parent tuning jobs used (their records list them under 'channels'), not local folders"
         )
-    if spec.strategy == "Grid" and any(r.kind != "categorical" for r in spec.ranges):
-        raise LauncherError("the Grid strategy searches categorical ranges only")
     if (
         spec.strategy == "Hyperband" or spec.early_stopping == "Auto"
     ) and spec.objective_metric not in metrics.PER_EPOCH:

@@ -1,11 +1,14 @@
-"""What a tuning run is, whichever backend runs it: the ranges, the objective and the budget."""
+"""What a tuning run is, whichever backend runs it: the ranges, the objective and the budget (`Tuning`, what a job
+config's `tuning` section says), plus the run's name and the training job every trial runs (`TuningSpec`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from launcher import metrics
 from launcher.backends.base import TrainingSpec
+from launcher.errors import LauncherError
 
 SCALINGS = ("Auto", "Linear", "Logarithmic", "ReverseLogarithmic")
 STRATEGIES = ("Bayesian", "Random", "Hyperband", "Grid")
@@ -26,9 +29,9 @@ class ParameterRange:
 
 
 @dataclass(frozen=True)
-class TuningSpec:
-    name: str  # the tuning job's name; its trials are <name>-001, <name>-002, ...
-    training: TrainingSpec  # image, channels, instance, fixed hyperparameters of every trial
+class Tuning:
+    """The tuning itself; refuses what no backend can run, whoever builds it (a config file, the command line)."""
+
     ranges: tuple[ParameterRange, ...]
     objective_metric: str = metrics.DEFAULT_OBJECTIVE
     objective_regex: str = metrics.DEFAULT_OBJECTIVE_REGEX
@@ -38,3 +41,22 @@ class TuningSpec:
     max_parallel_jobs: int = 1
     early_stopping: str = "Off"  # one of EARLY_STOPPING
     warm_start_from: tuple[str, ...] = ()  # earlier tuning jobs whose results seed this one
+
+    def __post_init__(self) -> None:
+        if self.strategy == "Grid":
+            for r in self.ranges:
+                if r.kind != "categorical":
+                    raise LauncherError(f"the Grid strategy searches categorical ranges only (as SageMaker's), and "
+                                        f"{r.name} is {r.kind}")  # fmt: skip
+
+
+@dataclass(frozen=True, kw_only=True)
+class TuningSpec(Tuning):
+    name: str  # the tuning job's name; its trials are <name>-001, <name>-002, ...
+    training: TrainingSpec  # image, channels, instance, fixed hyperparameters of every trial
+
+    @classmethod
+    def of(cls, tuning: Tuning, name: str, training: TrainingSpec) -> TuningSpec:
+        """`tuning` run as `name`, each trial a copy of `training` with the tuned hyperparameters."""
+        fields = {field.name: getattr(tuning, field.name) for field in dataclasses.fields(Tuning)}
+        return cls(name=name, training=training, **fields)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
+from launcher.errors import LauncherError
 from launcher.job_config import ConfigError, load_job_config, parse_job_config
 from launcher.tuning_spec import ParameterRange
 
@@ -73,7 +75,7 @@ def test_the_mapping_form_and_sdk_keywords():
         ({"tuning": {"ranges": {"bs": "CategoricalParameter([])"}}}, "non-empty list"),
         (
             {"tuning": {"ranges": {"lr": "ContinuousParameter(0.001, 0.1)"}, "strategy": "Grid"}},
-            "Grid strategy takes only categorical ranges",
+            "tuning: the Grid strategy searches categorical ranges only (as SageMaker's), and lr is continuous",
         ),
         ({"tuning": {"ranges": {"bs": "CategoricalParameter([1])"}, "strategy": "Smart"}}, "tuning.strategy must be"),
         (
@@ -96,3 +98,9 @@ def test_a_file_error_names_the_file(tmp_path: Path):
     path.write_text("data: [unclosed")
     with pytest.raises(ConfigError, match="cannot read job config"):
         load_job_config(path)
+
+
+def test_a_command_line_override_is_checked_as_the_config_is():
+    config = parse_job_config({"tuning": {"ranges": {"lr": "ContinuousParameter(0.001, 0.1)"}}})
+    with pytest.raises(LauncherError, match="the Grid strategy searches categorical ranges only"):
+        dataclasses.replace(config.tuning, strategy="Grid")  # what `launcher tune --strategy Grid` does
