@@ -56,11 +56,16 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def offering(capability: str) -> str:
+    """`--backend NAME [or ...]` for the backends that offer `capability` (a Backend class attribute)."""
+    return " or ".join(f"--backend {name}" for name, cls in BACKENDS.items() if getattr(cls, capability))
+
+
 def require(backend: str, capability: str, flag: str) -> None:
     """Refuse a flag that asks for what the chosen backend does not offer, naming the backends that do."""
     if not getattr(BACKENDS[backend], capability):
-        offering = " or ".join(f"--backend {name}" for name, cls in BACKENDS.items() if getattr(cls, capability))
-        raise LauncherError(f"{flag} needs {offering} (the {backend} backend has no {capability.replace('_', ' ')})")
+        missing = capability.replace("_", " ")
+        raise LauncherError(f"{flag} needs {offering(capability)} (the {backend} backend has no {missing})")
 
 
 def add_image_options(parser: argparse.ArgumentParser, job: bool = False, image_note: str = "") -> None:
@@ -439,7 +444,7 @@ def cmd_deploy(args: argparse.Namespace, records: RecordStore) -> None:
     if model_data.startswith(S3_SCHEME) and not BACKENDS[args.backend].models_in_s3:
         raise LauncherError(
             f"the {args.backend} backend deploys a model.tar.gz on this machine, not {model_data}: use "
-            + " or ".join(f"--backend {name}" for name, backend in BACKENDS.items() if backend.models_in_s3)
+            + offering("models_in_s3")
         )
     endpoint_name = args.endpoint_name or unique_name(f"{JOB_PREFIX}-ep")
     if records.exists("endpoints", endpoint_name):

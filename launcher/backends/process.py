@@ -40,12 +40,12 @@ def container_command(name: str) -> str:
 class ProcessBackend(Backend):
     name = "process"
 
-    def image_identity(self, image: str) -> dict[str, Any]:
-        return {"image": None, "note": "process backend: container_src of this checkout, no image"}
-
     def __init__(self, workdir: Path, records: RecordStore):
         super().__init__(workdir, records)
         self._running: dict[str, subprocess.Popen] = {}  # job name -> its `train` process
+
+    def image_identity(self, image: str) -> dict[str, Any]:
+        return {"image": None, "note": "process backend: container_src of this checkout, no image"}
 
     # -- training ---------------------------------------------------------------------------------------------
     def train(self, spec: TrainingSpec) -> dict[str, Any]:
