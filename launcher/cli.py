@@ -1,34 +1,28 @@
-"""`launcher`: train, deploy, predict and stop with the imgclf image on a chosen backend."""
+"""`launcher`: train, deploy, predict and stop with the imgclf image on a chosen backend.
+
+This module defines the command line and dispatches to `launcher.commands`."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from launcher import lineage, steps
-from launcher.backends import BACKENDS, DEFAULT_BACKEND, get_backend
-from launcher.backends.base import MAX_RUN_SECONDS, S3_SCHEME, AwsOptions, DeploySpec, TrainingSpec
-from launcher.backends.sagemaker import BUCKET_ENV, REGION_ENVS, ROLE_ENV
+from launcher import commands
+from launcher.backends import BACKENDS, DEFAULT_BACKEND
+from launcher.backends.base import DEFAULT_IMAGE, MAX_RUN_SECONDS, S3_SCHEME, DeploySpec
+from launcher.backends.sagemaker import BUCKET_ENV, DEFAULT_ENDPOINT_INSTANCE_TYPE, REGION_ENVS, ROLE_ENV
+from launcher.commands import IMAGE_ENV
 from launcher.errors import LauncherError
-from launcher.job_config import JobConfig, load_job_config
-from launcher.pipeline import Pipeline, RunPlan, sample_image
-from launcher.progress import say
-from launcher.records import RecordStore, unique_name
-from launcher.report import show_report
-from launcher.tuning_results import load_best_hyperparameters
-from launcher.tuning_spec import EARLY_STOPPING, STRATEGIES, Tuning, TuningSpec
+from launcher.records import RecordStore
+from launcher.tuning_spec import EARLY_STOPPING, STRATEGIES
 
 WORKDIR_ENV = "IMGCLF_WORKDIR"
 DEFAULT_WORKDIR = ".imgclf"
-JOB_PREFIX = "imgclf"
-IMAGE_ENV = "IMGCLF_IMAGE"
-DEFAULT_IMAGE = "imgclf:latest"
-DEFAULT_STARTUP_TIMEOUT = 240.0  # SageMaker fails an endpoint whose pings do not pass within 4 minutes
+STARTUP_TIMEOUT = DeploySpec.startup_timeout
 
 
 def absolute_path(text: str) -> Path:
@@ -56,21 +50,14 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def offering(capability: str) -> str:
-    """`--backend NAME [or ...]` for the backends that offer `capability` (a Backend class attribute)."""
-    return " or ".join(f"--backend {name}" for name, cls in BACKENDS.items() if getattr(cls, capability))
+def parse_hyperparameter(text: str) -> tuple[str, Any]:
+    key, value = parse_key_value(text)
+    return key, parse_value(value)
 
 
-def require(backend: str, capability: str, flag: str) -> None:
-    """Refuse a flag that asks for what the chosen backend does not offer, naming the backends that do."""
-    if not getattr(BACKENDS[backend], capability):
-        missing = capability.replace("_", " ")
-        raise LauncherError(f"{flag} needs {offering(capability)} (the {backend} backend has no {missing})")
-
-
-def add_image_options(parser: argparse.ArgumentParser, job: bool = False, image_note: str = "") -> None:
+def add_image_options(parser: argparse.ArgumentParser, image_note: str = "", type_note: str = "local") -> None:
     """--image and --instance-type; for a job their defaults are applied after its --config file, for an endpoint
-    the image defaults to its training job's."""
+    they default to its training job's image and a type the backend picks."""
     parser.add_argument(
         "--image",
         help=f"the train+serve image (default{image_note} ${IMAGE_ENV} or {DEFAULT_IMAGE}, built by `make build`); "
@@ -79,10 +66,9 @@ def add_image_options(parser: argparse.ArgumentParser, job: bool = False, image_
     )
     parser.add_argument(
         "--instance-type",
-        default=None if job else "local",
-        help="local backend: local, or local_gpu for a GPU through Docker's NVIDIA runtime (default local); "
+        help="local backend: local, or local_gpu for a GPU through Docker's NVIDIA runtime; "
         "sagemaker backend: a SageMaker type such as ml.g4dn.xlarge (GPU) or ml.m5.xlarge (CPU); "
-        "the process backend runs on this machine and ignores it",
+        f"the process backend runs on this machine and ignores it (default {type_note})",
     )
 
 
@@ -110,7 +96,7 @@ def add_job_options(parser: argparse.ArgumentParser, backend_help: str) -> None:
         "--config",
         type=absolute_path,
         metavar="YAML",
-        help="a job config file (data, image, instances, hyperparameters, tuning, rules; see README); "
+        help="a job config file (data, image, instances, hyperparameters, tuning, rules; see docs/tuning.md); "
         "the flags below override it",
     )
     parser.add_argument("--backend", choices=list(BACKENDS), default=DEFAULT_BACKEND, help=backend_help)
@@ -132,10 +118,10 @@ def add_job_options(parser: argparse.ArgumentParser, backend_help: str) -> None:
         "-H",
         "--hyperparameter",
         action="append",
-        type=parse_key_value,
+        type=parse_hyperparameter,
         default=[],
         metavar="NAME=VALUE",
-        help="a hyperparameter, repeatable, e.g. -H epochs=3 -H learning_rate=0.01 (see README for the list)",
+        help="a hyperparameter, repeatable, e.g. -H epochs=3 -H learning_rate=0.01 (the list: docs/launcher.md)",
     )
     parser.add_argument(
         "--output",
@@ -143,7 +129,7 @@ def add_job_options(parser: argparse.ArgumentParser, backend_help: str) -> None:
         help="where artifacts go: <output>/<job>/output/model.tar.gz (default: <workdir>/output; on the "
         "sagemaker backend an s3:// URI, default s3://<bucket>/imgclf)",
     )
-    add_image_options(parser, job=True)
+    add_image_options(parser)
     parser.add_argument(
         "--instance-count",
         type=int,
@@ -237,7 +223,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         "model", help="a training job's name, the path of a model.tar.gz, or (sagemaker backend) its s3:// URI"
     )
     deploy.add_argument("--backend", choices=list(BACKENDS), default=DEFAULT_BACKEND, help=backend_help)
-    add_image_options(deploy, image_note=": the training job's image, else")
+    add_image_options(
+        deploy,
+        image_note=": the training job's image, else",
+        type_note=f"the job's local type on the local backend, {DEFAULT_ENDPOINT_INSTANCE_TYPE} on sagemaker",
+    )
     deploy.add_argument("--endpoint-name", help="unique endpoint name (default: imgclf-ep-<timestamp>-<random>)")
     add_endpoint_options(deploy)
     add_aws_options(deploy, DEPLOY_BUCKET_HELP, f"that of the training job, else {REGION_DEFAULT}")
@@ -347,7 +337,7 @@ def add_endpoint_options(parser: argparse.ArgumentParser, config_note: str = " (
         "--timeout",
         type=float,
         help="process and local backends: seconds to wait for the endpoint to become healthy"
-        f"{config_note}240); SageMaker applies its own limit",
+        f"{config_note}{STARTUP_TIMEOUT:.0f}); SageMaker applies its own limit",
     )
     parser.add_argument(
         "--inference-ami-version",
@@ -358,194 +348,16 @@ def add_endpoint_options(parser: argparse.ArgumentParser, config_note: str = " (
     )
 
 
-def cmd_sample_data(args: argparse.Namespace, _records: RecordStore) -> None:
-    from launcher.sample_data import write_digits
-
-    counts = write_digits(args.directory, size=args.size, seed=args.seed)
-    say(f"wrote {sum(counts.values())} images to {args.directory}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-
-
-def job_spec(args: argparse.Namespace, job_name: str, base: dict[str, Any] | None = None) -> TrainingSpec:
-    """The training job the flags and the --config file describe (flags win); `base` hyperparameters go first."""
-    config = load_job_config(args.config) if args.config else JobConfig()
-    channels = {**config.channels, **dict(args.channel)}
-    if args.data:
-        channels["training"] = args.data
-    if not channels:
-        raise LauncherError("no data: give --data DIR (with train/, valid/, test/), --channel train=DIR ..., or a "
-                            "--config with data")  # fmt: skip
-    if args.spot:
-        require(args.backend, "spot", "--spot")
-    if args.max_wait is not None and not args.spot:
-        raise LauncherError("--max-wait applies to spot training only: add --spot, or leave --max-wait out")
-    flags = {key: parse_value(value) for key, value in args.hyperparameter}
-    return TrainingSpec(
-        job_name=job_name,
-        channels=channels,
-        hyperparameters={**config.hyperparameters, **(base or {}), **flags},
-        output_path=args.output or config.output,
-        image=args.image or config.image or os.environ.get(IMAGE_ENV, DEFAULT_IMAGE),
-        instance_type=args.instance_type or config.instance_type or "local",
-        instance_count=args.instance_count or config.instance_count or 1,
-        aws=AwsOptions(role=args.role, bucket=args.bucket, region=args.region),
-        spot=args.spot,
-        max_run=args.max_run,
-        max_wait=args.max_wait,
-    )
-
-
-def cmd_train(args: argparse.Namespace, records: RecordStore) -> None:
-    if args.sagemaker_debugger:
-        require(args.backend, "sagemaker_debugger", "--sagemaker-debugger")
-    job_name = args.job_name or unique_name(JOB_PREFIX)
-    if records.exists("jobs", job_name):
-        raise LauncherError(f"a job named {job_name!r} already exists; job names must be unique")
-    tuning = records.load("tuning", args.from_tuning) if args.from_tuning else None
-    best = load_best_hyperparameters(tuning) if tuning else None
-    if best:
-        say(f"starting from tuning run {args.from_tuning}'s best hyperparameters: {best}")
-    spec = dataclasses.replace(job_spec(args, job_name, best), sagemaker_debugger=args.sagemaker_debugger)
-    steps.train(get_backend(args.backend, args.workdir, records), spec, tuning)
-
-
-def tuning_config(args: argparse.Namespace, config: JobConfig) -> Tuning | None:
-    """The config's tuning section with the command line's overrides; None if it has none."""
-    if config.tuning is None:
-        return None
-    overrides = {
-        "strategy": args.strategy,
-        "max_jobs": args.max_jobs,
-        "max_parallel_jobs": args.max_parallel_jobs,
-        "early_stopping": args.early_stopping,
-    }
-    return dataclasses.replace(config.tuning, **{k: v for k, v in overrides.items() if v is not None})
-
-
-def cmd_tune(args: argparse.Namespace, records: RecordStore) -> None:
-    tuning = tuning_config(args, load_job_config(args.config) if args.config else JobConfig())
-    if tuning is None:
-        raise LauncherError("nothing to tune: give a --config whose `tuning` section has ranges (see README)")
-    name = args.name or unique_name(f"{JOB_PREFIX}-tune")
-    steps.tune(get_backend(args.backend, args.workdir, records), TuningSpec.of(tuning, name, job_spec(args, name)))
-    say(f"train with them: launcher train --from-tuning {name} ...")
-
-
-def cmd_deploy(args: argparse.Namespace, records: RecordStore) -> None:
-    job_name, region, image = None, args.region, args.image
-    if args.model.startswith(S3_SCHEME) or Path(args.model).is_file():
-        model_data = args.model
-    else:
-        job = records.load("jobs", args.model)
-        if job.get("status") != "Completed":
-            raise LauncherError(f"job {args.model} is {job.get('status')}, so it has no model to deploy")
-        model_data, job_name = job["model_data"], job["name"]
-        region = region or job.get("region")  # a sagemaker job's model is in that region's S3
-        image = image or job.get("image")  # the image it trained in serves it (an ECR URI for a sagemaker job)
-    if model_data.startswith(S3_SCHEME) and not BACKENDS[args.backend].models_in_s3:
-        raise LauncherError(
-            f"the {args.backend} backend deploys a model.tar.gz on this machine, not {model_data}: use "
-            + offering("models_in_s3")
-        )
-    endpoint_name = args.endpoint_name or unique_name(f"{JOB_PREFIX}-ep")
-    if records.exists("endpoints", endpoint_name):
-        raise LauncherError(f"an endpoint named {endpoint_name!r} already exists; endpoint names must be unique")
-    spec = DeploySpec(
-        endpoint_name=endpoint_name,
-        model_data=model_data,
-        job_name=job_name,
-        image=image or os.environ.get(IMAGE_ENV, DEFAULT_IMAGE),
-        instance_type=args.instance_type or "local",
-        port=args.port,
-        listen=args.listen,
-        workers=args.workers,
-        startup_timeout=args.timeout or DEFAULT_STARTUP_TIMEOUT,
-        aws=AwsOptions(role=args.role, bucket=args.bucket, region=region),
-        inference_ami_version=args.inference_ami_version or "auto",
-    )
-    record = steps.deploy(get_backend(args.backend, args.workdir, records), spec)
-    say(f"predict with: launcher predict --endpoint {record['name']} IMAGE")
-
-
-def _endpoint(records: RecordStore, name: str | None) -> dict[str, Any]:
-    if name:
-        return records.load("endpoints", name)
-    serving = records.find("endpoints", status="InService")
-    if len(serving) != 1:
-        names = ", ".join(r["name"] for r in serving) or "none"
-        raise LauncherError(f"name the endpoint: {len(serving)} are in service ({names})")
-    return serving[0]
-
-
-def cmd_predict(args: argparse.Namespace, records: RecordStore) -> None:
-    steps.content_type_of(args.image, args.content_type)  # a clear error before looking for the endpoint
-    endpoint = _endpoint(records, args.endpoint)
-    backend = get_backend(endpoint["backend"], args.workdir, records)
-    print(json.dumps(steps.predict(backend, endpoint, args.image, args.content_type), indent=2))
-
-
-def cmd_stop(args: argparse.Namespace, records: RecordStore) -> None:
-    endpoint = _endpoint(records, args.endpoint)
-    get_backend(endpoint["backend"], args.workdir, records).stop(endpoint)
-    say(f"endpoint {endpoint['name']} stopped")
-
-
-def cmd_report(args: argparse.Namespace, records: RecordStore) -> None:
-    job = records.load("jobs", args.job)
-    show_report(job, args.workdir / "reports" / job["name"])
-
-
-def cmd_run(args: argparse.Namespace, records: RecordStore) -> None:
-    if args.sagemaker_debugger:
-        require(args.backend, "sagemaker_debugger", "--sagemaker-debugger")
-    name = args.name or unique_name(f"{JOB_PREFIX}-run")
-    config = load_job_config(args.config) if args.config else JobConfig()
-    training = dataclasses.replace(job_spec(args, f"{name}-train"), sagemaker_debugger=args.sagemaker_debugger)
-    tuning = tuning_config(args, config)
-    deploy = config.deploy
-    backend = get_backend(args.backend, args.workdir, records)
-    endpoint = DeploySpec(
-        endpoint_name=f"{name}-ep",
-        model_data="",  # the trained job's, once there is one
-        image=training.image,
-        instance_type=deploy.get("instance_type") or backend.default_endpoint_instance_type(training.instance_type),
-        port=args.port,
-        listen=args.listen,
-        workers=args.workers or deploy.get("workers"),
-        startup_timeout=args.timeout or deploy.get("timeout") or DEFAULT_STARTUP_TIMEOUT,
-        aws=training.aws,
-        inference_ami_version=args.inference_ami_version or deploy.get("inference_ami_version") or "auto",
-    )
-    plan = RunPlan(
-        name=name,
-        training=training,
-        tuning=TuningSpec.of(tuning, f"{name}-tune", training) if tuning else None,
-        endpoint=endpoint,
-        sample_image=sample_image(training.channels, args.sample_image),
-        stop_endpoint=args.stop_endpoint,
-    )
-    endpoint = Pipeline(plan, backend).run()["endpoint"]
-    if not args.stop_endpoint:
-        say(f"the endpoint stays in service: launcher predict --endpoint {endpoint} IMAGE; launcher stop {endpoint}")
-
-
-def cmd_lineage(args: argparse.Namespace, records: RecordStore) -> None:
-    chain = lineage.chain(records, args.name)
-    if args.json:
-        print(json.dumps([{"step": step, **facts} for step, facts in chain], indent=2, default=str))
-    else:
-        print(lineage.format_chain(chain))
-
-
 COMMANDS = {
-    "sample-data": cmd_sample_data,
-    "train": cmd_train,
-    "deploy": cmd_deploy,
-    "predict": cmd_predict,
-    "stop": cmd_stop,
-    "report": cmd_report,
-    "tune": cmd_tune,
-    "run": cmd_run,
-    "lineage": cmd_lineage,
+    "sample-data": commands.sample_data,
+    "train": commands.train,
+    "deploy": commands.deploy,
+    "predict": commands.predict,
+    "stop": commands.stop,
+    "report": commands.report,
+    "tune": commands.tune,
+    "run": commands.run,
+    "lineage": commands.trace,
 }
 
 

@@ -15,11 +15,10 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 from launcher.errors import LauncherError
 from launcher.progress import say
-from launcher.records import RecordStore
+from launcher.records import Endpoint, RecordStore
 
 PING_INTERVAL = 0.5
 STOP_GRACE_SECONDS = 30  # SageMaker sends SIGKILL 30 s after SIGTERM
@@ -57,53 +56,47 @@ def model_ready(url: str) -> bool:
 
 
 def start(
-    records: RecordStore,
-    record: dict[str, Any],
-    command: list[str],
-    env: dict[str, str],
-    base_dir: Path,
-    timeout: float,
-) -> dict[str, Any]:
-    """Start `command` detached, wait until `record['url']` serves the model; save the record at each step."""
+    records: RecordStore, record: Endpoint, command: list[str], env: dict[str, str], base_dir: Path, timeout: float
+) -> Endpoint:
+    """Start `command` detached, wait until `record.url` serves the model; save the record at each step."""
     log_file = base_dir / "serve.log"
     with open(log_file, "w") as log:
         process = subprocess.Popen(
             command, env=env, cwd=base_dir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
-    record.update(
-        status="Creating", created=time.time(), pid=process.pid, endpoint_dir=str(base_dir), log=str(log_file)
-    )
-    records.save("endpoints", record)
-    say(f"endpoint {record['name']} starting on {record['url']} (log {log_file})")
+    record.status, record.created, record.pid = "Creating", time.time(), process.pid
+    record.endpoint_dir, record.log = str(base_dir), str(log_file)
+    records.save(record)
+    say(f"endpoint {record.name} starting on {record.url} (log {log_file})")
     try:
         _wait_until_ready(record, process, timeout)
     except BaseException:
         stop_group(process.pid)
-        record["status"] = "Failed"
-        records.save("endpoints", record)
+        record.status = "Failed"
+        records.save(record)
         raise
-    record["status"] = "InService"
-    records.save("endpoints", record)
+    record.status = "InService"
+    records.save(record)
     return record
 
 
-def _wait_until_ready(record: dict[str, Any], process: subprocess.Popen, timeout: float) -> None:
+def _wait_until_ready(record: Endpoint, process: subprocess.Popen, timeout: float) -> None:
     start_time = time.monotonic()
     next_note = start_time + 10
     while True:
         if process.poll() is not None:
             raise LauncherError(
                 f"the endpoint's process exited with status {process.returncode} before the model was ready; "
-                f"last lines of {record['log']}:\n{log_tail(Path(record['log']))}"
+                f"last lines of {record.log}:\n{log_tail(Path(record.log))}"
             )
-        if model_ready(record["url"]):
-            say(f"endpoint {record['name']} is in service after {time.monotonic() - start_time:.0f} s")
+        if model_ready(record.url):
+            say(f"endpoint {record.name} is in service after {time.monotonic() - start_time:.0f} s")
             return
         now = time.monotonic()
         if now - start_time > timeout:
             raise LauncherError(
                 f"the endpoint did not become ready within {timeout:.0f} s; "
-                f"last lines of {record['log']}:\n{log_tail(Path(record['log']))}"
+                f"last lines of {record.log}:\n{log_tail(Path(record.log))}"
             )
         if now >= next_note:
             say(f"  waiting for the model server ({now - start_time:.0f} s)")
@@ -111,10 +104,10 @@ def _wait_until_ready(record: dict[str, Any], process: subprocess.Popen, timeout
         time.sleep(PING_INTERVAL)
 
 
-def stop(records: RecordStore, record: dict[str, Any]) -> None:
-    stop_group(record["pid"])
-    record.update(status="Deleted", deleted=time.time())
-    records.save("endpoints", record)
+def stop(records: RecordStore, record: Endpoint) -> None:
+    stop_group(record.pid)
+    record.status, record.deleted = "Deleted", time.time()
+    records.save(record)
 
 
 def stop_group(pgid: int) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from launcher.backends.base import S3_SCHEME
 from launcher.errors import LauncherError
-from launcher.records import RecordStore
+from launcher.records import Endpoint, PipelineRun, Record, RecordStore, TrainingJob, TuningRun
 
 CHUNK = 1 << 20
 REPOSITORY = Path(__file__).resolve().parent.parent  # the checkout the launcher and container_src come from
@@ -99,7 +99,7 @@ def model_hash(model_data: str | None) -> str | None:
 
 
 def training_lineage(
-    dataset: dict[str, Any], image: dict[str, Any], tuning: dict[str, Any] | None, model_data: str | None
+    dataset: dict[str, Any], image: dict[str, Any], tuning: TuningRun | None, model_data: str | None
 ) -> dict[str, Any]:
     """The `lineage` entry of a training job's record; `image` is the backend's identity of the image."""
     return {
@@ -112,60 +112,63 @@ def training_lineage(
 
 
 # -- the chain, for `launcher lineage` ------------------------------------------------------------------------
-def find_record(records: RecordStore, name: str) -> tuple[str, dict[str, Any]]:
+TRACED = (Endpoint, TrainingJob, TuningRun, PipelineRun)  # looked up in this order
+
+
+def find_record(records: RecordStore, name: str) -> Record:
     """The endpoint, job, tuning run or pipeline run of that name (in that order)."""
-    for kind in ("endpoints", "jobs", "tuning", "runs"):
+    for kind in TRACED:
         if records.exists(kind, name):
-            return kind, records.load(kind, name)
+            return records.load(kind, name)
     raise LauncherError(f"no endpoint, training job, tuning run or pipeline run named {name!r} in {records.root}")
 
 
 def chain(records: RecordStore, name: str) -> list[tuple[str, dict[str, Any]]]:
     """(step, facts) from what serves predictions back to the data: endpoint, training job, tuning, dataset."""
-    kind, record = find_record(records, name)
+    record = find_record(records, name)
     steps: list[tuple[str, dict[str, Any]]] = []
-    if kind == "runs":
-        last = record.get("endpoint") or record.get("training_job") or record.get("tuning_run")
+    if isinstance(record, PipelineRun):
+        last = record.endpoint or record.training_job or record.tuning_run
         if last is None:
-            raise LauncherError(f"pipeline run {name} ended ({record.get('status')}) before any step finished")
-        kind, record = find_record(records, last)
-    if kind == "endpoints":
+            raise LauncherError(f"pipeline run {name} ended ({record.status}) before any step finished")
+        record = find_record(records, last)
+    if isinstance(record, Endpoint):
         steps.append(("endpoint", _endpoint_facts(record)))
-        if not record.get("job_name") or not records.exists("jobs", record["job_name"]):
+        if not record.job_name or not records.exists(TrainingJob, record.job_name):
             return steps  # deployed from a model.tar.gz that no recorded job produced
-        kind, record = "jobs", records.load("jobs", record["job_name"])
-    if kind == "jobs":
-        lineage = record.get("lineage") or {}
+        record = records.load(TrainingJob, record.job_name)
+    if isinstance(record, TrainingJob):
+        lineage = record.lineage or {}
         steps.append(("training job", _job_facts(record, lineage)))
         tuning = lineage.get("tuning")
-        if tuning and records.exists("tuning", tuning["name"]):
-            steps.append(("tuning", tuning_facts(records.load("tuning", tuning["name"]))))
+        if tuning and records.exists(TuningRun, tuning["name"]):
+            steps.append(("tuning", tuning_facts(records.load(TuningRun, tuning["name"]))))
         dataset = lineage.get("dataset")
     else:  # a tuning run
         steps.append(("tuning", tuning_facts(record)))
-        dataset = (record.get("lineage") or {}).get("dataset")
+        dataset = (record.lineage or {}).get("dataset")
     if dataset:
         steps.append(("dataset", dataset))
     return steps
 
 
-def _endpoint_facts(record: dict[str, Any]) -> dict[str, Any]:
+def _endpoint_facts(record: Endpoint) -> dict[str, Any]:
     keys = ("name", "backend", "status", "url", "image", "model_data", "job_name")
-    return {**{k: record.get(k) for k in keys}, "model_sha256": (record.get("lineage") or {}).get("model_sha256")}
+    return {**{k: getattr(record, k) for k in keys}, "model_sha256": (record.lineage or {}).get("model_sha256")}
 
 
-def _job_facts(record: dict[str, Any], lineage: dict[str, Any]) -> dict[str, Any]:
+def _job_facts(record: TrainingJob, lineage: dict[str, Any]) -> dict[str, Any]:
     keys = ("name", "backend", "status", "hyperparameters", "model_data", "test_metrics")
-    facts = {k: record.get(k) for k in keys}
+    facts = {k: getattr(record, k) for k in keys}
     facts.update({k: lineage.get(k) for k in ("model_sha256", "code_revision", "image")})
     return facts
 
 
-def tuning_facts(record: dict[str, Any]) -> dict[str, Any]:
-    best = record.get("best") or {}
+def tuning_facts(run: TuningRun) -> dict[str, Any]:
+    best = run.best or {}
     return {
-        "name": record.get("name"),
-        "backend": record.get("backend"),
+        "name": run.name,
+        "backend": run.backend,
         "best_job": best.get("job_name"),
         "best_objective": best.get("objective"),
         "best_hyperparameters": best.get("tuned_hyperparameters"),

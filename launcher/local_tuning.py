@@ -27,6 +27,7 @@ from launcher import metrics
 from launcher.backends.base import Backend
 from launcher.errors import LauncherError
 from launcher.progress import say
+from launcher.records import TrainingJob, TuningRun
 from launcher.tuning_results import TrialRow, write_results
 from launcher.tuning_spec import ParameterRange, TuningSpec
 
@@ -83,7 +84,7 @@ class LocalTuner:
         self.maximise = spec.direction == "Maximize"
         self.epochs = int(spec.training.hyperparameters.get("epochs", 5))
 
-    def run(self) -> dict[str, Any]:
+    def run(self) -> TuningRun:
         """Run the trials still missing from the study; return the tuning record (best trial included)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         study = optuna.create_study(
@@ -105,8 +106,10 @@ class LocalTuner:
                 f"({at_once} at a time; study {self.folder / 'study.db'})"
             )
             study.optimize(self._objective, n_trials=remaining, n_jobs=at_once, catch=(TrialFailed,))
-        rows = [self._row(t) for t in self._ended(study)]
-        return write_results(self.spec, rows, self.folder)
+        run = self.spec.record(self.backend.name, ended=time.time())
+        write_results(self.spec, [self._row(t) for t in self._ended(study)], self.folder, run)
+        run.status = "Completed" if run.best else "Failed"
+        return run
 
     @staticmethod
     def _ended(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -141,17 +144,17 @@ class LocalTuner:
             trial.set_user_attr("stopped_at_epoch", pruned_at)
             say(f"trial {trial.number + 1}: stopped early after epoch {pruned_at} (worse than the median)")
             raise optuna.TrialPruned()
-        record = outcome["record"]
-        if record["status"] != "Completed":
-            raise TrialFailed(f"job {job_name} {record['status']}: {record.get('failure_reason', '')[:300]}")
-        value = self._objective_value(Path(record["log"]))
+        job = outcome["job"]
+        if job.status != "Completed":
+            raise TrialFailed(f"job {job_name} {job.status}: {(job.failure_reason or '')[:300]}")
+        value = self._objective_value(Path(job.log))
         trial.set_user_attr("objective", value)
         say(f"trial {trial.number + 1}: {self.spec.objective_metric} = {value:.6g}")
         return value
 
     def _train(self, training: Any, outcome: dict[str, Any]) -> None:
         try:
-            outcome["record"] = self.backend.train(training)
+            outcome["job"] = self.backend.train(training)
         except LauncherError as err:
             outcome["error"] = str(err)
 
@@ -179,9 +182,9 @@ class LocalTuner:
         return None
 
     def _log_path(self, job_name: str) -> Path | None:
-        if not self.backend.records.exists("jobs", job_name):
+        if not self.backend.records.exists(TrainingJob, job_name):
             return None
-        return Path(self.backend.records.load("jobs", job_name)["log"])
+        return Path(self.backend.records.load(TrainingJob, job_name).log)
 
     def _objective_value(self, log: Path) -> float:
         matches = self.objective_pattern.findall(log.read_text(errors="replace"))

@@ -6,9 +6,9 @@ The container prints, once per epoch and once at the end (its format strings are
     average test loss: 0.25
     test accuracy: 0.9
 
-SageMaker's metric definitions, a tuner's default objective, the local tuner's per-epoch reader and the
-record's test metrics all come from here; `tests/test_metric_lines.py` formats the container's own lines and
-matches every regex, so the two cannot drift apart.
+SageMaker's metric definitions, a tuner's default objective, the local tuner's per-epoch reader and every
+training record's test metrics (read from the log on this machine, by SageMaker on SageMaker) come from here;
+`tests/test_metric_lines.py` formats the container's own lines and matches every regex, so they cannot drift apart.
 """
 
 from __future__ import annotations
@@ -38,3 +38,14 @@ TEST_METRIC_KEYS = {TEST_ACCURACY: "accuracy", TEST_LOSS: "loss"}
 EPOCH_LINE = re.compile(
     rf"epoch: (\d+) {TRAIN_LOSS}: \S+ {VALID_LOSS}: ([0-9.eE+-]+|nan|inf) {VALID_ACCURACY}: ([0-9.eE+-]+|nan|inf)"
 )
+
+
+def final_values(log: str) -> dict[str, float]:
+    """What SageMaker keeps of a job's log by the metric definitions (FinalMetricDataList): each metric's last value."""
+    found = {d["Name"]: re.findall(d["Regex"], log) for d in METRIC_DEFINITIONS}
+    return {name: float(values[-1]) for name, values in found.items() if values}
+
+
+def test_metrics(final: dict[str, float]) -> dict[str, float] | None:
+    """A training record's test metrics, {"accuracy": ..., "loss": ...}, from its final metric values."""
+    return {key: final[name] for name, key in TEST_METRIC_KEYS.items() if name in final} or None

@@ -20,6 +20,7 @@ from launcher import lineage, steps
 from launcher.backends.base import S3_SCHEME, Backend, DeploySpec, TrainingSpec
 from launcher.errors import LauncherError
 from launcher.progress import say
+from launcher.records import Endpoint, PipelineRun, R, TrainingJob, TuningRun
 from launcher.report import show_report
 from launcher.tuning_results import load_best_hyperparameters
 from launcher.tuning_spec import TuningSpec
@@ -60,14 +61,14 @@ class Pipeline:
 
     def __init__(self, plan: RunPlan, backend: Backend):
         self.plan, self.backend, self.records = plan, backend, backend.records
-        self.record: dict[str, Any] = (
-            self.records.load("runs", plan.name)
-            if self.records.exists("runs", plan.name)
-            else {"name": plan.name, "backend": backend.name, "created": time.time(), "steps": []}
+        self.record = (
+            self.records.load(PipelineRun, plan.name)
+            if self.records.exists(PipelineRun, plan.name)
+            else PipelineRun(name=plan.name, backend=backend.name)
         )
 
-    def run(self) -> dict[str, Any]:
-        self._update(status="InProgress")
+    def run(self) -> PipelineRun:
+        self._update(status="InProgress", failure_reason=None, ended=None)
         try:
             tuning = self._tune()
             job = self._train(tuning)
@@ -79,8 +80,8 @@ class Pipeline:
                 say(f"prediction for {self.plan.sample_image}: {top}")
             finally:
                 if self.plan.stop_endpoint:
-                    self.backend.stop(self.records.load("endpoints", endpoint["name"]))
-                    say(f"endpoint {endpoint['name']} stopped")
+                    self.backend.stop(self.records.load(Endpoint, endpoint.name))
+                    say(f"endpoint {endpoint.name} stopped")
         except KeyboardInterrupt:  # Ctrl-C: the step under way has recorded itself as Stopped
             self._update(status="Stopped", failure_reason="interrupted by the user", ended=time.time())
             raise
@@ -91,22 +92,22 @@ class Pipeline:
         self._summary(tuning, job, endpoint)
         return self.record
 
-    def _tune(self) -> dict[str, Any] | None:
+    def _tune(self) -> TuningRun | None:
         spec = self.plan.tuning
         if spec is None:
             return None
-        if self.records.exists("tuning", spec.name):
-            done = self.records.load("tuning", spec.name)
-            if done.get("best") and done.get("trials", 0) >= spec.max_jobs:
+        if self.records.exists(TuningRun, spec.name):
+            done = self.records.load(TuningRun, spec.name)
+            if done.best and done.trials >= spec.max_jobs:
                 say(f"tuning run {spec.name} already finished; reusing its best trial")
                 return done
-        record = steps.tune(self.backend, spec)
-        self._step("tuning_run", spec.name, best=record["best"]["tuned_hyperparameters"])
-        return record
+        run = steps.tune(self.backend, spec)
+        self._step("tuning_run", spec.name, best=run.best["tuned_hyperparameters"])
+        return run
 
-    def _train(self, tuning: dict[str, Any] | None) -> dict[str, Any]:
+    def _train(self, tuning: TuningRun | None) -> TrainingJob:
         spec = self.plan.training
-        earlier, name = self._earlier("jobs", spec.job_name, lambda job: job["status"] == "Completed")
+        earlier, name = self._earlier(TrainingJob, spec.job_name, lambda job: job.status == "Completed")
         if earlier:
             say(f"training job {name} already completed; reusing its model")
             return earlier
@@ -114,25 +115,25 @@ class Pipeline:
         hyperparameters = {**spec.hyperparameters, **best, **FINAL_JOB_HYPERPARAMETERS}
         job = steps.train(self.backend, dataclasses.replace(spec, job_name=name, hyperparameters=hyperparameters),
                           tuning)  # fmt: skip
-        self._step("training_job", name, model_data=job["model_data"])
+        self._step("training_job", name, model_data=job.model_data)
         return job
 
-    def _deploy(self, job: dict[str, Any]) -> dict[str, Any]:
+    def _deploy(self, job: TrainingJob) -> Endpoint:
         planned = self.plan.endpoint
         earlier, name = self._earlier(
-            "endpoints", planned.endpoint_name, lambda ep: ep["status"] == "InService" and ep["job_name"] == job["name"]
+            Endpoint, planned.endpoint_name, lambda ep: ep.status == "InService" and ep.job_name == job.name
         )
         if earlier:
-            say(f"endpoint {name} already serves {job['name']}; reusing it")
+            say(f"endpoint {name} already serves {job.name}; reusing it")
             return earlier
-        region = planned.aws.region or job.get("region")  # a sagemaker job's model is in that region's S3
-        spec = dataclasses.replace(planned, endpoint_name=name, model_data=job["model_data"], job_name=job["name"],
+        region = planned.aws.region or job.region  # a sagemaker job's model is in that region's S3
+        spec = dataclasses.replace(planned, endpoint_name=name, model_data=job.model_data, job_name=job.name,
                                    aws=dataclasses.replace(planned.aws, region=region))  # fmt: skip
         endpoint = steps.deploy(self.backend, spec)
-        self._step("endpoint", name, url=endpoint.get("url"))
+        self._step("endpoint", name, url=endpoint.url)
         return endpoint
 
-    def _earlier(self, kind: str, base: str, reusable: Callable[[dict[str, Any]], bool]) -> tuple[Any, str]:
+    def _earlier(self, kind: type[R], base: str, reusable: Callable[[R], bool]) -> tuple[R | None, str]:
         """An earlier try's record that can be reused, and its name; else None and the first free name after
         those of tries that failed (`base`, `base-2`, ...), which are kept as they are, with their logs."""
         name, attempt = base, 1
@@ -146,22 +147,22 @@ class Pipeline:
 
     def _step(self, step: str, name: str, **facts: Any) -> None:
         """A finished step: listed in order, and its name kept under the step's key (e.g. `training_job`)."""
-        self.record["steps"].append({"step": step, "name": name, "ended": time.time(), **facts})
-        self.record[step] = name
-        self.records.save("runs", self.record)
+        self.record.steps.append({"step": step, "name": name, "ended": time.time(), **facts})
+        setattr(self.record, step, name)
+        self.records.save(self.record)
 
     def _update(self, **fields: Any) -> None:
-        self.record.update(fields)
-        self.records.save("runs", self.record)
+        for key, value in fields.items():
+            setattr(self.record, key, value)
+        self.records.save(self.record)
 
-    def _summary(self, tuning: dict[str, Any] | None, job: dict[str, Any], endpoint: dict[str, Any]) -> None:
+    def _summary(self, tuning: TuningRun | None, job: TrainingJob, endpoint: Endpoint) -> None:
         """Where each artifact is, then the job's rule report (its table is in the job's log) and the lineage."""
         say(f"run {self.plan.name} completed; artifacts:")
         if tuning:
-            say(f"  tuning results: {tuning.get('results')} and {tuning.get('plot')}")
-        say(f"  model: {job['model_data']}")
-        say(f"  output (metrics, rule and profiler report): {job['output_data']}")
-        say(f"  endpoint: {endpoint['name']} {endpoint.get('url', '')}"
-            + (" (stopped)" if self.plan.stop_endpoint else ""))  # fmt: skip
-        show_report(job, self.backend.workdir / "reports" / job["name"], table=False)
-        print(lineage.format_chain(lineage.chain(self.records, endpoint["name"])), flush=True)
+            say(f"  tuning results: {tuning.results} and {tuning.plot}")
+        say(f"  model: {job.model_data}")
+        say(f"  output (metrics, rule and profiler report): {job.output_data}")
+        say(f"  endpoint: {endpoint.name} {endpoint.url or ''}" + (" (stopped)" if self.plan.stop_endpoint else ""))
+        show_report(job, self.backend.workdir / "reports" / job.name, table=False)
+        print(lineage.format_chain(lineage.chain(self.records, endpoint.name)), flush=True)

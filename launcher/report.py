@@ -18,6 +18,7 @@ from typing import Any
 from launcher import sdk
 from launcher.backends.base import S3_SCHEME
 from launcher.errors import LauncherError
+from launcher.records import TrainingJob
 
 REPORT_DIRS = (PurePosixPath("report"), PurePosixPath("data/report"))
 HTML_REPORT = "report.html"
@@ -58,15 +59,15 @@ class RuleResult:
         return result
 
 
-def local_archive(job: dict[str, Any], scratch: Path) -> Path:
+def local_archive(job: TrainingJob, scratch: Path) -> Path:
     """The job's output.tar.gz on this machine, downloaded into `scratch` if it is in S3."""
-    location = job.get("output_data")
+    location = job.output_data
     if not location:
-        raise LauncherError(f"job {job['name']} has no output yet (status {job.get('status')})")
+        raise LauncherError(f"job {job.name} has no output yet (status {job.status})")
     if location.startswith(S3_SCHEME):
-        return sdk.download(location, scratch / f"{job['name']}-output.tar.gz", job["region"])
+        return sdk.download(location, scratch / f"{job.name}-output.tar.gz", job.region)
     if not Path(location).is_file():
-        raise LauncherError(f"job {job['name']}'s output {location} is missing")
+        raise LauncherError(f"job {job.name}'s output {location} is missing")
     return Path(location)
 
 
@@ -126,15 +127,15 @@ def format_table(results: list[RuleResult]) -> str:
     )
 
 
-def show_report(job: dict[str, Any], target: Path, table: bool = True) -> None:
+def show_report(job: TrainingJob, target: Path, table: bool = True) -> None:
     """Extract a job's report into `target`; print its table (unless the job's log just showed it),
     recommendations and the HTML report's path."""
     with tempfile.TemporaryDirectory() as scratch:
         if not extract_report(local_archive(job, Path(scratch)), target):
-            raise LauncherError(f"the output of job {job['name']} has no report: {NO_REPORT}")
+            raise LauncherError(f"the output of job {job.name} has no report: {NO_REPORT}")
     results = read_results(target)
     if not results:
-        raise LauncherError(f"the report of job {job['name']} holds no rule results: {NO_REPORT}")
+        raise LauncherError(f"the report of job {job.name} holds no rule results: {NO_REPORT}")
     if table:
         print(format_table(results))
     advice = [r for r in results if r.status == "IssuesFound" and r.recommendation]

@@ -15,10 +15,10 @@ from typing import Any
 
 from launcher import contract, metrics, sdk
 from launcher.backends.base import S3_SCHEME
-from launcher.backends.sagemaker import outcome, prepare_training
+from launcher.backends.sagemaker import SageMakerBackend, prepare_training, record_outcome
 from launcher.errors import LauncherError
 from launcher.progress import say
-from launcher.records import RecordStore
+from launcher.records import RecordStore, TrainingJob, TuningRun
 from launcher.tuning_results import TrialRow, write_results
 from launcher.tuning_spec import TuningSpec
 
@@ -72,66 +72,45 @@ def check_tuning_spec(spec: TuningSpec) -> int | None:
     return epochs
 
 
-def tune_on_sagemaker(spec: TuningSpec, records: RecordStore, folder: Path, wait: bool = True) -> dict[str, Any]:
+def tune_on_sagemaker(spec: TuningSpec, records: RecordStore, folder: Path, wait: bool = True) -> TuningRun:
     """Start a SageMaker tuning job for `spec` and, if `wait`, follow it to its end; return its record (saved).
     Once it has ended, its trials' table, CSV, JSON and plot page go to `folder`, as the local tuner writes them."""
     hyperband_max_epochs = check_tuning_spec(spec)
     prepared = prepare_training(spec.training, spec.name)
     tuner = sdk.tuner(prepared.estimator, spec, hyperband_max_epochs)
     sdk.start_tuning_job(tuner, prepared.channels, spec.name)
-    record: dict[str, Any] = {
-        "name": spec.name,
-        "backend": "sagemaker",
-        "status": "InProgress",
-        "created": time.time(),
-        "region": prepared.aws.region,
-        "objective_metric": spec.objective_metric,
-        "direction": spec.direction,
-        "strategy": spec.strategy,
-        "early_stopping": spec.early_stopping,
-        "max_jobs": spec.max_jobs,
-        "max_parallel_jobs": spec.max_parallel_jobs,
-        "warm_start_from": list(spec.warm_start_from),
-        "image": spec.training.image,
-        "instance_type": spec.training.instance_type,
-        "channels": prepared.channels,
-        "best": None,
-    }
-    records.save("tuning", record)
+    run = spec.record(SageMakerBackend.name, region=prepared.aws.region)
+    run.channels = prepared.channels
+    records.save(run)
     say(f"tuning job {spec.name} started on SageMaker in {prepared.aws.region}")
     if not wait:
-        return record
+        return run
     try:
         description = follow_tuning_job(prepared.session, spec.name)
     except KeyboardInterrupt:
         say(
             f"tuning job {spec.name} keeps running on SageMaker; stop it with: aws sagemaker "
-            f"stop-hyper-parameter-tuning-job --hyper-parameter-tuning-job-name {spec.name} --region {record['region']}"
+            f"stop-hyper-parameter-tuning-job --hyper-parameter-tuning-job-name {spec.name} --region {run.region}"
         )
         raise
-    record.update(
-        status=description["HyperParameterTuningJobStatus"],
-        ended=time.time(),
-        training_jobs=description["TrainingJobStatusCounters"],
-        trials=sum(description["TrainingJobStatusCounters"].values()),
-    )
-    if "FailureReason" in description:
-        record["failure_reason"] = description["FailureReason"]
-    results = write_results(spec, trial_rows(spec, sdk.tuning_job_trials(prepared.session, spec.name)), folder)
-    record.update(results=results["results"], plot=results["plot"], stopped_early=results["stopped_early"])
-    if "BestTrainingJob" in description:
+    run.status, run.ended = description["HyperParameterTuningJobStatus"], time.time()
+    run.training_jobs = description["TrainingJobStatusCounters"]
+    run.failure_reason = description.get("FailureReason")
+    write_results(spec, trial_rows(spec, sdk.tuning_job_trials(prepared.session, spec.name)), folder, run)
+    if "BestTrainingJob" in description:  # SageMaker's pick, with its full record so that it can be deployed
         best = description["BestTrainingJob"]
         job = best_job_record(prepared.session, best["TrainingJobName"], spec.name)
-        records.save("jobs", job)
-        record["best"] = {
-            "job_name": job["name"],
+        records.save(job)
+        run.best = {
+            **(run.best or {}),
+            "job_name": job.name,
             "objective": best.get("FinalHyperParameterTuningJobObjectiveMetric", {}).get("Value"),
             "tuned_hyperparameters": decode_hyperparameters(best["TunedHyperParameters"]),
-            "hyperparameters": job["hyperparameters"],
-            "model_data": job["model_data"],
+            "hyperparameters": job.hyperparameters,
+            "model_data": job.model_data,
         }
-    records.save("tuning", record)
-    return record
+    records.save(run)
+    return run
 
 
 def follow_tuning_job(session: Any, name: str) -> dict[str, Any]:
@@ -195,30 +174,29 @@ def decode_hyperparameters(encoded: dict[str, str]) -> dict[str, Any]:
     return decoded
 
 
-def best_job_record(session: Any, job_name: str, tuning_job: str) -> dict[str, Any]:
+def best_job_record(session: Any, job_name: str, tuning_job: str) -> TrainingJob:
     """The best trial as a training job record, like `train --backend sagemaker` writes, so it can be deployed."""
     description = sdk.describe_training_job(session, job_name)
     model_data = description["ModelArtifacts"]["S3ModelArtifacts"]
     resources = description["ResourceConfig"]
-    ended = description.get("TrainingEndTime")
-    return {
-        "name": job_name,
-        "backend": "sagemaker",
-        "tuning_job": tuning_job,
-        "created": description["CreationTime"].timestamp(),
-        "region": session.boto_region_name,
-        "role": description["RoleArn"],
-        "image": description["AlgorithmSpecification"]["TrainingImage"],
-        "instance_type": resources.get("InstanceType"),
-        "instance_count": resources.get("InstanceCount"),
-        "hyperparameters": decode_hyperparameters(description.get("HyperParameters", {})),
-        "channels": {
+    job = TrainingJob(
+        name=job_name,
+        backend=SageMakerBackend.name,
+        tuning_job=tuning_job,
+        created=description["CreationTime"].timestamp(),
+        region=session.boto_region_name,
+        role=description["RoleArn"],
+        image=description["AlgorithmSpecification"]["TrainingImage"],
+        instance_type=resources.get("InstanceType"),
+        instance_count=resources.get("InstanceCount", 1),
+        hyperparameters=decode_hyperparameters(description.get("HyperParameters", {})),
+        channels={
             channel["ChannelName"]: channel["DataSource"]["S3DataSource"]["S3Uri"]
             for channel in description.get("InputDataConfig", [])
             if "S3DataSource" in channel["DataSource"]
         },
-        "model_data": model_data,
-        "output_data": f"{model_data.rsplit('/', 1)[0]}/{contract.OUTPUT_ARTIFACT}",
-        **outcome(description),
-        "ended": ended.timestamp() if ended else None,
-    }
+        model_data=model_data,
+        output_data=f"{model_data.rsplit('/', 1)[0]}/{contract.OUTPUT_ARTIFACT}",
+    )
+    job.test_metrics = metrics.test_metrics(record_outcome(job, description))
+    return job

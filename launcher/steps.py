@@ -11,7 +11,7 @@ from launcher import lineage
 from launcher.backends.base import Backend, DeploySpec, TrainingSpec
 from launcher.errors import LauncherError
 from launcher.progress import say
-from launcher.tuning import run_tuning
+from launcher.records import Endpoint, TrainingJob, TuningRun
 from launcher.tuning_spec import TuningSpec
 
 CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
@@ -26,51 +26,48 @@ def record_dataset(backend: Backend, channels: dict[str, str]) -> dict[str, Any]
     return dataset
 
 
-def tune(backend: Backend, spec: TuningSpec) -> dict[str, Any]:
+def tune(backend: Backend, spec: TuningSpec) -> TuningRun:
     """Run a tuning run; its record gets the dataset and code it tuned on. Fails if no trial completed."""
     dataset = record_dataset(backend, spec.training.channels)
-    record = run_tuning(spec, backend, backend.workdir, backend.records)
-    record["lineage"] = {
+    run = backend.tune(spec, backend.workdir / "tuning" / spec.name)
+    run.lineage = {
         "dataset": dataset,
         "code_revision": lineage.code_revision(),
         "image": backend.image_identity(spec.training.image),
     }
-    backend.records.save("tuning", record)
-    best = record.get("best")
-    if not best:
+    backend.records.save(run)
+    if not run.best:
         raise LauncherError(f"tuning run {spec.name} ended without a completed trial; see the table above")
-    say(f"best trial: job {best['job_name']}, {spec.objective_metric} {best['objective']:.6g}")
-    say(f"best hyperparameters: {best['tuned_hyperparameters']}")
-    return record
+    say(f"best trial: job {run.best['job_name']}, {spec.objective_metric} {run.best['objective']:.6g}")
+    say(f"best hyperparameters: {run.best['tuned_hyperparameters']}")
+    return run
 
 
-def train(backend: Backend, spec: TrainingSpec, tuning: dict[str, Any] | None = None) -> dict[str, Any]:
+def train(backend: Backend, spec: TrainingSpec, tuning: TuningRun | None = None) -> TrainingJob:
     """Run a training job to completion; its record gets its lineage. Fails unless the job completed."""
     dataset = record_dataset(backend, spec.channels)
-    record = backend.train(spec)
-    image = backend.image_identity(spec.image)
-    record["lineage"] = lineage.training_lineage(dataset, image, tuning, record.get("model_data"))
-    backend.records.save("jobs", record)
-    if record["status"] != "Completed":
-        raise LauncherError(
-            f"training job {spec.job_name} {record['status'].lower()}: {record.get('failure_reason', '')}"
-        )
-    test = record.get("test_metrics") or {}
-    say(
-        f"training job {spec.job_name} completed: test accuracy {test.get('accuracy', float('nan')):.4f}, "
-        f"average test loss {test.get('loss', float('nan')):.4f}"
-    )
-    say(f"model artifact: {record['model_data']}")
-    say(f"output artifact: {record['output_data']}")
-    return record
+    job = backend.train(spec)
+    job.lineage = lineage.training_lineage(dataset, backend.image_identity(spec.image), tuning, job.model_data)
+    backend.records.save(job)
+    if job.status != "Completed":
+        raise LauncherError(f"training job {job.name} {job.status.lower()}: {job.failure_reason or ''}")
+    test = job.test_metrics or {}
+    if {"accuracy", "loss"} <= test.keys():
+        outcome = f"test accuracy {test['accuracy']:.4f}, average test loss {test['loss']:.4f}"
+    else:
+        outcome = "its log reported no test metrics"
+    say(f"training job {job.name} completed: {outcome}")
+    say(f"model artifact: {job.model_data}")
+    say(f"output artifact: {job.output_data}")
+    return job
 
 
-def deploy(backend: Backend, spec: DeploySpec) -> dict[str, Any]:
+def deploy(backend: Backend, spec: DeploySpec) -> Endpoint:
     """Start an endpoint; its record gets the hash of the model it serves."""
-    record = backend.deploy(spec)
-    record["lineage"] = {"job_name": spec.job_name, "model_sha256": lineage.model_hash(spec.model_data)}
-    backend.records.save("endpoints", record)
-    return record
+    endpoint = backend.deploy(spec)
+    endpoint.lineage = {"job_name": spec.job_name, "model_sha256": lineage.model_hash(spec.model_data)}
+    backend.records.save(endpoint)
+    return endpoint
 
 
 def content_type_of(image: Path, given: str | None = None) -> str:
@@ -81,7 +78,7 @@ def content_type_of(image: Path, given: str | None = None) -> str:
     return content_type
 
 
-def predict(backend: Backend, endpoint: dict[str, Any], image: Path, content_type: str | None = None) -> Any:
+def predict(backend: Backend, endpoint: Endpoint, image: Path, content_type: str | None = None) -> Any:
     """Send an image file to an endpoint; return its decoded JSON answer."""
     if not image.is_file():
         raise LauncherError(f"no image file at {image}")

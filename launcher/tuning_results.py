@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.errors import LauncherError
+from launcher.records import TuningRun
 from launcher.tuning_spec import TuningSpec
 
 BEST_FILE = "best.json"
@@ -55,8 +56,9 @@ def table(rows: list[TrialRow]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines)
 
 
-def write_results(spec: TuningSpec, rows: list[TrialRow], folder: Path) -> dict[str, Any]:
-    """Save results.csv, results.json, results.html and best.json in `folder`; print the table; return a record."""
+def write_results(spec: TuningSpec, rows: list[TrialRow], folder: Path, run: TuningRun) -> None:
+    """Save results.csv, results.json, results.html and best.json in `folder`; print the table; note in `run` where
+    they are, how many trials ended and which was best."""
     folder.mkdir(parents=True, exist_ok=True)
     rows = sorted(rows, key=lambda r: r.trial)
     names = sorted({name for r in rows for name in r.hyperparameters})
@@ -70,35 +72,24 @@ def write_results(spec: TuningSpec, rows: list[TrialRow], folder: Path) -> dict[
     (folder / "results.html").write_text(_plots(spec, rows, names))
     best = best_row(spec, rows)
     print(table(rows), flush=True)
-    record = {
-        "name": spec.name,
-        "objective_metric": spec.objective_metric,
-        "direction": spec.direction,
-        "strategy": spec.strategy,
-        "early_stopping": spec.early_stopping,
-        "trials": len(rows),
-        "stopped_early": sum(r.stopped_early for r in rows),
-        "results": str(folder / "results.csv"),
-        "plot": str(folder / "results.html"),
-        "best": None,
-    }
+    run.trials, run.stopped_early = len(rows), sum(r.stopped_early for r in rows)
+    run.results, run.plot = str(folder / "results.csv"), str(folder / "results.html")
     if best is not None:
-        record["best"] = {
+        run.best = {
             "trial": best.trial,
             "job_name": best.job_name,
             "objective": best.objective,
             "tuned_hyperparameters": best.hyperparameters,
             "hyperparameters": {**spec.training.hyperparameters, **best.hyperparameters},
         }
-        (folder / BEST_FILE).write_text(json.dumps(record["best"], indent=2))
-    return record
+        (folder / BEST_FILE).write_text(json.dumps(run.best, indent=2))
 
 
-def load_best_hyperparameters(record: dict[str, Any]) -> dict[str, Any]:
+def load_best_hyperparameters(run: TuningRun) -> dict[str, Any]:
     """The best trial's full hyperparameters from a tuning record, for `launcher train --from-tuning`."""
-    if not record.get("best"):
-        raise LauncherError(f"tuning run {record['name']} has no completed trial to take hyperparameters from")
-    return dict(record["best"]["hyperparameters"])
+    if not run.best:
+        raise LauncherError(f"tuning run {run.name} has no completed trial to take hyperparameters from")
+    return dict(run.best["hyperparameters"])
 
 
 def _short(value: Any) -> str:

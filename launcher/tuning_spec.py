@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from launcher import metrics
 from launcher.backends.base import TrainingSpec
 from launcher.errors import LauncherError
+from launcher.records import TuningRun
 
 SCALINGS = ("Auto", "Linear", "Logarithmic", "ReverseLogarithmic")
 STRATEGIES = ("Bayesian", "Random", "Hyperband", "Grid")
@@ -60,3 +61,21 @@ class TuningSpec(Tuning):
         """`tuning` run as `name`, each trial a copy of `training` with the tuned hyperparameters."""
         fields = {field.name: getattr(tuning, field.name) for field in dataclasses.fields(Tuning)}
         return cls(name=name, training=training, **fields)
+
+    def record(self, backend: str, **fields: object) -> TuningRun:
+        """The run's record as it starts; `fields`: what the backend adds."""
+        return TuningRun(
+            name=self.name,
+            backend=backend,
+            objective_metric=self.objective_metric,
+            direction=self.direction,
+            strategy=self.strategy,
+            early_stopping=self.early_stopping,
+            max_jobs=self.max_jobs,
+            max_parallel_jobs=self.max_parallel_jobs,
+            warm_start_from=list(self.warm_start_from),
+            image=self.training.image,
+            instance_type=self.training.instance_type,
+            channels=dict(self.training.channels),
+            **fields,
+        )

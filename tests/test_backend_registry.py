@@ -6,53 +6,46 @@ printing the container's metric lines; its endpoints are the process backend's (
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import pytest
 from conftest import write_split
 
 from imgclf import train as container_train
-from launcher import contract
+from launcher import contract, metrics
 from launcher.backends import BACKENDS
 from launcher.backends.base import TrainingSpec
 from launcher.backends.process import ProcessBackend
 from launcher.cli import main
+from launcher.records import TrainingJob
 
 BEST_RATE = 0.02
 
 
 class ReplayBackend(ProcessBackend):
-    """Only `name` and `train` are its own."""
+    """Only `name` and the training lifecycle's `launch` and `follow` are its own."""
 
     name = "replay"
     trained: ClassVar[Path]  # the model folder every job "trains" (a real job's, beside its output/)
 
-    def train(self, spec: TrainingSpec) -> dict[str, Any]:
+    def launch(self, spec: TrainingSpec) -> TrainingJob:
         job_dir = self.workdir / "jobs" / spec.job_name
         job_dir.mkdir(parents=True)
+        return TrainingJob(name=spec.job_name, backend=self.name, hyperparameters=spec.hyperparameters,
+                           log=str(job_dir / "train.log"))  # fmt: skip
+
+    def follow(self, job: TrainingJob, spec: TrainingSpec) -> dict[str, float]:
         loss = abs(float(spec.hyperparameters["learning_rate"]) - BEST_RATE)  # the objective the tuner reads
         lines = [container_train.EPOCH_METRICS.format(epoch=1, train_loss=loss, valid_loss=loss, valid_accuracy=0.5),
                  container_train.TEST_LOSS.format(loss), container_train.TEST_ACCURACY.format(0.5)]  # fmt: skip
-        (job_dir / "train.log").write_text("\n".join(lines) + "\n")
-        artifacts = self.local_output_dir(spec) / spec.job_name / "output"
-        record = {
-            "name": spec.job_name,
-            "backend": self.name,
-            "status": "Completed",
-            "created": time.time(),
-            "ended": time.time(),
-            "hyperparameters": spec.hyperparameters,
-            "log": str(job_dir / "train.log"),
-            "model_data": str(contract.pack(self.trained, artifacts / contract.MODEL_ARTIFACT)),
-            "output_data": str(
-                contract.pack(self.trained.parent / "output" / "data", artifacts / contract.OUTPUT_ARTIFACT)
-            ),  # the real job's, report included
-            "test_metrics": {"accuracy": 0.5, "loss": loss},
-        }
-        self.records.save("jobs", record)
-        return record
+        Path(job.log).write_text("\n".join(lines) + "\n")
+        artifacts = self.local_output_dir(spec) / job.name / "output"
+        job.model_data = str(contract.pack(self.trained, artifacts / contract.MODEL_ARTIFACT))
+        output = self.trained.parent / "output" / "data"  # the real job's, report included
+        job.output_data = str(contract.pack(output, artifacts / contract.OUTPUT_ARTIFACT))
+        job.status = "Completed"
+        return metrics.final_values(Path(job.log).read_text())
 
 
 @pytest.fixture

@@ -71,7 +71,7 @@ def test_failed_job_reports_its_reason(tmp_path: Path, shapes_dataset: Path, cap
     assert "hyperparameter 'model_name' must be one of" in capsys.readouterr().err
     job = records(workdir, "jobs")[0]
     assert job["status"] == "Failed" and "model_name" in job["failure_reason"]
-    assert "model_data" not in job
+    assert job["model_data"] is None  # a failed job has no model
 
 
 def test_deploy_refuses_a_model_that_does_not_load(tmp_path: Path, capsys: pytest.CaptureFixture):
@@ -83,4 +83,4 @@ def test_deploy_refuses_a_model_that_does_not_load(tmp_path: Path, capsys: pytes
 
 def test_unknown_job_lists_what_exists(tmp_path: Path, capsys: pytest.CaptureFixture):
     assert main(["--workdir", str(tmp_path), "deploy", "no-such-job"]) == 1
-    assert "no job named 'no-such-job'" in capsys.readouterr().err
+    assert "no training job named 'no-such-job'" in capsys.readouterr().err

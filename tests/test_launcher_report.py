@@ -11,7 +11,7 @@ import pytest
 
 from launcher.cli import main
 from launcher.contract import pack
-from launcher.records import RecordStore
+from launcher.records import RecordStore, TrainingJob
 
 RULES = {
     "LossNotDecreasing": ("training", "NoIssuesFound", []),
@@ -49,7 +49,9 @@ def write_output(root: Path, layout: str) -> Path:
 
 
 def register(workdir: Path, name: str = "job-1", **fields: object) -> None:
-    RecordStore(workdir / "records").save("jobs", {"name": name, "backend": "process", "status": "Completed", **fields})
+    RecordStore(workdir / "records").save(
+        TrainingJob(**{"name": name, "backend": "process", "status": "Completed", **fields})
+    )
 
 
 @pytest.mark.parametrize("layout", ["report/", "data/report/"])
@@ -88,7 +90,7 @@ def test_report_prints_the_table_and_extracts_the_files(tmp_path: Path, capsys: 
 def test_unknown_job(tmp_path: Path, capsys: pytest.CaptureFixture):
     register(tmp_path, "job-1", output_data=str(tmp_path / "output.tar.gz"))
     assert main(["--workdir", str(tmp_path), "report", "job-2"]) == 1
-    assert "no job named 'job-2'" in capsys.readouterr().err
+    assert "no training job named 'job-2'" in capsys.readouterr().err
 
 
 def test_job_without_output_yet(tmp_path: Path, capsys: pytest.CaptureFixture):

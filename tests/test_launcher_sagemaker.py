@@ -27,7 +27,7 @@ from botocore.stub import Stubber
 
 from launcher import contract, metrics, sdk
 from launcher.cli import main
-from launcher.records import RecordStore
+from launcher.records import Endpoint, RecordStore, TrainingJob
 
 REGION = "eu-west-1"
 ROLE = "arn:aws:iam::111122223333:role/imgclf-training"
@@ -139,7 +139,7 @@ HYPERPARAMETERS = ("-H", "epochs=3", "-H", "learning_rate=0.01", "-H", "model_na
 
 
 def read_record(workdir: Path) -> dict[str, Any]:
-    return RecordStore(workdir / "records").load("jobs", JOB)
+    return RecordStore(workdir / "records").load(TrainingJob, JOB).to_json()
 
 
 def test_train_sends_our_contract_and_uploads_local_data(
@@ -278,7 +278,7 @@ def test_settings_come_from_the_environment(
     assert (request["RoleArn"], request["OutputDataConfig"]["S3OutputPath"]) == (ROLE, f"s3://{BUCKET}/imgclf")
     err = capsys.readouterr().err
     assert f"SageMaker did not start training job {JOB}" in err and "ResourceLimitExceeded" in err
-    assert not RecordStore(tmp_path / "records").exists("jobs", JOB)
+    assert not RecordStore(tmp_path / "records").exists(TrainingJob, JOB)
 
 
 @pytest.mark.parametrize(
@@ -339,7 +339,7 @@ def test_report_of_a_sagemaker_job_is_downloaded(aws: StubbedAWS, tmp_path: Path
     workdir = tmp_path / "work"
     job = {"name": JOB, "backend": "sagemaker", "status": "Completed", "region": REGION,
            "output_data": f"{ARTIFACTS}/output.tar.gz"}  # fmt: skip
-    RecordStore(workdir / "records").save("jobs", job)
+    RecordStore(workdir / "records").save(TrainingJob(**job))
 
     assert main(["--workdir", str(workdir), "report", JOB]) == 0
     out = capsys.readouterr().out
@@ -430,11 +430,11 @@ def deploy(workdir: Path, model: str, *extra: str) -> int:
 def save_completed_job(workdir: Path) -> None:
     job = {"name": JOB, "backend": "sagemaker", "status": "Completed", "region": REGION,
            "model_data": f"{ARTIFACTS}/model.tar.gz"}  # fmt: skip
-    RecordStore(workdir / "records").save("jobs", job)
+    RecordStore(workdir / "records").save(TrainingJob(**job))
 
 
 def read_endpoint(workdir: Path) -> dict[str, Any]:
-    return RecordStore(workdir / "records").load("endpoints", ENDPOINT)
+    return RecordStore(workdir / "records").load(Endpoint, ENDPOINT).to_json()
 
 
 def test_deploy_creates_model_config_and_endpoint_and_waits_until_in_service(
@@ -475,7 +475,7 @@ def test_deploy_creates_model_config_and_endpoint_and_waits_until_in_service(
 def test_deploying_a_job_without_image_serves_it_with_the_image_it_trained_in(aws: StubbedAWS, tmp_path: Path):
     job = {"name": JOB, "backend": "sagemaker", "status": "Completed", "region": REGION, "image": IMAGE,
            "model_data": f"{ARTIFACTS}/model.tar.gz"}  # fmt: skip
-    RecordStore(tmp_path / "records").save("jobs", job)
+    RecordStore(tmp_path / "records").save(TrainingJob(**job))
     expect_endpoint(aws, "InService")
     assert main(["--workdir", str(tmp_path), "deploy", JOB, "--backend", "sagemaker", "--role", ROLE,
                  "--instance-type", SERVING_INSTANCE, "--endpoint-name", ENDPOINT]) == 0  # fmt: skip
@@ -514,7 +514,7 @@ def test_deploy_uploads_a_local_model(aws: StubbedAWS, tmp_path: Path):
     [
         (f"{ARTIFACTS}/model.tar.gz", ["--instance-type", "local"], "needs a SageMaker instance type"),
         (f"{ARTIFACTS}/model.tar.gz", ["--role", ROLE], "the sagemaker backend needs an AWS region"),
-        ("model.tar.gz", ["--role", ROLE, "--region", REGION], "no job named 'model.tar.gz'"),
+        ("model.tar.gz", ["--role", ROLE, "--region", REGION], "no training job named 'model.tar.gz'"),
     ],
 )
 def test_deploy_refuses_unusable_options_before_any_call(
@@ -538,7 +538,7 @@ def test_deploying_an_s3_model_needs_no_bucket_and_other_backends_refuse_it(
 def save_endpoint(workdir: Path) -> None:
     endpoint = {"name": ENDPOINT, "backend": "sagemaker", "status": "InService", "region": REGION,
                 "endpoint_name": ENDPOINT, "endpoint_config_name": ENDPOINT, "model_name": ENDPOINT}  # fmt: skip
-    RecordStore(workdir / "records").save("endpoints", endpoint)
+    RecordStore(workdir / "records").save(Endpoint(**endpoint))
 
 
 def test_predict_sends_the_jpeg_and_decodes_the_json_answer(

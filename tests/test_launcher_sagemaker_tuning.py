@@ -23,7 +23,7 @@ from test_launcher_sagemaker import BUCKET, IMAGE, REGION, ROLE, StubbedAWS, stu
 from launcher import contract, metrics
 from launcher.backends.base import AwsOptions, TrainingSpec
 from launcher.errors import LauncherError
-from launcher.records import RecordStore
+from launcher.records import RecordStore, TrainingJob, TuningRun
 from launcher.sagemaker_tuning import tune_on_sagemaker
 from launcher.tuning_spec import ParameterRange, TuningSpec
 
@@ -180,7 +180,7 @@ def expect_tuning_job(aws: StubbedAWS) -> None:
 def test_tuning_job_request_and_best_job_record(aws: StubbedAWS, tmp_path: Path, capsys: pytest.CaptureFixture):
     expect_tuning_job(aws)
     records = RecordStore(tmp_path / "records")
-    record = tune_on_sagemaker(tuning_spec(), records, tmp_path / "tuning")
+    record = tune_on_sagemaker(tuning_spec(), records, tmp_path / "tuning").to_json()
     aws.assert_all_answered()
 
     (request,) = aws.sent("CreateHyperParameterTuningJob")
@@ -232,14 +232,15 @@ def test_tuning_job_request_and_best_job_record(aws: StubbedAWS, tmp_path: Path,
     assert (record["status"], record["trials"]) == ("Completed", 6)
     tuned = {"learning_rate": 0.03087708635920261, "batch_size": 128, "optimizer": "adam", "image_size": 160}
     assert record["best"] == {
+        "trial": 4,  # the order SageMaker created the trials in, as the local tuner numbers them
         "job_name": BEST,
         "objective": 0.41,
         "tuned_hyperparameters": tuned,
         "hyperparameters": {**STATIC, **tuned},
         "model_data": f"s3://{BUCKET}/imgclf/{BEST}/output/model.tar.gz",
     }
-    assert records.load("tuning", TUNING) == json.loads(json.dumps(record))
-    job = records.load("jobs", BEST)  # deployable: `launcher deploy <best job> --backend sagemaker`
+    assert records.load(TuningRun, TUNING).to_json() == json.loads(json.dumps(record))
+    job = records.load(TrainingJob, BEST).to_json()  # deployable: `launcher deploy <best job> --backend sagemaker`
     assert (job["status"], job["backend"], job["region"], job["tuning_job"]) == (
         "Completed",
         "sagemaker",
@@ -255,7 +256,7 @@ def test_tuning_job_request_and_best_job_record(aws: StubbedAWS, tmp_path: Path,
 def test_a_finished_tuning_job_writes_the_results_the_local_tuner_writes(aws: StubbedAWS, tmp_path: Path,
                                                                           capsys: pytest.CaptureFixture):  # fmt: skip
     expect_tuning_job(aws)
-    record = tune_on_sagemaker(tuning_spec(), RecordStore(tmp_path / "records"), tmp_path / "tuning")
+    record = tune_on_sagemaker(tuning_spec(), RecordStore(tmp_path / "records"), tmp_path / "tuning").to_json()
     aws.assert_all_answered()
     assert (record["results"], record["plot"]) == (str(tmp_path / "tuning" / "results.csv"),
                                                    str(tmp_path / "tuning" / "results.html"))  # fmt: skip
@@ -290,7 +291,7 @@ def test_hyperband_and_warm_start(aws: StubbedAWS, tmp_path: Path):
         direction="Maximize",
         warm_start_from=("imgclf-hpo-0", "imgclf-hpo-00"),
     )
-    record = tune_on_sagemaker(spec, RecordStore(tmp_path / "records"), tmp_path / "tuning", wait=False)
+    record = tune_on_sagemaker(spec, RecordStore(tmp_path / "records"), tmp_path / "tuning", wait=False).to_json()
     aws.assert_all_answered()
     assert record["status"] == "InProgress" and record["best"] is None
 

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 from conftest import compose_containers, docker
 
+from launcher import steps
 from launcher.backends.base import TrainingSpec
 from launcher.backends.local import LocalBackend
 from launcher.errors import LauncherError
 from launcher.metrics import EPOCH_LINE
-from launcher.records import RecordStore
+from launcher.records import RecordStore, TrainingJob
 from launcher.sdk import local_mode_containers
-from launcher.tuning import run_tuning
 from launcher.tuning_spec import ParameterRange, TuningSpec
 
 pytestmark = pytest.mark.docker
@@ -45,14 +45,14 @@ def test_tuning_on_the_local_backend_reads_each_trials_log_and_keeps_the_console
     workdir = tmp_path / "work"
     backend = local_backend(workdir)
 
-    record = run_tuning(spec, backend, workdir, backend.records)
+    record = steps.tune(backend, spec).to_json()
 
     folder = workdir / "tuning" / "lt-1"
     rows = json.loads((folder / "results.json").read_text())
     assert [row["status"] for row in rows] == ["Completed", "Completed"], rows
     assert sorted(row["hyperparameters"]["batch_size"] for row in rows) == [2, 4]
     for row in rows:  # the objective is the last objective line of the job's own log
-        job = backend.records.load("jobs", row["job_name"])
+        job = backend.records.load(TrainingJob, row["job_name"]).to_json()
         assert job["status"] == "Completed" and job["log"] == str(workdir / "jobs" / row["job_name"] / "train.log")
         log = Path(job["log"]).read_text()
         assert EPOCH_LINE.search(log), log[-2000:]
@@ -89,9 +89,9 @@ def test_stop_training_stops_a_running_local_job(image: str, tmp_path: Path, sha
         leftovers = [container.id for container in local_mode_containers(workdir)]
         if worker.is_alive() and leftovers:
             docker("rm", "--force", *leftovers)
-    job = outcome["record"]
+    job = outcome["record"].to_json()
     assert job["status"] == "Stopped" and "stopped on request" in job["failure_reason"]
-    assert backend.records.load("jobs", "stop-1")["status"] == "Stopped"
+    assert backend.records.load(TrainingJob, "stop-1").to_json()["status"] == "Stopped"
     assert "average test loss:" not in log.read_text()  # it did not run to its end
     assert compose_containers(workdir) == []
     with pytest.raises(LauncherError, match="not running here"):

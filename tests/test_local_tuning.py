@@ -50,7 +50,7 @@ def test_tuning_with_early_stopping_stops_the_bad_trials(tmp_path: Path, backbon
     workdir = tmp_path / "work"
     backend = ProcessBackend(workdir, RecordStore(workdir / "records"))
 
-    record = LocalTuner(spec, backend, workdir / "tuning" / "tune-1").run()
+    record = LocalTuner(spec, backend, workdir / "tuning" / "tune-1").run().to_json()
 
     rows = json.loads((workdir / "tuning" / "tune-1" / "results.json").read_text())
     assert len(rows) == 6 and record["trials"] == 6

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from launcher import metrics
 from launcher.errors import LauncherError
-from launcher.records import RecordStore
+from launcher.records import Endpoint, RecordStore, TrainingJob, TuningRun
 
 if TYPE_CHECKING:
     from launcher.tuning_spec import TuningSpec
 
 S3_SCHEME = "s3://"
 MAX_RUN_SECONDS = 86400  # SageMaker's default limit on a training job's run time
+DEFAULT_IMAGE = "imgclf:latest"  # what `make build` tags
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,7 @@ class TrainingSpec:
     hyperparameters: dict[str, Any]
     # Artifacts go to <output_path>/<job_name>/output/{model,output}.tar.gz; None: the backend's default.
     output_path: str | None = None
-    image: str = "imgclf:latest"
+    image: str = DEFAULT_IMAGE
     instance_type: str = "local"
     instance_count: int = 1
     aws: AwsOptions = field(default_factory=AwsOptions)
@@ -49,7 +52,7 @@ class DeploySpec:
     endpoint_name: str
     model_data: str  # a model.tar.gz
     job_name: str | None = None  # the job that produced it, if known
-    image: str = "imgclf:latest"
+    image: str = DEFAULT_IMAGE
     instance_type: str = "local"
     port: int = 0  # 0: any free port
     listen: str = "127.0.0.1"  # process, local backends: the address the endpoint listens on; 0.0.0.0: the network
@@ -64,17 +67,17 @@ class DeploySpec:
         workers = {"SAGEMAKER_MODEL_SERVER_WORKERS": str(self.workers)} if self.workers else {}
         return {**self.environment, **workers}
 
-    def record(self, backend: str, port: int) -> dict[str, Any]:
-        """The start of an endpoint record on this machine."""
-        return {
-            "name": self.endpoint_name,
-            "backend": backend,
-            "image": self.image,
-            "model_data": self.model_data,
-            "job_name": self.job_name,
-            "url": f"http://127.0.0.1:{port}",
-            "port": port,
-        }
+    def record(self, backend: str, **fields: Any) -> Endpoint:
+        """The endpoint's record as it starts; `fields`: what the backend adds."""
+        return Endpoint(
+            name=self.endpoint_name,
+            backend=backend,
+            image=self.image,
+            model_data=self.model_data,
+            job_name=self.job_name,
+            instance_type=self.instance_type,
+            **fields,
+        )
 
 
 class Backend(ABC):
@@ -109,9 +112,36 @@ class Backend(ABC):
         folder.mkdir(parents=True)
         return folder
 
+    def train(self, spec: TrainingSpec) -> TrainingJob:
+        """Run a training job to its end: launch it, follow it, then record its outcome and test metrics.
+
+        The record is saved as each step ends. On Ctrl-C, `interrupted` says what became of the job."""
+        job = self.launch(spec)
+        self.records.save(job)
+        try:
+            final_metrics = self.follow(job, spec)
+        except KeyboardInterrupt:
+            self.interrupted(job)
+            raise
+        if job.status == "Completed":
+            job.test_metrics = metrics.test_metrics(final_metrics)
+        job.ended = job.ended or time.time()
+        self.records.save(job)
+        return job
+
     @abstractmethod
-    def train(self, spec: TrainingSpec) -> dict[str, Any]:
-        """Run a training job to completion; return its record (also saved)."""
+    def launch(self, spec: TrainingSpec) -> TrainingJob:
+        """Check the spec, prepare the job's inputs (and start it where it runs elsewhere); its record."""
+
+    @abstractmethod
+    def follow(self, job: TrainingJob, spec: TrainingSpec) -> dict[str, float]:
+        """Run or watch the job to its end, its log shown; set its status, failure reason and artifacts. Returns the
+        final value of each metric its log printed (launcher.metrics names them)."""
+
+    def interrupted(self, job: TrainingJob) -> None:
+        """Ctrl-C while following: a job on this machine has been stopped with the launcher."""
+        job.status, job.failure_reason, job.ended = "Stopped", "interrupted by the user", time.time()
+        self.records.save(job)
 
     def stop_training(self, job_name: str) -> None:
         """Stop a training job that `train` is running in another thread (a tuner stopping a trial early)."""
@@ -122,29 +152,29 @@ class Backend(ABC):
         jobs run on this machine keep them here; local-mode containers keep them inside the container."""
         return None
 
-    def default_endpoint_instance_type(self, training_instance_type: str) -> str:
-        """What `launcher run` deploys on when the config names no instance type: where it trained."""
-        return training_instance_type
+    def default_endpoint_instance_type(self, training_instance_type: str | None) -> str:
+        """What an endpoint runs on when no instance type is given: where its model trained, if known."""
+        return training_instance_type or "local"
 
     def image_identity(self, image: str) -> dict[str, Any]:
         """The image a job ran in, for its lineage: its name (and digest where the name pins one)."""
         return {"image": image, "digest": image.split("@", 1)[1] if "@sha256:" in image else None}
 
-    def tune(self, spec: TuningSpec, folder: Path) -> dict[str, Any]:
+    def tune(self, spec: TuningSpec, folder: Path) -> TuningRun:
         """Run a tuning run to its end; return its record (saved by the caller). Here: Optuna on this machine,
         each trial a training job of this backend; the study and the results go to `folder`."""
         from launcher.local_tuning import LocalTuner  # it builds on this module
 
-        return {"backend": self.name, **LocalTuner(spec, self, folder).run()}
+        return LocalTuner(spec, self, folder).run()
 
     @abstractmethod
-    def deploy(self, spec: DeploySpec) -> dict[str, Any]:
+    def deploy(self, spec: DeploySpec) -> Endpoint:
         """Start an endpoint and wait until it answers pings; return its record (also saved)."""
 
     @abstractmethod
-    def predict(self, endpoint: dict[str, Any], body: bytes, content_type: str) -> Any:
+    def predict(self, endpoint: Endpoint, body: bytes, content_type: str) -> Any:
         """Send one request to the endpoint; return the decoded JSON answer."""
 
     @abstractmethod
-    def stop(self, endpoint: dict[str, Any]) -> None:
+    def stop(self, endpoint: Endpoint) -> None:
         """Stop the endpoint and release what it holds; mark its record deleted."""

@@ -14,15 +14,14 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
-from launcher import contract, hosted, sdk
+from launcher import contract, hosted, metrics, sdk
 from launcher.backends.base import Backend, DeploySpec, TrainingSpec
 from launcher.errors import LauncherError
 from launcher.progress import muted_stdout, say
-from launcher.records import RecordStore
+from launcher.records import Endpoint, RecordStore, TrainingJob
 
 INSTANCE_TYPES = ("local", "local_gpu")
 FIND_CONTAINERS_SECONDS = 0.5  # between looks for a job's containers until all of them are there
@@ -104,31 +103,36 @@ class LocalBackend(Backend):
         image_id, repo_digests = inspected.stdout.strip().split(" ", 1)
         return {"image": image, "id": image_id, "repo_digests": json.loads(repo_digests)}
 
-    def train(self, spec: TrainingSpec) -> dict[str, Any]:
+    def default_endpoint_instance_type(self, training_instance_type: str | None) -> str:
+        """Where the job trained, if that was in local mode (a SageMaker job's model serves on `local`)."""
+        return training_instance_type if training_instance_type in INSTANCE_TYPES else "local"
+
+    def launch(self, spec: TrainingSpec) -> TrainingJob:
         if spec.instance_type not in INSTANCE_TYPES:
             raise LauncherError(
                 f"the local backend runs instance types {', '.join(INSTANCE_TYPES)}, not {spec.instance_type!r}"
             )
-        output_dir = self.local_output_dir(spec) / spec.job_name / "output"
         channels = {name: Path(path).resolve() for name, path in spec.channels.items()}
         for name, path in channels.items():
             if not path.exists():
                 raise LauncherError(f"channel {name!r}: {path} does not exist")
         container_root = self.workdir / "jobs" / spec.job_name
         container_root.mkdir(parents=True, exist_ok=True)
-        record = {
-            "name": spec.job_name,
-            "backend": self.name,
-            "status": "InProgress",
-            "created": time.time(),
-            "image": spec.image,
-            "instance_type": spec.instance_type,
-            "instance_count": spec.instance_count,
-            "hyperparameters": spec.hyperparameters,
-            "channels": {name: str(path) for name, path in channels.items()},
-            "log": str(container_root / "train.log"),
-        }
-        self.records.save("jobs", record)
+        return TrainingJob(
+            name=spec.job_name,
+            backend=self.name,
+            image=spec.image,
+            instance_type=spec.instance_type,
+            instance_count=spec.instance_count,
+            hyperparameters=spec.hyperparameters,
+            channels={name: str(path) for name, path in channels.items()},
+            log=str(container_root / "train.log"),
+        )
+
+    def follow(self, job: TrainingJob, spec: TrainingSpec) -> dict[str, float]:
+        """Fit the SDK's Estimator in local mode (Ctrl-C reaches docker-compose too, which stops the containers)."""
+        output_dir = self.local_output_dir(spec) / job.name / "output"
+        container_root, log = self.workdir / "jobs" / job.name, Path(job.log)
         estimator = sdk.estimator(
             sdk.local_session(container_root=container_root),
             image=spec.image,
@@ -138,30 +142,19 @@ class LocalBackend(Backend):
             output_path=f"file://{output_dir}",
             hyperparameters=spec.hyperparameters,
         )
-        say(f"training job {spec.job_name} started in SageMaker local mode ({spec.instance_count} x {spec.image})")
-        inputs = {name: f"file://{path}" for name, path in channels.items()}
-        try:
-            failure = self._fit(estimator, spec, inputs, container_root, Path(record["log"]))
-        except KeyboardInterrupt:  # Ctrl-C reaches docker-compose too, which stops the containers
-            record.update(status="Stopped", failure_reason="interrupted by the user", ended=time.time())
-            self.records.save("jobs", record)
-            raise
-        if spec.job_name in self._stopping:
-            self._stopping.discard(spec.job_name)
-            record.update(status="Stopped", failure_reason="stopped on request: its containers were sent SIGTERM")
+        say(f"training job {job.name} started in SageMaker local mode ({spec.instance_count} x {spec.image})")
+        inputs = {name: f"file://{path}" for name, path in job.channels.items()}
+        failure = self._fit(estimator, spec, inputs, container_root, log)
+        if job.name in self._stopping:
+            self._stopping.discard(job.name)
+            job.status, job.failure_reason = "Stopped", "stopped on request: its containers were sent SIGTERM"
         elif failure:
-            record.update(status="Failed", failure_reason=f"{failure}; see the container log {record['log']}")
+            job.status, job.failure_reason = "Failed", f"{failure}; see the container log {log}"
         else:
-            record.update(
-                status="Completed",
-                model_data=str(output_dir / contract.MODEL_ARTIFACT),
-                output_data=str(output_dir / contract.OUTPUT_ARTIFACT),
-            )
-            metrics = contract.read_metrics(output_dir / contract.OUTPUT_ARTIFACT)
-            record["test_metrics"] = (metrics or {}).get("test")
-        record["ended"] = time.time()
-        self.records.save("jobs", record)
-        return record
+            job.status = "Completed"
+            job.model_data = str(output_dir / contract.MODEL_ARTIFACT)
+            job.output_data = str(output_dir / contract.OUTPUT_ARTIFACT)
+        return metrics.final_values(log.read_text(errors="replace"))
 
     def _fit(
         self, estimator: Any, spec: TrainingSpec, inputs: dict[str, str], container_root: Path, log_file: Path
@@ -193,12 +186,12 @@ class LocalBackend(Backend):
             self._stopping.discard(job_name)
             raise LauncherError(f"training job {job_name} has no running container to stop (yet, or any more)")
 
-    def deploy(self, spec: DeploySpec) -> dict[str, Any]:
+    def deploy(self, spec: DeploySpec) -> Endpoint:
         if spec.instance_type not in INSTANCE_TYPES:
             raise LauncherError(f"the local backend serves on instance types {', '.join(INSTANCE_TYPES)}")
         base_dir = self.new_endpoint_dir(spec.endpoint_name)
         port = spec.port or hosted.free_port()
-        record = spec.record(self.name, port)
+        record = spec.record(self.name, port=port, url=f"http://127.0.0.1:{port}")
         command = [
             sys.executable, "-m", "launcher.local_endpoint",
             "--name", spec.endpoint_name,
@@ -216,17 +209,17 @@ class LocalBackend(Backend):
             sdk.remove_containers(base_dir, hosted.STOP_GRACE_SECONDS)
             raise
 
-    def predict(self, endpoint: dict[str, Any], body: bytes, content_type: str) -> Any:
-        predictor = sdk.image_predictor(endpoint["name"], sdk.local_session(serving_port=endpoint["port"]))
+    def predict(self, endpoint: Endpoint, body: bytes, content_type: str) -> Any:
+        predictor = sdk.image_predictor(endpoint.name, sdk.local_session(serving_port=endpoint.port))
         try:
             answer = predictor.predict(body, initial_args={"ContentType": content_type})
         except Exception as err:  # urllib3 connection errors, JSON decoding of a non-JSON answer
-            raise LauncherError(f"endpoint {endpoint['name']} did not answer: {err}; see {endpoint['log']}") from err
+            raise LauncherError(f"endpoint {endpoint.name} did not answer: {err}; see {endpoint.log}") from err
         if isinstance(answer, dict) and "error" in answer and "status" in answer:
-            raise LauncherError(f"endpoint {endpoint['name']} answered {answer['status']}: {answer['error']}")
+            raise LauncherError(f"endpoint {endpoint.name} answered {answer['status']}: {answer['error']}")
         return answer
 
-    def stop(self, endpoint: dict[str, Any]) -> None:
+    def stop(self, endpoint: Endpoint) -> None:
         """End the endpoint's host process (and its docker-compose), then remove whatever container is left."""
         hosted.stop(self.records, endpoint)
-        sdk.remove_containers(Path(endpoint["endpoint_dir"]), hosted.STOP_GRACE_SECONDS)
+        sdk.remove_containers(Path(endpoint.endpoint_dir), hosted.STOP_GRACE_SECONDS)

@@ -13,17 +13,16 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from launcher import contract, hosted
+from launcher import contract, hosted, metrics
 from launcher.backends.base import Backend, DeploySpec, TrainingSpec
 from launcher.errors import LauncherError
 from launcher.progress import say
-from launcher.records import RecordStore
+from launcher.records import Endpoint, RecordStore, TrainingJob
 
 
 def container_command(name: str) -> str:
@@ -48,51 +47,40 @@ class ProcessBackend(Backend):
         return {"image": None, "note": "process backend: container_src of this checkout, no image"}
 
     # -- training ---------------------------------------------------------------------------------------------
-    def train(self, spec: TrainingSpec) -> dict[str, Any]:
+    def launch(self, spec: TrainingSpec) -> TrainingJob:
+        """The job's /opt/ml folder: its config and links to its channels."""
         if spec.instance_count != 1:
             raise LauncherError("the process backend runs one instance; use --backend local for several")
         base_dir = self.workdir / "jobs" / spec.job_name
         if base_dir.exists():
             raise LauncherError(f"job folder {base_dir} already exists; choose another --job-name")
-        artifacts = self.local_output_dir(spec) / spec.job_name / "output"
         channels = {name: Path(path) for name, path in spec.channels.items()}
-        record = {
-            "name": spec.job_name,
-            "backend": self.name,
-            "status": "InProgress",
-            "created": time.time(),
-            "hyperparameters": spec.hyperparameters,
-            "channels": {name: str(path.resolve()) for name, path in channels.items()},
-            "job_dir": str(base_dir),
-            "log": str(base_dir / "train.log"),
-        }
         contract.write_job_config(base_dir, spec.hyperparameters, channels)
-        self.records.save("jobs", record)
-        say(f"training job {spec.job_name} started (folder {base_dir})")
-        try:
-            returncode = self._run_streamed(
-                [container_command("train")], base_dir, Path(record["log"]), spec.job_name, spec.echo
-            )
-        except KeyboardInterrupt:
-            record.update(status="Stopped", failure_reason="interrupted by the user", ended=time.time())
-            self.records.save("jobs", record)
-            raise
+        return TrainingJob(
+            name=spec.job_name,
+            backend=self.name,
+            hyperparameters=spec.hyperparameters,
+            channels={name: str(path.resolve()) for name, path in channels.items()},
+            job_dir=str(base_dir),
+            log=str(base_dir / "train.log"),
+        )
 
-        record["output_data"] = str(contract.pack(base_dir / "output" / "data", artifacts / contract.OUTPUT_ARTIFACT))
+    def follow(self, job: TrainingJob, spec: TrainingSpec) -> dict[str, float]:
+        """Run the image's `train` in the job's folder, then pack its artifacts as SageMaker uploads them."""
+        base_dir, log = Path(job.job_dir), Path(job.log)
+        say(f"training job {job.name} started (folder {base_dir})")
+        returncode = self._run_streamed([container_command("train")], base_dir, log, job.name, spec.echo)
+        artifacts = self.local_output_dir(spec) / job.name / "output"
+        job.output_data = str(contract.pack(base_dir / "output" / "data", artifacts / contract.OUTPUT_ARTIFACT))
         failure = base_dir / "output" / "failure"
         if returncode == 0:
-            record["model_data"] = str(contract.pack(base_dir / "model", artifacts / contract.MODEL_ARTIFACT))
-            metrics_file = base_dir / "output" / "data" / "metrics.json"
-            if metrics_file.is_file():
-                record["test_metrics"] = json.loads(metrics_file.read_text()).get("test")
-            record["status"] = "Completed"
+            job.model_data = str(contract.pack(base_dir / "model", artifacts / contract.MODEL_ARTIFACT))
+            job.status = "Completed"
         else:
             # Killed by a signal, or ended by SIGTERM after checkpointing (128 + 15, as a shell reports it).
-            record["status"] = "Stopped" if returncode < 0 or returncode == 128 + signal.SIGTERM else "Failed"
-            record["failure_reason"] = failure.read_text()[:1024] if failure.is_file() else f"exit status {returncode}"
-        record["ended"] = time.time()
-        self.records.save("jobs", record)
-        return record
+            job.status = "Stopped" if returncode < 0 or returncode == 128 + signal.SIGTERM else "Failed"
+            job.failure_reason = failure.read_text()[:1024] if failure.is_file() else f"exit status {returncode}"
+        return metrics.final_values(log.read_text(errors="replace"))
 
     def stop_training(self, job_name: str) -> None:
         """SIGTERM, as SageMaker sends when it stops a job; the job ends as Stopped."""
@@ -141,7 +129,7 @@ class ProcessBackend(Backend):
                 self._running.pop(job_name, None)
 
     # -- serving ----------------------------------------------------------------------------------------------
-    def deploy(self, spec: DeploySpec) -> dict[str, Any]:
+    def deploy(self, spec: DeploySpec) -> Endpoint:
         base_dir = self.new_endpoint_dir(spec.endpoint_name)
         contract.unpack(Path(spec.model_data), base_dir / "model")
         port = spec.port or hosted.free_port()
@@ -151,13 +139,14 @@ class ProcessBackend(Backend):
             "SAGEMAKER_BASE_DIR": str(base_dir),
             "SAGEMAKER_BIND_TO_PORT": str(port),
         }
-        record = {**spec.record(self.name, port), "image": None}  # served from this checkout, not an image
+        record = spec.record(self.name, port=port, url=f"http://127.0.0.1:{port}")
+        record.image = None  # served from this checkout, not an image
         command = [container_command("serve"), "--host", spec.listen, "--config-dir", str(base_dir / "server")]
         return hosted.start(self.records, record, command, env, base_dir, spec.startup_timeout)
 
-    def predict(self, endpoint: dict[str, Any], body: bytes, content_type: str) -> Any:
+    def predict(self, endpoint: Endpoint, body: bytes, content_type: str) -> Any:
         request = urllib.request.Request(
-            f"{endpoint['url']}/invocations",
+            f"{endpoint.url}/invocations",
             data=body,
             method="POST",
             headers={"Content-Type": content_type, "Accept": "application/json"},
@@ -169,12 +158,12 @@ class ProcessBackend(Backend):
             detail = err.read().decode(errors="replace")
             with contextlib.suppress(ValueError, AttributeError):
                 detail = json.loads(detail).get("error", detail)
-            raise LauncherError(f"endpoint {endpoint['name']} answered {err.code}: {detail}") from err
+            raise LauncherError(f"endpoint {endpoint.name} answered {err.code}: {detail}") from err
         except urllib.error.URLError as err:
             raise LauncherError(
-                f"endpoint {endpoint['name']} at {endpoint['url']} is not reachable ({err.reason}); "
-                f"is it still running? See {endpoint['log']}"
+                f"endpoint {endpoint.name} at {endpoint.url} is not reachable ({err.reason}); "
+                f"is it still running? See {endpoint.log}"
             ) from err
 
-    def stop(self, endpoint: dict[str, Any]) -> None:
+    def stop(self, endpoint: Endpoint) -> None:
         hosted.stop(self.records, endpoint)

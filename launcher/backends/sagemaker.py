@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from launcher import contract, metrics, sdk
+from launcher import contract, sdk
 from launcher.backends.base import S3_SCHEME, AwsOptions, Backend, DeploySpec, TrainingSpec
 from launcher.errors import LauncherError
 from launcher.progress import say
+from launcher.records import Endpoint, TrainingJob, TuningRun
 
 if TYPE_CHECKING:
     from launcher.tuning_spec import TuningSpec
@@ -178,16 +179,14 @@ def prepare_training(spec: TrainingSpec, name: str) -> PreparedTraining:
     return PreparedTraining(aws, session, estimator, channels, output_path, spot)
 
 
-def outcome(description: dict[str, Any]) -> dict[str, Any]:
-    """A finished training job's status, failure reason and final test metrics, from DescribeTrainingJob."""
-    final = {m["MetricName"]: m["Value"] for m in description.get("FinalMetricDataList", [])}
-    fields = {
-        "status": description["TrainingJobStatus"],
-        "test_metrics": {key: final[name] for name, key in metrics.TEST_METRIC_KEYS.items() if name in final} or None,
-    }
-    if "FailureReason" in description:
-        fields["failure_reason"] = description["FailureReason"]
-    return fields
+def record_outcome(job: TrainingJob, description: dict[str, Any]) -> dict[str, float]:
+    """A finished job's status and failure reason into its record, from DescribeTrainingJob; returns its final
+    metric values (SageMaker read them from its log by the metric definitions)."""
+    job.status = description["TrainingJobStatus"]
+    job.failure_reason = description.get("FailureReason")
+    ended = description.get("TrainingEndTime")
+    job.ended = ended.timestamp() if ended else None
+    return {m["MetricName"]: m["Value"] for m in description.get("FinalMetricDataList", [])}
 
 
 def model_data_in_s3(session: Any, spec: DeploySpec, bucket: str) -> str:
@@ -208,56 +207,50 @@ class SageMakerBackend(Backend):
     sagemaker_debugger = True
     models_in_s3 = True
 
-    def default_endpoint_instance_type(self, training_instance_type: str) -> str:
+    def default_endpoint_instance_type(self, training_instance_type: str | None) -> str:
         return DEFAULT_ENDPOINT_INSTANCE_TYPE  # a training GPU is rarely what an endpoint needs
 
-    def tune(self, spec: TuningSpec, folder: Path) -> dict[str, Any]:
+    def tune(self, spec: TuningSpec, folder: Path) -> TuningRun:
         """SageMaker's HyperparameterTuner runs the trials; the results are written to `folder` once it ends."""
         from launcher.sagemaker_tuning import tune_on_sagemaker  # it builds on this module
 
         return tune_on_sagemaker(spec, self.records, folder)
 
-    def train(self, spec: TrainingSpec) -> dict[str, Any]:
+    def launch(self, spec: TrainingSpec) -> TrainingJob:
+        """Upload the local channels and start the job on SageMaker."""
         prepared = prepare_training(spec, spec.job_name)
-        aws = prepared.aws
         sdk.start_training_job(prepared.estimator, prepared.channels, spec.job_name)
         artifacts = f"{prepared.output_path}/{spec.job_name}/output"
-        record = {
-            "name": spec.job_name,
-            "backend": self.name,
-            "status": "InProgress",
-            "created": time.time(),
-            "region": aws.region,
-            "role": aws.role,
-            "image": spec.image,
-            "instance_type": spec.instance_type,
-            "instance_count": spec.instance_count,
-            "hyperparameters": spec.hyperparameters,
-            "channels": prepared.channels,
-            "sagemaker_debugger": spec.sagemaker_debugger,
-            "max_run": spec.max_run,
-            "spot": prepared.spot,
-            "model_data": f"{artifacts}/{contract.MODEL_ARTIFACT}",
-            "output_data": f"{artifacts}/{contract.OUTPUT_ARTIFACT}",
-        }
-        self.records.save("jobs", record)
-        say(
-            f"training job {spec.job_name} started on SageMaker in {aws.region}; following its log "
-            "(Ctrl-C stops following, not the job)"
+        say(f"training job {spec.job_name} started on SageMaker in {prepared.aws.region}")
+        return TrainingJob(
+            name=spec.job_name,
+            backend=self.name,
+            region=prepared.aws.region,
+            role=prepared.aws.role,
+            image=spec.image,
+            instance_type=spec.instance_type,
+            instance_count=spec.instance_count,
+            hyperparameters=spec.hyperparameters,
+            channels=prepared.channels,
+            sagemaker_debugger=spec.sagemaker_debugger,
+            max_run=spec.max_run,
+            spot=prepared.spot,
+            model_data=f"{artifacts}/{contract.MODEL_ARTIFACT}",
+            output_data=f"{artifacts}/{contract.OUTPUT_ARTIFACT}",
         )
-        try:
-            description = sdk.follow_training_job(prepared.session, spec.job_name)
-        except KeyboardInterrupt:
-            say(
-                f"training job {spec.job_name} keeps running on SageMaker; stop it with: "
-                f"aws sagemaker stop-training-job --training-job-name {spec.job_name} --region {aws.region}"
-            )
-            raise
-        record.update(outcome(description), ended=time.time())
-        self.records.save("jobs", record)
-        return record
 
-    def deploy(self, spec: DeploySpec) -> dict[str, Any]:
+    def follow(self, job: TrainingJob, spec: TrainingSpec) -> dict[str, float]:
+        say(f"following the log of training job {job.name} (Ctrl-C stops following, not the job)")
+        return record_outcome(job, sdk.follow_training_job(sdk.aws_session(job.region), job.name))
+
+    def interrupted(self, job: TrainingJob) -> None:
+        """The job goes on on SageMaker; its record stays InProgress."""
+        say(
+            f"training job {job.name} keeps running on SageMaker; stop it with: "
+            f"aws sagemaker stop-training-job --training-job-name {job.name} --region {job.region}"
+        )
+
+    def deploy(self, spec: DeploySpec) -> Endpoint:
         check_image_and_instance(spec.image, spec.instance_type)
         ami_version = endpoint_ami_version(spec.instance_type, spec.inference_ami_version)
         aws = AwsSettings.resolve(spec.aws, needs_bucket=not spec.model_data.startswith(S3_SCHEME))
@@ -271,28 +264,22 @@ class SageMakerBackend(Backend):
             name=spec.endpoint_name,
             env=spec.serving_environment(),
         )
-        record = {
-            "name": spec.endpoint_name,
-            "backend": self.name,
-            "status": "Creating",
-            "created": time.time(),
-            "region": aws.region,
-            "endpoint_name": spec.endpoint_name,
-            "model_name": spec.endpoint_name,
-            "endpoint_config_name": spec.endpoint_name,
-            "image": spec.image,
-            "instance_type": spec.instance_type,
-            "inference_ami_version": ami_version,
-            "model_data": model_data,
-            "job_name": spec.job_name,
-        }
-        self.records.save("endpoints", record)
+        record = spec.record(
+            self.name,
+            region=aws.region,
+            endpoint_name=spec.endpoint_name,
+            model_name=spec.endpoint_name,
+            endpoint_config_name=spec.endpoint_name,
+            inference_ami_version=ami_version,
+        )
+        record.model_data = model_data
+        self.records.save(record)
         try:
             sdk.create_endpoint(model, instance_type=spec.instance_type, endpoint_name=spec.endpoint_name,
                                 inference_ami_version=ami_version)  # fmt: skip
         except LauncherError as err:
-            record.update(status="Failed", failure_reason=str(err))
-            self.records.save("endpoints", record)
+            record.status, record.failure_reason = "Failed", str(err)
+            self.records.save(record)
             raise LauncherError(f"{err}\n`launcher stop {spec.endpoint_name}` deletes what was created") from err
         say(
             f"endpoint {spec.endpoint_name} is being created on SageMaker in {aws.region} (several minutes; Ctrl-C "
@@ -301,8 +288,8 @@ class SageMakerBackend(Backend):
         description = self._wait_for_endpoint(session, record)
         if description["EndpointStatus"] != "InService":
             reason = description.get("FailureReason", "no reason given")
-            record["failure_reason"] = reason
-            self.records.save("endpoints", record)
+            record.failure_reason = reason
+            self.records.save(record)
             raise LauncherError(
                 f"endpoint {spec.endpoint_name} is {description['EndpointStatus']}: {reason}; its model, endpoint "
                 f"config and endpoint remain until `launcher stop {spec.endpoint_name}`"
@@ -310,31 +297,31 @@ class SageMakerBackend(Backend):
         say(f"endpoint {spec.endpoint_name} is in service")
         return record
 
-    def _wait_for_endpoint(self, session: Any, record: dict[str, Any]) -> dict[str, Any]:
+    def _wait_for_endpoint(self, session: Any, record: Endpoint) -> dict[str, Any]:
         """Poll DescribeEndpoint until the endpoint is no longer being created; keep the record's status current."""
         while True:
-            description = sdk.describe_endpoint(session, record["endpoint_name"])
-            record["endpoint_config_name"] = description["EndpointConfigName"]
-            if description["EndpointStatus"] != record["status"]:
-                record["status"] = description["EndpointStatus"]
-                self.records.save("endpoints", record)
-            if record["status"] not in ENDPOINT_BUSY:
+            description = sdk.describe_endpoint(session, record.endpoint_name)
+            record.endpoint_config_name = description["EndpointConfigName"]
+            if description["EndpointStatus"] != record.status:
+                record.status = description["EndpointStatus"]
+                self.records.save(record)
+            if record.status not in ENDPOINT_BUSY:
                 return description
             time.sleep(sdk.POLL_SECONDS)
 
-    def predict(self, endpoint: dict[str, Any], body: bytes, content_type: str) -> Any:
-        session = sdk.aws_session(endpoint["region"])
-        return sdk.invoke_endpoint(session, endpoint["endpoint_name"], body, content_type)
+    def predict(self, endpoint: Endpoint, body: bytes, content_type: str) -> Any:
+        session = sdk.aws_session(endpoint.region)
+        return sdk.invoke_endpoint(session, endpoint.endpoint_name, body, content_type)
 
-    def stop(self, endpoint: dict[str, Any]) -> None:
-        session = sdk.aws_session(endpoint["region"])
+    def stop(self, endpoint: Endpoint) -> None:
+        session = sdk.aws_session(endpoint.region)
         gone = sdk.delete_endpoint(
             session,
-            endpoint_name=endpoint["endpoint_name"],
-            config_name=endpoint["endpoint_config_name"],
-            model_name=endpoint["model_name"],
+            endpoint_name=endpoint.endpoint_name,
+            config_name=endpoint.endpoint_config_name,
+            model_name=endpoint.model_name,
         )
         if gone:
             say(f"already deleted: {', '.join(gone)}")
-        endpoint.update(status="Deleted", deleted=time.time())
-        self.records.save("endpoints", endpoint)
+        endpoint.status, endpoint.deleted = "Deleted", time.time()
+        self.records.save(endpoint)

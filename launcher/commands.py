@@ -1,0 +1,240 @@
+"""What each `launcher` command does with its parsed arguments: the specs it builds from the flags and the job
+config (flags win; the defaults live with the specs in `launcher.backends.base`), and the step it runs."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+from launcher import lineage, steps
+from launcher.backends import BACKENDS, get_backend
+from launcher.backends.base import DEFAULT_IMAGE, S3_SCHEME, AwsOptions, DeploySpec, TrainingSpec
+from launcher.errors import LauncherError
+from launcher.job_config import JobConfig, load_job_config
+from launcher.pipeline import Pipeline, RunPlan, sample_image
+from launcher.progress import say
+from launcher.records import Endpoint, RecordStore, TrainingJob, TuningRun, unique_name
+from launcher.report import show_report
+from launcher.tuning_results import load_best_hyperparameters
+from launcher.tuning_spec import Tuning, TuningSpec
+
+JOB_PREFIX = "imgclf"
+IMAGE_ENV = "IMGCLF_IMAGE"
+
+Args = argparse.Namespace
+
+
+def offering(capability: str) -> str:
+    """`--backend NAME [or ...]` for the backends that offer `capability` (a Backend class attribute)."""
+    return " or ".join(f"--backend {name}" for name, cls in BACKENDS.items() if getattr(cls, capability))
+
+
+def require(backend: str, capability: str, flag: str) -> None:
+    """Refuse a flag that asks for what the chosen backend does not offer, naming the backends that do."""
+    if not getattr(BACKENDS[backend], capability):
+        missing = capability.replace("_", " ")
+        raise LauncherError(f"{flag} needs {offering(capability)} (the {backend} backend has no {missing})")
+
+
+def default_image(given: str | None = None) -> str:
+    return given or os.environ.get(IMAGE_ENV, DEFAULT_IMAGE)
+
+
+def job_config(args: Args) -> JobConfig:
+    return load_job_config(args.config) if args.config else JobConfig()
+
+
+def job_spec(args: Args, config: JobConfig, job_name: str, base: dict | None = None) -> TrainingSpec:
+    """The training job the flags and the job config describe (flags win); `base` hyperparameters go first."""
+    channels = {**config.channels, **dict(args.channel)}
+    if args.data:
+        channels["training"] = args.data
+    if not channels:
+        raise LauncherError("no data: give --data DIR (with train/, valid/, test/), --channel train=DIR ..., or a "
+                            "--config with data")  # fmt: skip
+    if args.spot:
+        require(args.backend, "spot", "--spot")
+    if args.max_wait is not None and not args.spot:
+        raise LauncherError("--max-wait applies to spot training only: add --spot, or leave --max-wait out")
+    if getattr(args, "sagemaker_debugger", False):
+        require(args.backend, "sagemaker_debugger", "--sagemaker-debugger")
+    return TrainingSpec(
+        job_name=job_name,
+        channels=channels,
+        hyperparameters={**config.hyperparameters, **(base or {}), **dict(args.hyperparameter)},
+        output_path=args.output or config.output,
+        image=default_image(args.image or config.image),
+        instance_type=args.instance_type or config.instance_type or "local",
+        instance_count=args.instance_count or config.instance_count or 1,
+        aws=AwsOptions(role=args.role, bucket=args.bucket, region=args.region),
+        sagemaker_debugger=getattr(args, "sagemaker_debugger", False),
+        spot=args.spot,
+        max_run=args.max_run,
+        max_wait=args.max_wait,
+    )
+
+
+def tuning_of(args: Args, config: JobConfig) -> Tuning | None:
+    """The config's tuning section with the command line's overrides; None if it has none."""
+    if config.tuning is None:
+        return None
+    overrides = {
+        "strategy": args.strategy,
+        "max_jobs": args.max_jobs,
+        "max_parallel_jobs": args.max_parallel_jobs,
+        "early_stopping": args.early_stopping,
+    }
+    return dataclasses.replace(config.tuning, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def endpoint_spec(args: Args, name: str, model_data: str, *, image: str, instance_type: str, aws: AwsOptions,
+                  job_name: str | None = None, deploy: dict | None = None) -> DeploySpec:  # fmt: skip
+    """How the flags (then the config's deploy section, then DeploySpec's defaults) say to serve a model."""
+    deploy = deploy or {}
+    chosen = {
+        "workers": args.workers or deploy.get("workers"),
+        "startup_timeout": args.timeout or deploy.get("timeout"),
+        "inference_ami_version": args.inference_ami_version or deploy.get("inference_ami_version"),
+    }
+    return DeploySpec(
+        endpoint_name=name,
+        model_data=model_data,
+        job_name=job_name,
+        image=image,
+        instance_type=deploy.get("instance_type") or instance_type,
+        port=args.port,
+        listen=args.listen,
+        aws=aws,
+        **{key: value for key, value in chosen.items() if value is not None},
+    )
+
+
+def new_name(records: RecordStore, kind: type, given: str | None, prefix: str) -> str:
+    """The given name, or a fresh one; refused if a record of that kind already has it."""
+    name = given or unique_name(prefix)
+    if records.exists(kind, name):
+        raise LauncherError(f"a {kind.noun} named {name!r} already exists; names must be unique")
+    return name
+
+
+def endpoint_of(records: RecordStore, name: str | None) -> Endpoint:
+    """The named endpoint, or the only one in service."""
+    if name:
+        return records.load(Endpoint, name)
+    serving = records.find(Endpoint, status="InService")
+    if len(serving) != 1:
+        names = ", ".join(r.name for r in serving) or "none"
+        raise LauncherError(f"name the endpoint: {len(serving)} are in service ({names})")
+    return serving[0]
+
+
+# -- the commands ---------------------------------------------------------------------------------------------
+def sample_data(args: Args, _records: RecordStore) -> None:
+    from launcher.sample_data import write_digits
+
+    counts = write_digits(args.directory, size=args.size, seed=args.seed)
+    say(f"wrote {sum(counts.values())} images to {args.directory}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+def train(args: Args, records: RecordStore) -> None:
+    job_name = new_name(records, TrainingJob, args.job_name, JOB_PREFIX)
+    tuning = records.load(TuningRun, args.from_tuning) if args.from_tuning else None
+    best = load_best_hyperparameters(tuning) if tuning else None
+    if best:
+        say(f"starting from tuning run {args.from_tuning}'s best hyperparameters: {best}")
+    spec = job_spec(args, job_config(args), job_name, best)
+    steps.train(get_backend(args.backend, args.workdir, records), spec, tuning)
+
+
+def tune(args: Args, records: RecordStore) -> None:
+    config = job_config(args)
+    tuning = tuning_of(args, config)
+    if tuning is None:
+        raise LauncherError("nothing to tune: give a --config whose `tuning` section has ranges (see docs/tuning.md)")
+    name = args.name or unique_name(f"{JOB_PREFIX}-tune")
+    spec = TuningSpec.of(tuning, name, job_spec(args, config, name))
+    steps.tune(get_backend(args.backend, args.workdir, records), spec)
+    say(f"train with them: launcher train --from-tuning {name} ...")
+
+
+def deploy(args: Args, records: RecordStore) -> None:
+    job, region, image = None, args.region, args.image
+    if args.model.startswith(S3_SCHEME) or Path(args.model).is_file():
+        model_data = args.model
+    else:
+        job = records.load(TrainingJob, args.model)
+        if job.status != "Completed":
+            raise LauncherError(f"job {args.model} is {job.status}, so it has no model to deploy")
+        model_data = job.model_data
+        region = region or job.region  # a sagemaker job's model is in that region's S3
+        image = image or job.image  # the image it trained in serves it (an ECR URI for a sagemaker job)
+    if model_data.startswith(S3_SCHEME) and not BACKENDS[args.backend].models_in_s3:
+        raise LauncherError(
+            f"the {args.backend} backend deploys a model.tar.gz on this machine, not {model_data}: use "
+            + offering("models_in_s3")
+        )
+    name = new_name(records, Endpoint, args.endpoint_name, f"{JOB_PREFIX}-ep")
+    backend = get_backend(args.backend, args.workdir, records)
+    instance_type = args.instance_type or backend.default_endpoint_instance_type(job.instance_type if job else None)
+    spec = endpoint_spec(args, name, model_data, image=default_image(image), instance_type=instance_type,
+                         aws=AwsOptions(role=args.role, bucket=args.bucket, region=region),
+                         job_name=job.name if job else None)  # fmt: skip
+    endpoint = steps.deploy(backend, spec)
+    say(f"predict with: launcher predict --endpoint {endpoint.name} IMAGE")
+
+
+def predict(args: Args, records: RecordStore) -> None:
+    steps.content_type_of(args.image, args.content_type)  # a clear error before looking for the endpoint
+    endpoint = endpoint_of(records, args.endpoint)
+    backend = get_backend(endpoint.backend, args.workdir, records)
+    print(json.dumps(steps.predict(backend, endpoint, args.image, args.content_type), indent=2))
+
+
+def stop(args: Args, records: RecordStore) -> None:
+    endpoint = endpoint_of(records, args.endpoint)
+    get_backend(endpoint.backend, args.workdir, records).stop(endpoint)
+    say(f"endpoint {endpoint.name} stopped")
+
+
+def report(args: Args, records: RecordStore) -> None:
+    job = records.load(TrainingJob, args.job)
+    show_report(job, args.workdir / "reports" / job.name)
+
+
+def run(args: Args, records: RecordStore) -> None:
+    name = args.name or unique_name(f"{JOB_PREFIX}-run")
+    config = job_config(args)
+    training = job_spec(args, config, f"{name}-train")
+    tuning = tuning_of(args, config)
+    backend = get_backend(args.backend, args.workdir, records)
+    instance_type = backend.default_endpoint_instance_type(training.instance_type)
+    plan = RunPlan(
+        name=name,
+        training=training,
+        tuning=TuningSpec.of(tuning, f"{name}-tune", training) if tuning else None,
+        endpoint=endpoint_spec(
+            args,
+            f"{name}-ep",
+            "",
+            image=training.image,
+            instance_type=instance_type,
+            aws=training.aws,
+            deploy=config.deploy,
+        ),
+        sample_image=sample_image(training.channels, args.sample_image),
+        stop_endpoint=args.stop_endpoint,
+    )
+    endpoint = Pipeline(plan, backend).run().endpoint
+    if not args.stop_endpoint:
+        say(f"the endpoint stays in service: launcher predict --endpoint {endpoint} IMAGE; launcher stop {endpoint}")
+
+
+def trace(args: Args, records: RecordStore) -> None:
+    chain = lineage.chain(records, args.name)
+    if args.json:
+        print(json.dumps([{"step": step, **facts} for step, facts in chain], indent=2, default=str))
+    else:
+        print(lineage.format_chain(chain))
