@@ -1,0 +1,169 @@
+"""The whole sagemaker-backend chain against a local moto server: train, report, deploy, stop, lineage.
+
+Covered: the launcher's real clients (the SageMaker SDK and boto3, reached through `AWS_ENDPOINT_URL` as any
+AWS-compatible endpoint is) against moto's stateful S3, SageMaker and CloudWatch Logs: local data is uploaded and
+really lands in S3, the training job is created and followed (its CloudWatch log streamed), its record says where
+its artifacts are, `report` downloads the output.tar.gz the test placed where SageMaker would write it, `deploy`
+creates a model that points at the job's model.tar.gz and image and an endpoint config of the backend's default
+instance type, `stop` deletes all three, and `lineage` leads back from the endpoint to the uploaded data.
+Not covered: moto neither runs the image nor checks IAM; its training jobs complete at once without metrics, so
+the model.tar.gz and output.tar.gz here stand in for what the container writes; InvokeEndpoint is covered by
+the Stubber tests (moto 5.2 cannot take a binary body).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+
+from launcher import sdk
+from launcher.cli import main
+from launcher.hosted import free_port
+from launcher.records import Endpoint, RecordStore, TrainingJob
+
+REGION = "us-east-1"
+BUCKET = "imgclf-moto"
+ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
+IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/imgclf:test"
+JOB = "moto-job-1"
+ENDPOINT = "moto-ep-1"
+LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+SERVER_START_SECONDS = 60
+
+
+@pytest.fixture
+def moto_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
+    """A moto server on a free loopback port, the environment pointing every AWS client at it."""
+    port = free_port()
+    log = (tmp_path / "moto.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log
+    )
+    try:
+        deadline = time.monotonic() + SERVER_START_SECONDS
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert server.poll() is None, f"moto server ended: {(tmp_path / 'moto.log').read_text()}"
+                assert time.monotonic() < deadline, "moto server did not listen"
+                time.sleep(0.1)
+        url = f"http://127.0.0.1:{port}"
+        for name in ("IMGCLF_SAGEMAKER_ROLE", "IMGCLF_S3_BUCKET", "AWS_PROFILE", "AWS_REGION"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", url)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+        monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+        monkeypatch.setattr(sdk, "POLL_SECONDS", 0)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+def tar_gz(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            archive.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+def place_job_outputs() -> None:
+    """What the container and SageMaker would leave: the job's log in CloudWatch, its two artifacts in S3."""
+    logs = boto3.client("logs")
+    logs.create_log_group(logGroupName=LOG_GROUP)
+    stream = f"{JOB}/algo-1-1700000000"
+    logs.create_log_stream(logGroupName=LOG_GROUP, logStreamName=stream)
+    lines = ["epoch 1: average test loss: 0.4100", "test accuracy: 0.8700"]
+    now = int(time.time() * 1000)
+    events = [{"timestamp": now + i, "message": line} for i, line in enumerate(lines)]
+    logs.put_log_events(logGroupName=LOG_GROUP, logStreamName=stream, logEvents=events)
+
+    rule = {
+        "rule": "LossNotDecreasing",
+        "kind": "training",
+        "status": "NoIssuesFound",
+        "steps": [],
+        "explanation": "The training loss fell.",
+        "recommendation": None,
+    }
+    s3 = boto3.client("s3")
+    artifacts = f"imgclf/{JOB}/output"
+    model = tar_gz({"model.pth": b"weights", "model_config.json": b"{}"})
+    s3.put_object(Bucket=BUCKET, Key=f"{artifacts}/model.tar.gz", Body=model)
+    output = tar_gz({"report/LossNotDecreasing.json": json.dumps(rule).encode()})
+    s3.put_object(Bucket=BUCKET, Key=f"{artifacts}/output.tar.gz", Body=output)
+
+
+def test_train_report_deploy_stop_lineage(moto_server: str, tmp_path: Path, shapes_dataset: Path,
+                                          capsys: pytest.CaptureFixture):  # fmt: skip
+    boto3.client("s3").create_bucket(Bucket=BUCKET)
+    place_job_outputs()
+    workdir = tmp_path / "work"
+    base = ["--workdir", str(workdir)]
+    aws = ["--backend", "sagemaker", "--role", ROLE, "--bucket", BUCKET]
+
+    train = ["train", "--data", str(shapes_dataset), "--job-name", JOB, "--image", IMAGE,
+             "--instance-type", "ml.m5.xlarge", "-H", "epochs=2"]  # fmt: skip
+    assert main([*base, *train, *aws]) == 0
+    out = capsys.readouterr().out
+    assert "epoch 1: average test loss: 0.4100" in out  # the job's CloudWatch log, followed
+
+    uploaded = boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix=f"imgclf/{JOB}/input/training/")
+    keys = sorted(item["Key"].split("/input/training/")[1] for item in uploaded["Contents"])
+    assert keys == sorted(str(p.relative_to(shapes_dataset)) for p in shapes_dataset.rglob("*.jpg"))
+    created = boto3.client("sagemaker").describe_training_job(TrainingJobName=JOB)
+    assert created["AlgorithmSpecification"]["TrainingImage"] == IMAGE
+    assert json.loads(created["HyperParameters"]["epochs"]) == 2  # JSON-encoded, as the contract says
+    assert created["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] == (
+        f"s3://{BUCKET}/imgclf/{JOB}/input/training"
+    )
+
+    records = RecordStore(workdir / "records")
+    job = records.load(TrainingJob, JOB)
+    assert (job.status, job.region, job.image) == ("Completed", REGION, IMAGE)
+    assert job.model_data == f"s3://{BUCKET}/imgclf/{JOB}/output/model.tar.gz"
+
+    assert main([*base, "report", JOB]) == 0  # downloads the output.tar.gz from S3
+    assert "LossNotDecreasing" in capsys.readouterr().out
+
+    assert main([*base, "deploy", JOB, "--endpoint-name", ENDPOINT, *aws]) == 0  # the job's image and region
+    sagemaker = boto3.client("sagemaker")
+    container = sagemaker.describe_model(ModelName=ENDPOINT)["PrimaryContainer"]
+    assert (container["Image"], container["ModelDataUrl"]) == (IMAGE, job.model_data)
+    variant = sagemaker.describe_endpoint_config(EndpointConfigName=ENDPOINT)["ProductionVariants"][0]
+    assert variant["InstanceType"] == "ml.m5.large"  # the backend's default for an endpoint
+    assert sagemaker.describe_endpoint(EndpointName=ENDPOINT)["EndpointStatus"] == "InService"
+    assert records.load(Endpoint, ENDPOINT).status == "InService"
+
+    assert main([*base, "stop", ENDPOINT]) == 0
+    assert sagemaker.list_endpoints()["Endpoints"] == []
+    assert sagemaker.list_endpoint_configs()["EndpointConfigs"] == []
+    assert sagemaker.list_models()["Models"] == []
+    assert records.load(Endpoint, ENDPOINT).status == "Deleted"
+    capsys.readouterr()
+
+    assert main([*base, "lineage", ENDPOINT, "--json"]) == 0
+    chain = json.loads(capsys.readouterr().out)
+    assert [link["step"] for link in chain] == ["endpoint", "training job", "dataset"]
+    assert chain[0]["job_name"] == JOB and chain[1]["model_data"] == job.model_data
+    assert chain[2]["channels"] == {"training": str(shapes_dataset)}
+    assert chain[2]["files"] == len(keys)
