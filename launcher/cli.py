@@ -15,7 +15,7 @@ from launcher import commands
 from launcher.backends import BACKENDS, DEFAULT_BACKEND
 from launcher.backends.base import DEFAULT_IMAGE, MAX_RUN_SECONDS, S3_SCHEME, DeploySpec
 from launcher.backends.sagemaker import BUCKET_ENV, DEFAULT_ENDPOINT_INSTANCE_TYPE, REGION_ENVS, ROLE_ENV
-from launcher.commands import IMAGE_ENV
+from launcher.commands import IMAGE_ENV, absolute_path
 from launcher.errors import LauncherError
 from launcher.records import RecordStore
 from launcher.tuning_spec import EARLY_STOPPING, STRATEGIES
@@ -23,11 +23,6 @@ from launcher.tuning_spec import EARLY_STOPPING, STRATEGIES
 WORKDIR_ENV = "IMGCLF_WORKDIR"
 DEFAULT_WORKDIR = ".imgclf"
 STARTUP_TIMEOUT = DeploySpec.startup_timeout
-
-
-def absolute_path(text: str) -> Path:
-    """Jobs run in their own folders, so every local path is made absolute first."""
-    return Path(text).expanduser().resolve()
 
 
 def folder_or_s3_uri(text: str) -> str:
@@ -244,6 +239,46 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--content-type", help="request content type (default: from the file extension: image/jpeg or image/png)"
     )
 
+    transform = commands.add_parser(
+        "transform",
+        help="classify every image under a folder (batch transform)",
+        description="Classify every JPEG and PNG under --input (any depth) with a model and write "
+        "<output>/predictions.jsonl, one line per file (its path under the input, the top classes with "
+        "probabilities, the logits with --logits; or the reason it could not be classified), and summary.json. "
+        "Process backend: a model server on this machine, sent as many requests at once as it asks for; local: "
+        "the SageMaker SDK's local-mode transformer in the image; sagemaker: a batch transform job. The same "
+        "--name (or --output) goes on after an interruption without classifying finished files again.",
+    )
+    add_model_options(transform, backend_help)
+    transform.add_argument("--input", required=True, help="a folder of images, or (sagemaker backend) an s3:// prefix")
+    transform.add_argument(
+        "--output", type=absolute_path, help="folder for predictions.jsonl and summary.json "
+        "(default <workdir>/transforms/NAME/output)",
+    )  # fmt: skip
+    transform.add_argument("--name", help="transform name (default: imgclf-transform-<timestamp>); reuse it to resume")
+    transform.add_argument("--logits", action="store_true", help="keep every class's logit in each line")
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="judge a model on a labelled folder: accuracy, per-class figures, confusion matrix, mistakes",
+        description="Classify the images of a labelled folder (one subfolder per class; a training data folder's "
+        "test/ split) with a model, then write <output>/evaluation.json and a self-contained evaluation.html: "
+        "accuracy, top-5 accuracy, average loss (as the training job computes its test metrics), per-class "
+        "precision, recall, F1 and support, the confusion matrix, the most confused pairs and a gallery of the "
+        "most confident mistakes. Images of classes the model does not know are counted and left out.",
+    )
+    add_model_options(evaluate, backend_help)
+    evaluate.add_argument(
+        "--data",
+        type=absolute_path,
+        required=True,
+        help="a folder with one subfolder per class, or a training data folder (its test/ split)",
+    )
+    evaluate.add_argument(
+        "--output", type=absolute_path, help="folder for the report (default <workdir>/evaluations/NAME)"
+    )
+    evaluate.add_argument("--name", help="evaluation name (default: imgclf-eval-<timestamp>)")
+
     stop = commands.add_parser("stop", help="stop an endpoint", description="Stop an endpoint and free what it holds.")
     stop.add_argument("endpoint", nargs="?", help="endpoint name (default: the only endpoint in service)")
 
@@ -292,6 +327,41 @@ def get_args_parser() -> argparse.ArgumentParser:
     trace.add_argument("name", metavar="NAME", help="an endpoint, training job, tuning run or `launcher run` name")
     trace.add_argument("--json", action="store_true", help="print the chain as JSON")
     return parser
+
+
+def add_model_options(parser: argparse.ArgumentParser, backend_help: str) -> None:
+    """MODEL and how to run it, for `transform` and `evaluate`."""
+    parser.add_argument(
+        "model",
+        metavar="MODEL",
+        help="a training job's name, an endpoint's name (the model it serves), the path of a model.tar.gz, or "
+        "(sagemaker backend) its s3:// URI",
+    )
+    parser.add_argument("--backend", choices=list(BACKENDS), default=DEFAULT_BACKEND, help=backend_help)
+    add_image_options(
+        parser,
+        image_note=": the training job's image, else",
+        type_note=f"the job's local type on the local backend, {DEFAULT_ENDPOINT_INSTANCE_TYPE} on sagemaker",
+    )
+    parser.add_argument("--top-k", type=int, default=5, help="classes per image, most probable first (default 5)")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        help="process backend: requests at once (default: what the model server asks for, enough to fill its batches)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        help=f"process and local backends: seconds to wait for the model server (default {STARTUP_TIMEOUT:.0f})",
+    )
+    parser.add_argument(
+        "--transform-ami-version",
+        metavar="VERSION",
+        help="sagemaker backend, GPU instance types: the hosts' TransformAmiVersion (their NVIDIA driver); needed "
+        "for GPUs, since the image's CUDA 13 needs driver 580 and SageMaker's default batch hosts run 470 or 535",
+    )
+    add_aws_options(parser, DEPLOY_BUCKET_HELP.replace("<endpoint>", "<name>") + "; local input folders are "
+                    "uploaded there too", f"that of the training job, else {REGION_DEFAULT}")  # fmt: skip
 
 
 def add_debugger_option(parser: argparse.ArgumentParser) -> None:
@@ -358,6 +428,8 @@ COMMANDS = {
     "tune": commands.tune,
     "run": commands.run,
     "lineage": commands.trace,
+    "transform": commands.transform,
+    "evaluate": commands.evaluate,
 }
 
 

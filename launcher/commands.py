@@ -7,11 +7,20 @@ import argparse
 import dataclasses
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from launcher import lineage, steps
 from launcher.backends import BACKENDS, get_backend
-from launcher.backends.base import DEFAULT_IMAGE, S3_SCHEME, AwsOptions, DeploySpec, TrainingSpec
+from launcher.backends.base import (
+    DEFAULT_IMAGE,
+    S3_SCHEME,
+    AwsOptions,
+    Backend,
+    DeploySpec,
+    TrainingSpec,
+    TransformSpec,
+)
 from launcher.errors import LauncherError
 from launcher.job_config import JobConfig, load_job_config
 from launcher.pipeline import Pipeline, RunPlan, sample_image
@@ -25,6 +34,11 @@ JOB_PREFIX = "imgclf"
 IMAGE_ENV = "IMGCLF_IMAGE"
 
 Args = argparse.Namespace
+
+
+def absolute_path(text: str) -> Path:
+    """Jobs run in their own folders, so every local path is made absolute first."""
+    return Path(text).expanduser().resolve()
 
 
 def offering(capability: str) -> str:
@@ -160,30 +174,94 @@ def tune(args: Args, records: RecordStore) -> None:
     say(f"train with them: launcher train --from-tuning {name} ...")
 
 
-def deploy(args: Args, records: RecordStore) -> None:
-    job, region, image = None, args.region, args.image
-    if args.model.startswith(S3_SCHEME) or Path(args.model).is_file():
-        model_data = args.model
-    else:
-        job = records.load(TrainingJob, args.model)
+@dataclass(frozen=True)
+class ModelSource:
+    """A model.tar.gz and what is known of where it came from."""
+
+    model_data: str  # a path here or an s3:// URI
+    job: TrainingJob | None = None  # the training job that produced it
+    image: str | None = None  # the image it trained in, or was served with (an ECR URI for sagemaker)
+    region: str | None = None  # where its S3 copy is
+
+    @classmethod
+    def of(cls, records: RecordStore, model: str) -> ModelSource:
+        """MODEL as the commands take it: a training job's name, an endpoint's name (its model), or a file."""
+        if model.startswith(S3_SCHEME) or Path(model).is_file():
+            return cls(model)
+        if records.exists(Endpoint, model) and not records.exists(TrainingJob, model):
+            endpoint = records.load(Endpoint, model)
+            job = records.load(TrainingJob, endpoint.job_name) if endpoint.job_name and records.exists(
+                TrainingJob, endpoint.job_name) else None  # fmt: skip
+            return cls(endpoint.model_data, job, endpoint.image, endpoint.region)
+        try:
+            job = records.load(TrainingJob, model)
+        except LauncherError as err:
+            raise LauncherError(f"{err}; nor an endpoint of that name, nor a model.tar.gz at {model}") from None
         if job.status != "Completed":
-            raise LauncherError(f"job {args.model} is {job.status}, so it has no model to deploy")
-        model_data = job.model_data
-        region = region or job.region  # a sagemaker job's model is in that region's S3
-        image = image or job.image  # the image it trained in serves it (an ECR URI for a sagemaker job)
-    if model_data.startswith(S3_SCHEME) and not BACKENDS[args.backend].models_in_s3:
-        raise LauncherError(
-            f"the {args.backend} backend deploys a model.tar.gz on this machine, not {model_data}: use "
-            + offering("models_in_s3")
-        )
+            raise LauncherError(f"job {model} is {job.status}, so it has no model")
+        return cls(job.model_data, job, job.image, job.region)
+
+    def check(self, backend: str) -> None:
+        """Refuse an S3 model on a backend that reads models on this machine only."""
+        if self.model_data.startswith(S3_SCHEME) and not BACKENDS[backend].models_in_s3:
+            raise LauncherError(
+                f"the {backend} backend serves a model.tar.gz on this machine, not {self.model_data}: use "
+                + offering("models_in_s3")
+            )
+
+    def instance_type(self, given: str | None, backend: Backend) -> str:
+        return given or backend.default_endpoint_instance_type(self.job.instance_type if self.job else None)
+
+    def aws(self, args: Args) -> AwsOptions:
+        """The AWS options; the region defaults to where the model's S3 copy is."""
+        return AwsOptions(role=args.role, bucket=args.bucket, region=args.region or self.region)
+
+
+def deploy(args: Args, records: RecordStore) -> None:
+    source = ModelSource.of(records, args.model)
+    source.check(args.backend)
     name = new_name(records, Endpoint, args.endpoint_name, f"{JOB_PREFIX}-ep")
     backend = get_backend(args.backend, args.workdir, records)
-    instance_type = args.instance_type or backend.default_endpoint_instance_type(job.instance_type if job else None)
-    spec = endpoint_spec(args, name, model_data, image=default_image(image), instance_type=instance_type,
-                         aws=AwsOptions(role=args.role, bucket=args.bucket, region=region),
-                         job_name=job.name if job else None)  # fmt: skip
+    spec = endpoint_spec(args, name, source.model_data, image=default_image(args.image or source.image),
+                         instance_type=source.instance_type(args.instance_type, backend), aws=source.aws(args),
+                         job_name=source.job.name if source.job else None)  # fmt: skip
     endpoint = steps.deploy(backend, spec)
     say(f"predict with: launcher predict --endpoint {endpoint.name} IMAGE")
+
+
+def transform_spec(args: Args, records: RecordStore, name: str, folder: Path) -> tuple[Backend, TransformSpec]:
+    """The backend and the transform the flags describe (its input and output filled in by the caller)."""
+    source = ModelSource.of(records, args.model)
+    source.check(args.backend)
+    backend = get_backend(args.backend, args.workdir, records)
+    spec = TransformSpec(
+        name=name,
+        model_data=source.model_data,
+        input="",
+        output=folder,
+        job_name=source.job.name if source.job else None,
+        image=default_image(args.image or source.image),
+        instance_type=source.instance_type(args.instance_type, backend),
+        top_k=args.top_k,
+        concurrency=args.concurrency,
+        startup_timeout=args.timeout or TransformSpec.startup_timeout,
+        aws=source.aws(args),
+        ami_version=args.transform_ami_version,
+    )
+    return backend, spec
+
+
+def transform(args: Args, records: RecordStore) -> None:
+    name = args.name or unique_name(f"{JOB_PREFIX}-transform")
+    backend, spec = transform_spec(args, records, name, args.output or args.workdir / "transforms" / name / "output")
+    source = args.input if args.input.startswith(S3_SCHEME) else str(absolute_path(args.input))
+    steps.transform(backend, dataclasses.replace(spec, input=source, logits=args.logits))
+
+
+def evaluate(args: Args, records: RecordStore) -> None:
+    name = args.name or unique_name(f"{JOB_PREFIX}-eval")
+    backend, spec = transform_spec(args, records, name, args.output or args.workdir / "evaluations" / name)
+    steps.evaluate(backend, spec, args.data)
 
 
 def predict(args: Args, records: RecordStore) -> None:

@@ -56,9 +56,16 @@ def model_ready(url: str) -> bool:
 
 
 def start(
-    records: RecordStore, record: Endpoint, command: list[str], env: dict[str, str], base_dir: Path, timeout: float
+    records: RecordStore | None,
+    record: Endpoint,
+    command: list[str],
+    env: dict[str, str],
+    base_dir: Path,
+    timeout: float,
 ) -> Endpoint:
-    """Start `command` detached, wait until `record.url` serves the model; save the record at each step."""
+    """Start `command` detached, wait until `record.url` serves the model; save the record at each step (unless
+    `records` is None: a server that lives only as long as the launcher's command)."""
+    save = records.save if records else lambda _record: None
     log_file = base_dir / "serve.log"
     with open(log_file, "w") as log:
         process = subprocess.Popen(
@@ -66,17 +73,17 @@ def start(
         )
     record.status, record.created, record.pid = "Creating", time.time(), process.pid
     record.endpoint_dir, record.log = str(base_dir), str(log_file)
-    records.save(record)
+    save(record)
     say(f"endpoint {record.name} starting on {record.url} (log {log_file})")
     try:
         _wait_until_ready(record, process, timeout)
     except BaseException:
         stop_group(process.pid)
         record.status = "Failed"
-        records.save(record)
+        save(record)
         raise
     record.status = "InService"
-    records.save(record)
+    save(record)
     return record
 
 

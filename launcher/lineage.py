@@ -18,7 +18,16 @@ from typing import Any
 
 from launcher.backends.base import S3_SCHEME
 from launcher.errors import LauncherError
-from launcher.records import Endpoint, PipelineRun, Record, RecordStore, TrainingJob, TuningRun
+from launcher.records import (
+    Endpoint,
+    Evaluation,
+    PipelineRun,
+    Record,
+    RecordStore,
+    TrainingJob,
+    TransformJob,
+    TuningRun,
+)
 
 CHUNK = 1 << 20
 REPOSITORY = Path(__file__).resolve().parent.parent  # the checkout the launcher and container_src come from
@@ -112,15 +121,18 @@ def training_lineage(
 
 
 # -- the chain, for `launcher lineage` ------------------------------------------------------------------------
-TRACED = (Endpoint, TrainingJob, TuningRun, PipelineRun)  # looked up in this order
+TRACED = (Endpoint, TrainingJob, TuningRun, PipelineRun, Evaluation, TransformJob)  # looked up in this order
+USES_OF_A_MODEL = (Endpoint, Evaluation, TransformJob)  # records of what a trained model was used for
 
 
 def find_record(records: RecordStore, name: str) -> Record:
-    """The endpoint, job, tuning run or pipeline run of that name (in that order)."""
+    """The endpoint, job, tuning run, pipeline run, evaluation or transform of that name (in that order)."""
     for kind in TRACED:
         if records.exists(kind, name):
             return records.load(kind, name)
-    raise LauncherError(f"no endpoint, training job, tuning run or pipeline run named {name!r} in {records.root}")
+    raise LauncherError(
+        f"no endpoint, training job, tuning run, pipeline run, evaluation or transform named {name!r} in {records.root}"
+    )
 
 
 def chain(records: RecordStore, name: str) -> list[tuple[str, dict[str, Any]]]:
@@ -132,14 +144,16 @@ def chain(records: RecordStore, name: str) -> list[tuple[str, dict[str, Any]]]:
         if last is None:
             raise LauncherError(f"pipeline run {name} ended ({record.status}) before any step finished")
         record = find_record(records, last)
-    if isinstance(record, Endpoint):
-        steps.append(("endpoint", _endpoint_facts(record)))
+    if isinstance(record, USES_OF_A_MODEL):
+        steps.append((record.noun, _use_facts(record)))
         if not record.job_name or not records.exists(TrainingJob, record.job_name):
-            return steps  # deployed from a model.tar.gz that no recorded job produced
+            return steps  # a model.tar.gz that no recorded job produced
         record = records.load(TrainingJob, record.job_name)
     if isinstance(record, TrainingJob):
         lineage = record.lineage or {}
-        steps.append(("training job", _job_facts(record, lineage)))
+        facts = _job_facts(record, lineage)
+        evaluations = [e.name for e in records.find(Evaluation, job_name=record.name)]
+        steps.append(("training job", {**facts, "evaluations": evaluations or None}))
         tuning = lineage.get("tuning")
         if tuning and records.exists(TuningRun, tuning["name"]):
             steps.append(("tuning", tuning_facts(records.load(TuningRun, tuning["name"]))))
@@ -152,9 +166,19 @@ def chain(records: RecordStore, name: str) -> list[tuple[str, dict[str, Any]]]:
     return steps
 
 
-def _endpoint_facts(record: Endpoint) -> dict[str, Any]:
-    keys = ("name", "backend", "status", "url", "image", "model_data", "job_name")
-    return {**{k: getattr(record, k) for k in keys}, "model_sha256": (record.lineage or {}).get("model_sha256")}
+FACTS = {
+    Endpoint: ("name", "backend", "status", "url", "image", "model_data", "job_name"),
+    Evaluation: ("name", "backend", "status", "data", "metrics", "page", "model_data", "job_name"),
+    TransformJob: ("name", "backend", "status", "input", "output", "classified", "failed", "model_data", "job_name"),
+}
+
+
+def _use_facts(record: Endpoint | Evaluation | TransformJob) -> dict[str, Any]:
+    """An endpoint's, evaluation's or transform's facts, and the hash of the model it used."""
+    facts = {k: getattr(record, k) for k in FACTS[type(record)]}
+    origin = record.lineage or {}
+    dataset = origin.get("dataset") if not isinstance(record, Endpoint) else None
+    return {**facts, "model_sha256": origin.get("model_sha256"), "data_digest": dataset["digest"] if dataset else None}
 
 
 def _job_facts(record: TrainingJob, lineage: dict[str, Any]) -> dict[str, Any]:

@@ -154,6 +154,38 @@ class PipelineRun(Record):
     prediction: str | None = None  # the sample image it sent
 
 
+@dataclass(kw_only=True)
+class TransformJob(Record):
+    kind = "transforms"
+    noun = "transform job"
+
+    model_data: str | None = None  # the model.tar.gz it classified with
+    job_name: str | None = None  # the training job that produced the model, if known
+    image: str | None = None
+    instance_type: str | None = None
+    input: str | None = None  # the folder or s3:// prefix it read
+    output: str | None = None  # its folder on this machine: predictions.jsonl and summary.json
+    files: int = 0  # image files under the input
+    classified: int = 0  # of those, answered with predictions
+    failed: int = 0  # answered with an error (listed in predictions.jsonl with the reason)
+    s3_output: str | None = None  # sagemaker backend: where SageMaker wrote its .out files
+    transform_job_name: str | None = None  # sagemaker backend: its batch transform job (and model)
+
+
+@dataclass(kw_only=True)
+class Evaluation(Record):
+    kind = "evaluations"
+    noun = "evaluation"
+
+    model_data: str | None = None
+    job_name: str | None = None
+    data: str | None = None  # the labelled folder it read
+    transform: str | None = None  # the transform job that classified its images
+    report: str | None = None  # evaluation.json
+    page: str | None = None  # evaluation.html
+    metrics: dict[str, Any] | None = None  # accuracy, top-5 accuracy, loss, images, ...
+
+
 R = TypeVar("R", bound=Record)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -50,6 +51,18 @@ def write_split(root: Path, per_class: int, classes: tuple[str, ...] = tuple(COL
             suffix = "jpg" if fmt == "JPEG" else fmt.lower()
             draw_shape(shape, seed=i).save(folder / f"{shape}_{i}.{suffix}", fmt)
     return root
+
+
+BROWSER_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--enable-logging=stderr",
+                 "--v=0"]  # fmt: skip
+
+
+def chromium(page: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """Headless Chromium on a page of this machine (`--dump-dom`, `--screenshot=...`)."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert browser, "headless Chromium is needed: make browser (apt-get install chromium)"
+    command = [browser, *BROWSER_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args, page.as_uri()]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
 
 
 def default_sigint() -> None:

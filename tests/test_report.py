@@ -4,25 +4,13 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import make_job, run_entry_point, write_split
+from conftest import chromium, make_job, run_entry_point, write_split
 from PIL import Image
 
 from imgclf.diagnostics.report import PALETTE
-
-BROWSER_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--enable-logging=stderr",
-                 "--v=0"]  # fmt: skip
-
-
-def chromium(page: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert browser, "headless Chromium is needed: make browser (apt-get install chromium)"
-    command = [browser, *BROWSER_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args, page.as_uri()]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
 
 
 @pytest.fixture(scope="module")

@@ -289,3 +289,19 @@ def test_the_bare_logits_format_answers_as_the_original_endpoint(trained_model_d
     finally:
         stop_server(server)
     assert status == 200 and len(body) == 1 and len(body[0]) == 3
+
+
+def test_for_batch_transform_a_bad_image_is_an_answer_not_a_failure(trained_model_dir: Path, tmp_path: Path):
+    """IMGCLF_ERRORS_AS_RECORDS: a request the model cannot classify gets 200 with its error, so that a SageMaker
+    transform job writes it and goes on; what the server itself refuses (a wrong route) keeps its status."""
+    server = start_server(trained_model_dir, tmp_path, {"IMGCLF_ERRORS_AS_RECORDS": "true"})
+    try:
+        broken = request(f"{server.url}/invocations", b"\xff\xd8\xff not a jpeg", {"Content-Type": "image/jpeg"})
+        fine = request(f"{server.url}/invocations", image_bytes("JPEG"), {"Content-Type": "image/jpeg"})
+        route = request(f"{server.url}/models")
+    finally:
+        stop_server(server)
+    status, body, _ = broken
+    assert status == 200 and body["status"] == 400 and "not a decodable image" in body["error"]
+    assert fine[0] == 200 and "predictions" in fine[1]
+    assert route[0] == 404

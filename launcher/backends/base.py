@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from launcher import metrics
+from launcher import metrics, transform
 from launcher.errors import LauncherError
-from launcher.records import Endpoint, RecordStore, TrainingJob, TuningRun
+from launcher.progress import say
+from launcher.records import Endpoint, RecordStore, TrainingJob, TransformJob, TuningRun
 
 if TYPE_CHECKING:
     from launcher.tuning_spec import TuningSpec
@@ -76,6 +77,41 @@ class DeploySpec:
             model_data=self.model_data,
             job_name=self.job_name,
             instance_type=self.instance_type,
+            **fields,
+        )
+
+
+@dataclass(frozen=True)
+class TransformSpec:
+    name: str
+    model_data: str  # a model.tar.gz (a path here, or an s3:// URI)
+    input: str  # a folder of images (any depth), or an s3:// prefix on backends that read S3
+    output: Path  # this machine's folder for predictions.jsonl and summary.json
+    job_name: str | None = None  # the training job that produced the model, if known
+    image: str = DEFAULT_IMAGE
+    instance_type: str = "local"
+    logits: bool = False  # keep every class's logit in each line
+    top_k: int = 5
+    concurrency: int | None = None  # requests at once; None: what the model server asks for (/execution-parameters)
+    startup_timeout: float = 240.0
+    aws: AwsOptions = field(default_factory=AwsOptions)  # sagemaker backend
+    ami_version: str | None = None  # sagemaker backend: TransformAmiVersion (the hosts' NVIDIA driver)
+
+    def serving_environment(self) -> dict[str, str]:
+        """The model server's variables for a transform: how many classes to answer, and bad images answered as
+        records (200 with the error), so that one bad file does not fail a SageMaker transform job."""
+        return {"IMGCLF_TOP_K": str(self.top_k), "IMGCLF_ERRORS_AS_RECORDS": "true"}
+
+    def record(self, backend: str, **fields: Any) -> TransformJob:
+        return TransformJob(
+            name=self.name,
+            backend=backend,
+            model_data=self.model_data,
+            job_name=self.job_name,
+            image=self.image,
+            instance_type=self.instance_type,
+            input=self.input,
+            output=str(self.output),
             **fields,
         )
 
@@ -166,6 +202,59 @@ class Backend(ABC):
         from launcher.local_tuning import LocalTuner  # it builds on this module
 
         return LocalTuner(spec, self, folder).run()
+
+    def transform(self, spec: TransformSpec) -> TransformJob:
+        """Classify every image of the input into `<output>/predictions.jsonl`, skipping the files an earlier run
+        into the same output finished; write `<output>/summary.json`. Ctrl-C keeps what was written."""
+        files = self.transform_inputs(spec)
+        batch = transform.Batch.open(spec.output, spec.model_data)
+        finished = batch.predictions.finished().intersection(files)
+        todo = [file for file in files if file not in finished]
+        job = spec.record(self.name, files=len(files), status="InProgress")
+        self.records.save(job)
+        earlier = f" ({len(finished)} finished by an earlier run)" if finished else ""
+        say(f"transform {spec.name}: {len(todo)} of {len(files)} files to classify{earlier}")
+        progress = transform.Progress(f"transform {spec.name}", len(files), len(finished))
+        started = time.monotonic()
+        try:
+            if todo:
+                self.classify(spec, job, todo, batch.predictions, progress)
+        except KeyboardInterrupt:
+            job.status, job.failure_reason, job.ended = "Stopped", "interrupted by the user", time.time()
+            self.records.save(job)
+            raise
+        except LauncherError as err:
+            job.status, job.failure_reason, job.ended = "Failed", str(err), time.time()
+            self.records.save(job)
+            raise
+        progress.show()
+        summary = transform.summarise(files, batch.predictions.lines(), time.monotonic() - started, progress.new)
+        batch.write_summary(summary)
+        job.classified, job.failed = summary["classified"], summary["failed"] + summary["missing"]
+        job.status = "Completed" if summary["classified"] else "Failed"
+        if not summary["classified"]:
+            job.failure_reason = "no file could be classified; see " + str(batch.predictions.path)
+        job.ended = time.time()
+        self.records.save(job)
+        return job
+
+    def model_archive(self, model_data: str, aws: AwsOptions, folder: Path) -> Path:
+        """The model.tar.gz on this machine (a backend that reads models in S3 downloads it into `folder`)."""
+        return Path(model_data)
+
+    def transform_inputs(self, spec: TransformSpec) -> list[str]:
+        """The image files to classify, relative to the input. Here: a folder on this machine."""
+        if spec.input.startswith(S3_SCHEME):
+            raise LauncherError(
+                f"the {self.name} backend reads images on this machine, not {spec.input}: download them first, or "
+                "use --backend sagemaker"
+            )
+        return transform.image_files(Path(spec.input))
+
+    def classify(self, spec: TransformSpec, job: TransformJob, files: list[str], predictions: transform.Predictions,
+                 progress: transform.Progress) -> None:  # fmt: skip
+        """Classify `files`, adding a line to `predictions` and a tick to `progress` for each as it is answered."""
+        raise LauncherError(f"the {self.name} backend has no batch transform")
 
     @abstractmethod
     def deploy(self, spec: DeploySpec) -> Endpoint:

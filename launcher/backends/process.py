@@ -18,11 +18,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from launcher import contract, hosted, metrics
-from launcher.backends.base import Backend, DeploySpec, TrainingSpec
+from launcher import contract, hosted, metrics, transform
+from launcher.backends.base import Backend, DeploySpec, TrainingSpec, TransformSpec
 from launcher.errors import LauncherError
 from launcher.progress import say
-from launcher.records import Endpoint, RecordStore, TrainingJob
+from launcher.records import Endpoint, RecordStore, TrainingJob, TransformJob
 
 
 def container_command(name: str) -> str:
@@ -131,18 +131,43 @@ class ProcessBackend(Backend):
     # -- serving ----------------------------------------------------------------------------------------------
     def deploy(self, spec: DeploySpec) -> Endpoint:
         base_dir = self.new_endpoint_dir(spec.endpoint_name)
-        contract.unpack(Path(spec.model_data), base_dir / "model")
         port = spec.port or hosted.free_port()
-        env = {
-            **os.environ,
-            **spec.serving_environment(),
-            "SAGEMAKER_BASE_DIR": str(base_dir),
-            "SAGEMAKER_BIND_TO_PORT": str(port),
-        }
         record = spec.record(self.name, port=port, url=f"http://127.0.0.1:{port}")
         record.image = None  # served from this checkout, not an image
-        command = [container_command("serve"), "--host", spec.listen, "--config-dir", str(base_dir / "server")]
-        return hosted.start(self.records, record, command, env, base_dir, spec.startup_timeout)
+        return self._serve(record, base_dir, spec.model_data, spec.listen, spec.serving_environment(),
+                           spec.startup_timeout, self.records)  # fmt: skip
+
+    def _serve(self, record: Endpoint, base_dir: Path, model_data: str, listen: str, environment: dict[str, str],
+               timeout: float, records: RecordStore | None) -> Endpoint:  # fmt: skip
+        """Unpack the model into `base_dir` and start the image's `serve` there on `record.port`."""
+        contract.unpack(Path(model_data), base_dir / "model")
+        env = {
+            **os.environ,
+            **environment,
+            "SAGEMAKER_BASE_DIR": str(base_dir),
+            "SAGEMAKER_BIND_TO_PORT": str(record.port),
+        }
+        command = [container_command("serve"), "--host", listen, "--config-dir", str(base_dir / "server")]
+        return hosted.start(records, record, command, env, base_dir, timeout)
+
+    def classify(self, spec: TransformSpec, job: TransformJob, files: list[str], predictions: transform.Predictions,
+                 progress: transform.Progress) -> None:  # fmt: skip
+        """A model server of its own on this machine, sent the files with bounded concurrency, then stopped."""
+        base_dir = self.workdir / "transforms" / spec.name / "server"
+        shutil.rmtree(base_dir, ignore_errors=True)
+        base_dir.mkdir(parents=True)
+        port = hosted.free_port()
+        server = Endpoint(name=f"{spec.name}-server", backend=self.name, port=port, url=f"http://127.0.0.1:{port}")
+        self._serve(server, base_dir, spec.model_data, "127.0.0.1", spec.serving_environment(), spec.startup_timeout,
+                    records=None)  # fmt: skip
+        try:
+            concurrency = spec.concurrency or transform.server_concurrency(server.url)
+            say(f"transform {spec.name}: {concurrency} requests at once to {server.url} (log {server.log})")
+            classifier = transform.HttpClassifier(server.url, concurrency, spec.logits)
+            classifier.run(Path(spec.input), files, predictions, progress)
+        finally:
+            hosted.stop_group(server.pid)
+            shutil.rmtree(base_dir / "model", ignore_errors=True)  # the log stays
 
     def predict(self, endpoint: Endpoint, body: bytes, content_type: str) -> Any:
         request = urllib.request.Request(

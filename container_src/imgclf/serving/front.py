@@ -218,6 +218,8 @@ class _Handler(BaseHTTPRequestHandler):
         timeout = self.server.settings.timeout_seconds + WAIT_GRACE_SECONDS
         content_type, accept = self.headers.get("Content-Type", ""), self.headers.get("Accept", "")
         status, answer_type, answer = self.server.batcher.submit(body, content_type, accept, timeout)
+        if self.server.settings.errors_as_records and 400 <= status < 500 and status not in (408, 429):
+            status = 200  # the body still says which error, for batch transform to write
         self._answer(status, answer, answer_type)
 
     def _read_body(self) -> bytes | None:

@@ -19,6 +19,9 @@ SAFE_PORTS_ENV = "SAGEMAKER_SAFE_PORT_RANGE"
 THREADS_ENV = "IMGCLF_THREADS_PER_WORKER"
 BATCH_SIZE_ENV = "IMGCLF_MAX_BATCH_SIZE"
 BATCH_DELAY_ENV = "IMGCLF_MAX_BATCH_DELAY_MS"
+# Batch transform fails a whole job on one 4xx answer: with this set, a request the model cannot classify (a
+# broken image, say) is answered 200 with its {"error", "status"} body, so the job writes it and goes on.
+ERRORS_AS_RECORDS_ENV = "IMGCLF_ERRORS_AS_RECORDS"
 DEFAULT_PORT = 8080
 DEFAULT_TIMEOUT_SECONDS = 60
 DEFAULT_MAX_PAYLOAD_BYTES = 6_553_500  # multi-model-server's own default limit (6.25 MB)
@@ -44,6 +47,7 @@ class ServingSettings:
     max_payload_bytes: int
     safe_ports: tuple[int, int] | None
     cores: int
+    errors_as_records: bool = False
 
     @property
     def oversubscribed(self) -> bool:
@@ -68,6 +72,7 @@ class ServingSettings:
             else DEFAULT_MAX_PAYLOAD_BYTES,
             safe_ports=_port_range(environ.get(SAFE_PORTS_ENV)),
             cores=cores,
+            errors_as_records=_flag(environ, ERRORS_AS_RECORDS_ENV),
         )
 
 
@@ -83,6 +88,15 @@ def _integer(environ: Mapping[str, str], name: str, default: int, minimum: int, 
         bounds = f"at least {minimum}" + (f" and at most {maximum}" if maximum is not None else "")
         raise SettingsError(f"{name}={raw!r} is out of range: use {bounds}")
     return value
+
+
+def _flag(environ: Mapping[str, str], name: str) -> bool:
+    raw = environ.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise SettingsError(f"{name}={environ[name]!r} is not a yes or no: use true or false")
 
 
 def _port_range(raw: str | None) -> tuple[int, int] | None:
