@@ -23,7 +23,7 @@ from launcher.backends.base import (
 )
 from launcher.errors import LauncherError
 from launcher.job_config import JobConfig, load_job_config
-from launcher.pipeline import Pipeline, RunPlan, sample_image
+from launcher.pipeline import Pipeline, RunPlan, sample_image, test_split
 from launcher.progress import say
 from launcher.records import Endpoint, RecordStore, TrainingJob, TuningRun, unique_name
 from launcher.report import show_report
@@ -205,7 +205,7 @@ class ModelSource:
         """Refuse an S3 model on a backend that reads models on this machine only."""
         if self.model_data.startswith(S3_SCHEME) and not BACKENDS[backend].models_in_s3:
             raise LauncherError(
-                f"the {backend} backend serves a model.tar.gz on this machine, not {self.model_data}: use "
+                f"the {backend} backend deploys a model.tar.gz on this machine, not {self.model_data}: use "
                 + offering("models_in_s3")
             )
 
@@ -303,6 +303,16 @@ def run(args: Args, records: RecordStore) -> None:
             deploy=config.deploy,
         ),
         sample_image=sample_image(training.channels, args.sample_image),
+        evaluation=TransformSpec(
+            name=f"{name}-eval",
+            model_data="",
+            input="",
+            output=args.workdir / "evaluations" / f"{name}-eval",
+            image=training.image,
+            instance_type=instance_type,
+            aws=training.aws,
+        ),
+        evaluation_data=test_split(training.channels),
         stop_endpoint=args.stop_endpoint,
     )
     endpoint = Pipeline(plan, backend).run().endpoint

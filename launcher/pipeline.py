@@ -1,10 +1,11 @@
-"""`launcher run`: tune, train the best configuration with rules and profiler, deploy, predict a sample image.
+"""`launcher run`: tune, train the best configuration with rules and profiler, deploy, predict a sample image, and
+evaluate the model on the test split.
 
 The run's record (`records/runs/<name>.json`) lists each step as it ends; its parts are named after the run
-(`<name>-tune`, `<name>-train`, `<name>-ep`), so running the same command again after an interruption goes on
-from where it stopped: a finished tuning run, a completed training job and an endpoint serving its model are
-reused, an unfinished local study resumes, and a job or endpoint that failed is kept while the retry gets the
-next name (`<name>-train-2`).
+(`<name>-tune`, `<name>-train`, `<name>-ep`, `<name>-eval`), so running the same command again after an
+interruption goes on from where it stopped: a finished tuning run, a completed training job, an endpoint serving
+its model and an evaluation of it are reused, an unfinished local study resumes, and a job or endpoint that
+failed is kept while the retry gets the next name (`<name>-train-2`).
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from launcher import lineage, steps
-from launcher.backends.base import S3_SCHEME, Backend, DeploySpec, TrainingSpec
+from launcher.backends.base import S3_SCHEME, Backend, DeploySpec, TrainingSpec, TransformSpec
 from launcher.errors import LauncherError
 from launcher.progress import say
-from launcher.records import Endpoint, PipelineRun, R, TrainingJob, TuningRun
+from launcher.records import Endpoint, Evaluation, PipelineRun, R, TrainingJob, TuningRun
 from launcher.report import show_report
 from launcher.tuning_results import load_best_hyperparameters
 from launcher.tuning_spec import TuningSpec
@@ -37,7 +38,17 @@ class RunPlan:
     tuning: TuningSpec | None  # None: no tuning section, train as given
     endpoint: DeploySpec  # model_data is filled in once the job has finished
     sample_image: Path
+    evaluation: TransformSpec | None = None  # its model, once the job has finished; None: no local test split
+    evaluation_data: Path | None = None
     stop_endpoint: bool = False
+
+
+def test_split(channels: dict[str, str]) -> Path | None:
+    """The labelled folder to evaluate on: a `test` channel, or the `training` channel's test/ split (on this
+    machine); None where there is none."""
+    candidates = [Path(channels["test"])] if "test" in channels else []
+    candidates += [Path(channels["training"]) / "test"] if "training" in channels else []
+    return next((c for c in candidates if not str(c).startswith(S3_SCHEME) and c.is_dir()), None)
 
 
 def sample_image(channels: dict[str, str], given: Path | None) -> Path:
@@ -82,6 +93,7 @@ class Pipeline:
                 if self.plan.stop_endpoint:
                     self.backend.stop(self.records.load(Endpoint, endpoint.name))
                     say(f"endpoint {endpoint.name} stopped")
+            evaluation = self._evaluate(job)
         except KeyboardInterrupt:  # Ctrl-C: the step under way has recorded itself as Stopped
             self._update(status="Stopped", failure_reason="interrupted by the user", ended=time.time())
             raise
@@ -89,7 +101,7 @@ class Pipeline:
             self._update(status="Failed", failure_reason=str(err) or type(err).__name__, ended=time.time())
             raise
         self._update(status="Completed", ended=time.time())
-        self._summary(tuning, job, endpoint)
+        self._summary(tuning, job, endpoint, evaluation)
         return self.record
 
     def _tune(self) -> TuningRun | None:
@@ -133,6 +145,25 @@ class Pipeline:
         self._step("endpoint", name, url=endpoint.url)
         return endpoint
 
+    def _evaluate(self, job: TrainingJob) -> Evaluation | None:
+        planned, data = self.plan.evaluation, self.plan.evaluation_data
+        if planned is None or data is None:
+            say("no test split on this machine to evaluate the model on; skipping the evaluation")
+            return None
+        earlier, name = self._earlier(
+            Evaluation, planned.name, lambda e: e.status == "Completed" and e.model_data == job.model_data
+        )
+        if earlier:
+            say(f"evaluation {name} of {job.name}'s model already done; reusing it")
+            return earlier
+        region = planned.aws.region or job.region
+        spec = dataclasses.replace(planned, name=name, model_data=job.model_data, job_name=job.name,
+                                   output=planned.output.parent / name,
+                                   aws=dataclasses.replace(planned.aws, region=region))  # fmt: skip
+        evaluation = steps.evaluate(self.backend, spec, data)
+        self._step("evaluation", name, accuracy=evaluation.metrics["accuracy"], loss=evaluation.metrics["loss"])
+        return evaluation
+
     def _earlier(self, kind: type[R], base: str, reusable: Callable[[R], bool]) -> tuple[R | None, str]:
         """An earlier try's record that can be reused, and its name; else None and the first free name after
         those of tries that failed (`base`, `base-2`, ...), which are kept as they are, with their logs."""
@@ -156,7 +187,9 @@ class Pipeline:
             setattr(self.record, key, value)
         self.records.save(self.record)
 
-    def _summary(self, tuning: TuningRun | None, job: TrainingJob, endpoint: Endpoint) -> None:
+    def _summary(
+        self, tuning: TuningRun | None, job: TrainingJob, endpoint: Endpoint, evaluation: Evaluation | None
+    ) -> None:
         """Where each artifact is, then the job's rule report (its table is in the job's log) and the lineage."""
         say(f"run {self.plan.name} completed; artifacts:")
         if tuning:
@@ -164,5 +197,7 @@ class Pipeline:
         say(f"  model: {job.model_data}")
         say(f"  output (metrics, rule and profiler report): {job.output_data}")
         say(f"  endpoint: {endpoint.name} {endpoint.url or ''}" + (" (stopped)" if self.plan.stop_endpoint else ""))
+        if evaluation:
+            say(f"  evaluation on the test split: {evaluation.page}")
         show_report(job, self.backend.workdir / "reports" / job.name, table=False)
         print(lineage.format_chain(lineage.chain(self.records, endpoint.name)), flush=True)

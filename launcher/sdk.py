@@ -457,3 +457,60 @@ def tuning_job_trials(session: Any, name: str) -> list[dict[str, Any]]:
 def describe_training_job(session: Any, name: str) -> dict[str, Any]:
     with aws_errors(f"describing training job {name}"):
         return session.sagemaker_client.describe_training_job(TrainingJobName=name)
+
+
+# -- batch transform ----------------------------------------------------------------------------------------------
+def s3_keys(session: Any, bucket: str, prefix: str) -> list[str]:
+    """Every object key under a prefix (ListObjectsV2, all pages)."""
+    with aws_errors(f"listing s3://{bucket}/{prefix}"):
+        pages = session.s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
+def put_object(session: Any, bucket: str, key: str, body: bytes) -> str:
+    with aws_errors(f"writing s3://{bucket}/{key}"):
+        session.s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+    return f"s3://{bucket}/{key}"
+
+
+def get_object(session: Any, bucket: str, key: str) -> bytes:
+    with aws_errors(f"reading s3://{bucket}/{key}"):
+        return session.s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def create_model(session: Any, *, name: str, image: str, model_data: str, role: str, env: dict[str, str]) -> None:
+    container = {"Image": image, "ModelDataUrl": model_data, "Environment": env}
+    with aws_errors(f"SageMaker did not create model {name}"):
+        session.sagemaker_client.create_model(ModelName=name, PrimaryContainer=container, ExecutionRoleArn=role)
+
+
+def delete_model(session: Any, name: str) -> None:
+    with aws_errors(f"deleting model {name}"):
+        session.sagemaker_client.delete_model(ModelName=name)
+
+
+def create_transform_job(session: Any, request: dict[str, Any]) -> None:
+    with aws_errors(f"SageMaker did not start transform job {request['TransformJobName']}"):
+        session.sagemaker_client.create_transform_job(**request)
+
+
+def describe_transform_job(session: Any, name: str) -> dict[str, Any]:
+    with aws_errors(f"describing transform job {name}"):
+        return session.sagemaker_client.describe_transform_job(TransformJobName=name)
+
+
+def local_transform(session: Any, *, name: str, image: str, model_data: str, env: dict[str, str], instance_type: str,
+                    input_uri: str, output_uri: str, content_type: str) -> None:  # fmt: skip
+    """Local mode's batch transform, to its end: the image's `serve` in Docker, every file under `input_uri` sent
+    as one request, each answer written to `<output_uri>/<file>.out` (answers with an error too: local mode does
+    not check the status)."""
+    transformer = model(session, image=image, model_data=model_data, role=LOCAL_ROLE, name=name, env=env).transformer(
+        instance_count=1,
+        instance_type=instance_type,
+        strategy="SingleRecord",  # local mode cannot read the container's own SINGLE_RECORD
+        output_path=output_uri,
+        accept="application/json",
+        max_payload=6,
+        env=env,
+    )
+    transformer.transform(input_uri, content_type=content_type, split_type=None, wait=True, logs=False)

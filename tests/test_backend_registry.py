@@ -78,7 +78,8 @@ def test_a_registered_backend_runs_the_whole_pipeline(tmp_path: Path, capsys: py
     assert job["backend"] == "replay" and job["hyperparameters"]["learning_rate"] == BEST_RATE
     run = json.loads((records / "runs" / "r.json").read_text())
     assert run["status"] == "Completed"
-    assert run["steps"][-1]["top"][0]["label"] in {"circle", "square", "triangle"}  # a real endpoint answered
+    assert run["steps"][-2]["top"][0]["label"] in {"circle", "square", "triangle"}  # a real endpoint answered
+    assert run["steps"][-1]["step"] == "evaluation"  # by a real model server of the backend's transform
     endpoint = json.loads((records / "endpoints" / "r-ep.json").read_text())
     assert (endpoint["backend"], endpoint["status"]) == ("replay", "Deleted")
     capsys.readouterr()

@@ -22,7 +22,7 @@ import torch
 from conftest import FAST_HYPERPARAMETERS, compose_containers, docker, make_job, write_split
 
 from imgclf.distributed import fingerprint
-from launcher import sdk
+from launcher import contract, sdk
 from launcher.cli import main
 from launcher.hosted import free_port, model_ready
 
@@ -218,7 +218,8 @@ def test_local_mode_train_deploy_predict_stop(image, tmp_path, shapes_dataset, c
     common = ["--backend", "local", "--image", image]
     assert launcher_main(*work, "train", *common, "--data", str(shapes_dataset), "--job-name", "local-1", *hps) == 0
     job = json.loads((tmp_path / "work" / "records" / "jobs" / "local-1.json").read_text())
-    assert job["status"] == "Completed" and job["test_metrics"]["images"] == 6
+    assert job["status"] == "Completed" and set(job["test_metrics"]) == {"accuracy", "loss"}  # read from its log
+    assert contract.read_metrics(Path(job["output_data"]))["test"]["images"] == 6
     assert Path(job["model_data"]) == tmp_path / "work" / "output" / "local-1" / "output" / "model.tar.gz"
     capsys.readouterr()
     assert launcher_main(*work, "report", "local-1") == 0  # local mode packs output/, so data/report/ in the tar
@@ -247,7 +248,16 @@ def test_local_mode_train_deploy_predict_stop(image, tmp_path, shapes_dataset, c
     endpoint = json.loads((tmp_path / "work" / "records" / "endpoints" / "local-ep.json").read_text())
     assert endpoint["status"] == "Deleted"
     assert not model_ready(endpoint["url"])
-    assert compose_containers(tmp_path / "work") == []  # neither the job's nor the endpoint's is left
+
+    images = Path(shutil.copytree(shapes_dataset / "test", tmp_path / "images"))
+    (images / "broken.jpg").write_bytes(b"\xff\xd8 not a JPEG")
+    transform = ["transform", "local-1", "--backend", "local", "--input", str(images), "--name", "lt"]
+    assert launcher_main(*work, *transform) == 0
+    output = tmp_path / "work" / "transforms" / "lt" / "output"
+    lines = {line["file"]: line for line in map(json.loads, (output / "predictions.jsonl").read_text().splitlines())}
+    assert len(lines) == 7 and lines["broken.jpg"]["status"] == 400  # the SDK's transformer went on after it
+    assert all(len(line["predictions"]) == 3 for file, line in lines.items() if file != "broken.jpg")
+    assert compose_containers(tmp_path / "work") == []  # neither the job's, the endpoint's nor the transform's
 
 
 def test_local_mode_run_records_the_image_in_the_lineage(image, tmp_path, shapes_dataset, capsys):
@@ -259,7 +269,7 @@ def test_local_mode_run_records_the_image_in_the_lineage(image, tmp_path, shapes
     assert launcher_main(*work, "run", "--backend", "local", "--config", str(config), "--name", "lr",
                          "--workers", "1", "--stop-endpoint") == 0  # fmt: skip
     run = json.loads((tmp_path / "work" / "records" / "runs" / "lr.json").read_text())
-    assert [step["step"] for step in run["steps"]] == ["training_job", "endpoint", "prediction"]
+    assert [step["step"] for step in run["steps"]] == ["training_job", "endpoint", "prediction", "evaluation"]
     capsys.readouterr()
     assert launcher_main(*work, "lineage", "lr", "--json") == 0
     chain = {step.pop("step"): step for step in json.loads(capsys.readouterr().out)}

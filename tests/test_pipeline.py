@@ -83,8 +83,9 @@ def test_run_tunes_trains_deploys_predicts_and_traces_back(tmp_path: Path, backb
                                                                                   "r1-tune-002"]  # fmt: skip
     record = load(work, "runs", "r1")
     assert record["status"] == "Completed" and record["endpoint"] == "r1-ep-2"
-    assert [s["step"] for s in record["steps"]] == ["tuning_run", "training_job", "endpoint", "prediction"]
-    top = record["steps"][-1]["top"][0]
+    assert [s["step"] for s in record["steps"]] == ["tuning_run", "training_job", "endpoint", "prediction",
+                                                    "evaluation"]  # fmt: skip
+    top = record["steps"][-2]["top"][0]
     assert top["label"] in {"circle", "square", "triangle"} and 0 <= top["probability"] <= 1
     assert load(work, "endpoints", "r1-ep-2")["status"] == "Deleted"
 

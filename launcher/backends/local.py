@@ -11,17 +11,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
 from pathlib import Path
 from typing import Any
 
-from launcher import contract, hosted, metrics, sdk
-from launcher.backends.base import Backend, DeploySpec, TrainingSpec
+from launcher import contract, hosted, metrics, sdk, transform
+from launcher.backends.base import Backend, DeploySpec, TrainingSpec, TransformSpec
 from launcher.errors import LauncherError
 from launcher.progress import muted_stdout, say
-from launcher.records import Endpoint, RecordStore, TrainingJob
+from launcher.records import Endpoint, RecordStore, TrainingJob, TransformJob
 
 INSTANCE_TYPES = ("local", "local_gpu")
 FIND_CONTAINERS_SECONDS = 0.5  # between looks for a job's containers until all of them are there
@@ -208,6 +209,42 @@ class LocalBackend(Backend):
         except BaseException:  # the host process has ended by now: nothing can start another container
             sdk.remove_containers(base_dir, hosted.STOP_GRACE_SECONDS)
             raise
+
+    def classify(self, spec: TransformSpec, job: TransformJob, files: list[str], predictions: transform.Predictions,
+                 progress: transform.Progress) -> None:  # fmt: skip
+        """The SageMaker SDK's local-mode transformer with the image. It reads the top of one folder only, so the
+        files are linked into one first, under names that keep their order."""
+        if spec.instance_type not in INSTANCE_TYPES:
+            raise LauncherError(f"the local backend transforms on instance types {', '.join(INSTANCE_TYPES)}")
+        folder = self.workdir / "transforms" / spec.name / "local"
+        shutil.rmtree(folder, ignore_errors=True)
+        staged, answers, containers = folder / "input", folder / "output", folder / "containers"
+        staged.mkdir(parents=True)
+        root = Path(spec.input)
+        names = [f"{i:06d}{Path(file).suffix.lower()}" for i, file in enumerate(files)]
+        for name, file in zip(names, files, strict=True):
+            (staged / name).symlink_to((root / file).resolve())
+        session = sdk.local_session(serving_port=hosted.free_port(), container_root=containers, listen="127.0.0.1")
+        say(f"transform {spec.name}: {len(files)} images through the image {spec.image} in SageMaker local mode")
+        progress.begin()
+        try:
+            with muted_stdout():  # the SDK copies the container's log to stdout
+                sdk.local_transform(session, name=spec.name, image=spec.image,
+                                    model_data=f"file://{Path(spec.model_data).resolve()}",
+                                    env=spec.serving_environment(), instance_type=spec.instance_type,
+                                    input_uri=f"file://{staged}", output_uri=f"file://{answers}",
+                                    content_type=transform.job_content_type(files))  # fmt: skip
+        finally:
+            sdk.remove_containers(containers, hosted.STOP_GRACE_SECONDS)
+        for name, file in zip(names, files, strict=True):
+            out = answers / f"{name}.out"
+            if out.is_file():
+                line = transform.answer_line(file, 200, out.read_bytes(), spec.logits)
+            else:
+                line = {"file": file, "error": "local mode wrote no answer for it", "status": 503}
+            predictions.add(line)
+            progress.tick(failed="predictions" not in line)
+        shutil.rmtree(staged)
 
     def predict(self, endpoint: Endpoint, body: bytes, content_type: str) -> Any:
         predictor = sdk.image_predictor(endpoint.name, sdk.local_session(serving_port=endpoint.port))

@@ -7,6 +7,7 @@ the endpoint's name.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Mapping
@@ -14,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from launcher import contract, sdk
-from launcher.backends.base import S3_SCHEME, AwsOptions, Backend, DeploySpec, TrainingSpec
+from launcher import contract, sdk, transform
+from launcher.backends.base import S3_SCHEME, AwsOptions, Backend, DeploySpec, TrainingSpec, TransformSpec
 from launcher.errors import LauncherError
 from launcher.progress import say
-from launcher.records import Endpoint, TrainingJob, TuningRun
+from launcher.records import Endpoint, TrainingJob, TransformJob, TuningRun
 
 if TYPE_CHECKING:
     from launcher.tuning_spec import TuningSpec
@@ -35,6 +36,7 @@ GPU_INFERENCE_AMI = "al2023-ami-sagemaker-inference-gpu-4-1"
 GPU_FAMILIES = ("ml.g", "ml.p")
 # GPUs without kernels in the image's torch build (sm_75 and newer): K80 (ml.p2) and V100 (ml.p3).
 UNSUPPORTED_GPU_FAMILIES = ("ml.p2.", "ml.p3.", "ml.p3dn.")
+TRANSFORM_MAX_PAYLOAD_MB = 6  # a request's largest body; the image's model server takes 6.25 MB
 
 
 @dataclass(frozen=True)
@@ -45,14 +47,19 @@ class AwsSettings:
 
     @classmethod
     def resolve(
-        cls, options: AwsOptions, environ: Mapping[str, str] = os.environ, *, needs_bucket: bool = True
+        cls,
+        options: AwsOptions,
+        environ: Mapping[str, str] = os.environ,
+        *,
+        needs_bucket: bool = True,
+        needs_role: bool = True,
     ) -> AwsSettings:
         """The command line's values, else the environment's; a LauncherError names whatever is missing."""
         role = options.role or environ.get(ROLE_ENV)
         bucket = options.bucket or environ.get(BUCKET_ENV)
         region = options.region or next((environ[name] for name in REGION_ENVS if environ.get(name)), None)
         needs = (
-            (role, f"an IAM role for the job (--role ARN or ${ROLE_ENV})"),
+            (role or not needs_role, f"an IAM role for the job (--role ARN or ${ROLE_ENV})"),
             (
                 bucket or not needs_bucket,
                 f"an S3 bucket for artifacts and uploaded data (--bucket NAME or ${BUCKET_ENV})",
@@ -62,7 +69,7 @@ class AwsSettings:
         missing = [need for value, need in needs if not value]
         if missing:
             raise LauncherError("the sagemaker backend needs " + "; ".join(missing))
-        return cls(role=role, bucket=bucket or "", region=region)
+        return cls(role=role or "", bucket=bucket or "", region=region)
 
 
 def check_image_and_instance(image: str, instance_type: str) -> None:
@@ -189,16 +196,84 @@ def record_outcome(job: TrainingJob, description: dict[str, Any]) -> dict[str, f
     return {m["MetricName"]: m["Value"] for m in description.get("FinalMetricDataList", [])}
 
 
-def model_data_in_s3(session: Any, spec: DeploySpec, bucket: str) -> str:
-    """The model's S3 URI: as given, or a local model.tar.gz uploaded to s3://<bucket>/imgclf/<endpoint>/."""
-    if spec.model_data.startswith(S3_SCHEME):
-        return spec.model_data
-    path = Path(spec.model_data).resolve()
+def model_data_in_s3(session: Any, model_data: str, bucket: str, key_prefix: str) -> str:
+    """The model's S3 URI: as given, or a local model.tar.gz uploaded to s3://<bucket>/<key_prefix>/."""
+    if model_data.startswith(S3_SCHEME):
+        return model_data
+    path = Path(model_data).resolve()
     if not path.is_file():
         raise LauncherError(f"no model.tar.gz at {path} (give a training job's name, a file or an s3:// URI)")
-    key_prefix = f"{S3_PREFIX}/{spec.endpoint_name}"
     say(f"uploading {path} to {S3_SCHEME}{bucket}/{key_prefix}")
     return sdk.upload(session, path, bucket, key_prefix)
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri.removeprefix(S3_SCHEME).partition("/")
+    return bucket, key
+
+
+def transform_ami_version(instance_type: str, requested: str | None) -> str | None:
+    """TransformAmiVersion for a transform's hosts. SageMaker's batch hosts run NVIDIA driver 470 or 535, too old
+    for the image's CUDA 13, so a GPU type needs a version the user names; a CPU type needs none."""
+    check_gpu_generation(instance_type)
+    if requested or not instance_type.startswith(GPU_FAMILIES):
+        return requested
+    raise LauncherError(
+        f"{instance_type} is a GPU type, and SageMaker's batch transform hosts run NVIDIA driver 470 or 535 "
+        "(TransformAmiVersion al2-ami-sagemaker-batch-gpu-470 or -535), while the image's torch needs CUDA 13 "
+        "(driver 580): use a CPU type such as ml.m5.xlarge, or --transform-ami-version with a version that has "
+        "driver 580 or newer"
+    )
+
+
+def upload_images(session: Any, root: Path, files: list[str], bucket: str, name: str) -> str:
+    """Upload `files` (relative to `root`) to s3://<bucket>/imgclf/<name>/input/; return that prefix."""
+    prefix = f"{S3_PREFIX}/{name}/input"
+    say(f"uploading {len(files)} images to {S3_SCHEME}{bucket}/{prefix}/")
+    for file in files:
+        sdk.put_object(session, bucket, f"{prefix}/{file}", (root / file).read_bytes())
+    return f"{S3_SCHEME}{bucket}/{prefix}"
+
+
+def transform_request(
+    spec: TransformSpec, name: str, manifest: str, output: str, files: list[str], ami_version: str | None
+) -> dict[str, Any]:
+    """CreateTransformJob: one image per request (SplitType None, SingleRecord), its content type by extension."""
+    resources: dict[str, Any] = {"InstanceType": spec.instance_type, "InstanceCount": 1}
+    if ami_version:
+        resources["TransformAmiVersion"] = ami_version
+    return {
+        "TransformJobName": name,
+        "ModelName": name,
+        "BatchStrategy": "SingleRecord",
+        "MaxPayloadInMB": TRANSFORM_MAX_PAYLOAD_MB,
+        "Environment": spec.serving_environment(),
+        "TransformInput": {
+            "DataSource": {"S3DataSource": {"S3DataType": "ManifestFile", "S3Uri": manifest}},
+            "ContentType": transform.job_content_type(files),
+            "SplitType": "None",
+            "CompressionType": "None",
+        },
+        "TransformOutput": {"S3OutputPath": output, "Accept": "application/json", "AssembleWith": "None"},
+        "TransformResources": resources,
+    }
+
+
+def collect_outputs(session: Any, output: str, files: list[str], keep_logits: bool, predictions: transform.Predictions,
+                    progress: transform.Progress) -> None:  # fmt: skip
+    """Each file's answer from its `<file>.out` object under `output`; a file without one is written as not
+    answered (tried again by the next run)."""
+    bucket, prefix = split_s3_uri(output + "/")
+    keys = {key[len(prefix) :]: key for key in sdk.s3_keys(session, bucket, prefix)}
+    progress.begin()
+    for file in files:
+        key = keys.get(f"{file}.out")
+        if key is None:
+            line = {"file": file, "error": "the transform job wrote no answer for it", "status": 503}
+        else:
+            line = transform.answer_line(file, 200, sdk.get_object(session, bucket, key), keep_logits)
+        predictions.add(line)
+        progress.tick(failed="predictions" not in line)
 
 
 class SageMakerBackend(Backend):
@@ -255,7 +330,7 @@ class SageMakerBackend(Backend):
         ami_version = endpoint_ami_version(spec.instance_type, spec.inference_ami_version)
         aws = AwsSettings.resolve(spec.aws, needs_bucket=not spec.model_data.startswith(S3_SCHEME))
         session = sdk.aws_session(aws.region)
-        model_data = model_data_in_s3(session, spec, aws.bucket)
+        model_data = model_data_in_s3(session, spec.model_data, aws.bucket, f"{S3_PREFIX}/{spec.endpoint_name}")
         model = sdk.model(
             session,
             image=spec.image,
@@ -306,6 +381,71 @@ class SageMakerBackend(Backend):
                 record.status = description["EndpointStatus"]
                 self.records.save(record)
             if record.status not in ENDPOINT_BUSY:
+                return description
+            time.sleep(sdk.POLL_SECONDS)
+
+    # -- batch transform ------------------------------------------------------------------------------------
+    def model_archive(self, model_data: str, aws: AwsOptions, folder: Path) -> Path:
+        if not model_data.startswith(S3_SCHEME):
+            return Path(model_data)
+        folder.mkdir(parents=True, exist_ok=True)
+        region = AwsSettings.resolve(aws, needs_bucket=False, needs_role=False).region
+        return sdk.download(model_data, folder / contract.MODEL_ARTIFACT, region)
+
+    def transform_inputs(self, spec: TransformSpec) -> list[str]:
+        """A local folder's images, or those under an s3:// prefix (by extension, any depth)."""
+        if not spec.input.startswith(S3_SCHEME):
+            return super().transform_inputs(spec)
+        aws = AwsSettings.resolve(spec.aws, needs_bucket=False)
+        bucket, prefix = split_s3_uri(spec.input.rstrip("/") + "/")
+        keys = sdk.s3_keys(sdk.aws_session(aws.region), bucket, prefix)
+        images = (key for key in keys if os.path.splitext(key)[1].lower() in transform.CONTENT_TYPES)
+        files = sorted(key[len(prefix) :] for key in images)
+        if not files:
+            raise LauncherError(f"no JPEG or PNG objects (.jpg, .jpeg, .png) under {spec.input}")
+        return files
+
+    def classify(self, spec: TransformSpec, job: TransformJob, files: list[str], predictions: transform.Predictions,
+                 progress: transform.Progress) -> None:  # fmt: skip
+        """A SageMaker batch transform job over a manifest of `files`, one image per request; then each file's
+        `.out` object read back into `predictions`."""
+        check_image_and_instance(spec.image, spec.instance_type)
+        ami_version = transform_ami_version(spec.instance_type, spec.ami_version)
+        local_input = not spec.input.startswith(S3_SCHEME)
+        aws = AwsSettings.resolve(spec.aws, needs_bucket=local_input or not spec.model_data.startswith(S3_SCHEME))
+        session = sdk.aws_session(aws.region)
+        name = f"{spec.name[:56]}-{time.strftime('%H%M%S')}"  # a new SageMaker job (and model) for each run
+        model_data = model_data_in_s3(session, spec.model_data, aws.bucket, f"{S3_PREFIX}/{spec.name}")
+        prefix = upload_images(session, Path(spec.input), files, aws.bucket, spec.name) if local_input else spec.input
+        prefix = prefix.rstrip("/") + "/"
+        bucket = aws.bucket or split_s3_uri(prefix)[0]
+        manifest = json.dumps([{"prefix": prefix}, *files]).encode()
+        manifest_uri = sdk.put_object(session, bucket, f"{S3_PREFIX}/{spec.name}/{name}.manifest", manifest)
+        output = f"{S3_SCHEME}{bucket}/{S3_PREFIX}/{spec.name}/output/{name}"
+        job.transform_job_name, job.s3_output, job.region = name, output, aws.region
+        self.records.save(job)
+        sdk.create_model(session, name=name, image=spec.image, model_data=model_data, role=aws.role,
+                         env=spec.serving_environment())  # fmt: skip
+        try:
+            sdk.create_transform_job(session, transform_request(spec, name, manifest_uri, output, files, ami_version))
+            say(f"transform job {name} started on SageMaker in {aws.region} ({len(files)} images on "
+                f"{spec.instance_type}; Ctrl-C stops waiting, not the job)")  # fmt: skip
+            description = self._wait_for_transform(session, name)
+            collect_outputs(session, output, files, spec.logits, predictions, progress)
+        finally:
+            sdk.delete_model(session, name)
+        if description["TransformJobStatus"] != "Completed":
+            reason = description.get("FailureReason", "no reason given")
+            say(f"transform job {name} {description['TransformJobStatus'].lower()}: {reason}")
+
+    def _wait_for_transform(self, session: Any, name: str) -> dict[str, Any]:
+        status = None
+        while True:
+            description = sdk.describe_transform_job(session, name)
+            if description["TransformJobStatus"] != status:
+                status = description["TransformJobStatus"]
+                say(f"transform job {name}: {status}")
+            if status not in ("InProgress", "Stopping"):
                 return description
             time.sleep(sdk.POLL_SECONDS)
 
