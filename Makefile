@@ -104,6 +104,7 @@ format: install
 bench: install
 	-$(MAKE) torchserve-venv
 	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/transform.py
 	$(BIN)/python bench/train_overhead.py
 	$(BIN)/python bench/diagnostics_overhead.py
 	$(BIN)/python bench/input_pipeline.py

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.figure import Figure  # drawn in memory: no display, no pyplot state
 from PIL import Image
 from sklearn.metrics import ConfusionMatrixDisplay
+
+from launcher import charts
 
 THUMBNAIL = 128  # pixels, the longer side
 LABELLED_AXES = 40  # up to this many classes the matrix names them and prints its counts
@@ -32,22 +33,18 @@ def data_uri(data: bytes, media_type: str) -> str:
     return f"data:{media_type};base64,{base64.b64encode(data).decode()}"
 
 
-def matrix_png(classes: list[str], matrix: list[list[int]]) -> bytes:
-    """The confusion matrix as a PNG (true class down, predicted across)."""
+def matrix_png(classes: list[str], matrix: list[list[int]]) -> str:
+    """The confusion matrix as a PNG data URI (true class down, predicted across)."""
     labelled = len(classes) <= LABELLED_AXES
     side = min(4 + 0.35 * len(classes), 24)
-    figure = Figure(figsize=(side, side), dpi=90)
-    axes = figure.subplots()
+    figure, axes = charts.new_figure(side, side)
     display = ConfusionMatrixDisplay(np.asarray(matrix), display_labels=classes if labelled else None)
     display.plot(ax=axes, cmap="Blues", colorbar=True, include_values=labelled, xticks_rotation="vertical")
     if not labelled:
         axes.set_xticks([])
         axes.set_yticks([])
     axes.set_title("Confusion matrix (true class down, predicted class across)")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return charts.png_data_uri(figure)
 
 
 def thumbnail(path: Path) -> str | None:
@@ -77,7 +74,7 @@ def _rows(rows: list[list[Any]]) -> str:
 def render(result: dict[str, Any], root: Path, title: str) -> str:
     """The page for an evaluation result (launcher.evaluation.evaluate) of the images under `root`."""
     esc = html.escape
-    matrix = data_uri(matrix_png(result["classes"], result["confusion_matrix"]), "image/png")
+    matrix = matrix_png(result["classes"], result["confusion_matrix"])
     headline = [
         ["images scored", result["images"]],
         ["accuracy", result["accuracy"]],

@@ -136,6 +136,10 @@ class Progress:
         """The first request is about to go: the rate counts from here, not from the server's start-up."""
         self.started = self.shown = time.monotonic()
 
+    def elapsed(self) -> float:
+        """Seconds since the first request (or since this object was made, if none was sent)."""
+        return time.monotonic() - self.started
+
     def tick(self, failed: bool) -> None:
         with self._lock:
             self.done, self.new, self.failed = self.done + 1, self.new + 1, self.failed + failed
@@ -230,7 +234,8 @@ class HttpClassifier:
 
 
 def summarise(files: list[str], lines: dict[str, dict[str, Any]], seconds: float, new: int) -> dict[str, Any]:
-    """What a transform produced: counts, the top label of each class of answer, the failures with reasons."""
+    """What a transform produced: counts, how often each label came first, the failures with reasons; and this
+    run's rate, `new` files in `seconds` from its first request to its last answer."""
     answered = [lines[f] for f in files if f in lines]
     classified = [line for line in answered if "predictions" in line]
     failures = [{"file": line["file"], "status": line.get("status"), "error": line.get("error")}

@@ -6,11 +6,11 @@ import csv
 import dataclasses
 import html
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from launcher import charts
 from launcher.errors import LauncherError
 from launcher.records import TuningRun
 from launcher.tuning_spec import TuningSpec
@@ -98,56 +98,37 @@ def _short(value: Any) -> str:
 
 # -- plots: objective by trial and by each hyperparameter, as inline SVG -------------------------------------
 
-W, H, M = 420, 260, 45
 
-
-def _scatter(title: str, x_label: str, points: list[tuple[float, float, bool]], log_x: bool = False) -> str:
-    e = html.escape
+def _scatter(title: str, x_label: str, y_label: str, points: list[tuple[float, float]], log_x: bool = False) -> str:
+    """One chart of the objective against `x_label`, as inline SVG."""
     if not points:
         return ""
-    xs = [math.log10(x) if log_x else x for x, _, _ in points]
-    ys = [y for _, y, _ in points]
-    x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
-    y0, y1 = min(ys), max(ys) if max(ys) > min(ys) else min(ys) + 1
-
-    def at(x: float, y: float) -> tuple[float, float]:
-        return M + (W - 2 * M) * (x - x0) / (x1 - x0), H - M - (H - 2 * M) * (y - y0) / (y1 - y0)
-
-    dots = "".join(
-        f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="4" fill="{"#d62728" if stopped else "#1f77b4"}"/>'
-        for (cx, cy), (_, _, stopped) in zip((at(x, y) for x, y in zip(xs, ys, strict=True)), points, strict=True)
-    )
-    scale = " (log10)" if log_x else ""
-    return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" role="img" aria-label="{e(title)}">'
-        f'<text x="{M}" y="18" font-size="13" font-weight="bold">{e(title)}</text>'
-        f'<rect x="{M}" y="{M}" width="{W - 2 * M}" height="{H - 2 * M}" fill="none" stroke="#999"/>'
-        f'<text x="{W / 2}" y="{H - 8}" font-size="11" text-anchor="middle">{e(x_label)}{scale}: '
-        f"{x0:.3g} to {x1:.3g}</text>"
-        f'<text x="4" y="{M - 6}" font-size="10">{y1:.4g}</text>'
-        f'<text x="4" y="{H - M}" font-size="10">{y0:.4g}</text>'
-        f"{dots}</svg>"
-    )
+    figure, axes = charts.new_figure(6.4, 3.4)
+    axes.scatter([x for x, _ in points], [y for _, y in points], color="#1f77b4")
+    if log_x:
+        axes.set_xscale("log")
+    axes.set(title=title, xlabel=x_label, ylabel=y_label)
+    axes.grid(alpha=0.3)
+    return f'<figure aria-label="{html.escape(title)}">{charts.inline_svg(figure)}</figure>'
 
 
 def _plots(spec: TuningSpec, rows: list[TrialRow], names: list[str]) -> str:
     scored = [r for r in rows if r.objective is not None]
-    charts = [_scatter(f"{spec.objective_metric} by trial", "trial",
-                       [(r.trial, r.objective, r.stopped_early) for r in scored])]  # fmt: skip
+    drawn = [_scatter(f"{spec.objective_metric} by trial", "trial", spec.objective_metric,
+                      [(r.trial, r.objective) for r in scored])]  # fmt: skip
     ranges = {r.name: r for r in spec.ranges}
     for name in names:
         numeric = [r for r in scored if isinstance(r.hyperparameters.get(name), int | float)]
         values = [r.hyperparameters[name] for r in numeric]
         declared_log = name in ranges and ranges[name].scaling == "Logarithmic"
         log_x = declared_log or bool(values and min(values) > 0 and max(values) / min(values) >= 10)
-        charts.append(_scatter(f"{spec.objective_metric} by {name}", name,
-                               [(r.hyperparameters[name], r.objective, r.stopped_early) for r in numeric],
-                               log_x=log_x))  # fmt: skip
+        drawn.append(_scatter(f"{spec.objective_metric} by {name}", name, spec.objective_metric,
+                              [(r.hyperparameters[name], r.objective) for r in numeric], log_x=log_x))  # fmt: skip
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Tuning {html.escape(spec.name)}</title>'
         '</head><body style="font-family:sans-serif">'
         f"<h1>Tuning {html.escape(spec.name)}</h1><p>{spec.strategy} search, {spec.direction.lower()} "
-        f"{html.escape(spec.objective_metric)}; blue: completed trials, red: stopped early (their last reported "
-        f"value is not an objective, so they are not drawn).</p>{''.join(charts)}"
+        f"{html.escape(spec.objective_metric)}; each point a completed trial (trials stopped early are not drawn: "
+        f"their last reported value is not an objective).</p>{''.join(drawn)}"
         f"<pre>{html.escape(table(rows))}</pre></body></html>"
     )

@@ -215,7 +215,6 @@ class Backend(ABC):
         earlier = f" ({len(finished)} finished by an earlier run)" if finished else ""
         say(f"transform {spec.name}: {len(todo)} of {len(files)} files to classify{earlier}")
         progress = transform.Progress(f"transform {spec.name}", len(files), len(finished))
-        started = time.monotonic()
         try:
             if todo:
                 self.classify(spec, job, todo, batch.predictions, progress)
@@ -228,7 +227,7 @@ class Backend(ABC):
             self.records.save(job)
             raise
         progress.show()
-        summary = transform.summarise(files, batch.predictions.lines(), time.monotonic() - started, progress.new)
+        summary = transform.summarise(files, batch.predictions.lines(), progress.elapsed(), progress.new)
         batch.write_summary(summary)
         job.classified, job.failed = summary["classified"], summary["failed"] + summary["missing"]
         job.status = "Completed" if summary["classified"] else "Failed"
