@@ -150,6 +150,8 @@ def test_bad_inputs_are_named(model: Path, tmp_path: Path, capsys: pytest.Captur
     assert "no folder at" in capsys.readouterr().err
     assert main([*work, "transform", "no-such-job", "--input", str(tmp_path)]) == 1
     assert "no training job named 'no-such-job'" in capsys.readouterr().err
+    assert main([*work, "transform", str(model), "--input", "s3://bucket/photos/"]) == 1
+    assert "the process backend reads images on this machine, not s3://bucket/photos/" in capsys.readouterr().err
 
     unnamed = tmp_path / "unnamed"
     contract.unpack(model, unnamed)
