@@ -47,6 +47,14 @@ class TrainingSpec:
     max_wait: int | None = None  # spot: seconds to wait for capacity and run, >= max_run; None: 2 * max_run
     echo: bool = True  # copy the job's log to the console (a tuner running several jobs turns it off)
 
+    def record(self, backend: str, **fields: Any) -> TrainingJob:
+        """The job's record as it starts; `fields`: what the backend adds or says otherwise."""
+        spec = {"image": self.image, "instance_type": self.instance_type, "instance_count": self.instance_count,
+                "channels": dict(self.channels)}  # fmt: skip
+        return TrainingJob(
+            name=self.job_name, backend=backend, hyperparameters=self.hyperparameters, **{**spec, **fields}
+        )
+
 
 @dataclass(frozen=True)
 class DeploySpec:

@@ -119,16 +119,8 @@ class LocalBackend(Backend):
                 raise LauncherError(f"channel {name!r}: {path} does not exist")
         container_root = self.workdir / "jobs" / spec.job_name
         container_root.mkdir(parents=True, exist_ok=True)
-        return TrainingJob(
-            name=spec.job_name,
-            backend=self.name,
-            image=spec.image,
-            instance_type=spec.instance_type,
-            instance_count=spec.instance_count,
-            hyperparameters=spec.hyperparameters,
-            channels={name: str(path) for name, path in channels.items()},
-            log=str(container_root / "train.log"),
-        )
+        channels = {name: str(path) for name, path in channels.items()}
+        return spec.record(self.name, channels=channels, log=str(container_root / "train.log"))
 
     def follow(self, job: TrainingJob, spec: TrainingSpec) -> dict[str, float]:
         """Fit the SDK's Estimator in local mode (Ctrl-C reaches docker-compose too, which stops the containers)."""

@@ -56,10 +56,10 @@ class ProcessBackend(Backend):
             raise LauncherError(f"job folder {base_dir} already exists; choose another --job-name")
         channels = {name: Path(path) for name, path in spec.channels.items()}
         contract.write_job_config(base_dir, spec.hyperparameters, channels)
-        return TrainingJob(
-            name=spec.job_name,
-            backend=self.name,
-            hyperparameters=spec.hyperparameters,
+        return spec.record(
+            self.name,
+            image=None,  # this checkout's container code runs, in no image and on no instance type
+            instance_type=None,
             channels={name: str(path.resolve()) for name, path in channels.items()},
             job_dir=str(base_dir),
             log=str(base_dir / "train.log"),

@@ -297,15 +297,10 @@ class SageMakerBackend(Backend):
         sdk.start_training_job(prepared.estimator, prepared.channels, spec.job_name)
         artifacts = f"{prepared.output_path}/{spec.job_name}/output"
         say(f"training job {spec.job_name} started on SageMaker in {prepared.aws.region}")
-        return TrainingJob(
-            name=spec.job_name,
-            backend=self.name,
+        return spec.record(
+            self.name,
             region=prepared.aws.region,
             role=prepared.aws.role,
-            image=spec.image,
-            instance_type=spec.instance_type,
-            instance_count=spec.instance_count,
-            hyperparameters=spec.hyperparameters,
             channels=prepared.channels,
             sagemaker_debugger=spec.sagemaker_debugger,
             max_run=spec.max_run,
