@@ -10,7 +10,10 @@ import pytest
 from conftest import chromium, make_job, run_entry_point, write_split
 from PIL import Image
 
-from imgclf.diagnostics.report import PALETTE
+from imgclf.diagnostics.evidence import Evidence, JobSettings
+from imgclf.diagnostics.report import PALETTE, summary_table, write_report
+from imgclf.diagnostics.trace import TrainingTrace
+from imgclf.diagnostics.training_rules import LossNotDecreasing, Overfit
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +79,25 @@ def test_the_report_opens_in_headless_chromium_and_shows_the_plots(report_dir: P
     series_colours = {tuple(int(c[i : i + 2], 16) for i in (1, 3, 5)) for c in PALETTE[:3]}
     drawn = sum(count for count, colour in colours if colour in series_colours)
     assert drawn > 500, f"only {drawn} pixels in the plot colours: the plots did not render"
+
+
+def test_a_transient_finding_is_marked_in_its_json_the_page_and_the_table(tmp_path: Path):
+    # Overfit after the first epoch only, then validation loss below training loss: the demo's pattern.
+    trace = TrainingTrace("metric log", train_loss=[(0, 1.0), (1, 0.9), (4, 0.5), (5, 0.4), (8, 0.3), (9, 0.3)],
+                          valid_loss=[(2, 1.4), (3, 1.4), (6, 0.45), (7, 0.45), (10, 0.25), (11, 0.25)])  # fmt: skip
+    evidence = Evidence(trace, [], [], JobSettings(2, 0, 1, 2, 16, False), None)
+    overfit, loss = Overfit().evaluate(evidence), LossNotDecreasing().evaluate(evidence)
+    assert overfit.status == "IssuesFound" and overfit.transient and loss.status == "NotApplicable"
+
+    page = write_report(tmp_path, [overfit, loss], evidence, [])
+
+    saved = json.loads((tmp_path / "Overfit.json").read_text())
+    assert saved["status"] == "IssuesFound" and saved["transient"] is True and saved["last_judged"] == 10
+    assert saved["explanation"].endswith("transient: fired last at step 2, not at the end (10)")  # launcher shows it
+    assert json.loads((tmp_path / "LossNotDecreasing.json").read_text())["transient"] is False
+    html = page.read_text()
+    assert "IssuesFound (transient)" in html
+    assert "<b>Overfit</b> (transient: it fired last at step 2, not at the end, step 10)" in html
+    table = summary_table([overfit, loss])
+    assert "IssuesFound (transient)" in table.splitlines()[1] and "fewer than two windows" in table
+    assert charts(html)["Loss by global step"].count("<polyline") == 2

@@ -6,6 +6,8 @@ cover the training rules and the CPU-side profiler rules end to end.
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from imgclf.diagnostics import profiler_rules as pr
@@ -79,15 +81,82 @@ def test_vanishing_gradient_and_exploding_tensor():
     assert tr.VanishingGradient().evaluate(evidence(trace)).steps == [10]
     assert status(tr.VanishingGradient(), evidence(TrainingTrace("t", gradient_mean_abs=[(0, 1e-3)]))) == NO_ISSUES
     assert status(tr.ExplodingTensor(), evidence(TrainingTrace("t", nonfinite=[(4, "loss")]))) == ISSUES
-    assert status(tr.ExplodingTensor(), evidence()) == NO_ISSUES
+    assert status(tr.ExplodingTensor(), evidence(TrainingTrace("t", train_loss=[(0, 1.0)]))) == NO_ISSUES
     assert tr.ExplodingTensor().stop_on and not tr.Overfit().stop_on
 
 
 def test_stalled_training_measures_the_longest_gap_including_now():
     rule = tr.StalledTraining(threshold=60)
     assert status(rule, evidence(activity=[0.0, 10.0, 20.0], now=30.0)) == NO_ISSUES
-    assert status(rule, evidence(activity=[0.0, 100.0], now=110.0)) == ISSUES
-    assert status(rule, evidence(activity=[0.0, 10.0], now=100.0)) == ISSUES  # stuck right now
+    past = rule.evaluate(evidence(activity=[0.0, 100.0], now=110.0))
+    assert past.status == ISSUES and past.transient  # it stalled, and is moving again
+    now = rule.evaluate(evidence(activity=[0.0, 10.0], now=100.0))
+    assert now.status == ISSUES and not now.transient  # stuck right now
+
+
+def test_rules_without_evidence_say_not_applicable_and_why():
+    none = evidence(init=None)
+    for rule in (*tr.TRAINING_RULES, pr.StepOutlier, pr.MaxInitializationTime, pr.GPUMemoryIncrease):
+        result = rule().evaluate(none)
+        assert result.status == NOT_APPLICABLE and result.explanation, rule.name
+    # Too few steps for LossNotDecreasing's windows: 12 training steps make one complete window of 10.
+    short = TrainingTrace("t", train_loss=[(s, 1.0) for s in range(12)])
+    result = tr.LossNotDecreasing().evaluate(evidence(short))
+    assert result.status == NOT_APPLICABLE
+    assert result.explanation == (
+        "fewer than two windows of 10 training steps to compare: 12 training losses recorded, 1 complete window(s)"
+    )
+    one_pass = tr.Overtraining().evaluate(evidence(epochs([1.0], [1.0])))
+    assert one_pass.status == NOT_APPLICABLE and "1 validation pass" in one_pass.explanation
+    gpu_early = pr.LowGPUUtilization().evaluate(evidence(samples=gpu_samples([90.0] * 20)))  # within patience=1000
+    assert gpu_early.status == NOT_APPLICABLE and "patience" in gpu_early.explanation
+
+
+def noisy(means: list[float], sd: float = 0.1, seed: int = 0, steps_per_epoch: int = 12) -> TrainingTrace:
+    """Epochs of training steps whose losses scatter (by `sd`, about what batches of 32 images give) around each
+    epoch's mean, each epoch followed by 3 validation steps; steps in mode recorded as the metric log does."""
+    rng = random.Random(seed)
+    trace, step = TrainingTrace("test"), 0
+    for epoch, mean in enumerate(means):
+        for i in range(steps_per_epoch):
+            trace.train_loss.append((step, rng.gauss(mean, sd)))
+            trace.mode_step[step] = epoch * steps_per_epoch + i
+            step += 1
+        for i in range(3):
+            trace.valid_loss.append((step, mean))
+            trace.mode_step[step] = epoch * 3 + i
+            step += 1
+    return trace
+
+
+def test_loss_not_decreasing_judges_every_steps_noisy_losses():
+    # 4 epochs of 12 steps, 100 draws of the noise each: windows of 10 training steps, across validation passes.
+    rule = tr.LossNotDecreasing()
+    runs = {name: [rule.evaluate(evidence(noisy(means, seed=seed))) for seed in range(100)]
+            for name, means in {"flat": [1.1] * 4, "falling": [1.1, 0.8, 0.5, 0.3],
+                                "levelled": [1.1, 0.6, 0.6, 0.6]}.items()}  # fmt: skip
+    assert [w["step"] for w in runs["flat"][0].details["windows"]] == [9, 22, 35, 48]  # 4 windows, 3 compared
+    found = {name: sum(r.status == ISSUES for r in results) for name, results in runs.items()}
+    lasting = {name: sum(r.status == ISSUES and not r.transient for r in results) for name, results in runs.items()}
+    assert found["flat"] >= 90 and lasting["flat"] >= 80  # a flat loss is caught, and not as a passing episode
+    assert found["falling"] <= 2
+    assert found["levelled"] <= 5  # fell, then levelled off: Overtraining's to judge, not this rule's
+
+
+def test_loss_not_decreasing_reports_a_rise_that_passed_as_transient():
+    result = tr.LossNotDecreasing().evaluate(evidence(noisy([1.1, 2.5, 0.6, 0.4, 0.3])))
+    assert result.status == ISSUES and result.transient and result.details["increases"]
+    assert result.explanation.endswith(f"transient: fired last at step {result.steps[-1]}, not at the end (71)")
+
+
+def test_an_overfit_alarm_in_the_first_epoch_only_is_transient():
+    # Validation 40% above training after the first epoch, then below it: the demo's pattern.
+    result = tr.Overfit().evaluate(evidence(epochs([1.0, 0.5, 0.3, 0.25], [1.4, 0.5, 0.28, 0.25])))
+    assert result.status == ISSUES and result.steps == [4] and result.transient and result.last_judged == 22
+    assert "transient" in result.explanation
+    assert result.to_json()["transient"] is True
+    lasting = tr.Overfit().evaluate(evidence(epochs([1.0, 0.5, 0.3], [1.4, 0.9, 1.0])))
+    assert lasting.status == ISSUES and not lasting.transient and lasting.to_json()["transient"] is False
 
 
 @pytest.mark.parametrize(
@@ -169,5 +238,18 @@ def test_loss_not_decreasing_treats_sparse_saved_values_as_windows_of_their_own(
     # The hook's default: a training loss every 100 steps, judged every 10 steps as in AWS's rule.
     trace = TrainingTrace("test", train_loss=[(0, 1.0), (100, 0.9), (200, 0.95), (300, 0.8), (400, 0.7)])
     result = tr.LossNotDecreasing().evaluate(evidence(trace))
-    assert result.status == ISSUES and result.steps == [200]
+    assert result.status == ISSUES and result.steps == [200] and result.details["increases"] == [200]
     assert [w["step"] for w in result.details["windows"]] == [0, 100, 200, 300]  # the last is still open
+    assert result.transient  # it fell again after step 200
+
+
+def test_the_densest_trace_is_chosen_series_by_series():
+    log = TrainingTrace("metric log", train_loss=[(s, 1.0) for s in range(10)], gradient_mean_abs=[(0, 0.1)],
+                        nonfinite=[(3, "loss")], mode_step={s: s for s in range(10)})  # fmt: skip
+    hook = TrainingTrace("smdebug trace", train_loss=[(0, 1.0)], gradient_mean_abs=[(s, 0.1) for s in range(10)],
+                         nonfinite=[(5, "gradients/x")])  # fmt: skip
+    merged = TrainingTrace.densest(log, hook)
+    assert merged.train_loss == log.train_loss and merged.gradient_mean_abs == hook.gradient_mean_abs
+    assert merged.nonfinite == [(3, "loss"), (5, "gradients/x")] and merged.mode_step == log.mode_step
+    assert merged.source == "train loss: metric log; valid loss: metric log; gradient mean abs: smdebug trace"
+    assert TrainingTrace.densest(log, TrainingTrace("smdebug trace")).source == "metric log"

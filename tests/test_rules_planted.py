@@ -9,12 +9,13 @@ that validation in eval mode behaves as in a real fine-tuning job.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from conftest import COLOURS, make_job, run_entry_point, write_split
 
 GOOD = {"NoIssuesFound", "NotApplicable"}
-# Small and steady: 36 training images in batches of 6, rules judging windows of 6 steps, the smdebug hook
+# Small and steady: training images in batches of 6, the rules with SageMaker's defaults, the smdebug hook
 # saving every second training step and every validation step.
 BASE = {
     "batch_size": 6,
@@ -22,9 +23,9 @@ BASE = {
     "num_workers": 2,
     "debug_train_save_interval": 2,
     "debug_eval_save_interval": 1,
-    "rules": {"LossNotDecreasing": {"num_steps": 6}},
 }
 FINE_TUNE = {**BASE, "epochs": 5, "learning_rate": 0.003, "freeze_backbone": True}
+LOSS_CHART = re.compile(r'<svg[^>]*aria-label="Loss by global step".*?</svg>', re.DOTALL)
 
 # Each batch of 6 takes its worker 3 s to load, so with 2 workers a step waits about 1.5 s minus its compute:
 # waiting dominates even where a step computes for several hundred milliseconds (a loaded 2-core machine).
@@ -72,14 +73,41 @@ def fired(statuses: dict[str, str]) -> set[str]:
     return {rule for rule, status in statuses.items() if status not in GOOD}
 
 
+def chart_points(base: Path) -> list[int]:
+    """The number of points of each line of the report's loss chart (training loss first)."""
+    chart = LOSS_CHART.search((base / "output/data/report/report.html").read_text())
+    assert chart, "no loss chart in the report"
+    lines = re.findall(r'<polyline[^>]*points="([^"]*)"', chart.group(0))
+    return [len(points.split()) for points in lines]
+
+
 def test_a_healthy_run_fires_no_rule(tmp_path: Path, backbone: Path):
-    result, base, statuses = train(tmp_path, FINE_TUNE, {"training": shapes(tmp_path / "d"), "pretrained": backbone})
+    # 4 epochs of 12 steps (72 training images in batches of 6), the job's shape in the rule tests below.
+    hps = {**FINE_TUNE, "epochs": 4}
+    channels = {"training": shapes(tmp_path / "d", train=24), "pretrained": backbone}
+    result, base, statuses = train(tmp_path, hps, channels)
     assert result.returncode == 0, result.stdout + result.stderr
     assert fired(statuses) == set(), result.stdout
     loss_rule = json.loads((base / "output/data/report/LossNotDecreasing.json").read_text())
-    assert loss_rule["details"]["evidence"] == "smdebug trace"
-    assert "rule summary:" in result.stdout and (base / "output/data/report/report.html").is_file()
+    assert loss_rule["status"] == "NoIssuesFound" and loss_rule["details"]["evidence"] == "metric log"
+    assert len(loss_rule["details"]["windows"]) == 4  # windows of 10 of the 48 training steps
+    assert "rule summary:" in result.stdout and chart_points(base)[0] == 48
     assert any((base / "output/data/debug/events").iterdir())  # the hook wrote a trace
+
+
+def test_a_learning_rate_of_1e_12_is_caught_from_every_steps_loss(tmp_path: Path):
+    # The job of the issue: 4 epochs of 12 steps, the hook saving every 100 steps (the default), so its trace
+    # holds one training loss; the metric log holds all 48, and the rule and the chart read those.
+    hps = {"batch_size": 6, "image_size": 32, "num_workers": 2, "epochs": 4, "learning_rate": 1e-12,
+           "pretrained": False}  # fmt: skip
+    result, base, _ = train(tmp_path, hps, {"training": shapes(tmp_path / "d", train=24)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    loss_rule = json.loads((base / "output/data/report/LossNotDecreasing.json").read_text())
+    assert loss_rule["status"] == "IssuesFound" and not loss_rule["transient"], loss_rule["explanation"]
+    assert loss_rule["details"]["evidence"] == "metric log" and loss_rule["details"]["plateaus"]
+    log = [json.loads(line) for line in (base / "output/data/diagnostics/training.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if r["mode"] == "TRAIN"] == [s for s in range(len(log)) if s % 14 < 12]
+    assert chart_points(base) == [48, 8]  # every training step; every validation step (2 a pass)
 
 
 def test_a_diverging_learning_rate_is_caught_and_stops_the_job(tmp_path: Path):
@@ -100,7 +128,7 @@ def test_a_zero_learning_rate_is_caught_from_the_metric_log(tmp_path: Path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert fired(statuses) == {"LossNotDecreasing"}, result.stdout
     loss_rule = json.loads((base / "output/data/report/LossNotDecreasing.json").read_text())
-    assert loss_rule["details"]["evidence"] == "metric log" and loss_rule["steps"]
+    assert loss_rule["details"]["evidence"] == "metric log" and loss_rule["steps"] and not loss_rule["transient"]
     assert not (base / "output/data/debug").exists()
 
 

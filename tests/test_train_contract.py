@@ -38,6 +38,13 @@ def test_combined_training_channel(tmp_path: Path, shapes_dataset: Path):
     assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
     assert metrics["test"]["images"] == 6
     assert float(TEST_LOSS_REGEX.search(result.stdout).group(1)) == float(f"{metrics['test']['loss']:.6g}")
+    # Each step's loss stays on the device and is read in blocks; the epoch's figure is still their mean (12
+    # training images in 3 batches of 4 an epoch), and the metric log has every one of them.
+    log = [json.loads(line) for line in (base / "output/data/diagnostics/training.jsonl").read_text().splitlines()]
+    train_losses = [record["loss"] for record in log if record["mode"] == "TRAIN"]
+    assert len(train_losses) == 6
+    for epoch, losses in zip(metrics["epochs"], (train_losses[:3], train_losses[3:]), strict=True):
+        assert epoch["train"]["loss"] == pytest.approx(sum(losses) / 3, rel=1e-12)
     assert "unknown hyperparameters" not in result.stdout  # SageMaker's own keys are tolerated silently
 
 

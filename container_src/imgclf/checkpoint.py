@@ -19,6 +19,7 @@ import os
 import random
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,10 +109,13 @@ class Checkpointer:
             signal.signal(signal.SIGTERM, self._previous_handler)
 
     # -- saving -----------------------------------------------------------------------------------------------
-    def after_step(self, state: TrainingState) -> None:
-        """Save every `interval` steps, and on SIGTERM (then raise Preempted)."""
+    def after_step(self, state: TrainingState, settle: Callable[[], None] | None = None) -> None:
+        """Save every `interval` steps, and on SIGTERM (then raise Preempted). `settle` brings `state` up to
+        date first (the loop keeps its running sums on the device and reads them only when needed)."""
         stopping = self._stopping()
         if stopping or (self.interval and state.progress.step % self.interval == 0):
+            if settle:
+                settle()
             self.save(state)
         if stopping:
             raise Preempted(f"stopped by SIGTERM in epoch {state.epoch} after step {state.progress.step}")

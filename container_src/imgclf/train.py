@@ -32,6 +32,7 @@ EPOCH_METRICS = (
 TEST_LOSS = "average test loss: {:.6g}"
 TEST_ACCURACY = "test accuracy: {:.6g}"
 PROGRESS_LINES_PER_EPOCH = 10
+MAX_UNREAD_STEPS = 256  # steps whose loss waits on the device at most, between progress lines
 # Hyperparameters that do not change what is computed: a checkpoint resumes across changes of these
 # (processes_per_host is one: the checkpoint keeps the world size, which is what counts).
 NOT_IN_CHECKPOINT_IDENTITY = ("num_workers", "debug_hook", "debug_train_save_interval", "debug_eval_save_interval",
@@ -45,6 +46,39 @@ class EpochStats:
     accuracy: float
     images: int
     dropped: int
+
+
+class RunningSums:
+    """A loop's loss and correct-prediction sums, with each step's figures kept on the device until `settle`.
+
+    Adding a step queues two small device operations and waits for nothing; a `.item()` per step would make the
+    host wait for every step's kernels, which stalls a GPU's pipeline. `settle` reads the steps kept so far (one
+    sync) and adds them to an `EpochProgress` one by one, in order, exactly as per-step `.item()` calls would:
+    sums do not depend on when they are settled (a resumed job's metrics equal an uninterrupted one's).
+    """
+
+    def __init__(self) -> None:
+        self._losses: list[torch.Tensor] = []
+        self._correct: list[torch.Tensor] = []
+        self._sizes: list[int] = []
+
+    @property
+    def pending(self) -> int:
+        return len(self._losses)
+
+    def add(self, loss: torch.Tensor, outputs: torch.Tensor, labels: torch.Tensor) -> None:
+        self._losses.append(loss.detach().float())
+        self._correct.append((outputs.argmax(1) == labels).sum())
+        self._sizes.append(len(labels))
+
+    def settle(self, progress: EpochProgress) -> None:
+        if not self._losses:
+            return
+        losses, correct = torch.stack(self._losses).tolist(), torch.stack(self._correct).tolist()
+        for loss, right, size in zip(losses, correct, self._sizes, strict=True):
+            progress.loss_sum += loss * size
+            progress.correct += right
+        self._losses, self._correct, self._sizes = [], [], []
 
 
 def make_optimizer(hps: Hyperparameters, model: nn.Module) -> torch.optim.Optimizer:
@@ -90,6 +124,7 @@ def train_one_epoch(
     steps = steps_per_epoch(loader, max_steps)
     report_every = max(1, steps // PROGRESS_LINES_PER_EPOCH)
     progress, epoch = state.progress, state.epoch
+    sums = RunningSums()
     start, first_seen = time.perf_counter(), progress.seen
     for images, labels, broken in loader:  # a resumed epoch's loader starts after progress.step batches
         progress.step += 1
@@ -111,20 +146,22 @@ def train_one_epoch(
             scheduler.step()
             if diagnostics:
                 diagnostics.timer.mark()
-            step_loss = loss.item()  # a sync point; once a step is cheap enough
-            progress.loss_sum += step_loss * len(labels)
-            progress.correct += (outputs.argmax(1) == labels).sum().item()
+            sums.add(loss, outputs, labels)  # no `.item()`: nothing here waits for the device
             progress.seen += len(labels)
             if diagnostics:
-                diagnostics.train_step(epoch, step_loss, model)
+                diagnostics.train_step(epoch, loss, model)
+            if sums.pending >= MAX_UNREAD_STEPS:
+                sums.settle(progress)
         if progress.step % report_every == 0 or progress.step == steps:
+            sums.settle(progress)  # a sync point, a few times an epoch
             rate = (progress.seen - first_seen) / (time.perf_counter() - start)
             log.info("epoch %d step %d/%d loss %.4f (%.1f images/s)", epoch, progress.step, steps,
                      progress.loss_sum / max(progress.seen, 1), rate)  # fmt: skip
         if checkpointer:
-            checkpointer.after_step(state)
+            checkpointer.after_step(state, settle=lambda: sums.settle(progress))
         if progress.step == steps:
             break
+    sums.settle(progress)
     seen = max(progress.seen, 1)
     return EpochStats(progress.loss_sum / seen, progress.correct / seen, progress.seen, progress.dropped)
 
@@ -141,22 +178,23 @@ def evaluate(
     model.eval()
     if diagnostics:
         diagnostics.mode(mode)
-    total_loss, correct, seen, dropped = 0.0, 0, 0, 0
+    sums, progress = RunningSums(), EpochProgress()
     with torch.inference_mode():
         for images, labels, broken in loader:
-            dropped += broken
+            progress.dropped += broken
             if not len(labels):
                 continue
             images, labels = model_inputs(images, precision), labels.to(precision.device, non_blocking=True)
             with precision.autocast():
                 outputs = model(images)
-            batch_loss = criterion(outputs.float(), labels).item()
-            total_loss += batch_loss * len(labels)
-            correct += (outputs.argmax(1) == labels).sum().item()
-            seen += len(labels)
+            loss = criterion(outputs.float(), labels)
+            sums.add(loss, outputs, labels)
+            progress.seen += len(labels)
             if diagnostics:
-                diagnostics.valid_step(batch_loss) if mode == "EVAL" else diagnostics.test_step()
-    return EpochStats(total_loss / max(seen, 1), correct / max(seen, 1), seen, dropped)
+                diagnostics.valid_step(loss) if mode == "EVAL" else diagnostics.test_step()
+    sums.settle(progress)
+    seen = max(progress.seen, 1)
+    return EpochStats(progress.loss_sum / seen, progress.correct / seen, progress.seen, progress.dropped)
 
 
 def _fit(

@@ -23,11 +23,10 @@ class JobSettings:
 
 @dataclass
 class Evidence:
-    trace: TrainingTrace  # what the training rules judge: the smdebug trace when the hook is on
+    trace: TrainingTrace  # what the training rules judge: every step's loss, gradient checks at saved steps
     samples: list[SystemSample]
     steps: list[StepTiming]
     settings: JobSettings
     initialization_seconds: float | None  # process start to the first training step
     activity: list[float] = field(default_factory=list)  # times of training and validation steps
     now: float = 0.0
-    step_losses: TrainingTrace | None = None  # every step's loss (the metric log), for the loss chart

@@ -22,6 +22,15 @@ def _gpu_samples(evidence: Evidence, patience: int) -> list[SystemSample]:
     return [s for s in evidence.samples[patience:] if s.gpu]
 
 
+def _no_gpu_samples(evidence: Evidence, patience: int) -> str:
+    """Why `_gpu_samples` is empty: no GPU measured, or only within the `patience` samples skipped."""
+    measured = sum(1 for s in evidence.samples if s.gpu)
+    if not measured:
+        return NO_GPU
+    return (f"all {measured} samples with GPU utilisation are within the first {patience} samples, which are "
+            f"skipped (patience)")  # fmt: skip
+
+
 def _p(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else 0.0
 
@@ -42,7 +51,7 @@ class LowGPUUtilization(Rule):
         p = self.parameters
         samples = _gpu_samples(evidence, p["patience"])
         if not samples:
-            return self.not_applicable(NO_GPU)
+            return self.not_applicable(_no_gpu_samples(evidence, p["patience"]))
         low, fluctuating, details = [], [], []
         for index, window in enumerate(_windows(samples, p["window"])):
             for gpu in range(len(window[0].gpu)):
@@ -78,7 +87,7 @@ class _IdleGPUBottleneck(Rule):
         p = self.parameters
         samples = _gpu_samples(evidence, p["patience"])
         if not samples:
-            return self.not_applicable(NO_GPU)
+            return self.not_applicable(_no_gpu_samples(evidence, p["patience"]))
         stalled = [s for s in samples if max(s.gpu) < p["gpu_threshold"] and self.busy(s)]
         share = 100 * len(stalled) / len(samples)
         if share <= p["threshold"]:
@@ -131,7 +140,7 @@ class BatchSize(Rule):
         p = self.parameters
         samples = _gpu_samples(evidence, p["patience"])
         if not samples:
-            return self.not_applicable(NO_GPU)
+            return self.not_applicable(_no_gpu_samples(evidence, p["patience"]))
         small = []
         for index, window in enumerate(_windows(samples, p["window"])):
             cpu = _p([s.cpu_total for s in window], 95)
@@ -198,7 +207,7 @@ class StepOutlier(Rule):
         p = self.parameters
         durations = [(t.step, t.total) for t in evidence.steps[1:]]
         if len(durations) < 3:
-            return self.passed("too few steps to find outliers")
+            return self.not_applicable(f"{len(durations)} timed steps after the first: outliers need 3 or more")
         values = [d for _, d in durations]
         limit = fmean(values) + p["stddev"] * pstdev(values)
         outliers = [step for step, d in durations if d > limit] if pstdev(values) > 0 else []
@@ -223,10 +232,10 @@ class GPUMemoryIncrease(Rule):
         p = self.parameters
         samples = _gpu_samples(evidence, p["patience"])
         if not samples:
-            return self.not_applicable(NO_GPU)
+            return self.not_applicable(_no_gpu_samples(evidence, p["patience"]))
         memory = np.array([max(s.gpu_memory) for s in samples])
         if len(memory) < p["window"] + 1:
-            return self.passed("too few samples yet")
+            return self.not_applicable(f"{len(memory)} samples with GPU memory: a rise needs more than {p['window']}")
         averages = np.convolve(memory, np.ones(p["window"]) / p["window"], mode="valid")
         rise = float(averages.max() - averages[0])
         if rise <= p["increase"]:
@@ -249,7 +258,7 @@ class MaxInitializationTime(Rule):
     def evaluate(self, evidence: Evidence) -> RuleResult:
         seconds = evidence.initialization_seconds
         if seconds is None:
-            return self.passed("training has not started yet")
+            return self.not_applicable("no training step has been timed yet")
         if seconds <= 60 * self.parameters["threshold"]:
             return self.passed(f"initialisation took {seconds:.1f} s", seconds=seconds)
         return self.fired(

@@ -16,17 +16,22 @@ HTML_NAME = "report.html"
 STATUS_ORDER = {ISSUES: 0, ERROR: 1, NO_ISSUES: 2, NOT_APPLICABLE: 3}
 STATUS_COLOURS = {ISSUES: "#c0392b", ERROR: "#8e44ad", NO_ISSUES: "#27ae60", NOT_APPLICABLE: "#7f8c8d"}
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
-MAX_POINTS = 600  # longer series are averaged down to this many points per plot
+MAX_POINTS = 2000  # longer series are averaged down to this many points per plot (a point a step below)
 
 
 def sorted_results(results: Sequence[RuleResult]) -> list[RuleResult]:
-    return sorted(results, key=lambda r: (STATUS_ORDER.get(r.status, 9), r.kind, r.rule))
+    """IssuesFound first (transient findings after those that held to the end), then by kind and name."""
+    return sorted(results, key=lambda r: (STATUS_ORDER.get(r.status, 9), r.transient, r.kind, r.rule))
+
+
+def status_label(result: RuleResult) -> str:
+    return f"{result.status} (transient)" if result.transient else result.status
 
 
 def summary_table(results: Sequence[RuleResult]) -> str:
     """A fixed-width table of rule statuses, IssuesFound first."""
     rows = [("rule", "kind", "status", "fired", "explanation")]
-    rows += [(r.rule, r.kind, r.status, str(len(r.steps)), r.explanation) for r in sorted_results(results)]
+    rows += [(r.rule, r.kind, status_label(r), str(len(r.steps)), r.explanation) for r in sorted_results(results)]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True)) + "  " + row[4]
                      for row in rows)  # fmt: skip
@@ -49,13 +54,13 @@ def _html(results: Sequence[RuleResult], evidence: Evidence, notes: Sequence[str
     e = html.escape
     rows = "".join(
         f"<tr><td>{e(r.rule)}</td><td>{e(r.kind)}</td>"
-        f'<td style="color:{STATUS_COLOURS.get(r.status, "#000")};font-weight:bold">{e(r.status)}</td>'
+        f'<td style="color:{STATUS_COLOURS.get(r.status, "#000")};font-weight:bold">{e(status_label(r))}</td>'
         f"<td>{len(r.steps)}</td><td>{e(r.explanation)}</td><td>{e(r.recommendation or '')}</td>"
         f"<td><code>{e(json.dumps(r.parameters))}</code></td></tr>"
         for r in sorted_results(results)
     )
     advice = "".join(
-        f"<li><b>{e(r.rule)}</b>: {e(r.recommendation)}</li>" for r in sorted_results(results)
+        f"<li><b>{e(r.rule)}</b>{e(_transient_note(r))}: {e(r.recommendation)}</li>" for r in sorted_results(results)
         if r.status == ISSUES and r.recommendation
     ) or "<li>None: no rule found an issue.</li>"  # fmt: skip
     return f"""<!DOCTYPE html>
@@ -84,6 +89,12 @@ code {{ font-size: 0.85em; }}
 """
 
 
+def _transient_note(result: RuleResult) -> str:
+    if not result.transient:
+        return ""
+    return f" (transient: it fired last at step {result.steps[-1]}, not at the end, step {result.last_judged})"
+
+
 def _step_summary(evidence: Evidence) -> str:
     init = evidence.initialization_seconds
     parts = [f"Initialisation (process start to first step): {init:.1f} s." if init is not None else ""]
@@ -99,7 +110,7 @@ def _step_summary(evidence: Evidence) -> str:
 
 
 def _loss_plot(evidence: Evidence) -> str:
-    trace = evidence.step_losses or evidence.trace  # every step's loss where the job recorded it
+    trace = evidence.trace  # what the rules judged: every step's loss
     series = {"training loss": trace.train_loss, "validation loss": trace.valid_loss}
     return _line_chart("Loss by global step", "global step", "loss", series)
 

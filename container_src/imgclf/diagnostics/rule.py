@@ -28,6 +28,10 @@ class RuleResult:
     steps: list[int] = field(default_factory=list)  # where it fired
     recommendation: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    # IssuesFound only: the rule fired, but not at the last point it judged (it fired early, and the job
+    # recovered); `last_judged` is that point, in the unit of `steps`.
+    transient: bool = False
+    last_judged: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -65,14 +69,29 @@ class Rule(ABC):
         return RuleResult(self.name, self.kind, status, explanation, dict(self.parameters), sorted(set(steps)),
                           recommendation, details)  # fmt: skip
 
-    def fired(self, explanation: str, steps: Iterable[int] = (), recommendation: str | None = None, **details: Any):
-        return self.result(ISSUES, explanation, steps, recommendation, **details)
+    def fired(
+        self,
+        explanation: str,
+        steps: Iterable[int] = (),
+        recommendation: str | None = None,
+        *,
+        last_judged: int | None = None,
+        **details: Any,
+    ) -> RuleResult:
+        """IssuesFound at `steps`. With `last_judged` (the last point the rule judged, in the unit of `steps`), a
+        rule that did not fire there is marked transient, and its explanation says so."""
+        result = self.result(ISSUES, explanation, steps, recommendation, **details)
+        if last_judged is not None and result.steps and result.steps[-1] < last_judged:
+            result.transient, result.last_judged = True, last_judged
+            result.explanation += f"; transient: fired last at step {result.steps[-1]}, not at the end ({last_judged})"
+        return result
 
     def passed(self, explanation: str, **details: Any) -> RuleResult:
         return self.result(NO_ISSUES, explanation, **details)
 
-    def not_applicable(self, explanation: str) -> RuleResult:
-        return self.result(NOT_APPLICABLE, explanation)
+    def not_applicable(self, reason: str, **details: Any) -> RuleResult:
+        """The evidence does not allow a judgement; `reason` says what is missing."""
+        return self.result(NOT_APPLICABLE, reason, **details)
 
 
 def _coerce(rule: str, key: str, default: Any, value: Any) -> Any:

@@ -1,7 +1,8 @@
 """Per-step timings of the training loop: waiting for data, forward, backward, optimizer.
 
-On a GPU the compute phases are timed with CUDA events, read after the step's own synchronisation (the loss
-`.item()`), so timing adds no synchronisation of its own.
+On a GPU the compute phases are timed with CUDA events; a step's events are read only when its timings are
+settled, in blocks, after the diagnostics have waited for the device anyway (to read the losses), so timing
+adds no synchronisation of its own. On a CPU the phases are read from the clock as they end.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ class StepTiming:
 
 
 class StepTimer:
-    """Call `batch_ready()` when a batch arrives, `mark(phase)` after each compute phase, `end(epoch)` last."""
+    """Call `batch_ready()` when a batch arrives, `mark()` after each compute phase, `end(epoch)` last, and
+    `settle()` to record the steps ended so far."""
 
     def __init__(self, path: Path, device: torch.device):
         self.cuda = device.type == "cuda"
@@ -43,6 +45,7 @@ class StepTimer:
         self._file = path.open("w")
         self._waiting_since = time.perf_counter()
         self._marks: list = []
+        self._pending: list[tuple[int, float, float, list]] = []  # (epoch, end, data wait, marks or phases)
 
     def wait(self) -> None:
         """The loop starts waiting for a batch (e.g. a new epoch's first)."""
@@ -55,20 +58,30 @@ class StepTimer:
     def mark(self) -> None:
         self._marks.append(self._now())
 
-    def end(self, epoch: int) -> StepTiming:
-        if self.cuda:
-            self._marks[-1].synchronize()
-            phases = [start.elapsed_time(stop) / 1000 for start, stop in pairwise(self._marks)]
-        else:
-            phases = [stop - start for start, stop in pairwise(self._marks)]
-        timing = StepTiming(len(self.timings), epoch, time.time(), self._data, *phases)
-        self.timings.append(timing)
-        self._file.write(json.dumps(asdict(timing)) + "\n")
+    def end(self, epoch: int) -> None:
+        """The step's optimizer phase has been queued; its timing is recorded when `settle` is called."""
+        marks = self._marks if self.cuda else [b - a for a, b in pairwise(self._marks)]
+        self._pending.append((epoch, time.time(), self._data, marks))
         self._waiting_since = time.perf_counter()
-        return timing
+
+    def settle(self) -> list[StepTiming]:
+        """Record the steps ended since the last call (on a GPU this waits for their last event) and return them."""
+        if not self._pending:
+            return []
+        if self.cuda:
+            self._pending[-1][3][-1].synchronize()
+        settled = []
+        for epoch, end, data, marks in self._pending:
+            phases = [a.elapsed_time(b) / 1000 for a, b in pairwise(marks)] if self.cuda else marks
+            settled.append(StepTiming(len(self.timings) + len(settled), epoch, end, data, *phases))
+        self._pending = []
+        self.timings.extend(settled)
+        self._file.write("".join(json.dumps(asdict(t)) + "\n" for t in settled))
+        return settled
 
     def median_step_seconds(self) -> float:
         """The median of the training steps' total times so far; 0 before the first."""
+        self.settle()
         return statistics.median(t.total for t in self.timings) if self.timings else 0.0
 
     def _now(self):
@@ -79,4 +92,5 @@ class StepTimer:
         return time.perf_counter()
 
     def close(self) -> None:
+        self.settle()
         self._file.close()

@@ -1,5 +1,9 @@
-"""What the training rules read: losses by mode, gradient magnitudes and non-finite tensors over global steps,
-from the smdebug trace when the hook is on, else from our own metric log."""
+"""What the training rules read: losses by mode, gradient magnitudes and non-finite tensors over global steps.
+
+Our own metric log records every step's loss (and checks gradients and weights every `train_interval` steps);
+the smdebug trace, when the hook is on, holds the steps smdebug saved. The rules read the densest of the two,
+series by series (`densest`).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,9 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
+METRIC_LOG, SMDEBUG_TRACE = "metric log", "smdebug trace"
+SERIES = ("train_loss", "valid_loss", "gradient_mean_abs", "nonfinite")
+
 
 @dataclass
 class Phase:
@@ -28,11 +35,16 @@ class Phase:
 
 @dataclass
 class TrainingTrace:
-    source: str  # "smdebug trace" or "metric log"
+    source: str  # where the series come from: "metric log", "smdebug trace", or a mix (see `densest`)
     train_loss: list[tuple[int, float]] = field(default_factory=list)  # (global step, loss)
     valid_loss: list[tuple[int, float]] = field(default_factory=list)
     gradient_mean_abs: list[tuple[int, float]] = field(default_factory=list)  # mean over tensors of mean |g|
     nonfinite: list[tuple[int, str]] = field(default_factory=list)  # (global step, tensor) holding NaN or Inf
+    mode_step: dict[int, int] = field(default_factory=dict)  # global step -> step within its mode, where known
+
+    def steps_in_mode(self, series: list[tuple[int, float]]) -> list[tuple[int, float]]:
+        """`series` by step within its mode (training steps for training losses), where the trace knows it."""
+        return [(self.mode_step.get(step, step), value) for step, value in series]
 
     def phases(self) -> list[Phase]:
         """Mean training and validation loss per validation pass, in order; non-finite values left out."""
@@ -61,66 +73,120 @@ class TrainingTrace:
             close()
         return phases
 
+    @classmethod
+    def densest(cls, *traces: TrainingTrace) -> TrainingTrace:
+        """Each series from the trace that holds the most points of it (the first on a tie); non-finite
+        tensors from all of them. `source` names where each series came from when they differ."""
+        if len(traces) == 1:
+            return traces[0]
+        merged, sources = cls(""), {}
+        for name in SERIES[:3]:
+            best = max(traces, key=lambda t: len(getattr(t, name)))
+            setattr(merged, name, list(getattr(best, name)))
+            sources[name] = best.source
+            if name != "gradient_mean_abs":
+                merged.mode_step.update({s: best.mode_step[s] for s, _ in getattr(best, name) if s in best.mode_step})
+        merged.nonfinite = sorted({item for trace in traces for item in trace.nonfinite})
+        if len(set(sources.values())) == 1:
+            merged.source = next(iter(sources.values()))
+        else:
+            merged.source = "; ".join(f"{name.replace('_', ' ')}: {source}" for name, source in sources.items())
+        return merged
+
 
 class MetricLog:
     """Our own record of training: every loss, and gradient/weight checks every `train_interval` training steps.
 
-    Global steps count training and validation batches together, as smdebug does. Lines go to a JSONL file.
+    Nothing here waits for the device: a step's loss (a tensor) and its checks (tensors too) are kept until
+    `settle`, which reads all of them at once, writes their lines to the JSONL file and adds them to the trace.
+    Global steps count training and validation batches together, as smdebug does.
     """
 
     def __init__(self, path: Path, train_interval: int):
         self.path = path
         self.train_interval = train_interval
-        self.trace = TrainingTrace("metric log")
+        self.trace = TrainingTrace(METRIC_LOG)
         self.step = -1
         self.train_steps = 0
+        self.valid_steps = 0
+        self._pending: list[tuple[int, str, torch.Tensor]] = []  # (global step, mode, loss)
+        self._checks: dict[int, tuple[list[str], torch.Tensor]] = {}  # global step -> (names, check values)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file: IO[str] | None = path.open("w")
 
-    def _write(self, record: dict) -> None:
-        if self._file:
-            self._file.write(json.dumps(record) + "\n")
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
 
-    def train_step(self, loss: float, model: nn.Module) -> None:
+    def train_step(self, loss: torch.Tensor, model: nn.Module) -> None:
         self.step += 1
-        self.trace.train_loss.append((self.step, loss))
-        record: dict = {"step": self.step, "mode": "TRAIN", "loss": loss}
-        if not math.isfinite(loss):
-            self.trace.nonfinite.append((self.step, "loss"))
+        self.trace.mode_step[self.step] = self.train_steps
+        self._pending.append((self.step, "TRAIN", loss.detach()))
         if self.train_steps % self.train_interval == 0:
-            record.update(self._check_tensors(model))
+            self._check_tensors(model)
         self.train_steps += 1
-        self._write(record)
 
-    def valid_step(self, loss: float) -> None:
+    def valid_step(self, loss: torch.Tensor) -> None:
         self.step += 1
-        self.trace.valid_loss.append((self.step, loss))
-        if not math.isfinite(loss):
-            self.trace.nonfinite.append((self.step, "validation loss"))
-        self._write({"step": self.step, "mode": "EVAL", "loss": loss})
+        self.trace.mode_step[self.step] = self.valid_steps
+        self.valid_steps += 1
+        self._pending.append((self.step, "EVAL", loss.detach()))
 
     @torch.no_grad()
-    def _check_tensors(self, model: nn.Module) -> dict:
+    def _check_tensors(self, model: nn.Module) -> None:
+        """Queue, per gradient and weight, its L1 norm: NaN or infinite when the tensor holds NaN or infinity,
+        and over the number of elements the mean |value|."""
         named = [(name, p) for name, p in model.named_parameters() if p.grad is not None]
         if not named:
-            return {}
-        grads = [p.grad for _, p in named]
-        mean_abs = torch.stack([g.abs().mean() for g in grads]).float()
-        weights_finite = torch.stack([p.isfinite().all() for _, p in named])
-        grads_finite = torch.stack([g.isfinite().all() for g in grads])
-        bad = [f"weight/{name}" for (name, _), ok in zip(named, weights_finite.tolist(), strict=True) if not ok]
-        bad += [f"gradient/{name}" for (name, _), ok in zip(named, grads_finite.tolist(), strict=True) if not ok]
-        finite_means = mean_abs[mean_abs.isfinite()]
-        if len(finite_means):
-            self.trace.gradient_mean_abs.append((self.step, finite_means.mean().item()))
-        self.trace.nonfinite.extend((self.step, name) for name in bad)
-        return {"gradient_mean_abs": finite_means.mean().item() if len(finite_means) else None, "nonfinite": bad}
+            return
+        names = [f"gradient/{name}" for name, _ in named] + [f"weight/{name}" for name, _ in named]
+        norms = [torch.linalg.vector_norm(p.grad, 1) / p.grad.numel() for _, p in named]
+        norms += [torch.linalg.vector_norm(p, 1) for _, p in named]
+        self._checks[self.step] = (names, torch.stack(norms).float())
+
+    def settle(self) -> None:
+        """Read what is pending (one wait for the device), write its lines and add it to the trace."""
+        if not self._pending and not self._checks:
+            return
+        losses = torch.stack([loss.float() for _, _, loss in self._pending]).tolist() if self._pending else []
+        checks = {step: (names, values.tolist()) for step, (names, values) in self._checks.items()}
+        lines = []
+        for (step, mode, _), loss in zip(self._pending, losses, strict=True):
+            record: dict = {"step": step, "mode": mode, "loss": loss}
+            if mode == "TRAIN":
+                self.trace.train_loss.append((step, loss))
+                if not math.isfinite(loss):
+                    self.trace.nonfinite.append((step, "loss"))
+            else:
+                self.trace.valid_loss.append((step, loss))
+                if not math.isfinite(loss):
+                    self.trace.nonfinite.append((step, "validation loss"))
+            if step in checks:
+                record.update(self._record_check(step, *checks.pop(step)))
+            lines.append(json.dumps(record) + "\n")
+        for step, check in checks.items():  # checks of steps whose loss was settled earlier (not expected)
+            lines.append(json.dumps({"step": step, "mode": "TRAIN", **self._record_check(step, *check)}) + "\n")
+        self._pending, self._checks = [], {}
+        if self._file:
+            self._file.write("".join(lines))
+
+    def _record_check(self, step: int, names: list[str], values: list[float]) -> dict:
+        bad = [name for name, value in zip(names, values, strict=True) if not math.isfinite(value)]
+        self.trace.nonfinite.extend((step, name) for name in bad)
+        checked = zip(names, values, strict=True)
+        gradients = [v for name, v in checked if name.startswith("gradient/") and math.isfinite(v)]
+        mean_abs = fmean(gradients) if gradients else None
+        if mean_abs is not None:
+            self.trace.gradient_mean_abs.append((step, mean_abs))
+        return {"gradient_mean_abs": mean_abs, "nonfinite": bad}
 
     def flush(self) -> None:
+        self.settle()
         if self._file:
             self._file.flush()
 
     def close(self) -> None:
+        self.settle()
         if self._file:
             self._file.close()
             self._file = None
@@ -133,7 +199,7 @@ class SmdebugReader:
         self.path = path
         self._trial = None
         self._seen: set[tuple[str, int]] = set()
-        self.trace = TrainingTrace("smdebug trace")
+        self.trace = TrainingTrace(SMDEBUG_TRACE)
 
     def read(self) -> TrainingTrace:
         """The trace so far; steps still being written are picked up by a later call."""
@@ -147,7 +213,7 @@ class SmdebugReader:
         trial = self._trial
         for name in trial.tensor_names(collection="losses"):
             for step, value in self._new_values(name, reduction=None):
-                mode = trial.mode(step)
+                mode, self.trace.mode_step[step] = trial.mode_modestep(step)
                 if mode == ModeKeys.TRAIN:
                     self.trace.train_loss.append((step, value))
                 elif mode == ModeKeys.EVAL:

@@ -26,13 +26,16 @@ from imgclf.diagnostics.report import summary_table, write_report
 from imgclf.diagnostics.rule import ERROR, ISSUES, Rule, RuleResult
 from imgclf.diagnostics.rulebook import build_rules
 from imgclf.diagnostics.steps import StepTimer
-from imgclf.diagnostics.trace import MetricLog, SmdebugReader
+from imgclf.diagnostics.trace import MetricLog, SmdebugReader, TrainingTrace
 from imgclf.diagnostics.training_rules import StalledTraining
 from imgclf.errors import UserError
 
 log = logging.getLogger(__name__)
 
 DEBUG_DIR, DIAGNOSTICS_DIR, REPORT_DIR = "debug", "diagnostics", "report"
+# At most this many steps' losses wait on the device before they are read (they are also read at every rule
+# check, every `train_interval` training steps, and when the mode changes): one wait for the device a block.
+MAX_PENDING = 256
 
 
 class TrainingStopped(UserError):
@@ -84,28 +87,39 @@ class Diagnostics:
     # -- the training loop's calls --------------------------------------------------------------------------
     def mode(self, mode: str) -> None:
         """TRAIN, EVAL (validation) or PREDICT (test)."""
+        self.settle()
         smdebug_hook.set_mode(self.hook, mode)
         self.timer.wait()
 
-    def train_step(self, epoch: int, loss: float, model: nn.Module) -> None:
-        """After the optimizer step and the loss's `.item()`."""
-        timing = self.timer.end(epoch)
-        if self.first_step_at is None:
-            self.first_step_at = timing.end - timing.total
-        self.activity.append(timing.end)
+    def train_step(self, epoch: int, loss: torch.Tensor, model: nn.Module) -> None:
+        """After the optimizer step. `loss` stays on the device: it is read with the others of its block."""
+        self.timer.end(epoch)
+        self.activity.append(time.time())
         self.metric_log.train_step(loss, model)
         if self.metric_log.train_steps % self.train_interval == 0:
             self.check()
+        elif self.metric_log.pending >= MAX_PENDING:
+            self.settle()
 
-    def valid_step(self, loss: float) -> None:
+    def valid_step(self, loss: torch.Tensor) -> None:
         self.activity.append(time.time())
         self.metric_log.valid_step(loss)
+        if self.metric_log.pending >= MAX_PENDING:
+            self.settle()
 
     def test_step(self) -> None:
         self.activity.append(time.time())
 
+    def settle(self) -> None:
+        """Read the losses, checks and step timings kept on the device so far (one wait for the device)."""
+        self.metric_log.settle()
+        settled = self.timer.settle()
+        if settled and self.first_step_at is None:
+            self.first_step_at = settled[0].end - settled[0].total
+
     def check(self) -> None:
         """Evaluate the rules on the evidence so far; stop the job if a `stop_on` rule fires."""
+        self.settle()
         if not self.primary:
             return
         self.metric_log.flush()
@@ -118,6 +132,7 @@ class Diagnostics:
     def finish(self, notes: list[str] | None = None) -> None:
         """Evaluate once more on everything, write the report and log its summary. Safe to call once, always."""
         self._done.set()
+        self.settle()
         self.timer.close()
         self.metric_log.close()
         if self.monitor:
@@ -125,21 +140,24 @@ class Diagnostics:
         smdebug_hook.close(self.hook)
         if not self.primary:
             return
-        results = self._evaluate()
+        evidence = self._evidence(final=True)
+        results = self._evaluate(evidence)
         folder = self.output_dir / REPORT_DIR
-        page = write_report(folder, list(results.values()), self._evidence(), [self.hook.note, *(notes or [])])
+        page = write_report(folder, list(results.values()), evidence, [self.hook.note, *(notes or [])])
         print("rule summary:\n" + summary_table(list(results.values())), flush=True)
         log.info("report: %s", page)
 
     # -- evaluation ---------------------------------------------------------------------------------------------
-    def _evidence(self) -> Evidence:
+    def _evidence(self, final: bool = False) -> Evidence:
+        """What the rules judge. While training that is the metric log (every step's loss, in memory); at the end
+        the smdebug trace joins it, series by series where it holds more (e.g. a SageMaker hook configuration
+        that saves gradients more often than the metric log checks them)."""
         trace = self.metric_log.trace
-        if self.reader is not None:
+        if final and self.reader is not None:
             try:
-                trace = self.reader.read()
-            except Exception as err:  # a broken trace must not end training
+                trace = TrainingTrace.densest(trace, self.reader.read())
+            except Exception as err:  # a broken trace must not cost the report
                 log.warning("could not read the smdebug trace, rules use the metric log: %r", err)
-                self.reader = None
         start = psutil.Process().create_time()
         return Evidence(
             trace=trace,
@@ -149,11 +167,10 @@ class Diagnostics:
             initialization_seconds=None if self.first_step_at is None else self.first_step_at - start,
             activity=list(self.activity),
             now=time.time(),
-            step_losses=self.metric_log.trace,
         )
 
-    def _evaluate(self) -> dict[str, RuleResult]:
-        evidence = self._evidence()
+    def _evaluate(self, evidence: Evidence | None = None) -> dict[str, RuleResult]:
+        evidence = evidence or self._evidence()
         for rule in self.rules:
             try:
                 self.results[rule.name] = rule.evaluate(evidence)
