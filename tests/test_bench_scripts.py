@@ -1,5 +1,5 @@
 """The benchmarks still run (tiny settings, CPU): they import the trainer's internals, which change. Their
-figures are not checked here; `make bench` and the README report them."""
+figures are not checked here; `make bench` and docs/performance.md report them."""
 
 from __future__ import annotations
 

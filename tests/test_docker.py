@@ -250,13 +250,16 @@ def test_local_mode_train_deploy_predict_stop(image, tmp_path, shapes_dataset, c
     assert not model_ready(endpoint["url"])
 
     images = Path(shutil.copytree(shapes_dataset / "test", tmp_path / "images"))
-    (images / "broken.jpg").write_bytes(b"\xff\xd8 not a JPEG")
+    (images / "broken.jpg").write_bytes(jpeg.read_bytes()[:100])  # cut off: the container cannot decode it
+    (images / "latin1.jpg").write_bytes(b"\xff\xd8 caf\xe9")  # the SDK's transformer would fail on it as text
     transform = ["transform", "local-1", "--backend", "local", "--input", str(images), "--name", "lt"]
     assert launcher_main(*work, *transform) == 0
     output = tmp_path / "work" / "transforms" / "lt" / "output"
     lines = {line["file"]: line for line in map(json.loads, (output / "predictions.jsonl").read_text().splitlines())}
-    assert len(lines) == 7 and lines["broken.jpg"]["status"] == 400  # the SDK's transformer went on after it
-    assert all(len(line["predictions"]) == 3 for file, line in lines.items() if file != "broken.jpg")
+    assert len(lines) == 8 and lines["broken.jpg"]["status"] == 400  # the SDK's transformer went on after it
+    assert lines["latin1.jpg"]["status"] == 400 and "not UTF-8" in lines["latin1.jpg"]["error"]
+    answered = [line for file, line in lines.items() if file not in ("broken.jpg", "latin1.jpg")]
+    assert all(len(line["predictions"]) == 3 for line in answered)
     assert compose_containers(tmp_path / "work") == []  # neither the job's, the endpoint's nor the transform's
 
 

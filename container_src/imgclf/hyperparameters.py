@@ -46,7 +46,7 @@ class Hyperparameters:
     debug_hook: bool = True  # smdebug hook writing output/data/debug (SageMaker's own config wins if given)
     debug_train_save_interval: int = 100  # the user's original train.save_interval; also how often rules run
     debug_eval_save_interval: int = 10  # eval.save_interval
-    rules: dict[str, Any] = field(default_factory=dict)  # rule name -> parameters (or false); see README
+    rules: dict[str, Any] = field(default_factory=dict)  # rule -> parameters or false (docs/debugging-and-profiling.md)
     profiler_interval_ms: int = 500  # system monitor sampling interval; 0 turns the monitor off
     checkpoint_interval: int = 0  # also checkpoint every this many steps; 0: at epoch ends and on SIGTERM only
     mixed_precision: str = "auto"  # auto (bf16 or fp16 on GPU, fp32 on CPU), bf16, fp16, fp32

@@ -25,7 +25,7 @@ from imgclf.precision import StepPrecision
 
 log = logging.getLogger(__name__)
 
-# The lines a tuner parses; README.md lists the matching regexes.
+# The lines a tuner parses; docs/launcher.md lists the matching regexes (launcher/metrics.py holds them).
 EPOCH_METRICS = (
     "epoch: {epoch} train loss: {train_loss:.6g} valid loss: {valid_loss:.6g} valid accuracy: {valid_accuracy:.6g}"
 )

@@ -28,6 +28,22 @@ INSTANCE_TYPES = ("local", "local_gpu")
 FIND_CONTAINERS_SECONDS = 0.5  # between looks for a job's containers until all of them are there
 
 
+# The bytes local mode's transformer takes for text (sagemaker.local.data.NoneSplitter._is_binary).
+TEXT_BYTES = bytes({7, 8, 9, 10, 12, 13, 27} | set(range(0x20, 0x100)) - {0x7F})
+
+
+def local_mode_can_send(data: bytes) -> bool:
+    """Whether local mode's transformer can send a file: it decodes one without control bytes as UTF-8 text and
+    ends the whole job when that fails. Such a file is no JPEG or PNG (their headers hold control bytes)."""
+    if data.translate(None, TEXT_BYTES):
+        return True
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 class ContainerLogs:
     """Copies the output of a job's containers into one log file while the job runs: `docker logs -f`, one
     reader per container, each line prefixed with the container's name (as compose does) when there are several.
@@ -205,14 +221,26 @@ class LocalBackend(Backend):
     def classify(self, spec: TransformSpec, job: TransformJob, files: list[str], predictions: transform.Predictions,
                  progress: transform.Progress) -> None:  # fmt: skip
         """The SageMaker SDK's local-mode transformer with the image. It reads the top of one folder only, so the
-        files are linked into one first, under names that keep their order."""
+        files are linked into one first, under names that keep their order; files it cannot send are answered
+        here."""
         if spec.instance_type not in INSTANCE_TYPES:
             raise LauncherError(f"the local backend transforms on instance types {', '.join(INSTANCE_TYPES)}")
         folder = self.workdir / "transforms" / spec.name / "local"
         shutil.rmtree(folder, ignore_errors=True)
         staged, answers, containers = folder / "input", folder / "output", folder / "containers"
         staged.mkdir(parents=True)
+        containers.mkdir()  # the SDK makes its folders in it, not it
         root = Path(spec.input)
+        sendable = []
+        for file in files:
+            if local_mode_can_send((root / file).read_bytes()):
+                sendable.append(file)
+            else:
+                predictions.add({"file": file, "error": "not an image: text that is not UTF-8", "status": 400})
+                progress.tick(failed=True)
+        if not sendable:
+            return
+        files = sendable
         names = [f"{i:06d}{Path(file).suffix.lower()}" for i, file in enumerate(files)]
         for name, file in zip(names, files, strict=True):
             (staged / name).symlink_to((root / file).resolve())

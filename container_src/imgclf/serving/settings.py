@@ -25,8 +25,8 @@ ERRORS_AS_RECORDS_ENV = "IMGCLF_ERRORS_AS_RECORDS"
 DEFAULT_PORT = 8080
 DEFAULT_TIMEOUT_SECONDS = 60
 DEFAULT_MAX_PAYLOAD_BYTES = 6_553_500  # multi-model-server's own default limit (6.25 MB)
-# Chosen with bench/serve.py on 2 cores (see the README): batches of 8 (41 img/s against 20 at batch 1 in
-# process); a batch waits at most 10 ms for as many requests as recent batches held, which fills it under
+# Chosen with bench/serve.py on 2 cores (docs/performance.md, "Serving"): batches of 8 (41 img/s against 20 at
+# batch 1 in process); a batch waits at most 10 ms for as many requests as recent batches held, which fills it under
 # concurrent load (1 ms left it alternating 1 and 7 at concurrency 8) and costs a lone client nothing.
 DEFAULT_MAX_BATCH_SIZE = 8
 DEFAULT_MAX_BATCH_DELAY_MS = 10
@@ -57,7 +57,7 @@ class ServingSettings:
     @classmethod
     def from_environ(cls, gpus: int, cores: int, environ: Mapping[str, str] = os.environ) -> ServingSettings:
         """One worker per GPU, else one worker with every core: with batching, that serves the most requests a
-        second and answers a lone request fastest (measured; see the README)."""
+        second and answers a lone request fastest (measured; docs/performance.md)."""
         workers = _integer(environ, WORKERS_ENV, gpus or 1, minimum=1)
         payload_mb = environ.get(PAYLOAD_ENV)
         return cls(
