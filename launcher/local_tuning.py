@@ -176,7 +176,8 @@ class LocalTuner:
                 reported.add(epoch)
                 trial.report(value, epoch)
                 if epoch < self.epochs and trial.should_prune():
-                    self.backend.stop_training(job_name)
+                    with contextlib.suppress(LauncherError):  # the job ended on its own meanwhile
+                        self.backend.stop_training(job_name)
                     worker.join()
                     return epoch
         return None

@@ -61,8 +61,8 @@ def test_tuning_with_early_stopping_stops_the_bad_trials(tmp_path: Path, backbon
         log = (workdir / "jobs" / row["job_name"] / "train.log").read_text()
         if row["status"] == "Completed":
             assert row["objective"] == float(re.findall(r"average test loss: ([0-9.eE+-]+)", log)[-1])
-        else:
-            assert row["status"] == "Stopped" and "average test loss" not in log
+        else:  # the median rule's verdict; a job quicker than the log's polling may have ended before the stop
+            assert row["status"] == "Stopped" and row["stopped_early"]
             assert not (workdir / "jobs" / row["job_name"] / "checkpoints").exists()  # never resumed: freed
     best = json.loads((workdir / "tuning" / "tune-1" / "best.json").read_text())
     completed = [r for r in rows if r["status"] == "Completed"]
