@@ -1,6 +1,7 @@
 # imgclf: train and serve a torchvision ResNet through the SageMaker container contract.
 #   make demo   set everything up, then sample data -> tune -> train the best -> deploy -> predict -> stop (process
 #               backend: `launcher run` with examples/demo.yaml)
+#   make ui     MLflow's UI on what the demo (and every launcher command) tracked
 #   make test   set everything up (the Docker engine and the image too), then lint and run the whole suite
 #   make build  build the train+serve image; make push pushes it to ECR, or to REGISTRY=host:port
 
@@ -14,6 +15,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) apt-get install -y --no-install-recommends
 
 DEMO_DATA := $(WORKDIR)/data/digits
+MLFLOW_UI := 'mlflow>=3.17,<4'
+
 DEMO_CONFIG := examples/demo.yaml
 LAUNCHER := $(BIN)/launcher --workdir $(WORKDIR)
 
@@ -28,7 +31,7 @@ REGION ?=
 # Without the buildx plugin, BuildKit is unavailable: use the classic builder (the Dockerfile suits both).
 DOCKER_BUILD := $(if $(shell docker buildx version 2>/dev/null),docker build,DOCKER_BUILDKIT=0 docker build)
 
-.PHONY: install system-deps browser demo test test-fast test-docker lint format bench bench-gpu torchserve-venv clean wheelhouse base-image build push docker-engine
+.PHONY: install system-deps browser demo ui test test-fast test-docker lint format bench bench-gpu torchserve-venv clean wheelhouse base-image build push docker-engine
 
 install: $(VENV)/.installed
 
@@ -55,6 +58,11 @@ $(VENV)/.installed: container_src/requirements.txt launcher/requirements.txt req
 demo: install
 	@[ -d $(DEMO_DATA)/test ] || $(LAUNCHER) sample-data $(DEMO_DATA)
 	$(LAUNCHER) run --config $(DEMO_CONFIG) --data $(DEMO_DATA) --name demo-$$(date +%Y%m%d-%H%M%S) --stop-endpoint
+
+# MLflow's UI on the work folder's tracking store (the full mlflow package; the launcher needs only mlflow-skinny).
+ui: install
+	@$(BIN)/python -c "import launcher.tracking_ui as u, sys; sys.exit(not u.has_ui())" || $(BIN)/pip install -q $(MLFLOW_UI)
+	$(LAUNCHER) ui
 
 test: install lint browser docker-engine
 	$(MAKE) build BASE_IMAGE=$(TEST_BASE) TAG=test
@@ -110,6 +118,7 @@ bench: install
 	$(BIN)/python bench/input_pipeline.py
 	$(BIN)/python bench/cold_start.py
 	$(BIN)/python bench/tuning_early_stopping.py
+	$(BIN)/python bench/tracking_overhead.py
 
 # TorchServe 0.12 for bench/serve.py's comparison, in a virtualenv of its own (its model-archiver package clashes
 # with multi-model-server's; the benchmark writes the model's manifest itself and needs neither). It borrows torch

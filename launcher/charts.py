@@ -1,9 +1,8 @@
 """Charts for the launcher's self-contained pages, drawn by matplotlib in memory (no display, no pyplot state)
-and inlined into the page: as SVG with its text kept as text, or as a PNG data URI."""
+and inlined into the page: as SVG with its text kept as text, or as PNG bytes (a file, or a data URI)."""
 
 from __future__ import annotations
 
-import base64
 import io
 
 from matplotlib import rc_context
@@ -25,7 +24,7 @@ def inline_svg(figure: Figure) -> str:
     return drawing[drawing.index("<svg") :]
 
 
-def png_data_uri(figure: Figure) -> str:
+def png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", bbox_inches="tight")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return buffer.getvalue()

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from launcher import commands
+from launcher import commands, tracking
 from launcher.backends import BACKENDS, DEFAULT_BACKEND
 from launcher.backends.base import DEFAULT_IMAGE, MAX_RUN_SECONDS, S3_SCHEME, DeploySpec
 from launcher.backends.sagemaker import BUCKET_ENV, DEFAULT_ENDPOINT_INSTANCE_TYPE, REGION_ENVS, ROLE_ENV
@@ -85,8 +85,30 @@ def add_aws_options(
     parser.add_argument("--region", help=f"sagemaker backend: AWS region (default {region_default})")
 
 
+def add_tracking_options(parser: argparse.ArgumentParser, off: bool = True) -> None:
+    """Where MLflow tracking goes, for every command that runs, serves or stops something."""
+    group = parser.add_argument_group("tracking (MLflow)")
+    group.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        help=f"an MLflow tracking server (http://host:port), a SageMaker managed MLflow tracking server's ARN (with "
+        f"the sagemaker-mlflow plugin installed) or a database URI (default: ${tracking.TRACKING_ENV}, else "
+        f"sqlite:///<workdir>/{tracking.STORE_FILE} with artifacts in <workdir>/{tracking.ARTIFACTS_FOLDER})",
+    )
+    group.add_argument(
+        "--experiment",
+        help="the MLflow experiment (default: the job config's tracking.experiment, else the config file's name, "
+        f"else {tracking.DEFAULT_EXPERIMENT})",
+    )
+    if off:
+        group.add_argument(
+            "--no-tracking", action="store_true", help="track nothing in MLflow (the records are kept as always)"
+        )
+
+
 def add_job_options(parser: argparse.ArgumentParser, backend_help: str) -> None:
     """What defines a training job, for `train` and `tune`; flags override the --config file."""
+    add_tracking_options(parser)
     parser.add_argument(
         "--config",
         type=absolute_path,
@@ -226,6 +248,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--endpoint-name", help="unique endpoint name (default: imgclf-ep-<timestamp>-<random>)")
     add_endpoint_options(deploy)
     add_aws_options(deploy, DEPLOY_BUCKET_HELP, f"that of the training job, else {REGION_DEFAULT}")
+    add_tracking_options(deploy)
 
     predict = commands.add_parser(
         "predict",
@@ -281,6 +304,17 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     stop = commands.add_parser("stop", help="stop an endpoint", description="Stop an endpoint and free what it holds.")
     stop.add_argument("endpoint", nargs="?", help="endpoint name (default: the only endpoint in service)")
+    add_tracking_options(stop)
+
+    ui = commands.add_parser(
+        "ui",
+        help="open the MLflow UI on the tracked runs, trials, datasets and models",
+        description="Start MLflow's UI on 127.0.0.1 for the tracking store (default: the work folder's) and print "
+        "the address of the experiment's runs page; Ctrl-C stops it. It needs the full mlflow package "
+        "(`make ui`, or pip install 'imgclf-launcher[ui]'); the launcher itself needs only mlflow-skinny.",
+    )
+    ui.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000; 0: any free port)")
+    add_tracking_options(ui, off=False)
 
     report = commands.add_parser(
         "report",
@@ -331,6 +365,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def add_model_options(parser: argparse.ArgumentParser, backend_help: str) -> None:
     """MODEL and how to run it, for `transform` and `evaluate`."""
+    add_tracking_options(parser)
     parser.add_argument(
         "model",
         metavar="MODEL",
@@ -430,6 +465,7 @@ COMMANDS = {
     "lineage": commands.trace,
     "transform": commands.transform,
     "evaluate": commands.evaluate,
+    "ui": commands.ui,
 }
 
 

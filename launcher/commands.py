@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher import lineage, steps
+from launcher import lineage, steps, tracking, tracking_ui
 from launcher.backends import BACKENDS, get_backend
 from launcher.backends.base import (
     DEFAULT_IMAGE,
@@ -27,6 +27,7 @@ from launcher.pipeline import Pipeline, RunPlan, sample_image, test_split
 from launcher.progress import say
 from launcher.records import Endpoint, RecordStore, TrainingJob, TuningRun, unique_name
 from launcher.report import show_report
+from launcher.tracking import Tracker
 from launcher.tuning_results import load_best_hyperparameters
 from launcher.tuning_spec import Tuning, TuningSpec
 
@@ -55,6 +56,40 @@ def require(backend: str, capability: str, flag: str) -> None:
 
 def default_image(given: str | None = None) -> str:
     return given or os.environ.get(IMAGE_ENV, DEFAULT_IMAGE)
+
+
+def tracker_of(args: Args) -> Tracker:
+    """Where this command tracks: --no-tracking, else --tracking-uri, $MLFLOW_TRACKING_URI or the work folder's
+    store; the experiment: --experiment, the job config's, its file's name, or imgclf."""
+    if getattr(args, "no_tracking", False):
+        return Tracker.off()
+    config = job_config(args) if getattr(args, "config", None) else JobConfig()
+    uri = tracking_uri(args)
+    experiment = (
+        getattr(args, "experiment", None)
+        or config.tracking.get("experiment")
+        or (args.config.stem if getattr(args, "config", None) else tracking.DEFAULT_EXPERIMENT)
+    )
+    embedded = uri.startswith(("sqlite:", "file:"))
+    return Tracker(
+        uri,
+        experiment,
+        config.tracking.get("registered_model"),
+        args.workdir / tracking.ARTIFACTS_FOLDER if embedded else None,
+    )
+
+
+def tracking_uri(args: Args) -> str:
+    return (
+        getattr(args, "tracking_uri", None)
+        or os.environ.get(tracking.TRACKING_ENV)
+        or tracking.default_uri(args.workdir)
+    )
+
+
+def backend_of(args: Args, records: RecordStore, name: str | None = None) -> Backend:
+    """The named backend (default: the one the flags chose), tracking as the flags say."""
+    return get_backend(name or args.backend, args.workdir, records, tracker_of(args))
 
 
 def job_config(args: Args) -> JobConfig:
@@ -160,7 +195,7 @@ def train(args: Args, records: RecordStore) -> None:
     if best:
         say(f"starting from tuning run {args.from_tuning}'s best hyperparameters: {best}")
     spec = job_spec(args, job_config(args), job_name, best)
-    steps.train(get_backend(args.backend, args.workdir, records), spec, tuning)
+    steps.train(backend_of(args, records), spec, tuning)
 
 
 def tune(args: Args, records: RecordStore) -> None:
@@ -170,7 +205,7 @@ def tune(args: Args, records: RecordStore) -> None:
         raise LauncherError("nothing to tune: give a --config whose `tuning` section has ranges (see docs/tuning.md)")
     name = args.name or unique_name(f"{JOB_PREFIX}-tune")
     spec = TuningSpec.of(tuning, name, job_spec(args, config, name))
-    steps.tune(get_backend(args.backend, args.workdir, records), spec)
+    steps.tune(backend_of(args, records), spec)
     say(f"train with them: launcher train --from-tuning {name} ...")
 
 
@@ -221,7 +256,7 @@ def deploy(args: Args, records: RecordStore) -> None:
     source = ModelSource.of(records, args.model)
     source.check(args.backend)
     name = new_name(records, Endpoint, args.endpoint_name, f"{JOB_PREFIX}-ep")
-    backend = get_backend(args.backend, args.workdir, records)
+    backend = backend_of(args, records)
     spec = endpoint_spec(args, name, source.model_data, image=default_image(args.image or source.image),
                          instance_type=source.instance_type(args.instance_type, backend), aws=source.aws(args),
                          job_name=source.job.name if source.job else None)  # fmt: skip
@@ -233,7 +268,7 @@ def transform_spec(args: Args, records: RecordStore, name: str, folder: Path) ->
     """The backend and the transform the flags describe (its input and output filled in by the caller)."""
     source = ModelSource.of(records, args.model)
     source.check(args.backend)
-    backend = get_backend(args.backend, args.workdir, records)
+    backend = backend_of(args, records)
     spec = TransformSpec(
         name=name,
         model_data=source.model_data,
@@ -267,13 +302,13 @@ def evaluate(args: Args, records: RecordStore) -> None:
 def predict(args: Args, records: RecordStore) -> None:
     steps.content_type_of(args.image, args.content_type)  # a clear error before looking for the endpoint
     endpoint = endpoint_of(records, args.endpoint)
-    backend = get_backend(endpoint.backend, args.workdir, records)
+    backend = backend_of(args, records, endpoint.backend)
     print(json.dumps(steps.predict(backend, endpoint, args.image, args.content_type), indent=2))
 
 
 def stop(args: Args, records: RecordStore) -> None:
     endpoint = endpoint_of(records, args.endpoint)
-    get_backend(endpoint.backend, args.workdir, records).stop(endpoint)
+    steps.stop(backend_of(args, records, endpoint.backend), endpoint)
     say(f"endpoint {endpoint.name} stopped")
 
 
@@ -287,7 +322,7 @@ def run(args: Args, records: RecordStore) -> None:
     config = job_config(args)
     training = job_spec(args, config, f"{name}-train")
     tuning = tuning_of(args, config)
-    backend = get_backend(args.backend, args.workdir, records)
+    backend = backend_of(args, records)
     instance_type = backend.default_endpoint_instance_type(training.instance_type)
     plan = RunPlan(
         name=name,
@@ -318,6 +353,13 @@ def run(args: Args, records: RecordStore) -> None:
     endpoint = Pipeline(plan, backend).run().endpoint
     if not args.stop_endpoint:
         say(f"the endpoint stays in service: launcher predict --endpoint {endpoint} IMAGE; launcher stop {endpoint}")
+
+
+def ui(args: Args, _records: RecordStore) -> None:
+    tracker = tracker_of(args)
+    experiment = tracker.find_experiment(args.experiment)
+    root = args.workdir / tracking.ARTIFACTS_FOLDER if tracker.artifact_root else None
+    tracking_ui.serve(tracker.uri, args.port, root, args.workdir / "mlflow-ui.log", experiment)
 
 
 def trace(args: Args, records: RecordStore) -> None:

@@ -33,8 +33,8 @@ def data_uri(data: bytes, media_type: str) -> str:
     return f"data:{media_type};base64,{base64.b64encode(data).decode()}"
 
 
-def matrix_png(classes: list[str], matrix: list[list[int]]) -> str:
-    """The confusion matrix as a PNG data URI (true class down, predicted across)."""
+def matrix_png(classes: list[str], matrix: list[list[int]]) -> bytes:
+    """The confusion matrix as a PNG (true class down, predicted across)."""
     labelled = len(classes) <= LABELLED_AXES
     side = min(4 + 0.35 * len(classes), 24)
     figure, axes = charts.new_figure(side, side)
@@ -44,7 +44,7 @@ def matrix_png(classes: list[str], matrix: list[list[int]]) -> str:
         axes.set_xticks([])
         axes.set_yticks([])
     axes.set_title("Confusion matrix (true class down, predicted class across)")
-    return charts.png_data_uri(figure)
+    return charts.png(figure)
 
 
 def thumbnail(path: Path) -> str | None:
@@ -71,10 +71,10 @@ def _rows(rows: list[list[Any]]) -> str:
     return "\n".join("<tr>" + "".join(cell(v) for v in row) + "</tr>" for row in rows)
 
 
-def render(result: dict[str, Any], root: Path, title: str) -> str:
+def render(result: dict[str, Any], root: Path, title: str, matrix_image: bytes) -> str:
     """The page for an evaluation result (launcher.evaluation.evaluate) of the images under `root`."""
     esc = html.escape
-    matrix = matrix_png(result["classes"], result["confusion_matrix"])
+    matrix = data_uri(matrix_image, "image/png")
     headline = [
         ["images scored", result["images"]],
         ["accuracy", result["accuracy"]],

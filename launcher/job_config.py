@@ -18,6 +18,7 @@ Example (the original project's tuning, verbatim ranges included):
       max_parallel_jobs: 2
       early_stopping: Auto               # Off or Auto
     deploy: {instance_type: ml.m5.large, workers: 2, timeout: 240}   # for `launcher run`; also inference_ami_version
+    tracking: {experiment: dogs, registered_model: dog-breeds}      # MLflow names (default: the file's name)
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ from launcher.tuning_spec import DIRECTIONS, EARLY_STOPPING, SCALINGS, STRATEGIE
 SDK_RANGE_CLASSES = {"ContinuousParameter": "continuous", "IntegerParameter": "integer",
                      "CategoricalParameter": "categorical"}  # fmt: skip
 TOP_LEVEL = ("data", "channels", "image", "instance_type", "instance_count", "hyperparameters", "rules", "profiler",
-             "tuning", "deploy", "output")  # fmt: skip
+             "tuning", "deploy", "output", "tracking")  # fmt: skip
 DEPLOY_KEYS = ("instance_type", "workers", "timeout", "inference_ami_version")
+TRACKING_KEYS = ("experiment", "registered_model")
 
 
 class ConfigError(LauncherError):
@@ -57,6 +59,7 @@ class JobConfig:
     hyperparameters: dict[str, Any] = field(default_factory=dict)  # rules and profiler folded in
     tuning: Tuning | None = None
     deploy: dict[str, Any] = field(default_factory=dict)
+    tracking: dict[str, str] = field(default_factory=dict)  # MLflow experiment and registered model names
 
 
 def load_job_config(path: Path) -> JobConfig:
@@ -102,7 +105,18 @@ def parse_job_config(raw: Any) -> JobConfig:
         hyperparameters=hyperparameters,
         tuning=parse_tuning(config["tuning"]) if "tuning" in config else None,
         deploy=parse_deploy(config.get("deploy", {})),
+        tracking=parse_tracking(config.get("tracking", {})),
     )
+
+
+def parse_tracking(raw: Any) -> dict[str, str]:
+    """`tracking: {experiment: dogs, registered_model: dog-breeds}`: the MLflow names (default: the file's name)."""
+    tracking = {str(k): v for k, v in _mapping(raw, "tracking").items()}
+    _no_more({k: v for k, v in tracking.items() if k not in TRACKING_KEYS}, "tracking")
+    for key, value in tracking.items():
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"tracking.{key} must be a non-empty name, got {value!r}")
+    return tracking
 
 
 def parse_deploy(raw: Any) -> dict[str, Any]:

@@ -168,8 +168,19 @@ def chain(records: RecordStore, name: str) -> list[tuple[str, dict[str, Any]]]:
 
 FACTS = {
     Endpoint: ("name", "backend", "status", "url", "image", "model_data", "job_name"),
-    Evaluation: ("name", "backend", "status", "data", "metrics", "page", "model_data", "job_name"),
-    TransformJob: ("name", "backend", "status", "input", "output", "classified", "failed", "model_data", "job_name"),
+    Evaluation: ("name", "backend", "status", "data", "metrics", "page", "model_data", "job_name", "mlflow_run"),
+    TransformJob: (
+        "name",
+        "backend",
+        "status",
+        "input",
+        "output",
+        "classified",
+        "failed",
+        "model_data",
+        "job_name",
+        "mlflow_run",
+    ),
 }
 
 
@@ -182,7 +193,7 @@ def _use_facts(record: Endpoint | Evaluation | TransformJob) -> dict[str, Any]:
 
 
 def _job_facts(record: TrainingJob, lineage: dict[str, Any]) -> dict[str, Any]:
-    keys = ("name", "backend", "status", "hyperparameters", "model_data", "test_metrics")
+    keys = ("name", "backend", "status", "hyperparameters", "model_data", "test_metrics", "mlflow_run", "model_version")
     facts = {k: getattr(record, k) for k in keys}
     facts.update({k: lineage.get(k) for k in ("model_sha256", "code_revision", "image")})
     return facts
@@ -196,6 +207,7 @@ def tuning_facts(run: TuningRun) -> dict[str, Any]:
         "best_job": best.get("job_name"),
         "best_objective": best.get("objective"),
         "best_hyperparameters": best.get("tuned_hyperparameters"),
+        "mlflow_run": run.mlflow_run,
     }
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import optuna
 
 from launcher import metrics
-from launcher.backends.base import Backend
+from launcher.backends.base import Backend, TrainingSpec
 from launcher.errors import LauncherError
 from launcher.progress import say
 from launcher.records import TrainingJob, TuningRun
@@ -76,10 +76,11 @@ def suggest(trial: optuna.Trial, r: ParameterRange) -> Any:
 
 
 class LocalTuner:
-    def __init__(self, spec: TuningSpec, backend: Backend, folder: Path, seed: int = 0):
+    def __init__(self, spec: TuningSpec, backend: Backend, folder: Path, parent_run: str | None = None, seed: int = 0):
         if spec.warm_start_from:
             raise LauncherError("warm start is available on the sagemaker backend only")
         self.spec, self.backend, self.folder, self.seed = spec, backend, folder, seed
+        self.parent_run = parent_run  # the tuning run's MLflow run: each trial is a child of it
         self.objective_pattern = re.compile(spec.objective_regex)
         self.maximise = spec.direction == "Maximize"
         self.epochs = int(spec.training.hyperparameters.get("epochs", 5))
@@ -124,12 +125,33 @@ class LocalTuner:
         training = dataclasses.replace(self.spec.training, job_name=job_name, echo=False,
                                        hyperparameters={**self.spec.training.hyperparameters, **tuned})  # fmt: skip
         say(f"trial {trial.number + 1}: job {job_name} with {tuned}")
+        run = self.backend.tracker.trial(
+            self.parent_run, trial.number + 1, job_name, training.hyperparameters, self.backend.name
+        )
+        try:
+            value = self._run_trial(trial, training, run)
+        except optuna.TrialPruned:
+            self.backend.tracker.end(run, "Stopped", stopped_early=trial.user_attrs["stopped_at_epoch"])
+            raise
+        except TrialFailed as err:
+            self.backend.tracker.end(run, "Failed", str(err))
+            raise
+        except BaseException:
+            self.backend.tracker.end(run, "Stopped", "interrupted")
+            raise
+        self.backend.tracker.log_metrics(run, {self.spec.objective_metric: value, "objective": value}, step=self.epochs)
+        self.backend.tracker.end(run, "Completed")
+        return value
+
+    def _run_trial(self, trial: optuna.Trial, training: TrainingSpec, run: str | None) -> float:
+        """Train the trial's job in a thread, watching its epochs; its objective, or TrialPruned or TrialFailed."""
+        job_name = training.job_name
         outcome: dict[str, Any] = {}
         worker = threading.Thread(target=self._train, args=(training, outcome), name=job_name, daemon=True)
         start = time.time()
         worker.start()
         try:
-            pruned_at = self._watch(trial, worker, job_name)
+            pruned_at = self._watch(trial, worker, job_name, run)
         except KeyboardInterrupt:  # stop the trial's job too; the study reruns this trial on resume
             with contextlib.suppress(LauncherError):
                 self.backend.stop_training(job_name)
@@ -158,8 +180,9 @@ class LocalTuner:
         except LauncherError as err:
             outcome["error"] = str(err)
 
-    def _watch(self, trial: optuna.Trial, worker: threading.Thread, job_name: str) -> int | None:
-        """Report each epoch's validation metric as it appears in the log; stop the job if the pruner says so."""
+    def _watch(self, trial: optuna.Trial, worker: threading.Thread, job_name: str, run: str | None) -> int | None:
+        """Report each epoch's validation metric as it appears in the log (and its metrics to the trial's MLflow
+        run); stop the job if the pruner says so."""
         log, read, reported = None, 0, set()
         while worker.is_alive():
             time.sleep(POLL_SECONDS)
@@ -169,11 +192,12 @@ class LocalTuner:
             text = log.read_text(errors="replace")
             new, read = text[read:], len(text)
             for match in metrics.EPOCH_LINE.finditer(new):
-                epoch = int(match.group(1))
-                value = float(match.group(3) if self.maximise else match.group(2))
+                epoch, values = metrics.epoch_values(match)
+                value = values[metrics.VALID_ACCURACY if self.maximise else metrics.VALID_LOSS]
                 if epoch in reported or not math.isfinite(value):
                     continue
                 reported.add(epoch)
+                self.backend.tracker.log_metrics(run, values, step=epoch)
                 trial.report(value, epoch)
                 if epoch < self.epochs and trial.should_prune():
                     with contextlib.suppress(LauncherError):  # the job ended on its own meanwhile

@@ -34,16 +34,25 @@ DEFAULT_OBJECTIVE = TEST_LOSS
 DEFAULT_OBJECTIVE_REGEX = regex(TEST_LOSS)
 # The final test metrics' names -> the keys of a training record's test_metrics (and of metrics.json's "test").
 TEST_METRIC_KEYS = {TEST_ACCURACY: "accuracy", TEST_LOSS: "loss"}
-# One epoch's line: the epoch, its validation loss and accuracy (nan or inf where training diverged).
-EPOCH_LINE = re.compile(
-    rf"epoch: (\d+) {TRAIN_LOSS}: \S+ {VALID_LOSS}: ([0-9.eE+-]+|nan|inf) {VALID_ACCURACY}: ([0-9.eE+-]+|nan|inf)"
-)
+# One epoch's line: the epoch, its training loss, validation loss and accuracy (nan or inf where training diverged).
+VALUE = r"([0-9.eE+-]+|nan|inf)"
+EPOCH_LINE = re.compile(rf"epoch: (\d+) {TRAIN_LOSS}: {VALUE} {VALID_LOSS}: {VALUE} {VALID_ACCURACY}: {VALUE}")
 
 
 def final_values(log: str) -> dict[str, float]:
     """What SageMaker keeps of a job's log by the metric definitions (FinalMetricDataList): each metric's last value."""
     found = {d["Name"]: re.findall(d["Regex"], log) for d in METRIC_DEFINITIONS}
     return {name: float(values[-1]) for name, values in found.items() if values}
+
+
+def epoch_values(match: re.Match[str]) -> tuple[int, dict[str, float]]:
+    """An EPOCH_LINE match as (epoch, {metric name: value})."""
+    return int(match.group(1)), {name: float(match.group(i)) for i, name in enumerate(PER_EPOCH, start=2)}
+
+
+def epochs(log: str) -> list[tuple[int, dict[str, float]]]:
+    """Every epoch line of a log, in order."""
+    return [epoch_values(match) for match in EPOCH_LINE.finditer(log)]
 
 
 def test_metrics(final: dict[str, float]) -> dict[str, float] | None:

@@ -91,7 +91,7 @@ class Pipeline:
                 say(f"prediction for {self.plan.sample_image}: {top}")
             finally:
                 if self.plan.stop_endpoint:
-                    self.backend.stop(self.records.load(Endpoint, endpoint.name))
+                    steps.stop(self.backend, self.records.load(Endpoint, endpoint.name))
                     say(f"endpoint {endpoint.name} stopped")
             evaluation = self._evaluate(job)
         except KeyboardInterrupt:  # Ctrl-C: the step under way has recorded itself as Stopped
@@ -199,5 +199,12 @@ class Pipeline:
         say(f"  endpoint: {endpoint.name} {endpoint.url or ''}" + (" (stopped)" if self.plan.stop_endpoint else ""))
         if evaluation:
             say(f"  evaluation on the test split: {evaluation.page}")
+        tracker = self.backend.tracker
+        if tracker.enabled:
+            say(
+                f"  tracked in MLflow: {tracker.uri}, experiment {tracker.experiment!r}"
+                + (f", model {job.model_version}" if job.model_version else "")
+                + "; see them with: launcher ui"
+            )
         show_report(job, self.backend.workdir / "reports" / job.name, table=False)
         print(lineage.format_chain(lineage.chain(self.records, endpoint.name)), flush=True)

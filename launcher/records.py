@@ -43,6 +43,7 @@ class Record:
     failure_reason: str | None = None
     region: str | None = None  # sagemaker backend: where it ran
     lineage: dict[str, Any] | None = None  # what produced it (launcher.lineage)
+    mlflow_run: str | None = None  # its MLflow run (launcher.tracking); an endpoint: the run of the job it serves
     extra: dict[str, Any] = field(default_factory=dict)  # fields this version does not know, kept as they were
 
     def to_json(self) -> dict[str, Any]:
@@ -88,6 +89,7 @@ class TrainingJob(Record):
     max_run: int | None = None
     spot: dict[str, Any] | None = None  # managed spot training's max_wait and checkpoint_s3_uri
     tuning_job: str | None = None  # a SageMaker tuning job's trial: the tuning job
+    model_version: str | None = None  # its model in MLflow's registry: models:/NAME/VERSION
 
 
 @dataclass(kw_only=True)

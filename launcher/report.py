@@ -22,6 +22,7 @@ from launcher.records import TrainingJob
 
 REPORT_DIRS = (PurePosixPath("report"), PurePosixPath("data/report"))
 HTML_REPORT = "report.html"
+METRICS_FILE = "metrics.json"  # at the top of output.tar.gz: every epoch's and the test's metrics
 # Table order: what needs attention first.
 STATUSES = ("IssuesFound", "Error", "NoIssuesFound", "NotApplicable")
 KINDS = ("training", "profiler")
@@ -109,6 +110,20 @@ def extract_report(archive: Path, target: Path) -> bool:
     except (tarfile.TarError, OSError) as err:
         raise LauncherError(f"cannot extract the report from {archive}: {err}") from err
     return True
+
+
+def job_report_files(job: TrainingJob, target: Path) -> list[Path]:
+    """The job's report page and metrics.json, extracted from its output into `target` (what a tracking run keeps);
+    those the output lacks are left out."""
+    with tempfile.TemporaryDirectory() as scratch:
+        archive = local_archive(job, Path(scratch))
+        has_report = extract_report(archive, target)
+        with tarfile.open(archive, "r:*") as tar:
+            found = [m for m in tar.getmembers() if PurePosixPath(m.name) == PurePosixPath(METRICS_FILE) and m.isfile()]
+            if found:
+                tar.extract(found[0].replace(name=METRICS_FILE, deep=False), target, filter="data")
+    files = [target / HTML_REPORT] if has_report else []
+    return [path for path in (*files, target / METRICS_FILE) if path.is_file()]
 
 
 def read_results(folder: Path) -> list[RuleResult]:

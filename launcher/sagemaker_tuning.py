@@ -19,6 +19,7 @@ from launcher.backends.sagemaker import SageMakerBackend, prepare_training, reco
 from launcher.errors import LauncherError
 from launcher.progress import say
 from launcher.records import RecordStore, TrainingJob, TuningRun
+from launcher.tracking import Tracker
 from launcher.tuning_results import TrialRow, write_results
 from launcher.tuning_spec import TuningSpec
 
@@ -72,9 +73,17 @@ def check_tuning_spec(spec: TuningSpec) -> int | None:
     return epochs
 
 
-def tune_on_sagemaker(spec: TuningSpec, records: RecordStore, folder: Path, wait: bool = True) -> TuningRun:
+def tune_on_sagemaker(
+    spec: TuningSpec,
+    records: RecordStore,
+    folder: Path,
+    wait: bool = True,
+    tracker: Tracker | None = None,
+    parent_run: str | None = None,
+) -> TuningRun:
     """Start a SageMaker tuning job for `spec` and, if `wait`, follow it to its end; return its record (saved).
-    Once it has ended, its trials' table, CSV, JSON and plot page go to `folder`, as the local tuner writes them."""
+    Once it has ended, its trials' table, CSV, JSON and plot page go to `folder`, as the local tuner writes them,
+    and each trial becomes a child of MLflow run `parent_run`."""
     hyperband_max_epochs = check_tuning_spec(spec)
     prepared = prepare_training(spec.training, spec.name)
     tuner = sdk.tuner(prepared.estimator, spec, hyperband_max_epochs)
@@ -96,7 +105,10 @@ def tune_on_sagemaker(spec: TuningSpec, records: RecordStore, folder: Path, wait
     run.status, run.ended = description["HyperParameterTuningJobStatus"], time.time()
     run.training_jobs = description["TrainingJobStatusCounters"]
     run.failure_reason = description.get("FailureReason")
-    write_results(spec, trial_rows(spec, sdk.tuning_job_trials(prepared.session, spec.name)), folder, run)
+    rows = trial_rows(spec, sdk.tuning_job_trials(prepared.session, spec.name))
+    write_results(spec, rows, folder, run)
+    if tracker:
+        track_trials(tracker, parent_run, spec, rows)
     if "BestTrainingJob" in description:  # SageMaker's pick, with its full record so that it can be deployed
         best = description["BestTrainingJob"]
         job = best_job_record(prepared.session, best["TrainingJobName"], spec.name)
@@ -111,6 +123,15 @@ def tune_on_sagemaker(spec: TuningSpec, records: RecordStore, folder: Path, wait
         }
     records.save(run)
     return run
+
+
+def track_trials(tracker: Tracker, parent_run: str | None, spec: TuningSpec, rows: list[TrialRow]) -> None:
+    """The trials as MLflow runs, from what SageMaker kept of them: hyperparameters, objective and end."""
+    for row in rows:
+        run = tracker.trial(parent_run, row.trial, row.job_name, row.hyperparameters, SageMakerBackend.name)
+        if row.objective is not None:
+            tracker.log_metrics(run, {spec.objective_metric: row.objective, "objective": row.objective})
+        tracker.end(run, row.status, stopped_early="yes" if row.stopped_early else None)
 
 
 def follow_tuning_job(session: Any, name: str) -> dict[str, Any]:

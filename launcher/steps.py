@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import mimetypes
@@ -10,13 +11,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from launcher import evaluation, evaluation_page, lineage
+from launcher import evaluation, evaluation_page, lineage, metrics, report
 from launcher.backends.base import Backend, DeploySpec, TrainingSpec, TransformSpec
 from launcher.errors import LauncherError
 from launcher.progress import say
 from launcher.records import Endpoint, Evaluation, TrainingJob, TransformJob, TuningRun
 from launcher.transform import CONTENT_TYPES, PREDICTIONS_FILE, SUMMARY_FILE, Predictions, image_files
 from launcher.tuning_spec import TuningSpec
+
+MATRIX_FILE = "confusion_matrix.png"  # beside an evaluation's page
 
 
 def record_dataset(backend: Backend, channels: dict[str, str]) -> dict[str, Any]:
@@ -29,15 +32,28 @@ def record_dataset(backend: Backend, channels: dict[str, str]) -> dict[str, Any]
 
 
 def tune(backend: Backend, spec: TuningSpec) -> TuningRun:
-    """Run a tuning run; its record gets the dataset and code it tuned on. Fails if no trial completed."""
+    """Run a tuning run (an MLflow parent run, its trials children); its record gets the dataset and code it tuned
+    on. Fails if no trial completed."""
     dataset = record_dataset(backend, spec.training.channels)
-    run = backend.tune(spec, backend.workdir / "tuning" / spec.name)
+    tracker = backend.tracker
+    parent = tracker.start(
+        spec.name, "tuning", params=spec.tracked_params(), tags={"imgclf.backend": backend.name}, reuse=True
+    )
+    with tracker.ending_on_error(parent):
+        run = backend.tune(spec, backend.workdir / "tuning" / spec.name, parent)
+    run.mlflow_run = parent
     run.lineage = {
         "dataset": dataset,
         "code_revision": lineage.code_revision(),
         "image": backend.image_identity(spec.training.image),
     }
     backend.records.save(run)
+    tracker.log_dataset(parent, dataset)
+    if run.best:
+        tracker.log_metrics(parent, {f"best {spec.objective_metric}": run.best["objective"]})
+        tracker.set_tags(parent, {"imgclf.best_job": run.best["job_name"]})
+    tracker.log_artifacts(parent, [Path(p) for p in (run.results, run.plot) if p])
+    tracker.end(parent, run.status, run.failure_reason)
     if not run.best:
         raise LauncherError(f"tuning run {spec.name} ended without a completed trial; see the table above")
     say(f"best trial: job {run.best['job_name']}, {spec.objective_metric} {run.best['objective']:.6g}")
@@ -46,11 +62,26 @@ def tune(backend: Backend, spec: TuningSpec) -> TuningRun:
 
 
 def train(backend: Backend, spec: TrainingSpec, tuning: TuningRun | None = None) -> TrainingJob:
-    """Run a training job to completion; its record gets its lineage. Fails unless the job completed."""
+    """Run a training job to completion as an MLflow run; its record gets its lineage, its model a version in the
+    model registry. Fails unless the job completed."""
     dataset = record_dataset(backend, spec.channels)
-    job = backend.train(spec)
+    tracker = backend.tracker
+    tags = {
+        "imgclf.backend": backend.name,
+        "imgclf.job_name": spec.job_name,
+        "imgclf.instance_type": spec.instance_type,
+        "imgclf.tuning_run": tuning.name if tuning else None,
+        "imgclf.tuning_mlflow_run": tuning.mlflow_run if tuning else None,
+    }
+    run_id = tracker.start(spec.job_name, "training", params=spec.hyperparameters, tags=tags)
+    with tracker.ending_on_error(run_id):
+        job = backend.train(spec)
     job.lineage = lineage.training_lineage(dataset, backend.image_identity(spec.image), tuning, job.model_data)
+    job.mlflow_run = run_id
     backend.records.save(job)
+    if run_id:
+        job.model_version = track_training(backend, job, run_id, dataset)
+        backend.records.save(job)
     if job.status != "Completed":
         raise LauncherError(f"training job {job.name} {job.status.lower()}: {job.failure_reason or ''}")
     test = job.test_metrics or {}
@@ -61,15 +92,88 @@ def train(backend: Backend, spec: TrainingSpec, tuning: TuningRun | None = None)
     say(f"training job {job.name} completed: {outcome}")
     say(f"model artifact: {job.model_data}")
     say(f"output artifact: {job.output_data}")
+    if job.model_version:
+        say(f"registered model: {job.model_version}")
     return job
 
 
+def track_training(backend: Backend, job: TrainingJob, run_id: str, dataset: dict[str, Any]) -> str | None:
+    """What a finished training job's MLflow run gets: its epochs' and test metrics, its dataset, its identity as
+    tags, its report page, metrics.json and log, and (once completed) its model as a registered version."""
+    tracker, facts = backend.tracker, job.lineage or {}
+    log = Path(job.log) if job.log and Path(job.log).is_file() else None
+    for epoch, values in metrics.epochs(log.read_text(errors="replace")) if log else []:
+        tracker.log_metrics(run_id, values, step=epoch)
+    test = {
+        metrics.TEST_ACCURACY: (job.test_metrics or {}).get("accuracy"),
+        metrics.TEST_LOSS: (job.test_metrics or {}).get("loss"),
+    }
+    tracker.log_metrics(run_id, test)
+    tracker.log_dataset(run_id, dataset)
+    identity = {
+        "imgclf.code_revision": facts.get("code_revision"),
+        "imgclf.image": (facts.get("image") or {}).get("image"),
+        "imgclf.image_digest": (facts.get("image") or {}).get("digest"),
+        "imgclf.model_sha256": facts.get("model_sha256"),
+        "imgclf.model_data": job.model_data,
+    }
+    tracker.set_tags(run_id, identity)
+    files = [log] if log else []
+    if job.status == "Completed" and job.output_data:
+        with contextlib.suppress(LauncherError):  # a job without a report still gets its run
+            files += report.job_report_files(job, backend.workdir / "reports" / job.name)
+    tracker.log_artifacts(run_id, files)
+    version = None
+    if job.status == "Completed" and job.model_data:
+        version_tags = {
+            "model_sha256": facts.get("model_sha256"),
+            "image": identity["imgclf.image"],
+            "job_name": job.name,
+            "test_metrics": job.test_metrics,
+            "backend": backend.name,
+        }
+        version = tracker.register_model(run_id, job.model_data, version_tags)
+    tracker.end(run_id, job.status, job.failure_reason)
+    return version
+
+
 def deploy(backend: Backend, spec: DeploySpec) -> Endpoint:
-    """Start an endpoint; its record gets the hash of the model it serves."""
+    """Start an endpoint; its record gets the hash of the model it serves, and the model's MLflow run and version a
+    tag saying where it serves."""
     endpoint = backend.deploy(spec)
     endpoint.lineage = {"job_name": spec.job_name, "model_sha256": lineage.model_hash(spec.model_data)}
+    job = job_record(backend, spec.job_name)
+    endpoint.mlflow_run = job.mlflow_run if job else None
     backend.records.save(endpoint)
+    track_endpoint(backend, endpoint, "deployed")
     return endpoint
+
+
+def stop(backend: Backend, endpoint: Endpoint) -> None:
+    """Stop an endpoint; the model's MLflow run and version say when it stopped serving there."""
+    backend.stop(endpoint)
+    track_endpoint(backend, endpoint, "stopped")
+
+
+def job_record(backend: Backend, job_name: str | None) -> TrainingJob | None:
+    """The recorded training job of that name, if there is one."""
+    return (
+        backend.records.load(TrainingJob, job_name)
+        if job_name and backend.records.exists(TrainingJob, job_name)
+        else None
+    )
+
+
+def track_endpoint(backend: Backend, endpoint: Endpoint, event: str) -> None:
+    """The tag trail of where a model served: `imgclf.endpoint.<name>.<event>` on its job's run and model version."""
+    job = job_record(backend, endpoint.job_name)
+    if job is None or not job.mlflow_run:
+        return
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    sha = (endpoint.lineage or {}).get("model_sha256") or (job.lineage or {}).get("model_sha256")
+    tags = {f"imgclf.endpoint.{endpoint.name}.{event}": f"{when} {endpoint.backend} model_sha256={sha}"}
+    backend.tracker.set_tags(job.mlflow_run, tags)
+    backend.tracker.tag_model_version(job.model_version, tags)
 
 
 def content_type_of(image: Path, given: str | None = None) -> str:
@@ -87,13 +191,32 @@ def predict(backend: Backend, endpoint: Endpoint, image: Path, content_type: str
     return backend.predict(endpoint, image.read_bytes(), content_type_of(image, content_type))
 
 
-def transform(backend: Backend, spec: TransformSpec) -> TransformJob:
-    """Run a batch transform; its record gets the model's hash and the input's manifest. Fails if nothing was
-    classified."""
+def use_run(backend: Backend, kind: str, name: str, job_name: str | None, parent: str | None = None) -> str | None:
+    """The MLflow run of a use of a model (an evaluation, a transform), linked to the run of the job that made it."""
+    job = job_record(backend, job_name)
+    tags = {
+        "imgclf.backend": backend.name,
+        "imgclf.job_name": job_name,
+        "imgclf.training_run": job.mlflow_run if job else None,
+    }
+    return backend.tracker.start(name, kind, parent=parent, tags=tags)
+
+
+def transform(backend: Backend, spec: TransformSpec, parent_run: str | None = None) -> TransformJob:
+    """Run a batch transform as an MLflow run; its record gets the model's hash and the input's manifest. Fails if
+    nothing was classified."""
     dataset = record_dataset(backend, {"input": spec.input})
-    job = backend.transform(spec)
+    tracker = backend.tracker
+    run_id = use_run(backend, "transform", spec.name, spec.job_name, parent_run)
+    with tracker.ending_on_error(run_id):
+        job = backend.transform(spec)
     job.lineage = {"job_name": spec.job_name, "model_sha256": lineage.model_hash(spec.model_data), "dataset": dataset}
+    job.mlflow_run = run_id
     backend.records.save(job)
+    tracker.log_dataset(run_id, dataset)
+    tracker.log_metrics(run_id, {"files": job.files, "classified": job.classified, "failed": job.failed})
+    tracker.log_artifacts(run_id, [Path(job.output) / SUMMARY_FILE])
+    tracker.end(run_id, job.status, job.failure_reason)
     if job.status != "Completed":
         raise LauncherError(f"transform {job.name} {job.status.lower()}: {job.failure_reason or ''}")
     failed = f"; {job.failed} could not be (listed with the reason)" if job.failed else ""
@@ -105,16 +228,32 @@ def transform(backend: Backend, spec: TransformSpec) -> TransformJob:
 def evaluate(backend: Backend, spec: TransformSpec, data: Path) -> Evaluation:
     """Classify the labelled images under `data` (its test/ split, if it has one) with `spec`'s model; write
     `<spec.output>/evaluation.json` and `evaluation.html`; record the evaluation with the model's lineage."""
+    tracker = backend.tracker
+    run_id = use_run(backend, "evaluation", spec.name, spec.job_name)
+    with tracker.ending_on_error(run_id):
+        record = _evaluate(backend, spec, data, run_id)
+    tracker.log_metrics(run_id, {k: v for k, v in record.metrics.items() if isinstance(v, int | float)})
+    tracker.log_dataset(run_id, (record.lineage or {}).get("dataset") or {})
+    tracker.log_artifacts(run_id, [Path(record.page), Path(record.report), Path(record.page).with_name(MATRIX_FILE)])
+    tracker.end(run_id, record.status)
+    return record
+
+
+def _evaluate(backend: Backend, spec: TransformSpec, data: Path, run_id: str | None) -> Evaluation:
     classes = evaluation.model_classes(backend.model_archive(spec.model_data, spec.aws, spec.output))
     root = evaluation.labelled_root(data)
     labels = evaluation.labels_of(image_files(root))
-    job = transform(backend, dataclasses.replace(spec, input=str(root), logits=True, output=spec.output / "transform"))
+    job = transform(
+        backend, dataclasses.replace(spec, input=str(root), logits=True, output=spec.output / "transform"), run_id
+    )
     scored, left_out = evaluation.score(classes, labels, Predictions(Path(job.output) / PREDICTIONS_FILE).lines())
     result = {"model": spec.model_data, "data": str(root), **evaluation.evaluate(classes, scored, left_out)}
     report = spec.output / "evaluation.json"
     report.write_text(json.dumps(result, indent=1))
     page = spec.output / "evaluation.html"
-    page.write_text(evaluation_page.render(result, root, f"Evaluation {spec.name}: {root}"))
+    matrix = evaluation_page.matrix_png(result["classes"], result["confusion_matrix"])
+    page.with_name(MATRIX_FILE).write_bytes(matrix)
+    page.write_text(evaluation_page.render(result, root, f"Evaluation {spec.name}: {root}", matrix))
     figures = {key: result[key] for key in ("images", "accuracy", "top_k", "top_k_accuracy", "loss")}
     origin = {"job_name": spec.job_name, "model_sha256": lineage.model_hash(spec.model_data),
               "dataset": (job.lineage or {}).get("dataset")}  # fmt: skip
@@ -131,6 +270,7 @@ def evaluate(backend: Backend, spec: TransformSpec, data: Path) -> Evaluation:
         page=str(page),
         metrics={**figures, "unknown_classes": result["unknown_classes"], "failed": len(result["failed"])},
         lineage=origin,
+        mlflow_run=run_id,
     )
     backend.records.save(record)
     say(

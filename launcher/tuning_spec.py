@@ -62,6 +62,24 @@ class TuningSpec(Tuning):
         fields = {field.name: getattr(tuning, field.name) for field in dataclasses.fields(Tuning)}
         return cls(name=name, training=training, **fields)
 
+    def tracked_params(self) -> dict[str, object]:
+        """What the tuning run's MLflow run shows as params: objective, strategy, budget, ranges, fixed values."""
+        ranges = {
+            f"range.{r.name}": list(r.values)
+            if r.kind == "categorical"
+            else f"{r.kind} [{r.min_value}, {r.max_value}] {r.scaling}"
+            for r in self.ranges
+        }
+        return {
+            "objective": f"{self.direction} {self.objective_metric}",
+            "strategy": self.strategy,
+            "max_jobs": self.max_jobs,
+            "max_parallel_jobs": self.max_parallel_jobs,
+            "early_stopping": self.early_stopping,
+            **ranges,
+            **self.training.hyperparameters,
+        }
+
     def record(self, backend: str, **fields: object) -> TuningRun:
         """The run's record as it starts; `fields`: what the backend adds."""
         return TuningRun(

@@ -57,11 +57,12 @@ BROWSER_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scro
                  "--v=0"]  # fmt: skip
 
 
-def chromium(page: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    """Headless Chromium on a page of this machine (`--dump-dom`, `--screenshot=...`)."""
+def chromium(page: Path | str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """Headless Chromium on a page of this machine, a file or a loopback address (`--dump-dom`, `--screenshot=...`)."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     assert browser, "headless Chromium is needed: make browser (apt-get install chromium)"
-    command = [browser, *BROWSER_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args, page.as_uri()]
+    address = page if isinstance(page, str) else page.as_uri()
+    command = [browser, *BROWSER_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args, address]
     return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
 
 

@@ -18,13 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mlflow.tracking import MlflowClient
 from test_launcher_sagemaker import BUCKET, IMAGE, REGION, ROLE, StubbedAWS, stub_aws
 
-from launcher import contract, metrics
+from launcher import contract, metrics, tracking
 from launcher.backends.base import AwsOptions, TrainingSpec
 from launcher.errors import LauncherError
 from launcher.records import RecordStore, TrainingJob, TuningRun
 from launcher.sagemaker_tuning import tune_on_sagemaker
+from launcher.tracking import Tracker
 from launcher.tuning_spec import ParameterRange, TuningSpec
 
 TUNING = "imgclf-hpo-1"
@@ -256,8 +258,21 @@ def test_tuning_job_request_and_best_job_record(aws: StubbedAWS, tmp_path: Path,
 def test_a_finished_tuning_job_writes_the_results_the_local_tuner_writes(aws: StubbedAWS, tmp_path: Path,
                                                                           capsys: pytest.CaptureFixture):  # fmt: skip
     expect_tuning_job(aws)
-    record = tune_on_sagemaker(tuning_spec(), RecordStore(tmp_path / "records"), tmp_path / "tuning").to_json()
+    tracker = Tracker(tracking.default_uri(tmp_path), "sm-tuning")
+    parent = tracker.start(TUNING, "tuning")
+    records = RecordStore(tmp_path / "records")
+    record = tune_on_sagemaker(
+        tuning_spec(), records, tmp_path / "tuning", tracker=tracker, parent_run=parent
+    ).to_json()
     aws.assert_all_answered()
+    # Each trial SageMaker listed is a child run: its hyperparameters, objective and end, as a local trial's.
+    client = MlflowClient(tracker.uri)
+    children = client.search_runs([client.get_run(parent).info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
+    trials = sorted(children, key=lambda r: r.info.run_name)
+    assert [t.info.run_name for t in trials] == [f"{TUNING}-{number:03d}-1a2b3c4d" for number in range(1, 7)]
+    assert [t.info.status for t in trials] == ["FINISHED"] * 5 + ["FAILED"]
+    assert [t.data.metrics.get("average test loss") for t in trials] == [0.93, 0.62, 0.55, 0.41, 0.71, None]
+    assert float(trials[3].data.params["learning_rate"]) == 0.03087708635920261
     assert (record["results"], record["plot"]) == (str(tmp_path / "tuning" / "results.csv"),
                                                    str(tmp_path / "tuning" / "results.html"))  # fmt: skip
     with open(record["results"], newline="") as results:

@@ -14,14 +14,16 @@ from pathlib import Path
 
 import pytest
 from conftest import compose_containers, docker
+from mlflow.tracking import MlflowClient
 
-from launcher import steps
+from launcher import steps, tracking
 from launcher.backends.base import TrainingSpec
 from launcher.backends.local import LocalBackend
 from launcher.errors import LauncherError
 from launcher.metrics import EPOCH_LINE
 from launcher.records import RecordStore, TrainingJob
 from launcher.sdk import local_mode_containers
+from launcher.tracking import Tracker
 from launcher.tuning_spec import ParameterRange, TuningSpec
 
 pytestmark = pytest.mark.docker
@@ -43,7 +45,8 @@ def test_tuning_on_the_local_backend_reads_each_trials_log_and_keeps_the_console
     ranges = (ParameterRange("batch_size", "categorical", values=(2, 4)),)
     spec = TuningSpec(name="lt-1", training=training, ranges=ranges, strategy="Grid", max_jobs=2, max_parallel_jobs=1)
     workdir = tmp_path / "work"
-    backend = local_backend(workdir)
+    uri = tracking.default_uri(workdir)
+    backend = LocalBackend(workdir, RecordStore(workdir / "records"), Tracker(uri, "local-tuning"))
 
     record = steps.tune(backend, spec).to_json()
 
@@ -64,6 +67,16 @@ def test_tuning_on_the_local_backend_reads_each_trials_log_and_keeps_the_console
     for stream in (console.out, console.err):  # but none of the containers' output
         assert "train loss:" not in stream and "average test loss:" not in stream
     assert compose_containers(workdir) == []
+
+    # Tracked as on the process backend: the tuning run a parent, each trial a child with its epochs' metrics.
+    client = MlflowClient(uri)
+    parent = client.get_run(record["mlflow_run"])
+    assert (parent.info.run_name, parent.info.status) == ("lt-1", "FINISHED")
+    trials = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(t.info.run_name for t in trials) == ["lt-1-001", "lt-1-002"]
+    for trial in trials:
+        assert [m.step for m in client.get_metric_history(trial.info.run_id, "valid loss")] == [1]
+        assert trial.data.tags["imgclf.backend"] == "local" and trial.info.status == "FINISHED"
 
 
 def test_stop_training_stops_a_running_local_job(image: str, tmp_path: Path, shapes_dataset: Path):

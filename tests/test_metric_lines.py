@@ -36,14 +36,15 @@ def test_every_metric_definition_reads_its_value_from_the_containers_lines():
 def test_the_default_objective_and_the_epoch_line_read_the_containers_lines():
     log = container_log()
     assert float(re.search(metrics.DEFAULT_OBJECTIVE_REGEX, log).group(1)) == TEST_LOSS
-    epoch, valid_loss, valid_accuracy = metrics.EPOCH_LINE.search(log).groups()
-    assert (int(epoch), float(valid_loss), float(valid_accuracy)) == (3, 0.5, 0.875)
+    epoch, values = metrics.epoch_values(metrics.EPOCH_LINE.search(log))
+    assert (epoch, values[metrics.VALID_LOSS], values[metrics.VALID_ACCURACY]) == (3, 0.5, 0.875)
+    assert values[metrics.TRAIN_LOSS] == EPOCH["train_loss"]
 
 
 def test_a_diverged_epoch_still_matches_the_epoch_line():
     line = train.EPOCH_METRICS.format(epoch=1, train_loss=float("nan"), valid_loss=float("inf"),
                                       valid_accuracy=float("nan"))  # fmt: skip
-    assert metrics.EPOCH_LINE.search(line).groups() == ("1", "inf", "nan")
+    assert metrics.EPOCH_LINE.search(line).groups() == ("1", "nan", "inf", "nan")
 
 
 def test_the_test_metric_keys_are_metric_definitions():

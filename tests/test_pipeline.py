@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 from conftest import default_sigint, write_split
+from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+from mlflow.tracking import MlflowClient
 
 from launcher.cli import main
 from launcher.lineage import dataset_manifest
@@ -51,7 +53,8 @@ def test_dataset_digest_follows_content_not_location(tmp_path: Path):
     assert renamed["digest"] != first["digest"]
 
 
-def test_run_tunes_trains_deploys_predicts_and_traces_back(tmp_path: Path, backbone: Path, capsys):
+def test_run_tunes_trains_deploys_predicts_traces_back_and_tracks(tmp_path: Path, backbone: Path, capsys, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the default: the work folder's store
     data = tmp_path / "data"
     for split, count in (("train", 8), ("valid", 2), ("test", 2)):
         write_split(data / split, per_class=count)
@@ -111,6 +114,43 @@ def test_run_tunes_trains_deploys_predicts_and_traces_back(tmp_path: Path, backb
     assert main(["--workdir", str(work), "lineage", "r1-ep-2"]) == 0  # the same chain, as text
     text = capsys.readouterr().out
     assert text.startswith("endpoint:") and expected["digest"] in text and sha256(model) in text
+    assert f"mlflow_run: {job['mlflow_run']}" in text
+
+    # Tracked by default in the work folder's MLflow store, in an experiment named after the job config.
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    experiment = client.get_experiment_by_name("job").experiment_id
+    runs = {run.info.run_name: run for run in client.search_runs([experiment])}
+    parent, trained = runs["r1-tune"], runs["r1-train"]
+    assert parent.info.run_id == tuning["mlflow_run"] and parent.info.status == "FINISHED"
+    trials = [run for run in runs.values() if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(run.info.run_name for run in trials) == ["r1-tune-001", "r1-tune-002"]
+    for trial in trials:
+        history = client.get_metric_history(trial.info.run_id, "valid loss")
+        assert [m.step for m in history] == [1] and trial.info.status == "FINISHED"  # one point per epoch
+        assert float(trial.data.params["learning_rate"]) in {0.002, 0.02}
+    assert trained.info.run_id == job["mlflow_run"] and trained.info.status == "FINISHED"
+    assert float(trained.data.params["learning_rate"]) == job["hyperparameters"]["learning_rate"]
+    assert trained.data.metrics["average test loss"] == pytest.approx(job["test_metrics"]["loss"])
+    assert trained.data.tags["imgclf.model_sha256"] == sha256(model)
+    assert [d.dataset.digest for d in trained.inputs.dataset_inputs] == [expected["digest"][:36]]
+    artifacts = {a.path for a in client.list_artifacts(trained.info.run_id)}
+    assert {"report.html", "metrics.json", "train.log", "model"} <= artifacts
+    assert {"imgclf.endpoint.r1-ep-2.deployed", "imgclf.endpoint.r1-ep-2.stopped"} <= trained.data.tags.keys()
+    evaluation = runs["r1-eval"]
+    assert evaluation.data.tags["imgclf.training_run"] == job["mlflow_run"]
+    assert evaluation.data.metrics["accuracy"] == load(work, "evaluations", "r1-eval")["metrics"]["accuracy"]
+    assert {"evaluation.html", "confusion_matrix.png"} <= {
+        a.path for a in client.list_artifacts(evaluation.info.run_id)
+    }
+
+    # The model registry's version is the job's model.tar.gz, byte for byte.
+    assert job["model_version"] == "models:/job/1"
+    version = client.get_model_version("job", "1")
+    assert version.run_id == job["mlflow_run"] and version.tags["model_sha256"] == sha256(model)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # where models:/ URIs are looked up
+    downloaded = ModelsArtifactRepository("models:/job/1").download_artifacts("", str(tmp_path / "registry"))
+    assert sha256(Path(downloaded) / "model.tar.gz") == sha256(model)
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from mlflow.tracking import MlflowClient
 
 from launcher import sdk
 from launcher.cli import main
@@ -109,12 +110,19 @@ def place_job_outputs() -> None:
     artifacts = f"imgclf/{JOB}/output"
     model = tar_gz({"model.pth": b"weights", "model_config.json": b"{}"})
     s3.put_object(Bucket=BUCKET, Key=f"{artifacts}/model.tar.gz", Body=model)
-    output = tar_gz({"report/LossNotDecreasing.json": json.dumps(rule).encode()})
+    output = tar_gz(
+        {
+            "report/LossNotDecreasing.json": json.dumps(rule).encode(),
+            "report/report.html": b"<html>",
+            "metrics.json": b"{}",
+        }
+    )
     s3.put_object(Bucket=BUCKET, Key=f"{artifacts}/output.tar.gz", Body=output)
 
 
 def test_train_report_deploy_stop_lineage(moto_server: str, tmp_path: Path, shapes_dataset: Path,
-                                          capsys: pytest.CaptureFixture):  # fmt: skip
+                                          capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch):  # fmt: skip
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     boto3.client("s3").create_bucket(Bucket=BUCKET)
     place_job_outputs()
     workdir = tmp_path / "work"
@@ -167,3 +175,16 @@ def test_train_report_deploy_stop_lineage(moto_server: str, tmp_path: Path, shap
     assert chain[0]["job_name"] == JOB and chain[1]["model_data"] == job.model_data
     assert chain[2]["channels"] == {"training": str(shapes_dataset)}
     assert chain[2]["files"] == len(keys)
+
+    # Tracked as the process backend's jobs are: a run with the job's identity, its report, its S3 model registered
+    # where it lies, and the endpoint's tag trail.
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    run = client.get_run(job.mlflow_run)
+    assert (run.info.run_name, run.info.status) == (JOB, "FINISHED")
+    assert run.data.tags["imgclf.backend"] == "sagemaker" and run.data.tags["imgclf.image"] == IMAGE
+    assert json.loads(run.data.params["epochs"]) == 2
+    assert {f"imgclf.endpoint.{ENDPOINT}.deployed", f"imgclf.endpoint.{ENDPOINT}.stopped"} <= run.data.tags.keys()
+    assert {a.path for a in client.list_artifacts(job.mlflow_run)} == {"report.html", "metrics.json"}
+    version = client.get_model_version(*job.model_version.removeprefix("models:/").split("/"))
+    assert version.source == f"s3://{BUCKET}/imgclf/{JOB}/output" and version.run_id == job.mlflow_run

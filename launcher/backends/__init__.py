@@ -9,6 +9,7 @@ from launcher.backends.local import LocalBackend
 from launcher.backends.process import ProcessBackend
 from launcher.backends.sagemaker import SageMakerBackend
 from launcher.records import RecordStore
+from launcher.tracking import Tracker
 
 BACKENDS: dict[str, type[Backend]] = {
     backend.name: backend for backend in (ProcessBackend, LocalBackend, SageMakerBackend)
@@ -16,5 +17,5 @@ BACKENDS: dict[str, type[Backend]] = {
 DEFAULT_BACKEND = ProcessBackend.name
 
 
-def get_backend(name: str, workdir: Path, records: RecordStore) -> Backend:
-    return BACKENDS[name](workdir, records)
+def get_backend(name: str, workdir: Path, records: RecordStore, tracker: Tracker | None = None) -> Backend:
+    return BACKENDS[name](workdir, records, tracker)

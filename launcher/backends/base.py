@@ -12,6 +12,7 @@ from launcher import metrics, transform
 from launcher.errors import LauncherError
 from launcher.progress import say
 from launcher.records import Endpoint, RecordStore, TrainingJob, TransformJob, TuningRun
+from launcher.tracking import Tracker
 
 if TYPE_CHECKING:
     from launcher.tuning_spec import TuningSpec
@@ -134,9 +135,10 @@ class Backend(ABC):
     sagemaker_debugger: ClassVar[bool] = False  # SageMaker Debugger's hook, rules and profiler
     models_in_s3: ClassVar[bool] = False  # deploys a model.tar.gz from S3 (else only one on this machine)
 
-    def __init__(self, workdir: Path, records: RecordStore):
+    def __init__(self, workdir: Path, records: RecordStore, tracker: Tracker | None = None):
         self.workdir = workdir
         self.records = records
+        self.tracker = tracker or Tracker.off()
 
     def local_output_dir(self, spec: TrainingSpec) -> Path:
         """Where a backend on this machine puts a job's artifacts: the given folder, or <workdir>/output."""
@@ -204,12 +206,13 @@ class Backend(ABC):
         """The image a job ran in, for its lineage: its name (and digest where the name pins one)."""
         return {"image": image, "digest": image.split("@", 1)[1] if "@sha256:" in image else None}
 
-    def tune(self, spec: TuningSpec, folder: Path) -> TuningRun:
+    def tune(self, spec: TuningSpec, folder: Path, parent_run: str | None = None) -> TuningRun:
         """Run a tuning run to its end; return its record (saved by the caller). Here: Optuna on this machine,
-        each trial a training job of this backend; the study and the results go to `folder`."""
+        each trial a training job of this backend (and a child of MLflow run `parent_run`); the study and the
+        results go to `folder`."""
         from launcher.local_tuning import LocalTuner  # it builds on this module
 
-        return LocalTuner(spec, self, folder).run()
+        return LocalTuner(spec, self, folder, parent_run).run()
 
     def transform(self, spec: TransformSpec) -> TransformJob:
         """Classify every image of the input into `<output>/predictions.jsonl`, skipping the files an earlier run

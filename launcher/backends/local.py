@@ -23,6 +23,7 @@ from launcher.backends.base import Backend, DeploySpec, TrainingSpec, TransformS
 from launcher.errors import LauncherError
 from launcher.progress import muted_stdout, say
 from launcher.records import Endpoint, RecordStore, TrainingJob, TransformJob
+from launcher.tracking import Tracker
 
 INSTANCE_TYPES = ("local", "local_gpu")
 FIND_CONTAINERS_SECONDS = 0.5  # between looks for a job's containers until all of them are there
@@ -104,8 +105,8 @@ class LocalBackend(Backend):
     # at once would resolve each other's hosts.
     max_concurrent_jobs = 1
 
-    def __init__(self, workdir: Path, records: RecordStore):
-        super().__init__(workdir, records)
+    def __init__(self, workdir: Path, records: RecordStore, tracker: Tracker | None = None):
+        super().__init__(workdir, records, tracker)
         self._running: dict[str, Path] = {}  # job name -> its compose files' folder, while `train` runs it
         self._stopping: set[str] = set()  # jobs that `stop_training` stopped
 

@@ -23,6 +23,7 @@ from launcher.backends.base import Backend, DeploySpec, TrainingSpec, TransformS
 from launcher.errors import LauncherError
 from launcher.progress import say
 from launcher.records import Endpoint, RecordStore, TrainingJob, TransformJob
+from launcher.tracking import Tracker
 
 
 def container_command(name: str) -> str:
@@ -39,8 +40,8 @@ def container_command(name: str) -> str:
 class ProcessBackend(Backend):
     name = "process"
 
-    def __init__(self, workdir: Path, records: RecordStore):
-        super().__init__(workdir, records)
+    def __init__(self, workdir: Path, records: RecordStore, tracker: Tracker | None = None):
+        super().__init__(workdir, records, tracker)
         self._running: dict[str, subprocess.Popen] = {}  # job name -> its `train` process
 
     def image_identity(self, image: str) -> dict[str, Any]:

@@ -285,11 +285,12 @@ class SageMakerBackend(Backend):
     def default_endpoint_instance_type(self, training_instance_type: str | None) -> str:
         return DEFAULT_ENDPOINT_INSTANCE_TYPE  # a training GPU is rarely what an endpoint needs
 
-    def tune(self, spec: TuningSpec, folder: Path) -> TuningRun:
-        """SageMaker's HyperparameterTuner runs the trials; the results are written to `folder` once it ends."""
+    def tune(self, spec: TuningSpec, folder: Path, parent_run: str | None = None) -> TuningRun:
+        """SageMaker's HyperparameterTuner runs the trials; the results are written to `folder` once it ends, and
+        each trial becomes a child of MLflow run `parent_run` from what SageMaker kept of it."""
         from launcher.sagemaker_tuning import tune_on_sagemaker  # it builds on this module
 
-        return tune_on_sagemaker(spec, self.records, folder)
+        return tune_on_sagemaker(spec, self.records, folder, tracker=self.tracker, parent_run=parent_run)
 
     def launch(self, spec: TrainingSpec) -> TrainingJob:
         """Upload the local channels and start the job on SageMaker."""
