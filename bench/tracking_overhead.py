@@ -1,10 +1,10 @@
 """What MLflow tracking adds to a `launcher train` command, as a user runs it (a new process each time).
 
-Three variants of the same tiny training job (4 steps an epoch) on the process backend, in rotating order each round: tracking off
-(`--no-tracking`), tracking into the work folder's SQLite store (the default; the store already made, as after a
-work folder's first command), and tracking pointed at a closed loopback port (a server that does not answer).
-Prints each variant's median wall time and its ratio and difference to tracking off. The data is scikit-learn's
-digits written as JPEGs (no download).
+Three variants of the same tiny training job (4 steps an epoch) on the process backend, in rotating order each
+round: tracking off (`--no-tracking`), tracking into the work folder's SQLite store (the default; the store already
+made, as after a work folder's first command), and tracking pointed at a closed loopback port (a server that does
+not answer). Prints each variant's median wall time and its ratio and difference to tracking off. The data is
+scikit-learn's digits written as JPEGs (no download).
 
     .venv/bin/python bench/tracking_overhead.py [--rounds 3] [--epochs 1]
 """
@@ -36,6 +36,7 @@ def train(work: Path, data: Path, name: str, epochs: int, tracking: list[str]) -
     """Seconds one `launcher train` command takes, start to exit."""
     settings = {
         "epochs": epochs,
+        "max_steps_per_epoch": 4,
         "batch_size": 32,
         "image_size": 32,
         "num_workers": 0,

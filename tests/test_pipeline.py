@@ -149,6 +149,7 @@ def test_run_tunes_trains_deploys_predicts_traces_back_and_tracks(tmp_path: Path
     version = client.get_model_version("job", "1")
     assert version.run_id == job["mlflow_run"] and version.tags["model_sha256"] == sha256(model)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # where models:/ URIs are looked up
+    (tmp_path / "registry").mkdir()
     downloaded = ModelsArtifactRepository("models:/job/1").download_artifacts("", str(tmp_path / "registry"))
     assert sha256(Path(downloaded) / "model.tar.gz") == sha256(model)
 
