@@ -358,8 +358,7 @@ def run(args: Args, records: RecordStore) -> None:
 def ui(args: Args, _records: RecordStore) -> None:
     tracker = tracker_of(args)
     experiment = tracker.find_experiment(args.experiment)
-    root = args.workdir / tracking.ARTIFACTS_FOLDER if tracker.artifact_root else None
-    tracking_ui.serve(tracker.uri, args.port, root, args.workdir / "mlflow-ui.log", experiment)
+    tracking_ui.serve(tracker.uri, args.port, tracker.artifact_root, args.workdir / "mlflow-ui.log", experiment)
 
 
 def trace(args: Args, records: RecordStore) -> None:
