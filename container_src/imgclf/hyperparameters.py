@@ -29,30 +29,32 @@ class HyperparameterError(UserError):
 
 @dataclass(frozen=True)
 class Hyperparameters:
-    learning_rate: float = 0.01  # 0 is allowed: it freezes training (useful to test rules)
+    """The built-in trainer's settings; what each means and accepts: `SPECS`."""
+
+    learning_rate: float = 0.01
     batch_size: int = 32
     epochs: int = 5
     model_name: str = "resnet18"
-    pretrained: bool | None = None  # None ("auto"): use ImageNet weights if provided, else train from scratch
-    freeze_backbone: bool = False  # train only the new classification head
+    pretrained: bool | None = None
+    freeze_backbone: bool = False
     optimizer: str = "sgd"
-    lr_scheduler: str = "cosine"  # cosine: decay to 0 over all steps; constant: keep learning_rate
-    momentum: float = 0.9  # SGD only
+    lr_scheduler: str = "cosine"
+    momentum: float = 0.9
     weight_decay: float = 1e-4
-    image_size: int = 224  # side of the square crop fed to the network
-    num_workers: int = -1  # data-loading processes; -1 means one per CPU core, at most 8
+    image_size: int = 224
+    num_workers: int = -1
     seed: int = 0
-    max_steps_per_epoch: int = 0  # 0 means a full pass over the training data
-    debug_hook: bool = True  # smdebug hook writing output/data/debug (SageMaker's own config wins if given)
-    debug_train_save_interval: int = 100  # the user's original train.save_interval; also how often rules run
-    debug_eval_save_interval: int = 10  # eval.save_interval
-    rules: dict[str, Any] = field(default_factory=dict)  # rule -> parameters or false (docs/debugging-and-profiling.md)
-    profiler_interval_ms: int = 500  # system monitor sampling interval; 0 turns the monitor off
-    checkpoint_interval: int = 0  # also checkpoint every this many steps; 0: at epoch ends and on SIGTERM only
-    mixed_precision: str = "auto"  # auto (bf16 or fp16 on GPU, fp32 on CPU), bf16, fp16, fp32
-    channels_last: bool | None = None  # None ("auto"): channels-last tensors on GPU only
-    allow_cpu: bool = False  # train on the CPU even where the host's GPUs are unusable (driver too old)
-    processes_per_host: int = 0  # 0 ("auto"): one training process per GPU, one on a host without GPUs
+    max_steps_per_epoch: int = 0
+    debug_hook: bool = True
+    debug_train_save_interval: int = 100
+    debug_eval_save_interval: int = 10
+    rules: dict[str, Any] = field(default_factory=dict)
+    profiler_interval_ms: int = 500
+    checkpoint_interval: int = 0
+    mixed_precision: str = "auto"
+    channels_last: bool | None = None
+    allow_cpu: bool = False
+    processes_per_host: int = 0
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> Hyperparameters:
@@ -63,7 +65,7 @@ class Hyperparameters:
         )
         if unknown:
             log.warning("ignoring unknown hyperparameters %s; known: %s", unknown, ", ".join(fields))
-        parsed = {name: _PARSERS[name](name, value) for name, value in values.items() if name in fields}
+        parsed = {name: SPECS[name].parse(name, value) for name, value in values.items() if name in fields}
         hps = cls(**parsed)
         if hps.num_workers < 0:  # the host's cores shared by its training processes
             processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))  # set by torch.distributed.run
@@ -119,29 +121,70 @@ def _as_rules(name: str, value: Any) -> dict[str, Any]:
         raise HyperparameterError(f"hyperparameter {name!r}: {err}") from None
 
 
-_PARSERS = {
-    "learning_rate": lambda n, v: _as_float(n, v, 0.0),
-    "batch_size": lambda n, v: _as_int(n, v, 1),
-    "epochs": lambda n, v: _as_int(n, v, 1),
-    "model_name": lambda n, v: _as_choice(n, v, MODEL_NAMES),
-    "pretrained": lambda n, v: _as_bool(n, v, allow_auto=True),
-    "freeze_backbone": _as_bool,
-    "optimizer": lambda n, v: _as_choice(n, v, OPTIMIZERS),
-    "lr_scheduler": lambda n, v: _as_choice(n, v, LR_SCHEDULERS),
-    "momentum": lambda n, v: _as_float(n, v, 0.0, 1.0, open_max=True),
-    "weight_decay": lambda n, v: _as_float(n, v, 0.0),
-    "image_size": lambda n, v: _as_int(n, v, 32),
-    "num_workers": lambda n, v: -1 if str(v).strip().lower() == "auto" else _as_int(n, v, 0),
-    "seed": lambda n, v: _as_int(n, v, 0),
-    "max_steps_per_epoch": lambda n, v: _as_int(n, v, 0),
-    "debug_hook": _as_bool,
-    "allow_cpu": _as_bool,
-    "processes_per_host": lambda n, v: 0 if str(v).strip().lower() == "auto" else _as_int(n, v, 1),
-    "debug_train_save_interval": lambda n, v: _as_int(n, v, 1),
-    "debug_eval_save_interval": lambda n, v: _as_int(n, v, 1),
-    "rules": _as_rules,
-    "profiler_interval_ms": lambda n, v: _as_int(n, v, 0),
-    "checkpoint_interval": lambda n, v: _as_int(n, v, 0),
-    "mixed_precision": lambda n, v: _as_choice(n, v, PRECISIONS),
-    "channels_last": lambda n, v: _as_bool(n, v, allow_auto=True),
+@dataclass(frozen=True)
+class Spec:
+    """What one hyperparameter accepts: its kind (`KINDS`), bounds or choices, and the value "auto" stands for.
+
+    The launcher checks hyperparameters against these before any job starts (`imgclf.schema` writes them out)."""
+
+    kind: str
+    description: str
+    minimum: float | None = None
+    maximum: float | None = None  # None: no upper bound
+    open_max: bool = False  # the maximum itself is refused
+    choices: tuple[str, ...] = ()
+    auto: int | None = None  # integer kinds: "auto" is accepted and stands for this value
+
+    def parse(self, name: str, value: Any) -> Any:
+        if self.kind == "integer":
+            if self.auto is not None and str(value).strip().lower() == "auto":
+                return self.auto
+            return _as_int(name, value, int(self.minimum or 0))
+        if self.kind == "number":
+            maximum = float("inf") if self.maximum is None else self.maximum
+            return _as_float(name, value, float(self.minimum or 0), maximum, open_max=self.open_max)
+        if self.kind in ("boolean", "boolean_or_auto"):
+            return _as_bool(name, value, allow_auto=self.kind == "boolean_or_auto")
+        if self.kind == "choice":
+            return _as_choice(name, value, self.choices)
+        return _as_rules(name, value)
+
+
+KINDS = ("integer", "number", "boolean", "boolean_or_auto", "choice", "rules")
+
+SPECS = {
+    "learning_rate": Spec("number", "0 is allowed: it freezes training (useful to test rules)", minimum=0.0),
+    "batch_size": Spec("integer", "images per step and process", minimum=1),
+    "epochs": Spec("integer", "passes over the training data", minimum=1),
+    "model_name": Spec("choice", "the torchvision ResNet to fine-tune", choices=MODEL_NAMES),
+    "pretrained": Spec("boolean_or_auto", "auto: use ImageNet weights if provided, else train from scratch"),
+    "freeze_backbone": Spec("boolean", "train only the new classification head"),
+    "optimizer": Spec("choice", "the optimizer", choices=OPTIMIZERS),
+    "lr_scheduler": Spec(
+        "choice", "cosine: decay to 0 over all steps; constant: keep learning_rate", choices=LR_SCHEDULERS
+    ),
+    "momentum": Spec("number", "SGD only", minimum=0.0, maximum=1.0, open_max=True),
+    "weight_decay": Spec("number", "L2 penalty", minimum=0.0),
+    "image_size": Spec("integer", "side of the square crop fed to the network", minimum=32),
+    "num_workers": Spec(
+        "integer", "data-loading processes; auto (-1): one per CPU core, at most 8", minimum=0, auto=-1
+    ),
+    "seed": Spec("integer", "random seed", minimum=0),
+    "max_steps_per_epoch": Spec("integer", "0 means a full pass over the training data", minimum=0),
+    "debug_hook": Spec("boolean", "smdebug hook writing output/data/debug (SageMaker's own config wins if given)"),
+    "allow_cpu": Spec("boolean", "train on the CPU even where the host's GPUs are unusable (driver too old)"),
+    "processes_per_host": Spec(
+        "integer", "auto (0): one training process per GPU, one on a host without GPUs", minimum=1, auto=0
+    ),
+    "debug_train_save_interval": Spec(
+        "integer", "the original train.save_interval; also how often rules run", minimum=1
+    ),
+    "debug_eval_save_interval": Spec("integer", "eval.save_interval", minimum=1),
+    "rules": Spec("rules", "rule -> parameters or false (docs/debugging-and-profiling.md)"),
+    "profiler_interval_ms": Spec("integer", "system monitor sampling interval; 0 turns the monitor off", minimum=0),
+    "checkpoint_interval": Spec(
+        "integer", "also checkpoint every this many steps; 0: at epoch ends and on SIGTERM only", minimum=0
+    ),
+    "mixed_precision": Spec("choice", "auto: bf16 or fp16 on GPU, fp32 on CPU", choices=PRECISIONS),
+    "channels_last": Spec("boolean_or_auto", "auto: channels-last tensors on GPU only"),
 }
