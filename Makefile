@@ -1,6 +1,6 @@
 # imgclf: train and serve a torchvision ResNet through the SageMaker container contract.
-#   make demo   set everything up, then sample data -> tune -> train the best -> deploy -> predict -> stop (process
-#               backend: `launcher run` with examples/demo.yaml)
+#   make demo   set everything up, then two cycles of the retrain loop on the process backend: a first model on half
+#               the sample data, deployed; then all of it: tune -> train -> challenge -> promote -> predict -> stop
 #   make ui     MLflow's UI on what the demo (and every launcher command) tracked
 #   make test   set everything up (the Docker engine and the image too), then lint and run the whole suite
 #   make build  build the train+serve image; make push pushes it to ECR, or to REGISTRY=host:port
@@ -18,6 +18,7 @@ DEMO_DATA := $(WORKDIR)/data/digits
 MLFLOW_UI := 'mlflow>=3.17,<4'
 
 DEMO_CONFIG := examples/demo.yaml
+DEMO_FIRST_CONFIG := examples/demo-first.yaml
 LAUNCHER := $(BIN)/launcher --workdir $(WORKDIR)
 
 # The image. Without registry access, BASE_IMAGE=$(LOCAL_BASE) (made by `make base-image` from Debian's packages).
@@ -31,7 +32,7 @@ REGION ?=
 # Without the buildx plugin, BuildKit is unavailable: use the classic builder (the Dockerfile suits both).
 DOCKER_BUILD := $(if $(shell docker buildx version 2>/dev/null),docker build,DOCKER_BUILDKIT=0 docker build)
 
-.PHONY: install system-deps browser demo ui test test-fast test-docker lint format bench bench-gpu torchserve-venv clean wheelhouse base-image build push docker-engine
+.PHONY: install system-deps browser demo ui schema test test-fast test-docker lint format bench bench-gpu torchserve-venv clean wheelhouse base-image build push docker-engine
 
 install: $(VENV)/.installed
 
@@ -55,14 +56,26 @@ $(VENV)/.installed: container_src/requirements.txt launcher/requirements.txt req
 	$(BIN)/pip install -q --no-deps -e container_src -e .
 	touch $@
 
+# Two cycles of the retrain loop: a first model on half of the data, deployed; then all of it (the "new data"):
+# tune, train, challenge the deployed model on the same test split, promote or keep it, predict, stop.
 demo: install
 	@[ -d $(DEMO_DATA)/test ] || $(LAUNCHER) sample-data $(DEMO_DATA)
-	$(LAUNCHER) run --config $(DEMO_CONFIG) --data $(DEMO_DATA) --name demo-$$(date +%Y%m%d-%H%M%S) --stop-endpoint
+	@[ -d $(DEMO_DATA)-first/test ] || $(LAUNCHER) sample-data $(DEMO_DATA)-first --fraction 0.5
+	@run=demo-$$(date +%Y%m%d-%H%M%S); set -e; \
+	trap '$(LAUNCHER) stop $$run-1-ep >/dev/null 2>&1 || true' EXIT; \
+	echo "== cycle 1: a first model on half of the data, deployed as $$run-1-ep"; \
+	$(LAUNCHER) run --config $(DEMO_FIRST_CONFIG) --data $(DEMO_DATA)-first --name $$run-1; \
+	echo "== cycle 2: new data arrives; tune and train on all of it, challenge the model $$run-1-ep serves"; \
+	$(LAUNCHER) run --config $(DEMO_CONFIG) --data $(DEMO_DATA) --name $$run-2 --endpoint $$run-1-ep --stop-endpoint
 
 # MLflow's UI on the work folder's tracking store (the full mlflow package; the launcher needs only mlflow-skinny).
 ui: install
 	@$(BIN)/python -c "import launcher.tracking_ui as u, sys; sys.exit(not u.has_ui())" || $(BIN)/pip install -q $(MLFLOW_UI)
 	$(LAUNCHER) ui
+
+# The image's hyperparameter schema, as the launcher ships it (a test fails while it differs from imgclf's).
+schema: install
+	$(BIN)/python -m imgclf.schema launcher/hyperparameter_schema.json
 
 test: install lint browser docker-engine
 	$(MAKE) build BASE_IMAGE=$(TEST_BASE) TAG=test
@@ -119,6 +132,7 @@ bench: install
 	$(BIN)/python bench/cold_start.py
 	$(BIN)/python bench/tuning_early_stopping.py
 	$(BIN)/python bench/tracking_overhead.py
+	$(BIN)/python bench/router.py
 
 # TorchServe 0.12 for bench/serve.py's comparison, in a virtualenv of its own (its model-archiver package clashes
 # with multi-model-server's; the benchmark writes the model's manifest itself and needs neither). It borrows torch

@@ -2,7 +2,8 @@
 
 Both runs draw the same hyperparameters (Random strategy with one seed: its draws do not depend on earlier
 results), so the difference is only what early stopping cut. Prints the trial-epochs each run trained, the
-share saved, and the best objective each reached. Data: scikit-learn's digits as JPEGs (no download).
+share saved, and the best objective (the default: the last epoch's validation loss) each reached. Data:
+scikit-learn's digits as JPEGs (no download).
 
     .venv/bin/python bench/tuning_early_stopping.py [--trials 8] [--epochs 4] [--steps-per-epoch 10]
 """
@@ -21,6 +22,7 @@ import optuna
 from launcher.backends.base import TrainingSpec
 from launcher.backends.process import ProcessBackend
 from launcher.local_tuning import LocalTuner
+from launcher.metrics import DEFAULT_OBJECTIVE
 from launcher.records import RecordStore
 from launcher.sample_data import write_digits
 from launcher.tuning_spec import ParameterRange, TuningSpec
@@ -54,13 +56,13 @@ def main() -> None:
             record = LocalTuner(spec, ProcessBackend(work, RecordStore(work / "records")), work / "tuning").run()
             rows = json.loads((work / "tuning" / "results.json").read_text())
             epochs = sum(r["stopped_at_epoch"] if r["stopped_early"] else args.epochs for r in rows)
-            outcome[early_stopping] = (epochs, record["best"]["objective"], time.perf_counter() - start, rows)
+            outcome[early_stopping] = (epochs, record.best["objective"], time.perf_counter() - start, rows)
 
     off, auto = outcome["Off"], outcome["Auto"]
     print(f"{args.trials} trials x {args.epochs} epochs ({args.steps_per_epoch} steps each), Random, seed 0")
     for name, (epochs, best, seconds, rows) in outcome.items():
         stopped = sum(r["stopped_early"] for r in rows)
-        print(f"early stopping {name:4}: {epochs} trial-epochs, {stopped} trials stopped, best average test loss "
+        print(f"early stopping {name:4}: {epochs} trial-epochs, {stopped} trials stopped, best {DEFAULT_OBJECTIVE} "
               f"{best:.4f}, {seconds:.0f} s")  # fmt: skip
     print(f"trial-epochs saved: {off[0] - auto[0]} of {off[0]} ({1 - auto[0] / off[0]:.0%}); "
           f"best objective with/without: {auto[1]:.4f} / {off[1]:.4f}; time ratio {auto[2] / off[2]:.2f}")  # fmt: skip

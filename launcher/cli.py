@@ -201,6 +201,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     sample.add_argument("directory", type=Path, help="folder to create (existing files are overwritten)")
     sample.add_argument("--size", type=int, default=64, help="side of each square image in pixels (default 64)")
     sample.add_argument("--seed", type=int, default=0, help="seed of the stratified train/valid/test split (default 0)")
+    sample.add_argument(
+        "--fraction",
+        type=float,
+        default=1.0,
+        help="keep this part of each class in each split (default 1: all); a smaller part is a subset of the whole, "
+        "split for split, as the data a first model trains on before new data arrives",
+    )
 
     backend_help = f"where to run: {', '.join(BACKENDS)} (default {DEFAULT_BACKEND})"
     train = commands.add_parser(
@@ -350,6 +357,35 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="stop the endpoint after the sample prediction (default: leave "
         "it in service, for `launcher predict` and `launcher stop`)",
     )
+    add_promotion_options(
+        run,
+        "the retrain loop: no new endpoint; the new model challenges the one this endpoint serves (checked before "
+        "any training) and replaces it if it wins",
+    )
+
+    promote = commands.add_parser(
+        "promote",
+        help="challenge the model an endpoint serves with a training job's model; replace it if it wins",
+        description="Evaluate the model an endpoint serves (the champion) and a training job's model (the "
+        "challenger) on the same labelled test split, decide by the rule (below), and if the challenger wins, "
+        "serve it behind the same endpoint with no failed request (process and local backends: a new model server "
+        "behind the endpoint's router, the old one stopped once drained; sagemaker: UpdateEndpoint, blue/green). "
+        "The decision is recorded, tracked in MLflow (the registered model's `champion` alias moves on promotion "
+        "only) and shown by `launcher lineage`.",
+    )
+    promote.add_argument("job", metavar="JOB", help="the challenger: a completed training job's name")
+    add_promotion_options(promote, "the endpoint whose model the job's model challenges", required=True)
+    add_swap_options(promote)
+
+    rollback = commands.add_parser(
+        "rollback",
+        help="put the model an endpoint served before back in service",
+        description="Serve the model the endpoint served before its current one again, the same way as a promotion "
+        "(no failed request), and move the registered model's `champion` alias back to it.",
+    )
+    rollback.add_argument("endpoint", metavar="NAME", help="the endpoint")
+    rollback.add_argument("--rollback-alarm", action="append", default=[], metavar="ALARM", help=ALARM_HELP)
+    add_swap_options(rollback)
 
     trace = commands.add_parser(
         "lineage",
@@ -410,6 +446,42 @@ def add_debugger_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+ALARM_HELP = (
+    "sagemaker backend, repeatable: a CloudWatch alarm that rolls the update back if it fires while the old fleet "
+    "is still kept (blue/green auto-rollback)"
+)
+
+
+def add_promotion_options(parser: argparse.ArgumentParser, endpoint_help: str, required: bool = False) -> None:
+    """The champion endpoint and the decision rule, for `run` and `promote`."""
+    group = parser.add_argument_group("champion against challenger")
+    group.add_argument("--endpoint", metavar="NAME", required=required, help=endpoint_help)
+    group.add_argument(
+        "--holdout",
+        type=absolute_path,
+        metavar="DIR",
+        help="the labelled test split both models are evaluated on (one subfolder per class, or a data folder's "
+        "test/) (default: the new data's test/ split)",
+    )
+    group.add_argument(
+        "--min-improvement",
+        type=float,
+        default=0.0,
+        metavar="LOSS",
+        help="promote only if the challenger's average test loss is lower than the champion's by at least this, "
+        "and its accuracy is not lower (default 0: any lower loss)",
+    )
+    group.add_argument("--force", action="store_true", help="promote whatever the rule says (and say so)")
+    group.add_argument("--rollback-alarm", action="append", default=[], metavar="ALARM", help=ALARM_HELP)
+
+
+def add_swap_options(parser: argparse.ArgumentParser) -> None:
+    """What putting a model behind an existing endpoint takes, for `promote` and `rollback`."""
+    add_aws_options(parser, DEPLOY_BUCKET_HELP, region_default="the endpoint's")
+    parser.add_argument("--timeout", type=float, help="seconds the new model may take to become healthy")
+    add_tracking_options(parser)
+
+
 def add_tuning_options(parser: argparse.ArgumentParser) -> None:
     """Overrides of the --config file's tuning section, for `tune` and `run`."""
     parser.add_argument("--strategy", choices=STRATEGIES, help="search strategy (default: the config's, or Bayesian)")
@@ -466,6 +538,8 @@ COMMANDS = {
     "transform": commands.transform,
     "evaluate": commands.evaluate,
     "ui": commands.ui,
+    "promote": commands.promote,
+    "rollback": commands.rollback,
 }
 
 

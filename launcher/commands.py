@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher import lineage, steps, tracking, tracking_ui
+from launcher import lineage, promotion, steps, tracking, tracking_ui
 from launcher.backends import BACKENDS, get_backend
 from launcher.backends.base import (
     DEFAULT_IMAGE,
@@ -23,9 +23,9 @@ from launcher.backends.base import (
 )
 from launcher.errors import LauncherError
 from launcher.job_config import JobConfig, load_job_config
-from launcher.pipeline import Pipeline, RunPlan, sample_image, test_split
+from launcher.pipeline import Challenge, Pipeline, RunPlan, sample_image, test_split
 from launcher.progress import say
-from launcher.records import Endpoint, RecordStore, TrainingJob, TuningRun, unique_name
+from launcher.records import Endpoint, Promotion, RecordStore, TrainingJob, TuningRun, unique_name
 from launcher.report import show_report
 from launcher.tracking import Tracker
 from launcher.tuning_results import load_best_hyperparameters
@@ -140,7 +140,8 @@ def tuning_of(args: Args, config: JobConfig) -> Tuning | None:
 
 
 def endpoint_spec(args: Args, name: str, model_data: str, *, image: str, instance_type: str, aws: AwsOptions,
-                  job_name: str | None = None, deploy: dict | None = None) -> DeploySpec:  # fmt: skip
+                  job_name: str | None = None, deploy: dict | None = None,
+                  rollback_alarms: list[str] | None = None) -> DeploySpec:  # fmt: skip
     """How the flags (then the config's deploy section, then DeploySpec's defaults) say to serve a model."""
     deploy = deploy or {}
     chosen = {
@@ -157,6 +158,7 @@ def endpoint_spec(args: Args, name: str, model_data: str, *, image: str, instanc
         port=args.port,
         listen=args.listen,
         aws=aws,
+        rollback_alarms=tuple(rollback_alarms or ()),
         **{key: value for key, value in chosen.items() if value is not None},
     )
 
@@ -184,7 +186,9 @@ def endpoint_of(records: RecordStore, name: str | None) -> Endpoint:
 def sample_data(args: Args, _records: RecordStore) -> None:
     from launcher.sample_data import write_digits
 
-    counts = write_digits(args.directory, size=args.size, seed=args.seed)
+    if not 0 < args.fraction <= 1:
+        raise LauncherError(f"--fraction must be in (0, 1], not {args.fraction}")
+    counts = write_digits(args.directory, size=args.size, seed=args.seed, fraction=args.fraction)
     say(f"wrote {sum(counts.values())} images to {args.directory}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
@@ -318,6 +322,10 @@ def report(args: Args, records: RecordStore) -> None:
 
 
 def run(args: Args, records: RecordStore) -> None:
+    if args.rollback_alarm:
+        require(args.backend, "rollback_alarms", "--rollback-alarm")
+    if not args.endpoint and (args.holdout or args.force or args.min_improvement):
+        raise LauncherError("--holdout, --min-improvement and --force decide a promotion: give --endpoint NAME too")
     name = args.name or unique_name(f"{JOB_PREFIX}-run")
     config = job_config(args)
     training = job_spec(args, config, f"{name}-train")
@@ -336,6 +344,7 @@ def run(args: Args, records: RecordStore) -> None:
             instance_type=instance_type,
             aws=training.aws,
             deploy=config.deploy,
+            rollback_alarms=args.rollback_alarm,
         ),
         sample_image=sample_image(training.channels, args.sample_image),
         evaluation=TransformSpec(
@@ -349,10 +358,54 @@ def run(args: Args, records: RecordStore) -> None:
         ),
         evaluation_data=test_split(training.channels),
         stop_endpoint=args.stop_endpoint,
+        challenge=Challenge(args.endpoint, promotion.Rule(args.min_improvement), args.holdout, args.force)
+        if args.endpoint
+        else None,
     )
     endpoint = Pipeline(plan, backend).run().endpoint
     if not args.stop_endpoint:
         say(f"the endpoint stays in service: launcher predict --endpoint {endpoint} IMAGE; launcher stop {endpoint}")
+
+
+def swap_spec(args: Args, backend: Backend, endpoint: Endpoint) -> DeploySpec:
+    """How to serve a model behind an existing endpoint: its own settings, with the flags' AWS options and timeout."""
+    if args.rollback_alarm and not backend.rollback_alarms:
+        require(backend.name, "rollback_alarms", "--rollback-alarm")
+    return DeploySpec(
+        endpoint_name=endpoint.name,
+        model_data="",
+        image=endpoint.image or DEFAULT_IMAGE,
+        instance_type=endpoint.instance_type or "local",
+        aws=AwsOptions(role=args.role, bucket=args.bucket, region=args.region or endpoint.region),
+        rollback_alarms=tuple(args.rollback_alarm),
+        **({"startup_timeout": args.timeout} if args.timeout else {}),
+    )
+
+
+def promote(args: Args, records: RecordStore) -> None:
+    job = records.load(TrainingJob, args.job)
+    if job.status != "Completed" or not job.model_data:
+        raise LauncherError(f"training job {job.name} is {job.status}: only a completed job's model can be promoted")
+    endpoint = records.load(Endpoint, args.endpoint) if records.exists(Endpoint, args.endpoint) else None
+    backend = backend_of(args, records, endpoint.backend if endpoint else job.backend)
+    data = args.holdout or test_split(job.channels)
+    if data is None:
+        raise LauncherError(f"job {job.name} read no test split on this machine: give --holdout DIR")
+    name = new_name(records, Promotion, None, f"{JOB_PREFIX}-promotion")
+    folder = args.workdir / "promotions" / name
+    champion = promotion.served_endpoint(backend, args.endpoint, promotion.dataset_classes(data), folder)
+    evaluation = TransformSpec(name=name, model_data="", input="", output=args.workdir / "evaluations",
+                               image=champion.image or DEFAULT_IMAGE, instance_type=champion.instance_type or "local",
+                               aws=AwsOptions(role=args.role, bucket=args.bucket, region=champion.region))  # fmt: skip
+    promotion.contest(backend, champion, job, data, promotion.Rule(args.min_improvement), evaluation,
+                      swap_spec(args, backend, champion), name, force=args.force)  # fmt: skip
+
+
+def rollback(args: Args, records: RecordStore) -> None:
+    endpoint = records.load(Endpoint, args.endpoint)
+    backend = backend_of(args, records, endpoint.backend)
+    name = new_name(records, Promotion, None, f"{JOB_PREFIX}-rollback")
+    promotion.rollback(backend, endpoint, swap_spec(args, backend, endpoint), name)
 
 
 def ui(args: Args, _records: RecordStore) -> None:

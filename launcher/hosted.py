@@ -1,7 +1,10 @@
-"""Endpoints hosted on this machine by a detached process group (the `process` and `local` backends).
+"""Endpoints hosted on this machine by detached process groups (the `process` and `local` backends).
 
-The launcher starts the host process in its own session, waits until the model answers, records its pid,
-and exits; `stop` later ends the whole group (model server, Java frontend, workers, docker-compose).
+An endpoint is two groups, each in a session of its own: the model server (`serve`, or the host of a local-mode
+container) on a loopback port, and in front of it the router on the endpoint's address (`launcher.router`). The
+launcher starts both, waits until the model answers through the router, records their pids and exits; `stop` later
+ends both groups. `swap` puts a new model behind the same address: a new model server, the route switched once it
+is ready, the old server stopped once the router has no request left in flight to it.
 """
 
 from __future__ import annotations
@@ -12,13 +15,25 @@ import random
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from launcher import lineage, router
 from launcher.errors import LauncherError
 from launcher.progress import say
 from launcher.records import Endpoint, RecordStore
+
+if TYPE_CHECKING:
+    from launcher.backends.base import DeploySpec
+
+# How a backend starts a model server for `model_data` in `folder`, answering on 127.0.0.1:`port`: its command and
+# environment.
+ServerCommand = Callable[[str, Path, int], tuple[list[str], dict[str, str]]]
+ROUTE_TIMEOUT = router.UPSTREAM_TIMEOUT + 10  # the router drains the old server within one request's time
 
 PING_INTERVAL = 0.5
 STOP_GRACE_SECONDS = 30  # SageMaker sends SIGKILL 30 s after SIGTERM
@@ -55,55 +70,42 @@ def model_ready(url: str) -> bool:
         return False
 
 
-def start(
-    records: RecordStore | None,
-    record: Endpoint,
-    command: list[str],
-    env: dict[str, str],
-    base_dir: Path,
-    timeout: float,
-) -> Endpoint:
-    """Start `command` detached, wait until `record.url` serves the model; save the record at each step (unless
-    `records` is None: a server that lives only as long as the launcher's command)."""
-    save = records.save if records else lambda _record: None
-    log_file = base_dir / "serve.log"
+def start_server(name: str, command: list[str], env: dict[str, str], folder: Path, port: int,
+                 timeout: float) -> tuple[int, str, Path]:  # fmt: skip
+    """Start a model server detached in `folder` (its output in `serve.log`), answering on 127.0.0.1:`port`, and
+    wait until it serves the model; its pid, URL and log. Stopped again if it fails to."""
+    log_file = folder / "serve.log"
     with open(log_file, "w") as log:
         process = subprocess.Popen(
-            command, env=env, cwd=base_dir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command, env=env, cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
-    record.status, record.created, record.pid = "Creating", time.time(), process.pid
-    record.endpoint_dir, record.log = str(base_dir), str(log_file)
-    save(record)
-    say(f"endpoint {record.name} starting on {record.url} (log {log_file})")
+    url = f"http://127.0.0.1:{port}"
+    say(f"{name}: model server starting on {url} (log {log_file})")
     try:
-        _wait_until_ready(record, process, timeout)
+        _wait_until_ready(name, url, log_file, process, timeout)
     except BaseException:
         stop_group(process.pid)
-        record.status = "Failed"
-        save(record)
         raise
-    record.status = "InService"
-    save(record)
-    return record
+    return process.pid, url, log_file
 
 
-def _wait_until_ready(record: Endpoint, process: subprocess.Popen, timeout: float) -> None:
+def _wait_until_ready(name: str, url: str, log: Path, process: subprocess.Popen, timeout: float) -> None:
+    """Until `url` answers /ping; fails with the log's last lines if `process` exits first or `timeout` passes."""
     start_time = time.monotonic()
     next_note = start_time + 10
     while True:
         if process.poll() is not None:
             raise LauncherError(
                 f"the endpoint's process exited with status {process.returncode} before the model was ready; "
-                f"last lines of {record.log}:\n{log_tail(Path(record.log))}"
+                f"last lines of {log}:\n{log_tail(log)}"
             )
-        if model_ready(record.url):
-            say(f"endpoint {record.name} is in service after {time.monotonic() - start_time:.0f} s")
+        if model_ready(url):
+            say(f"{name} is ready after {time.monotonic() - start_time:.0f} s")
             return
         now = time.monotonic()
         if now - start_time > timeout:
             raise LauncherError(
-                f"the endpoint did not become ready within {timeout:.0f} s; "
-                f"last lines of {record.log}:\n{log_tail(Path(record.log))}"
+                f"the endpoint did not become ready within {timeout:.0f} s; last lines of {log}:\n{log_tail(log)}"
             )
         if now >= next_note:
             say(f"  waiting for the model server ({now - start_time:.0f} s)")
@@ -112,7 +114,7 @@ def _wait_until_ready(record: Endpoint, process: subprocess.Popen, timeout: floa
 
 
 def stop(records: RecordStore, record: Endpoint) -> None:
-    stop_group(record.pid)
+    stop_groups(record)
     record.status, record.deleted = "Deleted", time.time()
     records.save(record)
 
@@ -133,3 +135,136 @@ def stop_group(pgid: int) -> None:
             except ProcessLookupError:
                 return
             time.sleep(0.2)
+
+
+def serve_routed(
+    records: RecordStore, record: Endpoint, server: ServerCommand, listen: str, timeout: float
+) -> Endpoint:
+    """Start the endpoint: its model server, then the router on `record.port`; saved at each step."""
+    folder = Path(record.endpoint_dir)
+    record.status, record.created, record.generation = "Creating", time.time(), 1
+    records.save(record)
+    try:
+        pid, upstream, log = _start_server(record, server, record.model_data, folder / "model-1", timeout)
+        _write_route(folder, record.generation, upstream, record.model_data)
+        record.pid, record.upstream, record.log = pid, upstream, str(log)
+        records.save(record)
+        command = [sys.executable, "-m", "launcher.router", "--listen", listen, "--port", str(record.port),
+                   "--folder", str(folder)]  # fmt: skip
+        with open(folder / "router.log", "w") as router_log:
+            process = subprocess.Popen(command, stdout=router_log, stderr=subprocess.STDOUT, start_new_session=True)
+        record.router_pid = process.pid
+        records.save(record)
+        _wait_until_ready(f"endpoint {record.name}", record.url, folder / "router.log", process, timeout)
+    except BaseException:
+        stop_groups(record)
+        record.status = "Failed"
+        records.save(record)
+        raise
+    record.status = "InService"
+    record.history = [_served(record, "deployed")]
+    records.save(record)
+    return record
+
+
+def swap(records: RecordStore, record: Endpoint, server: ServerCommand, spec: DeploySpec, reason: str) -> Endpoint:
+    """Serve `spec`'s model behind the endpoint's address with no failed request: a new model server, the route
+    switched once it answers, the old server stopped once drained. A server that fails to start is stopped and the
+    old one keeps serving; SIGINT or SIGTERM before the switch does the same, after it the swap completes first."""
+    if not record.router_pid:
+        raise LauncherError(f"endpoint {record.name} has no router (deployed by an older launcher): deploy the model "
+                            "on a new endpoint instead")  # fmt: skip
+    folder, model_data, job_name = Path(record.endpoint_dir), spec.model_data, spec.job_name
+    generation = (record.generation or 1) + 1
+    while (folder / f"model-{generation}").exists():  # a try that failed: its folder and log are kept
+        generation += 1
+    with signals_as_interrupt():
+        pid, upstream, log = _start_server(
+            record, server, model_data, folder / f"model-{generation}", spec.startup_timeout
+        )
+    with signals_deferred():
+        try:
+            _switch(folder, record.router_pid, generation, upstream, model_data)
+        except BaseException:
+            stop_group(pid)
+            raise
+        old = record.pid
+        record.history = [*(record.history or [])[:-1], {**(record.history or [{}])[-1], "until": time.time()}]
+        record.pid, record.upstream, record.log, record.generation = pid, upstream, str(log), generation
+        record.model_data, record.job_name = model_data, job_name
+        sha = lineage.model_hash(model_data)
+        record.lineage = {**(record.lineage or {}), "job_name": job_name, "model_sha256": sha}
+        record.history.append(_served(record, reason))
+        records.save(record)
+        stop_group(old)
+    return record
+
+
+def _served(record: Endpoint, reason: str) -> dict:
+    """An entry of the endpoint's history: which model served from when, and why."""
+    return {"generation": record.generation, "job_name": record.job_name, "model_data": record.model_data,
+            "model_sha256": lineage.model_hash(record.model_data), "since": time.time(), "reason": reason}  # fmt: skip
+
+
+def _start_server(record: Endpoint, server: ServerCommand, model_data: str, folder: Path,
+                  timeout: float) -> tuple[int, str, Path]:  # fmt: skip
+    """A model server for `model_data` in `folder`, behind the endpoint's router, ready."""
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    command, env = server(model_data, folder, port)
+    return start_server(f"endpoint {record.name} ({folder.name}, {model_data})", command, env, folder, port, timeout)
+
+
+def _write_route(folder: Path, generation: int, upstream: str, model_data: str) -> None:
+    route = {"generation": generation, "upstream": upstream, "model_sha256": lineage.model_hash(model_data)}
+    router.write_json(folder / router.ROUTE_FILE, route)
+
+
+def _switch(folder: Path, router_pid: int, generation: int, upstream: str, model_data: str) -> None:
+    """Route to `upstream` and wait until the router has no request left in flight to the old server (at most one
+    request's time). Raises only if the route could not be switched."""
+    _write_route(folder, generation, upstream, model_data)
+    try:
+        os.kill(router_pid, signal.SIGHUP)
+    except ProcessLookupError:
+        log = folder / "router.log"
+        raise LauncherError(f"the endpoint's router (pid {router_pid}) is not running; see {log}") from None
+    deadline = time.monotonic() + ROUTE_TIMEOUT
+    while time.monotonic() < deadline:
+        state = router.read_json(folder / router.STATE_FILE) or {}
+        if state.get("generation") == generation and state.get("drained"):
+            return
+        time.sleep(0.1)
+    say(f"warning: the router did not report the old model server drained within {ROUTE_TIMEOUT:.0f} s; stopping it")
+
+
+def stop_groups(record: Endpoint) -> None:
+    """The router first (no new request comes in), then the model server."""
+    for pid in (record.router_pid, record.pid):
+        if pid:
+            stop_group(pid)
+
+
+@contextlib.contextmanager
+def signals_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt, as SIGINT does, so that what was started is stopped again."""
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block has ended, then interrupt."""
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda number, _frame: received.append(number))
+                for sig in (signal.SIGINT, signal.SIGTERM)}  # fmt: skip
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        raise KeyboardInterrupt

@@ -12,7 +12,7 @@ Example (the original project's tuning, verbatim ranges included):
       ranges:
         learning_rate: ContinuousParameter(0.001, 0.1)
         batch_size: CategoricalParameter([32, 64, 128, 256, 512])
-      objective: {metric: average test loss, regex: "average test loss: ([0-9.eE+-]+)", direction: Minimize}
+      objective: {metric: valid loss, direction: Minimize}   # the default; `average test loss` was the original's
       strategy: Bayesian                 # Bayesian, Random, Hyperband or Grid
       max_jobs: 20
       max_parallel_jobs: 2
@@ -34,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from launcher import metrics
 from launcher.errors import LauncherError
 from launcher.tuning_spec import DIRECTIONS, EARLY_STOPPING, SCALINGS, STRATEGIES, ParameterRange, Tuning
 
@@ -148,10 +149,12 @@ def parse_tuning(raw: Any) -> Tuning:
     if set(objective) - {"metric", "regex", "direction"}:
         raise ConfigError("tuning.objective takes metric, regex and direction")
     defaults = Tuning(ranges=())
+    metric = str(objective.get("metric", defaults.objective_metric))
     config = tuning_section(
         ranges=ranges,
-        objective_metric=str(objective.get("metric", defaults.objective_metric)),
-        objective_regex=str(objective.get("regex", defaults.objective_regex)),
+        objective_metric=metric,
+        # A metric named without a regex is read as the container prints it: `<metric>: <number>`.
+        objective_regex=str(objective.get("regex", metrics.regex(metric))),
         direction=_choice(objective.get("direction", defaults.direction), DIRECTIONS, "tuning.objective.direction"),
         strategy=_choice(tuning.get("strategy", defaults.strategy), STRATEGIES, "tuning.strategy"),
         max_jobs=_integer(tuning.get("max_jobs", defaults.max_jobs), "tuning.max_jobs", 1),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from launcher.records import (
     Endpoint,
     Evaluation,
     PipelineRun,
+    Promotion,
     Record,
     RecordStore,
     TrainingJob,
@@ -121,17 +123,18 @@ def training_lineage(
 
 
 # -- the chain, for `launcher lineage` ------------------------------------------------------------------------
-TRACED = (Endpoint, TrainingJob, TuningRun, PipelineRun, Evaluation, TransformJob)  # looked up in this order
+TRACED = (Endpoint, TrainingJob, TuningRun, PipelineRun, Evaluation, TransformJob, Promotion)  # in this order
 USES_OF_A_MODEL = (Endpoint, Evaluation, TransformJob)  # records of what a trained model was used for
 
 
 def find_record(records: RecordStore, name: str) -> Record:
-    """The endpoint, job, tuning run, pipeline run, evaluation or transform of that name (in that order)."""
+    """The endpoint, job, tuning run, pipeline run, evaluation, transform or promotion of that name (that order)."""
     for kind in TRACED:
         if records.exists(kind, name):
             return records.load(kind, name)
     raise LauncherError(
-        f"no endpoint, training job, tuning run, pipeline run, evaluation or transform named {name!r} in {records.root}"
+        f"no endpoint, training job, tuning run, pipeline run, evaluation, transform or promotion named {name!r} in "
+        f"{records.root}"
     )
 
 
@@ -140,12 +143,19 @@ def chain(records: RecordStore, name: str) -> list[tuple[str, dict[str, Any]]]:
     record = find_record(records, name)
     steps: list[tuple[str, dict[str, Any]]] = []
     if isinstance(record, PipelineRun):
-        last = record.endpoint or record.training_job or record.tuning_run
+        promoted = records.load(Promotion, record.promotion) if record.promotion else None
+        last = record.endpoint or (promoted.endpoint if promoted else None) or record.training_job or record.tuning_run
         if last is None:
             raise LauncherError(f"pipeline run {name} ended ({record.status}) before any step finished")
         record = find_record(records, last)
+    if isinstance(record, Promotion):
+        steps.append(("promotion", promotion_facts(record)))
+        record = records.load(Endpoint, record.endpoint)
     if isinstance(record, USES_OF_A_MODEL):
         steps.append((record.noun, _use_facts(record)))
+        if isinstance(record, Endpoint):
+            decided = [promotion_facts(p) for p in records.find(Promotion, endpoint=record.name)]
+            steps[-1][1].update(served=_served(record) or None, promotions=decided or None)
         if not record.job_name or not records.exists(TrainingJob, record.job_name):
             return steps  # a model.tar.gz that no recorded job produced
         record = records.load(TrainingJob, record.job_name)
@@ -190,6 +200,31 @@ def _use_facts(record: Endpoint | Evaluation | TransformJob) -> dict[str, Any]:
     origin = record.lineage or {}
     dataset = origin.get("dataset") if not isinstance(record, Endpoint) else None
     return {**facts, "model_sha256": origin.get("model_sha256"), "data_digest": dataset["digest"] if dataset else None}
+
+
+def _served(endpoint: Endpoint) -> list[str]:
+    """Each model the endpoint served, oldest first: generation, job (or model), since when, and why."""
+    return [
+        f"{entry.get('generation')}: {entry.get('job_name') or entry.get('model_data')} since "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(entry['since']))} UTC ({entry.get('reason')})"
+        for entry in endpoint.history
+    ]
+
+
+def promotion_facts(record: Promotion) -> dict[str, Any]:
+    """A decision in brief: who against whom, on what, the rule, the outcome and its figures."""
+    return {
+        "name": record.name,
+        "status": record.status,
+        "decision": record.decision,
+        "reason": record.reason,
+        "rule": record.rule,
+        "data": record.data,
+        "champion": {k: record.champion.get(k) for k in ("job_name", "metrics", "evaluation", "model_version")},
+        "challenger": {k: record.challenger.get(k) for k in ("job_name", "metrics", "evaluation", "model_version")},
+        "serving": (record.extra.get("serving") or {}).get("job_name"),
+        "mlflow_run": record.mlflow_run,
+    }
 
 
 def _job_facts(record: TrainingJob, lineage: dict[str, Any]) -> dict[str, Any]:

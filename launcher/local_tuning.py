@@ -139,7 +139,10 @@ class LocalTuner:
         except BaseException:
             self.backend.tracker.end(run, "Stopped", "interrupted")
             raise
-        self.backend.tracker.log_metrics(run, {self.spec.objective_metric: value, "objective": value}, step=self.epochs)
+        final = {"objective": value}  # and under its own name, unless it is an epoch metric already logged per epoch
+        if self.spec.objective_metric not in metrics.PER_EPOCH:
+            final[self.spec.objective_metric] = value
+        self.backend.tracker.log_metrics(run, final, step=self.epochs)
         self.backend.tracker.end(run, "Completed")
         return value
 

@@ -30,8 +30,14 @@ def regex(name: str) -> str:
 
 
 METRIC_DEFINITIONS = [{"Name": name, "Regex": regex(name)} for name in (*PER_EPOCH, TEST_LOSS, TEST_ACCURACY)]
-DEFAULT_OBJECTIVE = TEST_LOSS
-DEFAULT_OBJECTIVE_REGEX = regex(TEST_LOSS)
+# Tuning selects on the validation split and the test split judges the chosen model once: the objective is the
+# validation loss, printed every epoch (so SageMaker's Auto early stopping and Hyperband can judge trials by it), and
+# a trial's objective is its last epoch's value — the value SageMaker's tuner keeps (the final one its regex reads),
+# and the loss of the model the trial saves (the trainer keeps its last epoch's weights, not its best epoch's).
+# The original project's objective, `average test loss`, lets the test split pick the hyperparameters and then
+# grade the winner; a job config can still name it (docs/tuning.md).
+DEFAULT_OBJECTIVE = VALID_LOSS
+DEFAULT_OBJECTIVE_REGEX = regex(VALID_LOSS)
 # The final test metrics' names -> the keys of a training record's test_metrics (and of metrics.json's "test").
 TEST_METRIC_KEYS = {TEST_ACCURACY: "accuracy", TEST_LOSS: "loss"}
 # One epoch's line: the epoch, its training loss, validation loss and accuracy (nan or inf where training diverged).

@@ -1,11 +1,13 @@
 """`launcher run`: tune, train the best configuration with rules and profiler, deploy, predict a sample image, and
-evaluate the model on the test split.
+evaluate the model on the test split. With a champion endpoint (`--endpoint NAME`), the new model does not get an
+endpoint of its own: it challenges the model that endpoint serves, on the same test split, and replaces it only if
+it wins (launcher.promotion).
 
 The run's record (`records/runs/<name>.json`) lists each step as it ends; its parts are named after the run
-(`<name>-tune`, `<name>-train`, `<name>-ep`, `<name>-eval`), so running the same command again after an
-interruption goes on from where it stopped: a finished tuning run, a completed training job, an endpoint serving
-its model and an evaluation of it are reused, an unfinished local study resumes, and a job or endpoint that
-failed is kept while the retry gets the next name (`<name>-train-2`).
+(`<name>-tune`, `<name>-train`, `<name>-ep`, `<name>-eval`, `<name>-promotion`), so running the same command again
+after an interruption goes on from where it stopped: a finished tuning run, a completed training job, an endpoint
+serving its model, an evaluation of it and a decided promotion are reused, an unfinished local study resumes, and
+a job or endpoint that failed is kept while the retry gets the next name (`<name>-train-2`).
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from launcher import lineage, steps
+from launcher import lineage, promotion, steps
 from launcher.backends.base import S3_SCHEME, Backend, DeploySpec, TrainingSpec, TransformSpec
 from launcher.errors import LauncherError
 from launcher.progress import say
-from launcher.records import Endpoint, Evaluation, PipelineRun, R, TrainingJob, TuningRun
+from launcher.records import Endpoint, Evaluation, PipelineRun, Promotion, R, TrainingJob, TuningRun
 from launcher.report import show_report
 from launcher.tuning_results import load_best_hyperparameters
 from launcher.tuning_spec import TuningSpec
@@ -29,6 +31,16 @@ from launcher.tuning_spec import TuningSpec
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # The final job saves the smdebug trace and samples the system, so its report has every rule's evidence.
 FINAL_JOB_HYPERPARAMETERS = {"debug_hook": True}
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """The endpoint whose model the new one challenges, and how the winner is picked."""
+
+    endpoint: str
+    rule: promotion.Rule
+    holdout: Path | None = None  # the labelled test split both are evaluated on; None: the new data's
+    force: bool = False  # promote whatever the rule says
 
 
 @dataclass(frozen=True)
@@ -41,6 +53,7 @@ class RunPlan:
     evaluation: TransformSpec | None = None  # its model, once the job has finished; None: no local test split
     evaluation_data: Path | None = None
     stop_endpoint: bool = False
+    challenge: Challenge | None = None
 
 
 def test_split(channels: dict[str, str]) -> Path | None:
@@ -81,9 +94,11 @@ class Pipeline:
     def run(self) -> PipelineRun:
         self._update(status="InProgress", failure_reason=None, ended=None)
         try:
+            champion = self._champion()
             tuning = self._tune()
             job = self._train(tuning)
-            endpoint = self._deploy(job)
+            contest = self._contest(job, champion) if champion else None
+            endpoint = self.records.load(Endpoint, champion.name) if champion else self._deploy(job)
             try:
                 answer = steps.predict(self.backend, endpoint, self.plan.sample_image)
                 top = answer["predictions"][:3]
@@ -93,7 +108,7 @@ class Pipeline:
                 if self.plan.stop_endpoint:
                     steps.stop(self.backend, self.records.load(Endpoint, endpoint.name))
                     say(f"endpoint {endpoint.name} stopped")
-            evaluation = self._evaluate(job)
+            evaluation = None if contest else self._evaluate(job)
         except KeyboardInterrupt:  # Ctrl-C: the step under way has recorded itself as Stopped
             self._update(status="Stopped", failure_reason="interrupted by the user", ended=time.time())
             raise
@@ -101,8 +116,37 @@ class Pipeline:
             self._update(status="Failed", failure_reason=str(err) or type(err).__name__, ended=time.time())
             raise
         self._update(status="Completed", ended=time.time())
-        self._summary(tuning, job, endpoint, evaluation)
+        self._summary(tuning, job, endpoint, evaluation, contest)
         return self.record
+
+    def _champion(self) -> Endpoint | None:
+        """The endpoint to challenge, checked before any training: in service, serving the data's classes."""
+        challenge = self.plan.challenge
+        if challenge is None:
+            return None
+        if (challenge.holdout or self.plan.evaluation_data) is None:
+            raise LauncherError("no labelled test split on this machine to compare the models on: give --holdout DIR")
+        classes = promotion.dataset_classes(Path(self.plan.training.channels.get("training", "")))
+        folder = self.backend.workdir / "promotions" / self.plan.name
+        return promotion.served_endpoint(self.backend, challenge.endpoint, classes, folder)
+
+    def _contest(self, job: TrainingJob, champion: Endpoint) -> Promotion:
+        challenge, name = self.plan.challenge, f"{self.plan.name}-promotion"
+        earlier, name = self._earlier(Promotion, name, lambda p: p.status == "Completed" and
+                                      p.challenger.get("model_data") == job.model_data)  # fmt: skip
+        if earlier:
+            say(f"{name} of {job.name}'s model already decided ({earlier.decision}); reusing it")
+            return earlier
+        region = self.plan.evaluation.aws.region or job.region
+        template = dataclasses.replace(self.plan.evaluation, output=self.backend.workdir / "evaluations",
+                                       aws=dataclasses.replace(self.plan.evaluation.aws, region=region))  # fmt: skip
+        deploy = dataclasses.replace(self.plan.endpoint, endpoint_name=champion.name,
+                                     aws=dataclasses.replace(self.plan.endpoint.aws, region=region))  # fmt: skip
+        data = challenge.holdout or self.plan.evaluation_data
+        contest = promotion.contest(self.backend, champion, job, data, challenge.rule, template, deploy, name,
+                                    force=challenge.force)  # fmt: skip
+        self._step("promotion", name, decision=contest.decision, reason=contest.reason)
+        return contest
 
     def _tune(self) -> TuningRun | None:
         spec = self.plan.tuning
@@ -187,9 +231,8 @@ class Pipeline:
             setattr(self.record, key, value)
         self.records.save(self.record)
 
-    def _summary(
-        self, tuning: TuningRun | None, job: TrainingJob, endpoint: Endpoint, evaluation: Evaluation | None
-    ) -> None:
+    def _summary(self, tuning: TuningRun | None, job: TrainingJob, endpoint: Endpoint, evaluation: Evaluation | None,
+                 contest: Promotion | None) -> None:  # fmt: skip
         """Where each artifact is, then the job's rule report (its table is in the job's log) and the lineage."""
         say(f"run {self.plan.name} completed; artifacts:")
         if tuning:
@@ -199,6 +242,10 @@ class Pipeline:
         say(f"  endpoint: {endpoint.name} {endpoint.url or ''}" + (" (stopped)" if self.plan.stop_endpoint else ""))
         if evaluation:
             say(f"  evaluation on the test split: {evaluation.page}")
+        if contest:
+            say(f"  {contest.name}: {contest.decision} ({contest.reason}); the evaluations: "
+                f"{contest.champion.get('evaluation')}, {contest.challenger.get('evaluation')}"
+                + (f"; MLflow run {contest.mlflow_run}" if contest.mlflow_run else ""))  # fmt: skip
         tracker = self.backend.tracker
         if tracker.enabled:
             say(

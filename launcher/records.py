@@ -102,9 +102,14 @@ class Endpoint(Record):
     model_data: str | None = None
     job_name: str | None = None  # the training job whose model it serves, if known
     instance_type: str | None = None
-    url: str | None = None  # process and local backends: where it answers
+    url: str | None = None  # process and local backends: where it answers (its router)
     port: int | None = None
-    pid: int | None = None  # the host process group
+    pid: int | None = None  # the model server's process group
+    router_pid: int | None = None  # process and local backends: the router's process group (launcher.router)
+    upstream: str | None = None  # the model server's own URL, behind the router
+    generation: int | None = None  # how many models it has served; the current one's number
+    environment: dict[str, str] = field(default_factory=dict)  # the serving container's variables
+    history: list[dict[str, Any]] = field(default_factory=list)  # each model it served: job, model, since, why
     endpoint_dir: str | None = None
     log: str | None = None
     endpoint_name: str | None = None  # sagemaker backend: its endpoint, endpoint config and model
@@ -154,6 +159,7 @@ class PipelineRun(Record):
     training_job: str | None = None
     endpoint: str | None = None
     prediction: str | None = None  # the sample image it sent
+    promotion: str | None = None  # with a champion endpoint: the promotion that decided between them
 
 
 @dataclass(kw_only=True)
@@ -186,6 +192,23 @@ class Evaluation(Record):
     report: str | None = None  # evaluation.json
     page: str | None = None  # evaluation.html
     metrics: dict[str, Any] | None = None  # accuracy, top-5 accuracy, loss, images, ...
+
+
+@dataclass(kw_only=True)
+class Promotion(Record):
+    """A champion (the model an endpoint serves) against a challenger on the same test split, and what was done."""
+
+    kind = "promotions"
+    noun = "promotion"
+
+    endpoint: str | None = None
+    rule: str | None = None  # the decision rule, as printed
+    data: str | None = None  # the labelled test split both were evaluated on
+    champion: dict[str, Any] = field(default_factory=dict)  # job_name, model_data, model_sha256, evaluation, metrics
+    challenger: dict[str, Any] = field(default_factory=dict)
+    decision: str | None = None  # promoted, kept (the champion stays), rolled back
+    reason: str | None = None  # why, in words
+    forced: bool = False  # --force: promoted whatever the rule said
 
 
 R = TypeVar("R", bound=Record)

@@ -10,11 +10,15 @@ from PIL import Image
 SPLIT_FRACTIONS = {"train": 0.7, "valid": 0.15, "test": 0.15}
 
 
-def write_digits(root: Path, *, size: int = 64, seed: int = 0, limit_per_class: int | None = None) -> dict[str, int]:
+def write_digits(
+    root: Path, *, size: int = 64, seed: int = 0, limit_per_class: int | None = None, fraction: float = 1.0
+) -> dict[str, int]:
     """Write `root/{train,valid,test}/<digit>/<n>.jpg` (1,797 images, 10 classes); return the count per split.
 
     Each 8x8 greyscale digit (values 0-16) is inverted to dark ink on white, upscaled to `size` pixels and
-    saved as an RGB JPEG. The split is stratified and fixed by `seed`. Nothing is downloaded.
+    saved as an RGB JPEG. The split is stratified and fixed by `seed`. `fraction` keeps the first part of each
+    class's share of each split, so a dataset written with 0.5 is a subset of the whole one, split for split (the
+    retrain loop's "data so far" before "new data" arrives). Nothing is downloaded.
     """
     from sklearn.datasets import load_digits  # bundled with scikit-learn
 
@@ -31,6 +35,7 @@ def write_digits(root: Path, *, size: int = 64, seed: int = 0, limit_per_class: 
             "test": indices[n_train + n_valid :],
         }
         for split, members in parts.items():
+            members = members[: max(1, round(len(members) * fraction))]
             folder = root / split / str(label)
             folder.mkdir(parents=True, exist_ok=True)
             for index in members:

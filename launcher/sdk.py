@@ -314,6 +314,31 @@ def create_endpoint(model: Any, *, instance_type: str, endpoint_name: str, infer
                      inference_ami_version=inference_ami_version)  # fmt: skip
 
 
+def update_endpoint(session: Any, *, endpoint_name: str, name: str, image: str, model_data: str, role: str,
+                    env: dict[str, str], instance_type: str, inference_ami_version: str | None,
+                    rollback_alarms: list[str], termination_wait: int) -> None:  # fmt: skip
+    """CreateModel and CreateEndpointConfig named `name`, then UpdateEndpoint to that config as a blue/green
+    deployment: SageMaker starts the new fleet, shifts all traffic at once when its health checks pass and keeps
+    the old fleet `termination_wait` seconds (the baking period), rolling back if one of `rollback_alarms` fires
+    meanwhile. The endpoint keeps serving throughout; callers poll `describe_endpoint`."""
+    client = session.sagemaker_client
+    variant = {"VariantName": "AllTraffic", "ModelName": name, "InitialInstanceCount": 1, "InstanceType": instance_type}
+    if inference_ami_version:
+        variant["InferenceAmiVersion"] = inference_ami_version
+    policy = {
+        "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 0},
+        "TerminationWaitInSeconds": termination_wait,
+    }
+    deployment: dict[str, Any] = {"BlueGreenUpdatePolicy": policy}
+    if rollback_alarms:
+        deployment["AutoRollbackConfiguration"] = {"Alarms": [{"AlarmName": alarm} for alarm in rollback_alarms]}
+    with aws_errors(f"SageMaker did not update endpoint {endpoint_name}"):
+        container = {"Image": image, "ModelDataUrl": model_data, "Environment": env}
+        client.create_model(ModelName=name, ExecutionRoleArn=role, PrimaryContainer=container)
+        client.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[variant])
+        client.update_endpoint(EndpointName=endpoint_name, EndpointConfigName=name, DeploymentConfig=deployment)
+
+
 def inference_ami_versions() -> list[str]:
     """The endpoint AMI versions that botocore's SageMaker service model knows (ProductionVariant's enum)."""
     import botocore.session
@@ -355,15 +380,17 @@ def model_error_message(endpoint_name: str, response: dict[str, Any]) -> str:
     return f"endpoint {endpoint_name} answered {status}: {detail}"
 
 
-def delete_endpoint(session: Any, *, endpoint_name: str, config_name: str, model_name: str) -> list[str]:
-    """DeleteEndpoint, DeleteEndpointConfig and DeleteModel; return those that were already gone."""
+def delete_endpoint(session: Any, *, endpoint_name: str, config_names: list[str], model_names: list[str]) -> list[str]:
+    """DeleteEndpoint, then DeleteEndpointConfig and DeleteModel for each config and model it served; return those
+    that were already gone."""
     from botocore.exceptions import ClientError
 
-    deletions = (
-        (f"endpoint {endpoint_name}", lambda: session.delete_endpoint(endpoint_name)),
-        (f"endpoint config {config_name}", lambda: session.delete_endpoint_config(config_name)),
-        (f"model {model_name}", lambda: session.delete_model(model_name)),
-    )
+    deletions = [(f"endpoint {endpoint_name}", lambda: session.delete_endpoint(endpoint_name))]
+    for config_name, model_name in zip(config_names, model_names, strict=True):
+        deletions += [
+            (f"endpoint config {config_name}", lambda name=config_name: session.delete_endpoint_config(name)),
+            (f"model {model_name}", lambda name=model_name: session.delete_model(name)),
+        ]
     gone = []
     for what, delete in deletions:
         with aws_errors(f"deleting {what}"):

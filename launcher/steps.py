@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from launcher import evaluation, evaluation_page, lineage, metrics, report
+from launcher import evaluation, evaluation_page, lineage, metrics, preflight, report
 from launcher.backends.base import Backend, DeploySpec, TrainingSpec, TransformSpec
 from launcher.errors import LauncherError
 from launcher.progress import say
@@ -33,7 +33,8 @@ def record_dataset(backend: Backend, channels: dict[str, str]) -> dict[str, Any]
 
 def tune(backend: Backend, spec: TuningSpec) -> TuningRun:
     """Run a tuning run (an MLflow parent run, its trials children); its record gets the dataset and code it tuned
-    on. Fails if no trial completed."""
+    on. Fails if no trial completed, or before anything starts if the image would refuse its trials."""
+    preflight.check_tuning(spec)
     dataset = record_dataset(backend, spec.training.channels)
     tracker = backend.tracker
     parent = tracker.start(
@@ -63,7 +64,8 @@ def tune(backend: Backend, spec: TuningSpec) -> TuningRun:
 
 def train(backend: Backend, spec: TrainingSpec, tuning: TuningRun | None = None) -> TrainingJob:
     """Run a training job to completion as an MLflow run; its record gets its lineage, its model a version in the
-    model registry. Fails unless the job completed."""
+    model registry. Fails unless the job completed, or before anything starts if the image would refuse it."""
+    preflight.check_training(spec)
     dataset = record_dataset(backend, spec.channels)
     tracker = backend.tracker
     tags = {

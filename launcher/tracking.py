@@ -328,6 +328,14 @@ class Tracker:
         for key, value in tags.items():
             self._client.set_model_version_tag(name, version, key, _text(value))
 
+    @best_effort
+    def set_alias(self, model_version: str | None, alias: str) -> None:
+        """Point the registered model's `alias` (e.g. `champion`) at this version."""
+        if not model_version:
+            return
+        name, version = model_version.removeprefix("models:/").rsplit("/", 1)
+        self._client.set_registered_model_alias(name, alias, version)
+
 
 def sqlite_path(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None

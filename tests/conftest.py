@@ -9,17 +9,21 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 import torch
 import torchvision
 from PIL import Image, ImageDraw
 from torchvision.transforms import v2
 
 from imgclf.data import IMAGENET_MEAN, IMAGENET_STD
+from launcher.router import MODEL_HEADER
 
 BIN = Path(sys.executable).parent
 COLOURS = {"circle": (200, 30, 30), "square": (30, 160, 40), "triangle": (40, 60, 200)}
@@ -211,3 +215,48 @@ def compose_containers(root: Path) -> list[str]:
     """Containers of any state that local mode started from compose files under `root`."""
     listed = docker("ps", "-a", "--format", '{{.Names}} {{.Label "com.docker.compose.project.working_dir"}}')
     return [line for line in listed.stdout.splitlines() if str(root) in line]
+
+
+class Clients:
+    """Two clients sending a JPEG to the endpoint until stopped: one opens a connection per request, one keeps its
+    connection alive. Each answer is kept as (client, status or exception, model SHA-256 header)."""
+
+    def __init__(self, url: str, image: bytes):
+        self.url, self.image = url, image
+        self.answers: list[tuple[str, object, str]] = []
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self.send, args=(kind,)) for kind in ("new", "kept-alive")]
+
+    def send(self, kind: str) -> None:
+        session = requests.Session() if kind == "kept-alive" else requests
+        while not self.stopping.is_set():
+            try:
+                answer = session.post(f"{self.url}/invocations", data=self.image,
+                                      headers={"Content-Type": "image/jpeg"}, timeout=120)  # fmt: skip
+                self.answers.append((kind, answer.status_code, answer.headers.get(MODEL_HEADER, "")))
+            except requests.RequestException as err:
+                self.answers.append((kind, repr(err), ""))
+
+    def __enter__(self) -> Clients:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        time.sleep(1)  # answers after the swap too
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join()
+
+    def failed(self) -> list:
+        return [answer for answer in self.answers if answer[1] != 200]
+
+    def served(self) -> list[str]:
+        """The models that answered, in the order each client saw them (the same for both, or this fails), each
+        once per run of answers: [old, new] for a swap."""
+        seen = set()
+        for client in ("new", "kept-alive"):
+            order = [sha for kind, _, sha in self.answers if kind == client]
+            seen.add(tuple(sha for i, sha in enumerate(order) if i == 0 or order[i - 1] != sha))
+        assert len(seen) == 1, f"the clients saw the models in different orders: {seen}"
+        return list(seen.pop())

@@ -17,14 +17,19 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
-from conftest import FAST_HYPERPARAMETERS, compose_containers, docker, make_job, write_split
+from conftest import FAST_HYPERPARAMETERS, Clients, compose_containers, docker, make_job, write_split
 
 from imgclf.distributed import fingerprint
-from launcher import contract, sdk
+from launcher import contract, promotion, sdk
+from launcher.backends.base import DeploySpec
+from launcher.backends.local import LocalBackend
 from launcher.cli import main
 from launcher.hosted import free_port, model_ready
+from launcher.lineage import model_hash
+from launcher.records import Endpoint, RecordStore
 
 pytestmark = pytest.mark.docker
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,6 +106,13 @@ def test_train_then_serve_in_the_image(image: str, tmp_path: Path, shapes_datase
     assert status == 200 and len(answer["logits"]) == 3
     with urllib.request.urlopen(f"{container.url}/ping", timeout=5) as ping:
         assert ping.status == 200
+
+
+def test_image_records_the_hyperparameter_schema_the_launcher_checks(image: str):
+    """The image's own schema, written at build time by the code that enforces it, is the launcher's copy."""
+    shown = docker("run", "--rm", image, "cat", "/opt/imgclf/hyperparameter_schema.json")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout == (Path(__file__).parents[1] / "launcher" / "hyperparameter_schema.json").read_text()
 
 
 def test_docker_stop_while_the_data_is_scanned_ends_train_with_sigterm(image: str, tmp_path: Path):
@@ -228,10 +240,12 @@ def test_local_mode_train_deploy_predict_stop(image, tmp_path, shapes_dataset, c
 
     assert launcher_main(*work, "deploy", "local-1", *common, "--endpoint-name", "local-ep", "--workers", "1") == 0
     try:
-        port = json.loads((tmp_path / "work" / "records" / "endpoints" / "local-ep.json").read_text())["port"]
+        deployed = json.loads((tmp_path / "work" / "records" / "endpoints" / "local-ep.json").read_text())
         serving = [line.split()[0] for line in compose_containers(tmp_path / "work" / "endpoints")]
         published = {docker("port", name, "8080/tcp").stdout.strip() for name in serving}
-        assert published == {f"127.0.0.1:{port}"}  # this machine only, unless --listen opens it
+        assert published == {deployed["upstream"].removeprefix("http://")}  # on loopback, behind the router
+        listening = {c.laddr for c in psutil.Process(deployed["router_pid"]).net_connections() if c.status == "LISTEN"}
+        assert listening == {("127.0.0.1", deployed["port"])}  # this machine only, unless --listen opens it
         capsys.readouterr()
         jpeg = next((shapes_dataset / "test" / "triangle").iterdir())
         assert launcher_main(*work, "predict", "--endpoint", "local-ep", str(jpeg)) == 0
@@ -243,6 +257,25 @@ def test_local_mode_train_deploy_predict_stop(image, tmp_path, shapes_dataset, c
             launcher_main(*work, "predict", "--endpoint", "local-ep", "--content-type", "text/plain", str(notes)) == 1
         )
         assert "answered 415" in capsys.readouterr().err
+
+        # A new model behind the same address (here the same network, repacked, so its SHA-256 differs), with
+        # clients sending requests throughout: none fails, and every answer after the swap names the new model.
+        records = RecordStore(tmp_path / "work" / "records")
+        endpoint = records.load(Endpoint, "local-ep")
+        repacked = tmp_path / "second" / "model.tar.gz"
+        repacked.parent.mkdir()
+        with tarfile.open(job["model_data"]) as old, tarfile.open(repacked, "w:gz") as new:
+            for member in old.getmembers():
+                new.addfile(member, old.extractfile(member) if member.isfile() else None)
+            note = tarfile.TarInfo("NOTE.txt")
+            new.addfile(note)
+        spec, serving = DeploySpec(endpoint_name="local-ep", model_data=str(repacked)), endpoint.lineage["model_sha256"]
+        with Clients(endpoint.url, jpeg.read_bytes()) as clients:
+            promotion.promote(LocalBackend(tmp_path / "work", records), endpoint, spec, "test", None)
+        assert clients.failed() == [] and len(clients.answers) > 10
+        assert clients.served() == [serving, model_hash(str(repacked))]
+        print(f"local-mode swap: {len(clients.answers)} requests during it, none failed")
+        assert len(compose_containers(tmp_path / "work" / "endpoints")) == 1  # the old model's container is gone
     finally:
         assert launcher_main(*work, "stop", "local-ep") == 0
     endpoint = json.loads((tmp_path / "work" / "records" / "endpoints" / "local-ep.json").read_text())

@@ -45,6 +45,7 @@ def test_sagemaker_debugger_needs_the_sagemaker_backend(tmp_path, capsys):
     assert "--sagemaker-debugger needs --backend sagemaker" in capsys.readouterr().err
 
 
-def test_process_backend_refuses_an_s3_output(tmp_path, capsys):
-    assert main(["--workdir", str(tmp_path), "train", "--data", str(tmp_path), "--output", "s3://bucket/prefix"]) == 1
+def test_process_backend_refuses_an_s3_output(tmp_path, shapes_dataset, capsys):
+    work = ["--workdir", str(tmp_path / "work")]
+    assert main([*work, "train", "--data", str(shapes_dataset), "--output", "s3://bucket/prefix"]) == 1
     assert "give --output a folder, not s3://bucket/prefix" in capsys.readouterr().err

@@ -65,13 +65,29 @@ def test_train_deploy_predict_stop(
 
 
 def test_failed_job_reports_its_reason(tmp_path: Path, shapes_dataset: Path, capsys: pytest.CaptureFixture):
+    """What only the container sees (images that do not decode; the launcher counts files, it does not decode them)."""
+    for image in (shapes_dataset / "valid").rglob("*.jpg"):
+        image.write_bytes(b"not a JPEG")
+    workdir = tmp_path / "work"
+    code = main(["--workdir", str(workdir), "train", "--data", str(shapes_dataset)])
+    assert code == 1
+    assert "split" in capsys.readouterr().err
+    job = records(workdir, "jobs")[0]
+    assert job["status"] == "Failed" and "has no readable images" in job["failure_reason"]
+    assert job["model_data"] is None  # a failed job has no model
+
+
+def test_what_the_image_would_refuse_starts_no_job(tmp_path: Path, shapes_dataset: Path, capsys: pytest.CaptureFixture):
+    """The container's own message, before any job folder or record: the same check as on the sagemaker backend."""
+    from imgclf.hyperparameters import HyperparameterError, Hyperparameters
+
+    with pytest.raises(HyperparameterError) as refused:
+        Hyperparameters.from_mapping({"model_name": "vgg16"})
     workdir = tmp_path / "work"
     code = main(["--workdir", str(workdir), "train", "--data", str(shapes_dataset), "-H", "model_name=vgg16"])
     assert code == 1
-    assert "hyperparameter 'model_name' must be one of" in capsys.readouterr().err
-    job = records(workdir, "jobs")[0]
-    assert job["status"] == "Failed" and "model_name" in job["failure_reason"]
-    assert job["model_data"] is None  # a failed job has no model
+    assert str(refused.value) in capsys.readouterr().err
+    assert not (workdir / "jobs").exists() and records(workdir, "jobs") == []
 
 
 def test_deploy_refuses_a_model_that_does_not_load(tmp_path: Path, capsys: pytest.CaptureFixture):

@@ -226,9 +226,9 @@ def test_sagemaker_debugger_sends_the_original_configuration(aws: StubbedAWS, tm
 
 
 def test_failed_job_is_recorded_with_its_reason(aws: StubbedAWS, tmp_path: Path, capsys: pytest.CaptureFixture):
-    reason = "AlgorithmError: hyperparameter 'model_name' must be one of ..."
+    reason = "AlgorithmError: the valid split (/opt/ml/input/data/training/valid) has no readable images"
     expect_job(aws, description("Failed", FailureReason=reason), ["Traceback ..."])
-    assert train(tmp_path, *AWS_FLAGS, "--data", f"s3://{BUCKET}/shapes", "-H", "model_name=vgg16") == 1
+    assert train(tmp_path, *AWS_FLAGS, "--data", f"s3://{BUCKET}/shapes") == 1
     aws.assert_all_answered()
     assert f"training job {JOB} failed: {reason}" in capsys.readouterr().err
     record = read_record(tmp_path)
@@ -648,3 +648,81 @@ def test_unusable_gpus_and_unknown_amis_are_refused_before_any_call(
     assert deploy(tmp_path, f"{ARTIFACTS}/model.tar.gz", "--role", ROLE, "--region", REGION, *extra) == 1
     assert message in capsys.readouterr().err
     assert aws.calls == []
+
+
+def save_promoted_endpoint(workdir: Path) -> None:
+    """An endpoint that served the model of `JOB`, then (generation 2) another one, as a promotion leaves it."""
+    first = {"generation": 1, "job_name": JOB, "model_data": f"{ARTIFACTS}/model.tar.gz", "model_name": ENDPOINT,
+             "endpoint_config_name": ENDPOINT, "since": 1_700_000_000, "reason": "deployed"}  # fmt: skip
+    second = {**first, "generation": 2, "job_name": "sm-job-2", "model_data": f"s3://{BUCKET}/imgclf/sm-job-2/m.tar.gz",
+              "model_name": f"{ENDPOINT}-2", "endpoint_config_name": f"{ENDPOINT}-2", "reason": "promoted"}  # fmt: skip
+    endpoint = {"name": ENDPOINT, "backend": "sagemaker", "status": "InService", "region": REGION, "image": IMAGE,
+                "instance_type": SERVING_INSTANCE, "endpoint_name": ENDPOINT, "endpoint_config_name": f"{ENDPOINT}-2",
+                "model_name": f"{ENDPOINT}-2", "model_data": second["model_data"], "job_name": "sm-job-2",
+                "generation": 2, "environment": {"SAGEMAKER_MODEL_SERVER_WORKERS": "1"},
+                "history": [first, second]}  # fmt: skip
+    RecordStore(workdir / "records").save(Endpoint(**endpoint))
+
+
+def expect_update(aws: StubbedAWS, *answers: tuple[str, str]) -> None:
+    """CreateModel, CreateEndpointConfig and UpdateEndpoint, then a DescribeEndpoint per (status, config) answer."""
+    sagemaker = aws.stub("sagemaker")
+    sagemaker.add_response("create_model", {"ModelArn": f"arn:aws:sagemaker:{REGION}:111122223333:model/m-3"})
+    config = f"arn:aws:sagemaker:{REGION}:111122223333:endpoint-config/c-3"
+    sagemaker.add_response("create_endpoint_config", {"EndpointConfigArn": config})
+    sagemaker.add_response("update_endpoint", {"EndpointArn": ENDPOINT_ARN})
+    for status, config in answers:
+        sagemaker.add_response("describe_endpoint", endpoint_description(status, EndpointConfigName=config))
+
+
+def test_rollback_is_a_blue_green_update_that_alarms_can_roll_back(aws: StubbedAWS, tmp_path: Path):
+    # Validated against botocore's service model by the Stubber: CreateModel, CreateEndpointConfig and UpdateEndpoint
+    # with its DeploymentConfig. Not covered: SageMaker's own health checks, traffic shift and alarm evaluation.
+    save_promoted_endpoint(tmp_path)
+    expect_update(aws, ("Updating", ENDPOINT), ("InService", f"{ENDPOINT}-3"))
+    command = ["--workdir", str(tmp_path), "rollback", ENDPOINT, "--role", ROLE, "--rollback-alarm", "imgclf-5xx"]
+    assert main(command) == 0
+    aws.assert_all_answered()
+    (model,) = aws.sent("CreateModel")
+    assert (
+        model["ModelName"] == f"{ENDPOINT}-3"
+        and model["PrimaryContainer"]["ModelDataUrl"] == f"{ARTIFACTS}/model.tar.gz"
+    )
+    assert model["PrimaryContainer"]["Environment"] == {"SAGEMAKER_MODEL_SERVER_WORKERS": "1"}
+    (update,) = aws.sent("UpdateEndpoint")
+    assert update["EndpointName"] == ENDPOINT and update["EndpointConfigName"] == f"{ENDPOINT}-3"
+    assert update["DeploymentConfig"] == {
+        "BlueGreenUpdatePolicy": {
+            "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 0},
+            "TerminationWaitInSeconds": 300,
+        },
+        "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": "imgclf-5xx"}]},
+    }
+    record = read_endpoint(tmp_path)
+    assert (record["generation"], record["job_name"], record["endpoint_config_name"]) == (3, JOB, f"{ENDPOINT}-3")
+    assert [entry["model_name"] for entry in record["history"]] == [ENDPOINT, f"{ENDPOINT}-2", f"{ENDPOINT}-3"]
+
+
+def test_an_update_that_sagemaker_rolled_back_leaves_the_record_as_it_was(
+    aws: StubbedAWS, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    save_promoted_endpoint(tmp_path)
+    failure = "the alarm imgclf-5xx fired during the baking period"
+    sagemaker = aws.stub("sagemaker")
+    expect_update(aws, ("RollingBack", f"{ENDPOINT}-2"))
+    sagemaker.add_response("describe_endpoint", endpoint_description("InService", EndpointConfigName=f"{ENDPOINT}-2",
+                                                                     FailureReason=failure))  # fmt: skip
+    assert main(["--workdir", str(tmp_path), "rollback", ENDPOINT, "--role", ROLE]) == 1
+    assert failure in capsys.readouterr().err
+    record = read_endpoint(tmp_path)
+    assert (record["generation"], record["job_name"], record["endpoint_config_name"]) == (
+        2,
+        "sm-job-2",
+        f"{ENDPOINT}-2",
+    )
+
+
+def test_rollback_alarms_are_refused_where_there_is_no_blue_green_update(tmp_path: Path, capsys: pytest.CaptureFixture):
+    RecordStore(tmp_path / "records").save(Endpoint(name="ep", backend="process", status="InService"))
+    assert main(["--workdir", str(tmp_path), "rollback", "ep", "--rollback-alarm", "a"]) == 1
+    assert "--rollback-alarm needs --backend sagemaker" in capsys.readouterr().err

@@ -90,7 +90,7 @@ BEST_SUMMARY = {
         "optimizer": '"adam"',
         "image_size": "160",
     },
-    "FinalHyperParameterTuningJobObjectiveMetric": {"MetricName": "average test loss", "Value": 0.41},
+    "FinalHyperParameterTuningJobObjectiveMetric": {"MetricName": "valid loss", "Value": 0.41},
 }
 
 
@@ -107,7 +107,7 @@ def trial_summary(number: int, status: str, learning_rate: float, objective: flo
         "TunedHyperParameters": {**BEST_SUMMARY["TunedHyperParameters"], "learning_rate": str(learning_rate)},
     }
     if objective is not None:
-        summary["FinalHyperParameterTuningJobObjectiveMetric"] = {"MetricName": "average test loss", "Value": objective}
+        summary["FinalHyperParameterTuningJobObjectiveMetric"] = {"MetricName": "valid loss", "Value": objective}
     return summary
 
 
@@ -127,7 +127,7 @@ def best_training_job() -> dict[str, Any]:
     hyperparameters = {
         **contract.encode_hyperparameters(STATIC),
         **BEST_SUMMARY["TunedHyperParameters"],
-        "_tuning_objective_metric": '"average test loss"',
+        "_tuning_objective_metric": '"valid loss"',
         "sagemaker_job_name": json.dumps(BEST),
     }
     artifacts = f"s3://{BUCKET}/imgclf/{BEST}/output"
@@ -189,7 +189,7 @@ def test_tuning_job_request_and_best_job_record(aws: StubbedAWS, tmp_path: Path,
     assert request["HyperParameterTuningJobName"] == TUNING
     config = request["HyperParameterTuningJobConfig"]
     assert config["Strategy"] == "Bayesian" and "StrategyConfig" not in config
-    assert config["HyperParameterTuningJobObjective"] == {"Type": "Minimize", "MetricName": "average test loss"}
+    assert config["HyperParameterTuningJobObjective"] == {"Type": "Minimize", "MetricName": "valid loss"}
     assert config["ResourceLimits"] == {"MaxNumberOfTrainingJobs": 6, "MaxParallelTrainingJobs": 2}
     assert config["TrainingJobEarlyStoppingType"] == "Off"
     ranges = config["ParameterRanges"]
@@ -215,6 +215,10 @@ def test_tuning_job_request_and_best_job_record(aws: StubbedAWS, tmp_path: Path,
     definitions = {d["Name"]: d["Regex"] for d in algorithm["MetricDefinitions"]}
     assert definitions == {d["Name"]: d["Regex"] for d in metrics.METRIC_DEFINITIONS}  # the objective's among ours
     assert re.search(definitions["average test loss"], "average test loss: 0.41").group(1) == "0.41"
+    # The objective, the validation loss, is read from every epoch's line: Auto early stopping has it per epoch.
+    objective = config["HyperParameterTuningJobObjective"]["MetricName"]
+    epoch_line = "epoch: 2 train loss: 0.5 valid loss: 0.41 valid accuracy: 0.9"
+    assert re.search(definitions[objective], epoch_line).group(1) == "0.41"
     assert definition["RoleArn"] == ROLE
     assert definition["HyperParameterTuningResourceConfig"] == {
         "InstanceType": "ml.g4dn.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30
@@ -271,7 +275,7 @@ def test_a_finished_tuning_job_writes_the_results_the_local_tuner_writes(aws: St
     trials = sorted(children, key=lambda r: r.info.run_name)
     assert [t.info.run_name for t in trials] == [f"{TUNING}-{number:03d}-1a2b3c4d" for number in range(1, 7)]
     assert [t.info.status for t in trials] == ["FINISHED"] * 5 + ["FAILED"]
-    assert [t.data.metrics.get("average test loss") for t in trials] == [0.93, 0.62, 0.55, 0.41, 0.71, None]
+    assert [t.data.metrics.get("valid loss") for t in trials] == [0.93, 0.62, 0.55, 0.41, 0.71, None]
     assert float(trials[3].data.params["learning_rate"]) == 0.03087708635920261
     assert (record["results"], record["plot"]) == (str(tmp_path / "tuning" / "results.csv"),
                                                    str(tmp_path / "tuning" / "results.html"))  # fmt: skip
@@ -289,7 +293,7 @@ def test_a_finished_tuning_job_writes_the_results_the_local_tuner_writes(aws: St
     assert (best["job_name"], best["objective"]) == (BEST, 0.41) and best["hyperparameters"] == record["best"][
         "hyperparameters"
     ]
-    assert "average test loss by learning_rate" in (tmp_path / "tuning" / "results.html").read_text()
+    assert "valid loss by learning_rate" in (tmp_path / "tuning" / "results.html").read_text()
     table = capsys.readouterr().out
     assert "0.41" in table and "Failed" in table
 

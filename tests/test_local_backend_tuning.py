@@ -27,7 +27,7 @@ from launcher.tracking import Tracker
 from launcher.tuning_spec import ParameterRange, TuningSpec
 
 pytestmark = pytest.mark.docker
-OBJECTIVE = re.compile(r"average test loss: ([0-9.eE+-]+)")
+OBJECTIVE = re.compile(r"valid loss: ([0-9.eE+-]+)")  # the default objective: the last epoch's validation loss
 FIXED = {"epochs": 1, "image_size": 32, "num_workers": 0, "pretrained": False, "profiler_interval_ms": 0}
 
 

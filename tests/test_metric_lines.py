@@ -35,7 +35,10 @@ def test_every_metric_definition_reads_its_value_from_the_containers_lines():
 
 def test_the_default_objective_and_the_epoch_line_read_the_containers_lines():
     log = container_log()
-    assert float(re.search(metrics.DEFAULT_OBJECTIVE_REGEX, log).group(1)) == TEST_LOSS
+    # The default objective is the validation loss, read from every epoch's line; a trial's is the last one.
+    assert metrics.DEFAULT_OBJECTIVE == metrics.VALID_LOSS
+    assert [float(v) for v in re.findall(metrics.DEFAULT_OBJECTIVE_REGEX, log)][-1] == EPOCH["valid_loss"]
+    assert not re.search(metrics.DEFAULT_OBJECTIVE_REGEX, train.TEST_LOSS.format(TEST_LOSS))  # not the test split
     epoch, values = metrics.epoch_values(metrics.EPOCH_LINE.search(log))
     assert (epoch, values[metrics.VALID_LOSS], values[metrics.VALID_ACCURACY]) == (3, 0.5, 0.875)
     assert values[metrics.TRAIN_LOSS] == EPOCH["train_loss"]

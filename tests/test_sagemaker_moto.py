@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -188,3 +189,66 @@ def test_train_report_deploy_stop_lineage(moto_server: str, tmp_path: Path, shap
     assert {a.path for a in client.list_artifacts(job.mlflow_run)} == {"report.html", "metrics.json"}
     version = client.get_model_version(*job.model_version.removeprefix("models:/").split("/"))
     assert version.source == f"s3://{BUCKET}/imgclf/{JOB}/output" and version.run_id == job.mlflow_run
+
+
+BAD_RANGE_CONFIG = """\
+tuning:
+  ranges:
+    batch_size: IntegerParameter(0, 64)
+  max_jobs: 2
+"""
+
+
+@pytest.mark.parametrize(
+    ("command", "damage", "refusal"),
+    [
+        (["train", "-H", "learning_rate=abc", "-H", "batch_size=0"], None,
+         lambda data: [message(learning_rate="abc"), message(batch_size=0)]),
+        (["tune", "--name", "moto-tune", "--config", "{config}"], None,
+         lambda data: ["tuning range 'batch_size', minimum 0: " + message(batch_size=0)]),
+        (["train"], "only-train", lambda data: [data_message({"training": data})]),
+        (["tune", "--name", "moto-tune", "--config", "{config}", "-H", "batch_size=0"], "only-train",
+         lambda data: [message(batch_size=0)]),
+    ],
+    ids=["train-bad-hyperparameters", "tune-bad-range", "train-no-valid-test", "tune-bad-fixed-hyperparameter"],
+)  # fmt: skip
+def test_what_the_image_would_refuse_uploads_nothing_and_creates_no_job(
+    moto_server: str, tmp_path: Path, shapes_dataset: Path, capsys: pytest.CaptureFixture, command, damage, refusal
+):
+    """Refused before paying: the container's own message, non-zero exit, nothing in S3, no training or tuning job."""
+    boto3.client("s3").create_bucket(Bucket=BUCKET)
+    if damage == "only-train":
+        shutil.rmtree(shapes_dataset / "valid")
+        shutil.rmtree(shapes_dataset / "test")
+    config = tmp_path / "tune.yaml"
+    config.write_text(BAD_RANGE_CONFIG)
+    args = [arg.format(config=config) for arg in command]
+    aws = ["--backend", "sagemaker", "--role", ROLE, "--bucket", BUCKET, "--image", IMAGE,
+           "--instance-type", "ml.m5.xlarge"]  # fmt: skip
+    assert main(["--workdir", str(tmp_path / "work"), *args, "--data", str(shapes_dataset), *aws]) == 1
+    err = capsys.readouterr().err
+    for expected in refusal(shapes_dataset):
+        assert expected in err
+    assert boto3.client("s3").list_objects_v2(Bucket=BUCKET)["KeyCount"] == 0
+    sagemaker = boto3.client("sagemaker")
+    assert sagemaker.list_training_jobs()["TrainingJobSummaries"] == []
+    assert sagemaker.list_hyper_parameter_tuning_jobs()["HyperParameterTuningJobSummaries"] == []
+
+
+def message(**hyperparameter: object) -> str:
+    """The container's message for a hyperparameter it refuses (imgclf itself, run here)."""
+    from imgclf.hyperparameters import HyperparameterError, Hyperparameters
+
+    with pytest.raises(HyperparameterError) as refused:
+        Hyperparameters.from_mapping(hyperparameter)
+    return str(refused.value)
+
+
+def data_message(channels: dict[str, Path]) -> str:
+    """The container's message for data it refuses."""
+    from imgclf.data import load_image_folders
+    from imgclf.errors import UserError
+
+    with pytest.raises(UserError) as refused:
+        load_image_folders(channels)
+    return str(refused.value)

@@ -71,6 +71,7 @@ class DeploySpec:
     environment: dict[str, str] = field(default_factory=dict)
     aws: AwsOptions = field(default_factory=AwsOptions)  # sagemaker backend
     inference_ami_version: str = "auto"  # sagemaker backend: the hosts' AMI (NVIDIA driver); auto, none or a version
+    rollback_alarms: tuple[str, ...] = ()  # sagemaker backend: CloudWatch alarms that roll a model swap back
 
     def serving_environment(self) -> dict[str, str]:
         """The serving container's variables: the given ones, and the worker count if one was chosen."""
@@ -134,6 +135,7 @@ class Backend(ABC):
     spot: ClassVar[bool] = False  # managed spot capacity for training
     sagemaker_debugger: ClassVar[bool] = False  # SageMaker Debugger's hook, rules and profiler
     models_in_s3: ClassVar[bool] = False  # deploys a model.tar.gz from S3 (else only one on this machine)
+    rollback_alarms: ClassVar[bool] = False  # a model swap that alarms roll back
 
     def __init__(self, workdir: Path, records: RecordStore, tracker: Tracker | None = None):
         self.workdir = workdir
@@ -273,6 +275,12 @@ class Backend(ABC):
     @abstractmethod
     def predict(self, endpoint: Endpoint, body: bytes, content_type: str) -> Any:
         """Send one request to the endpoint; return the decoded JSON answer."""
+
+    def swap_model(self, endpoint: Endpoint, spec: DeploySpec, reason: str) -> Endpoint:
+        """Serve `spec`'s model behind the endpoint's name and address with no failed request; the record says which
+        model serves (its `history` each one that did, and `reason`). If the new model cannot start, the old one
+        keeps serving and this raises."""
+        raise LauncherError(f"the {self.name} backend cannot replace an endpoint's model")
 
     @abstractmethod
     def stop(self, endpoint: Endpoint) -> None:

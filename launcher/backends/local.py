@@ -201,23 +201,40 @@ class LocalBackend(Backend):
             raise LauncherError(f"the local backend serves on instance types {', '.join(INSTANCE_TYPES)}")
         base_dir = self.new_endpoint_dir(spec.endpoint_name)
         port = spec.port or hosted.free_port()
-        record = spec.record(self.name, port=port, url=f"http://127.0.0.1:{port}")
-        command = [
-            sys.executable, "-m", "launcher.local_endpoint",
-            "--name", spec.endpoint_name,
-            "--image", spec.image,
-            "--model-data", f"file://{Path(spec.model_data).resolve()}",
-            "--port", str(port),
-            "--listen", spec.listen,
-            "--instance-type", spec.instance_type,
-            "--env", json.dumps(spec.serving_environment()),
-            "--container-root", str(base_dir),
-        ]  # fmt: skip
+        record = spec.record(self.name, port=port, url=f"http://127.0.0.1:{port}", endpoint_dir=str(base_dir),
+                             environment=spec.serving_environment())  # fmt: skip
         try:
-            return hosted.start(self.records, record, command, dict(os.environ), base_dir, spec.startup_timeout)
+            return hosted.serve_routed(self.records, record, self._server(record), spec.listen, spec.startup_timeout)
         except BaseException:  # the host process has ended by now: nothing can start another container
             sdk.remove_containers(base_dir, hosted.STOP_GRACE_SECONDS)
             raise
+
+    def swap_model(self, endpoint: Endpoint, spec: DeploySpec, reason: str) -> Endpoint:
+        try:
+            return hosted.swap(self.records, endpoint, self._server(endpoint), spec, reason)
+        finally:  # the old model's containers once stopped, or the new one's if it failed to start
+            for folder in Path(endpoint.endpoint_dir).glob("model-*"):
+                if folder.name != f"model-{endpoint.generation}":
+                    sdk.remove_containers(folder, hosted.STOP_GRACE_SECONDS)
+
+    @staticmethod
+    def _server(endpoint: Endpoint) -> hosted.ServerCommand:
+        """A host process that deploys the model in SageMaker local mode, published on a loopback port."""
+
+        def command(model_data: str, folder: Path, port: int) -> tuple[list[str], dict[str, str]]:
+            return [
+                sys.executable, "-m", "launcher.local_endpoint",
+                "--name", f"{endpoint.name}-{folder.name}",
+                "--image", endpoint.image,
+                "--model-data", f"file://{Path(model_data).resolve()}",
+                "--port", str(port),
+                "--listen", "127.0.0.1",
+                "--instance-type", endpoint.instance_type,
+                "--env", json.dumps(endpoint.environment),
+                "--container-root", str(folder),
+            ], dict(os.environ)  # fmt: skip
+
+        return command
 
     def classify(self, spec: TransformSpec, job: TransformJob, files: list[str], predictions: transform.Predictions,
                  progress: transform.Progress) -> None:  # fmt: skip

@@ -133,23 +133,26 @@ class ProcessBackend(Backend):
     def deploy(self, spec: DeploySpec) -> Endpoint:
         base_dir = self.new_endpoint_dir(spec.endpoint_name)
         port = spec.port or hosted.free_port()
-        record = spec.record(self.name, port=port, url=f"http://127.0.0.1:{port}")
+        record = spec.record(self.name, port=port, url=f"http://127.0.0.1:{port}", endpoint_dir=str(base_dir),
+                             environment=spec.serving_environment())  # fmt: skip
         record.image = None  # served from this checkout, not an image
-        return self._serve(record, base_dir, spec.model_data, spec.listen, spec.serving_environment(),
-                           spec.startup_timeout, self.records)  # fmt: skip
+        return hosted.serve_routed(self.records, record, self._server(record.environment), spec.listen,
+                                   spec.startup_timeout)  # fmt: skip
 
-    def _serve(self, record: Endpoint, base_dir: Path, model_data: str, listen: str, environment: dict[str, str],
-               timeout: float, records: RecordStore | None) -> Endpoint:  # fmt: skip
-        """Unpack the model into `base_dir` and start the image's `serve` there on `record.port`."""
-        contract.unpack(Path(model_data), base_dir / "model")
-        env = {
-            **os.environ,
-            **environment,
-            "SAGEMAKER_BASE_DIR": str(base_dir),
-            "SAGEMAKER_BIND_TO_PORT": str(record.port),
-        }
-        command = [container_command("serve"), "--host", listen, "--config-dir", str(base_dir / "server")]
-        return hosted.start(records, record, command, env, base_dir, timeout)
+    def swap_model(self, endpoint: Endpoint, spec: DeploySpec, reason: str) -> Endpoint:
+        return hosted.swap(self.records, endpoint, self._server(endpoint.environment), spec, reason)
+
+    @staticmethod
+    def _server(environment: dict[str, str]) -> hosted.ServerCommand:
+        """The image's `serve` with the model unpacked into its folder, on a loopback port."""
+
+        def command(model_data: str, base_dir: Path, port: int) -> tuple[list[str], dict[str, str]]:
+            contract.unpack(Path(model_data), base_dir / "model")
+            env = {**os.environ, **environment, "SAGEMAKER_BASE_DIR": str(base_dir),
+                   "SAGEMAKER_BIND_TO_PORT": str(port)}  # fmt: skip
+            return [container_command("serve"), "--host", "127.0.0.1", "--config-dir", str(base_dir / "server")], env
+
+        return command
 
     def classify(self, spec: TransformSpec, job: TransformJob, files: list[str], predictions: transform.Predictions,
                  progress: transform.Progress) -> None:  # fmt: skip
@@ -158,16 +161,17 @@ class ProcessBackend(Backend):
         shutil.rmtree(base_dir, ignore_errors=True)
         base_dir.mkdir(parents=True)
         port = hosted.free_port()
-        server = Endpoint(name=f"{spec.name}-server", backend=self.name, port=port, url=f"http://127.0.0.1:{port}")
-        self._serve(server, base_dir, spec.model_data, "127.0.0.1", spec.serving_environment(), spec.startup_timeout,
-                    records=None)  # fmt: skip
+        command, env = self._server(spec.serving_environment())(spec.model_data, base_dir, port)
+        pid, url, log = hosted.start_server(
+            f"transform {spec.name}", command, env, base_dir, port, spec.startup_timeout
+        )
         try:
-            concurrency = spec.concurrency or transform.server_concurrency(server.url)
-            say(f"transform {spec.name}: {concurrency} requests at once to {server.url} (log {server.log})")
-            classifier = transform.HttpClassifier(server.url, concurrency, spec.logits)
+            concurrency = spec.concurrency or transform.server_concurrency(url)
+            say(f"transform {spec.name}: {concurrency} requests at once to {url} (log {log})")
+            classifier = transform.HttpClassifier(url, concurrency, spec.logits)
             classifier.run(Path(spec.input), files, predictions, progress)
         finally:
-            hosted.stop_group(server.pid)
+            hosted.stop_group(pid)
             shutil.rmtree(base_dir / "model", ignore_errors=True)  # the log stays
 
     def predict(self, endpoint: Endpoint, body: bytes, content_type: str) -> Any:

@@ -7,6 +7,7 @@ the endpoint's name.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -29,7 +30,8 @@ BUCKET_ENV = "IMGCLF_S3_BUCKET"
 REGION_ENVS = ("AWS_REGION", "AWS_DEFAULT_REGION")
 S3_PREFIX = "imgclf"  # default artifacts: s3://<bucket>/imgclf/<job>/output/; uploads: .../<job>/input/<channel>
 DEFAULT_ENDPOINT_INSTANCE_TYPE = "ml.m5.large"
-ENDPOINT_BUSY = ("Creating", "Updating", "SystemUpdating")  # DescribeEndpoint's statuses while it is not ready
+ENDPOINT_BUSY = ("Creating", "Updating", "SystemUpdating", "RollingBack")  # DescribeEndpoint's busy statuses
+BLUE_GREEN_BAKING_SECONDS = 300  # a promotion keeps the old fleet this long, for alarms to act
 # The image's torch needs CUDA 13, so NVIDIA driver 580: SageMaker's inference hosts run 470-550 unless the endpoint
 # config asks for this AMI. "auto" asks for it on GPU instance types only; "none" leaves SageMaker's default.
 GPU_INFERENCE_AMI = "al2023-ami-sagemaker-inference-gpu-4-1"
@@ -281,6 +283,7 @@ class SageMakerBackend(Backend):
     spot = True
     sagemaker_debugger = True
     models_in_s3 = True
+    rollback_alarms = True
 
     def default_endpoint_instance_type(self, training_instance_type: str | None) -> str:
         return DEFAULT_ENDPOINT_INSTANCE_TYPE  # a training GPU is rarely what an endpoint needs
@@ -366,7 +369,54 @@ class SageMakerBackend(Backend):
                 f"config and endpoint remain until `launcher stop {spec.endpoint_name}`"
             )
         say(f"endpoint {spec.endpoint_name} is in service")
+        record.generation, record.environment = 1, spec.serving_environment()
+        record.history = [self._served(record, "deployed")]
+        self.records.save(record)
         return record
+
+    def swap_model(self, endpoint: Endpoint, spec: DeploySpec, reason: str) -> Endpoint:
+        """UpdateEndpoint to a new endpoint config as a blue/green deployment (see `sdk.update_endpoint`), with
+        `spec.rollback_alarms` feeding its auto-rollback. SageMaker keeps the old fleet serving until the new one passes
+        its health checks, so no request fails; a rollback or failure leaves the old model serving, and says so."""
+        model_data, job_name, alarms = spec.model_data, spec.job_name, list(spec.rollback_alarms)
+        aws = AwsSettings.resolve(dataclasses.replace(spec.aws, region=spec.aws.region or endpoint.region),
+                                  needs_bucket=not model_data.startswith(S3_SCHEME))  # fmt: skip
+        session = sdk.aws_session(aws.region)
+        generation = (endpoint.generation or 1) + 1
+        name = f"{endpoint.endpoint_name}-{generation}"[-63:]
+        model_data = model_data_in_s3(session, model_data, aws.bucket, f"{S3_PREFIX}/{name}")
+        sdk.update_endpoint(session, endpoint_name=endpoint.endpoint_name, name=name, image=endpoint.image,
+                            model_data=model_data, role=aws.role, env=endpoint.environment,
+                            instance_type=endpoint.instance_type, inference_ami_version=endpoint.inference_ami_version,
+                            rollback_alarms=alarms, termination_wait=BLUE_GREEN_BAKING_SECONDS)  # fmt: skip
+        say(
+            f"endpoint {endpoint.name} is being updated to {name} (blue/green: the current model serves until the "
+            f"new one passes its health checks, then {BLUE_GREEN_BAKING_SECONDS} s of baking"
+            + (f" watched by alarms {', '.join(alarms)}" if alarms else "")
+            + ")"
+        )
+        description = self._wait_for_endpoint(session, endpoint)
+        if description["EndpointConfigName"] != name or description["EndpointStatus"] != "InService":
+            self.records.save(endpoint)
+            raise LauncherError(
+                f"endpoint {endpoint.name} was not updated to {name} ({description['EndpointStatus']}: "
+                f"{description.get('FailureReason', 'rolled back')}); it serves {endpoint.model_data} as before"
+            )
+        if endpoint.history:
+            endpoint.history[-1]["until"] = time.time()
+        endpoint.generation, endpoint.model_data, endpoint.job_name = generation, model_data, job_name
+        endpoint.model_name, endpoint.endpoint_config_name = name, name
+        endpoint.lineage = {**(endpoint.lineage or {}), "job_name": job_name, "model_sha256": None}
+        endpoint.history = [*(endpoint.history or []), self._served(endpoint, reason)]
+        self.records.save(endpoint)
+        say(f"endpoint {endpoint.name} serves {model_data}")
+        return endpoint
+
+    @staticmethod
+    def _served(record: Endpoint, reason: str) -> dict[str, Any]:
+        return {"generation": record.generation, "job_name": record.job_name, "model_data": record.model_data,
+                "model_name": record.model_name, "endpoint_config_name": record.endpoint_config_name,
+                "since": time.time(), "reason": reason}  # fmt: skip
 
     def _wait_for_endpoint(self, session: Any, record: Endpoint) -> dict[str, Any]:
         """Poll DescribeEndpoint until the endpoint is no longer being created; keep the record's status current."""
@@ -451,11 +501,13 @@ class SageMakerBackend(Backend):
 
     def stop(self, endpoint: Endpoint) -> None:
         session = sdk.aws_session(endpoint.region)
+        served = endpoint.history or [{"endpoint_config_name": endpoint.endpoint_config_name,
+                                       "model_name": endpoint.model_name}]  # fmt: skip
         gone = sdk.delete_endpoint(
             session,
             endpoint_name=endpoint.endpoint_name,
-            config_name=endpoint.endpoint_config_name,
-            model_name=endpoint.model_name,
+            config_names=[entry["endpoint_config_name"] for entry in served],
+            model_names=[entry["model_name"] for entry in served],
         )
         if gone:
             say(f"already deleted: {', '.join(gone)}")

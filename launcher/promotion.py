@@ -1,0 +1,209 @@
+"""The retrain loop's decision: a newly trained model (the challenger) against the model an endpoint serves (the
+champion), both evaluated on the same labelled test split; a rule the user can read and set says whether the
+challenger replaces the champion behind the endpoint, with no failed request; `rollback` puts the previous one back.
+
+Each decision is a `Promotion` record and an MLflow run (the rule, both evaluations' figures, the outcome); the
+registered model's `champion` alias follows the model in service on promotion and rollback, and the challenger's
+model version is tagged with the outcome either way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from launcher import evaluation, hosted, lineage, steps
+from launcher.backends.base import S3_SCHEME, AwsOptions, Backend, DeploySpec, TransformSpec
+from launcher.errors import LauncherError
+from launcher.progress import say
+from launcher.records import Endpoint, Evaluation, Promotion, TrainingJob
+
+CHAMPION_ALIAS = "champion"  # the registered model's alias for the version in service
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Promote when the challenger's average test loss is lower than the champion's by at least `min_improvement`
+    and its accuracy is not lower."""
+
+    min_improvement: float = 0.0
+
+    def __str__(self) -> str:
+        return (
+            f"promote if the challenger's average test loss is lower than the champion's by at least "
+            f"{self.min_improvement:g} and its test accuracy is not lower"
+        )
+
+    def verdict(self, champion: dict[str, Any], challenger: dict[str, Any]) -> tuple[bool, str]:
+        """Whether the challenger wins, and why, in figures."""
+        loss = f"average test loss {challenger['loss']:.6f} against {champion['loss']:.6f}"
+        accuracy = f"test accuracy {challenger['accuracy']:.4f} against {champion['accuracy']:.4f}"
+        if champion["loss"] - challenger["loss"] < self.min_improvement or challenger["loss"] >= champion["loss"]:
+            return False, f"{loss}: not lower by at least {self.min_improvement:g}"
+        if challenger["accuracy"] < champion["accuracy"]:
+            return False, f"{accuracy}: lower ({loss})"
+        return True, f"{loss}, {accuracy}"
+
+
+def dataset_classes(data: Path) -> list[str] | None:
+    """The class folders of a local data folder's train/ split (or of the folder itself); None for S3 data."""
+    if str(data).startswith(S3_SCHEME) or not data.is_dir():
+        return None
+    root = data / "train" if (data / "train").is_dir() else data
+    return sorted(p.name for p in root.iterdir() if p.is_dir())
+
+
+def served_endpoint(backend: Backend, name: str, classes: list[str] | None, folder: Path) -> Endpoint:
+    """The endpoint a challenger is to replace the model of: recorded on this backend, in service, answering, and
+    serving a model of the same classes (checked before any training, so that none is wasted)."""
+    if not backend.records.exists(Endpoint, name):
+        raise LauncherError(f"no endpoint named {name!r} on record: deploy the first model with `launcher deploy` "
+                            "or `launcher run` without --endpoint")  # fmt: skip
+    endpoint = backend.records.load(Endpoint, name)
+    if endpoint.backend != backend.name:
+        raise LauncherError(
+            f"endpoint {name} runs on the {endpoint.backend} backend: pass --backend {endpoint.backend}"
+        )
+    if endpoint.status != "InService" or (endpoint.url and not hosted.model_ready(endpoint.url)):
+        raise LauncherError(f"endpoint {name} is not in service (status {endpoint.status}"
+                            + (f", no answer at {endpoint.url}" if endpoint.url else "")
+                            + "): there is no champion to challenge; deploy a model first")  # fmt: skip
+    archive = backend.model_archive(endpoint.model_data, AwsOptions(region=endpoint.region), folder)
+    served = evaluation.model_classes(archive)
+    if classes is not None and sorted(served) != classes:
+        raise LauncherError(
+            f"endpoint {name} serves a model for other classes ({', '.join(sorted(served))}) than the data's "
+            f"({', '.join(classes)}): a challenger must classify the same classes; deploy it on a new endpoint"
+        )
+    return endpoint
+
+
+def contest(
+    backend: Backend,
+    endpoint: Endpoint,
+    challenger: TrainingJob,
+    data: Path,
+    rule: Rule,
+    evaluation: TransformSpec,
+    deploy: DeploySpec,
+    name: str,
+    force: bool = False,
+) -> Promotion:
+    """Evaluate the champion and the challenger on the labelled images under `data`, decide by `rule` (or promote
+    anyway with `force`), and promote the challenger if it won. `evaluation` and `deploy` are the templates of the
+    evaluations and of the swap; the record is saved as each step ends."""
+    champion_job = steps.job_record(backend, endpoint.job_name)
+    record = Promotion(name=name, backend=backend.name, endpoint=endpoint.name, rule=str(rule), data=str(data),
+                       forced=force)  # fmt: skip
+    record.champion = _contender(endpoint.job_name, endpoint.model_data, champion_job)
+    record.challenger = _contender(challenger.name, challenger.model_data, challenger)
+    backend.records.save(record)
+    say(f"{name}: champion {endpoint.job_name or endpoint.model_data} (serving on {endpoint.name}) against "
+        f"challenger {challenger.name}, both on {data}")  # fmt: skip
+    try:
+        _decide(backend, record, rule, evaluation, data, force)
+        if record.decision == "promoted":
+            spec = dataclasses.replace(deploy, model_data=challenger.model_data, job_name=challenger.name)
+            promote(backend, endpoint, spec, f"promoted by {name}", challenger.model_version)
+    except BaseException as err:
+        _ended(backend, record, endpoint, err)
+        raise
+    _ended(backend, record, endpoint)
+    return record
+
+
+def _decide(backend: Backend, record: Promotion, rule: Rule, evaluation: TransformSpec, data: Path,
+            force: bool) -> None:  # fmt: skip
+    """Evaluate both contenders the same way on `data`, then apply the rule; the record says how it went."""
+    for role, contender in (("champion", record.champion), ("challenger", record.challenger)):
+        name = f"{record.name}-{role}"
+        spec = dataclasses.replace(evaluation, name=name, model_data=contender["model_data"],
+                                   job_name=contender["job_name"], output=evaluation.output / name)  # fmt: skip
+        result = steps.evaluate(backend, spec, data)
+        contender.update(evaluation=result.name, metrics=_figures(result))
+        backend.records.save(record)
+    wins, why = rule.verdict(record.champion["metrics"], record.challenger["metrics"])
+    record.reason = why if wins or not force else f"forced (--force) although the rule said no: {why}"
+    record.decision = "promoted" if wins or force else "kept"
+    backend.records.save(record)
+    say(f"rule: {rule}")
+    say(f"decision: {'promote' if record.decision == 'promoted' else 'keep the champion'}: {record.reason}")
+
+
+def promote(backend: Backend, endpoint: Endpoint, spec: DeploySpec, reason: str, model_version: str | None) -> None:
+    """Serve `spec`'s model behind the endpoint, no request failing; the `champion` alias follows it."""
+    replaced = steps.job_record(backend, endpoint.job_name)
+    backend.swap_model(endpoint, spec, reason)
+    backend.tracker.set_alias(model_version, CHAMPION_ALIAS)
+    if replaced:
+        steps.track_endpoint(backend, dataclasses.replace(endpoint, job_name=replaced.name), "replaced")
+    steps.track_endpoint(backend, endpoint, "promoted")
+    say(f"endpoint {endpoint.name} now serves {spec.job_name or spec.model_data} ({reason})")
+
+
+def rollback(backend: Backend, endpoint: Endpoint, deploy: DeploySpec, name: str) -> Promotion:
+    """Serve the model the endpoint served before the current one again, the same way (no failed request)."""
+    served = endpoint.history or []
+    if len(served) < 2:
+        raise LauncherError(f"endpoint {endpoint.name} has served one model only: there is nothing to roll back to")
+    previous, current = served[-2], served[-1]
+    previous_job = steps.job_record(backend, previous.get("job_name"))
+    record = Promotion(name=name, backend=backend.name, endpoint=endpoint.name, decision="rolled back",
+                       reason=f"rollback of {current.get('reason')}", rule="launcher rollback")  # fmt: skip
+    record.champion = _contender(previous.get("job_name"), previous["model_data"], previous_job)
+    record.challenger = _contender(current.get("job_name"), current["model_data"],
+                                   steps.job_record(backend, current.get("job_name")))  # fmt: skip
+    backend.records.save(record)
+    spec = dataclasses.replace(deploy, model_data=previous["model_data"], job_name=previous.get("job_name"))
+    try:
+        promote(backend, endpoint, spec, f"rolled back by {name}",
+                previous_job.model_version if previous_job else None)  # fmt: skip
+    except BaseException as err:
+        _ended(backend, record, endpoint, err)
+        raise
+    _ended(backend, record, endpoint)
+    return record
+
+
+def _contender(job_name: str | None, model_data: str, job: TrainingJob | None) -> dict[str, Any]:
+    return {"job_name": job_name, "model_data": model_data, "model_sha256": lineage.model_hash(model_data),
+            "model_version": job.model_version if job else None}  # fmt: skip
+
+
+def _figures(result: Evaluation) -> dict[str, float]:
+    return {key: result.metrics[key] for key in ("accuracy", "loss", "images")}
+
+
+def _ended(backend: Backend, record: Promotion, endpoint: Endpoint, error: BaseException | None = None) -> None:
+    """Save how the promotion ended and which model serves now; track it in MLflow; tag the challenger's version."""
+    serving = backend.records.load(Endpoint, endpoint.name)
+    record.extra["serving"] = {"job_name": serving.job_name, "model_data": serving.model_data,
+                               "model_sha256": (serving.lineage or {}).get("model_sha256")}  # fmt: skip
+    if error is None:
+        record.status = "Completed"
+    else:
+        record.status = "Stopped" if isinstance(error, KeyboardInterrupt) else "Failed"
+        record.failure_reason = str(error) or type(error).__name__
+        if record.decision != "rolled back" and serving.model_data != record.challenger.get("model_data"):
+            record.decision, record.reason = "kept", f"the challenger was not put in service: {record.failure_reason}"
+        say(f"{record.name} {record.status.lower()}: endpoint {endpoint.name} serves "
+            f"{serving.job_name or serving.model_data}")  # fmt: skip
+    record.ended = time.time()
+    backend.records.save(record)
+    tracker = backend.tracker
+    tags = {"imgclf.endpoint": endpoint.name, "imgclf.decision": record.decision, "imgclf.reason": record.reason,
+            "imgclf.champion_job": record.champion.get("job_name"),
+            "imgclf.challenger_job": record.challenger.get("job_name"),
+            "imgclf.serving_job": serving.job_name}  # fmt: skip
+    run_id = tracker.start(record.name, "promotion", params={"rule": record.rule, "forced": record.forced}, tags=tags)
+    figures = {f"{role} {key}": value for role in ("champion", "challenger")
+               for key, value in (getattr(record, role).get("metrics") or {}).items()}  # fmt: skip
+    tracker.log_metrics(run_id, figures)
+    tracker.end(run_id, record.status, record.failure_reason)
+    outcome = {"imgclf.promotion": f"{record.name}: {record.decision} on {endpoint.name}: {record.reason}"}
+    tracker.tag_model_version(record.challenger.get("model_version"), outcome)
+    record.mlflow_run = run_id
+    backend.records.save(record)
