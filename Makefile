@@ -77,17 +77,23 @@ ui: install
 schema: install
 	$(BIN)/python -m imgclf.schema launcher/hyperparameter_schema.json
 
+# The tests without Docker run in TEST_WORKERS processes (pytest-xdist, one test file per worker at a time); the
+# Docker tests after them, one at a time (they share the engine). Both run even if the first part fails.
+TEST_WORKERS ?= 2
+PYTEST_NO_DOCKER := $(BIN)/python -m pytest -m "not docker" -n $(TEST_WORKERS) --dist loadfile
+PYTEST_DOCKER := IMGCLF_TEST_IMAGE=$(IMAGE):test $(BIN)/python -m pytest -m docker
+
 test: install lint browser docker-engine
 	$(MAKE) build BASE_IMAGE=$(TEST_BASE) TAG=test
-	IMGCLF_TEST_IMAGE=$(IMAGE):test $(BIN)/python -m pytest
+	@status=0; $(PYTEST_NO_DOCKER) || status=1; $(PYTEST_DOCKER) || status=1; exit $$status
 
 # Only the Docker tests (the image must be built: make build TAG=test).
 test-docker: install docker-engine
-	IMGCLF_TEST_IMAGE=$(IMAGE):test $(BIN)/python -m pytest -m docker
+	$(PYTEST_DOCKER)
 
 # Everything but the Docker tests.
 test-fast: install lint browser
-	$(BIN)/python -m pytest -m "not docker"
+	$(PYTEST_NO_DOCKER)
 
 # The tests build from the public base where a registry answers, else from the bootstrapped one.
 TEST_BASE = $(shell docker image inspect $(LOCAL_BASE) >/dev/null 2>&1 && echo $(LOCAL_BASE) \

@@ -85,6 +85,9 @@ class Tracker:
     ):
         self.uri, self.experiment = uri, experiment
         self.model_name = model_name or experiment
+        store = sqlite_path(uri) if uri else None
+        if artifact_root is None and store is not None:  # beside the store, never MLflow's ./mlruns in the cwd
+            artifact_root = store.parent / ARTIFACTS_FOLDER
         self.artifact_root = artifact_root
         self.enabled = uri is not None
         self.experiment_id: str | None = None

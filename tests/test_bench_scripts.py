@@ -28,7 +28,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
         ("router.py", ["--images", "2", "--rounds", "1", "--seconds", "0.5", "--concurrency", "1"],
          "router_over_direct_throughput"),
         ("serve.py", ["--images", "4", "--seconds", "1", "--warm-up", "0.5", "--max-batch", "2", "--concurrency", "1",
-                      "2", "--torchserve-venv", "/nonexistent"], "endpoint req/s at concurrency 2"),
+                      "2", "--rounds", "1", "--torchserve-venv", "/nonexistent"], "endpoint req/s at concurrency 2"),
     ],
 )  # fmt: skip
 def test_benchmark_runs(script: str, args: list[str], printed: str):

@@ -66,7 +66,11 @@ def train_until_sigterm(base: Path, epoch: int, step: int, env: dict[str, str] |
     return process.wait(timeout=120), "".join(lines)
 
 
-@pytest.mark.parametrize("seed", [random.randrange(10**6) for _ in range(2)])
+# One draw per run, the same in every xdist worker (they must collect the same tests); a new one each run.
+SEEDS = random.Random(os.environ.get("PYTEST_XDIST_TESTRUNUID")).sample(range(10**6), 2)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
 def test_sigterm_at_a_random_step_then_resume_is_bit_identical(dataset: Path, processes: int, uninterrupted: Path,
                                                                 tmp_path: Path, seed: int):  # fmt: skip
     chooser = random.Random(seed)

@@ -142,7 +142,7 @@ def test_few_images_against_another_validation_set_overfit(tmp_path: Path, backb
 
 
 def test_a_slow_data_loader_is_caught(tmp_path: Path, backbone: Path):
-    hps = {**FINE_TUNE, "sagemaker_program": "train_model.py"}
+    hps = {**FINE_TUNE, "epochs": 2, "sagemaker_program": "train_model.py"}  # every image read sleeps: 2 epochs
     channels = {"training": shapes(tmp_path / "d"), "pretrained": backbone}
     result, base, statuses = train(tmp_path, hps, channels, script=SLOW_LOADER_SCRIPT)
     assert result.returncode == 0, result.stdout + result.stderr
