@@ -276,7 +276,8 @@ def test_local_mode_train_deploy_predict_stop(image, tmp_path, shapes_dataset, c
             promotion.promote(LocalBackend(tmp_path / "work", records), endpoint, spec, "test", None)
         assert clients.failed() == [] and len(clients.answers) > 10
         assert clients.served() == [serving, model_hash(str(repacked))]
-        print(f"local-mode swap: {len(clients.answers)} requests during it, none failed")
+        with capsys.disabled():
+            print(f"\nlocal-mode swap: {len(clients.answers)} requests during it, none failed")
         assert len(compose_containers(tmp_path / "work" / "endpoints")) == 1  # the old model's container is gone
     finally:
         assert launcher_main(*work, "stop", "local-ep") == 0
