@@ -157,7 +157,7 @@ def test_a_challenger_that_cannot_start_leaves_the_champion_serving(loop: Loop, 
     serving = endpoint.lineage["model_sha256"]
     broken = tmp_path / "model.tar.gz"
     subprocess.run(["tar", "-czf", str(broken), "-C", str(loop.data), "test"], check=True)  # no model in it
-    spec = DeploySpec(endpoint_name=loop.endpoint, model_data=str(broken), startup_timeout=15)
+    spec = DeploySpec(endpoint_name=loop.endpoint, model_data=str(broken))  # the server exits on the load error
     with Clients(endpoint.url, image_of(loop.data)) as clients, pytest.raises(LauncherError, match="model was ready"):
         promotion.promote(ProcessBackend(loop.work, records), endpoint, spec, "test", None)
     assert clients.failed() == [] and clients.served() == [serving]
