@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -37,11 +38,12 @@ class Server:
         return dict(line.split("=", 1) for line in lines if "=" in line)["management_address"]
 
 
-def request(url: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, dict, str]:
+def request(url: str, body: bytes | None = None, headers: dict[str, str] | None = None,
+            timeout: float = 30) -> tuple[int, dict, str]:  # fmt: skip
     """(status, JSON body, content type) of one HTTP call; errors are answers too."""
     req = urllib.request.Request(url, data=body, headers=headers or {}, method="POST" if body is not None else "GET")
     try:
-        with urllib.request.urlopen(req, timeout=30) as response:
+        with urllib.request.urlopen(req, timeout=timeout) as response:
             return response.status, json.loads(response.read()), response.headers.get("Content-Type", "")
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read()), err.headers.get("Content-Type", "")
@@ -305,3 +307,103 @@ def test_for_batch_transform_a_bad_image_is_an_answer_not_a_failure(trained_mode
     assert status == 200 and body["status"] == 400 and "not a decodable image" in body["error"]
     assert fine[0] == 200 and "predictions" in fine[1]
     assert route[0] == 404
+
+
+def model_workers(server: Server) -> list[psutil.Process]:
+    """multi-model-server's Python workers under this `serve`, and the children they fork (they hold the model)."""
+    workers = []
+    for process in psutil.Process(server.process.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):  # gone, or a zombie not reaped yet
+            if "mms/model_service_worker.py" in " ".join(process.cmdline()[:2]):
+                workers.append(process)
+    return workers
+
+
+class Load:
+    """Clients sending the same image over and over until stopped, refused or answered `last`; every outcome is
+    kept."""
+
+    def __init__(self, url: str, clients: int = 2, timeout: float = 45, last: int | None = None) -> None:
+        self.url, self.timeout, self.last, self.outcomes = url, timeout, last, []
+        self._stop = False
+        self._pool = ThreadPoolExecutor(clients)
+        self._futures = [self._pool.submit(self._send) for _ in range(clients)]
+
+    def _send(self) -> None:
+        body = image_bytes("JPEG")
+        while not self._stop:
+            try:
+                status, answer, _ = request(f"{self.url}/invocations", body, {"Content-Type": "image/jpeg"},
+                                            timeout=self.timeout)  # fmt: skip
+                self.outcomes.append((status, answer))
+                if status == self.last:
+                    return
+            except urllib.error.URLError as err:
+                if isinstance(err.reason, ConnectionRefusedError):
+                    return  # serve has exited
+                self.outcomes.append(("error", repr(err)))
+            except OSError as err:  # a timeout, a reset
+                self.outcomes.append(("error", repr(err)))
+
+    def stop(self) -> list[tuple]:
+        self._stop = True
+        for future in self._futures:
+            future.result(timeout=120)
+        self._pool.shutdown()
+        return self.outcomes
+
+
+def test_a_killed_worker_child_is_forked_again_with_no_failed_request(trained_model_dir: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture):  # fmt: skip
+    server = start_server(trained_model_dir, tmp_path)
+    try:
+        load = Load(server.url)
+        time.sleep(1)
+        child = next(p for p in model_workers(server) if p.parent().cmdline()[:2] == p.cmdline()[:2])
+        child.kill()  # what an out-of-memory kill picks: the largest process
+        deadline = time.monotonic() + 60
+        while child.pid in [p.pid for p in model_workers(server)] or len(model_workers(server)) < 2:
+            assert time.monotonic() < deadline, "the worker forked no new child"
+            time.sleep(0.2)
+        time.sleep(2)
+        outcomes = load.stop()  # the batch in the killed child got MMS's "Worker died.": the front sent it again
+        assert outcomes and {status for status, _ in outcomes} == {200}, [o for o in outcomes if o[0] != 200]
+        assert request(f"{server.url}/ping")[0] == 200 and server.process.poll() is None
+        with capsys.disabled():
+            print(f"\nworker's child killed: {len(outcomes)} requests, none failed")
+    finally:
+        stop_server(server)
+
+
+def test_an_endpoint_whose_workers_all_died_says_so_answers_every_request_and_exits(
+    trained_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    # Without the watchdog, /ping stays 200 and every request waits for MMS's 60 s response timeout: the clients'
+    # 45 s would run out. With it, each request gets an answer, the waiting ones a 503 naming the reason.
+    server = start_server(trained_model_dir, tmp_path)
+    try:
+        load = Load(server.url, last=503)  # no new request while serve exits
+        time.sleep(1)
+        for worker in model_workers(server):
+            worker.kill()  # a worker and its child: what an out-of-memory kill of the group does
+        killed = time.monotonic()
+        pings, deadline = [], time.monotonic() + 120
+        while server.process.poll() is None:
+            assert time.monotonic() < deadline, f"serve still runs two minutes on; /ping said {pings[-1:]}"
+            with contextlib.suppress(OSError):
+                pings.append(request(f"{server.url}/ping", timeout=10))
+            time.sleep(0.5)
+        exited = time.monotonic()
+        assert server.process.wait(timeout=60) == 1
+        outcomes = load.stop()
+        assert [o for o in outcomes if o[0] not in (200, 503)] == []  # MMS's "Worker died." is sent again, too
+        refused = [answer for status, answer in outcomes if status == 503]
+        assert refused and all("no model worker has run" in answer["error"] for answer in refused)
+        assert pings[-1][0] == 503 and "must be replaced" in pings[-1][1]["error"]
+        assert "cannot serve: no model worker has run" in server.log.read_text()
+        with capsys.disabled():
+            print(f"\nworkers killed: {len(refused)} waiting requests answered 503, serve exited 1 "
+                  f"{exited - killed:.0f} s after the kill")  # fmt: skip
+    finally:
+        if server.process.poll() is None:
+            stop_server(server)

@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 
 EXIT_CANNOT_SERVE = 1
 WARM_UP_SIZE = 224
+WORKER_CHECK_SECONDS = 1.0
+# No model worker process for this long: multi-model-server will not start one (it retries connecting to the dead
+# worker's socket, keeps calling it READY, and holds every request until its response timeout).
+WORKER_LOSS_SECONDS = 10.0
+LINGER_SECONDS = 1.0  # the 503s already decided reach their clients before serve exits
 
 
 class CannotServe(RuntimeError):
@@ -66,7 +71,7 @@ def run(model_dir: Path, settings: ServingSettings, host: str, config_dir: Path 
         log.error("cannot serve: cannot listen on %s:%d (%s)", host, settings.port, err)
         return EXIT_CANNOT_SERVE
     threading.Thread(target=front.serve_forever, name="front", daemon=True).start()
-    stopping = threading.Event()
+    stopping, lost = threading.Event(), threading.Event()
 
     def stop(signum: int, _frame: object) -> None:
         log.info("received signal %d, stopping", signum)
@@ -82,6 +87,8 @@ def run(model_dir: Path, settings: ServingSettings, host: str, config_dir: Path 
         server.register(model_dir)
         warm_up(batcher, settings.timeout_seconds + 10)
         front.ready.set()
+        watchdog = threading.Thread(target=watch_workers, args=(server, front, stopping, lost), daemon=True)
+        watchdog.start()
         log.info("ready after %.1f s: %s:%d answers /ping, /invocations and /execution-parameters (%d worker(s) x "
                  "%d thread(s), batches of up to %d within %d ms)", time.monotonic() - started, host, settings.port,
                  settings.workers, settings.threads_per_worker, settings.max_batch_size,
@@ -89,6 +96,8 @@ def run(model_dir: Path, settings: ServingSettings, host: str, config_dir: Path 
         status = server.process.wait()
         if stopping.is_set():
             return 0
+        if lost.is_set():
+            return EXIT_CANNOT_SERVE
         log.error("cannot serve: multi-model-server exited with status %d", status)
         return status or EXIT_CANNOT_SERVE
     except (CannotServe, ModelServerError, OSError) as err:
@@ -100,6 +109,29 @@ def run(model_dir: Path, settings: ServingSettings, host: str, config_dir: Path 
         front.shutdown()
         front.server_close()
         server.stop()
+
+
+def watch_workers(server: ModelServer, front: Front, stopping: threading.Event, lost: threading.Event) -> None:
+    """End serving once no model worker process has run for WORKER_LOSS_SECONDS (a worker and the child it forked
+    both killed, say by an out-of-memory kill of the group): /ping and /invocations answer 503 at once, the requests
+    waiting are answered 503, and serve exits non-zero, so that whatever runs the endpoint replaces it. A child
+    killed alone is forked again by its worker, and a worker killed alone leaves its child answering: neither ends
+    serving."""
+    gone_since: float | None = None
+    while not stopping.wait(WORKER_CHECK_SECONDS):
+        if server.workers_alive():
+            gone_since = None
+            continue
+        gone_since = gone_since or time.monotonic()
+        if time.monotonic() - gone_since >= WORKER_LOSS_SECONDS:
+            reason = (f"no model worker has run for {WORKER_LOSS_SECONDS:.0f} s (killed or crashed) and "
+                      "multi-model-server starts none; this endpoint must be replaced")  # fmt: skip
+            log.error("cannot serve: %s", reason)
+            front.fail(reason)
+            lost.set()
+            time.sleep(LINGER_SECONDS)
+            server.terminate()
+            return
 
 
 def _wait_until_answering(server: ModelServer, stopping: threading.Event) -> None:

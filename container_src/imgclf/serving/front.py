@@ -1,7 +1,8 @@
 """The endpoint's public port: SageMaker's three routes, every answer JSON, forwarded to the model server.
 
-`GET /ping` answers 200 only once the model has loaded and answered a warm-up request; `POST /invocations`
-joins a batch that the `Batcher` hands to a multi-model-server worker as one message (see `wire`);
+`GET /ping` answers 200 only once the model has loaded and answered a warm-up request, and 503 again once no
+model worker can answer (`Front.fail`: then `/invocations` too, at once, and the requests already waiting).
+`POST /invocations` joins a batch that the `Batcher` hands to a multi-model-server worker as one message (see `wire`);
 `GET /execution-parameters` tells batch transform how to call us. Nothing else is reachable from outside:
 MMS and its management API listen on loopback. The front also owns what MMS's Java frontend would answer
 without JSON: bodies over the payload limit (413) and form bodies it would parse itself (the client's body
@@ -36,6 +37,7 @@ RECENT_BATCHES = 8  # how many past batches say how many requests to wait for
 DRAIN_LIMIT = 64 * 2**20  # an over-limit body up to this size is read and dropped before the 413; beyond, cut off
 WAIT_GRACE_SECONDS = 10  # a request waits for MMS's response timeout plus this before the front answers 504
 Answer = tuple[int, str, bytes]  # status, content type, body
+WORKER_DIED = "Worker died."  # MMS's 500 for a request whose worker process died under it
 
 
 class Upstream:
@@ -87,6 +89,8 @@ class Batcher:
         self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
         self._collecting = threading.Lock()  # one batch at a time, or concurrent collectors split it
         self._recent_sizes: deque[int] = deque([1], maxlen=RECENT_BATCHES)
+        self._sent: dict[int, _Pending] = {}  # sent to the model server, not answered yet
+        self._lock = threading.Lock()
         for number in range(workers):
             threading.Thread(target=self._dispatch, name=f"batcher-{number}", daemon=True).start()
 
@@ -114,14 +118,35 @@ class Batcher:
     def _dispatch(self) -> None:
         while True:
             batch = self._collect()
+            with self._lock:
+                self._sent.update((id(pending), pending) for pending in batch)
             for pending, answer in zip(batch, self._send(batch), strict=True):
-                pending.answer = answer
-                pending.done.set()
+                with self._lock:
+                    if self._sent.pop(id(pending), None) is not None:
+                        pending.answer = answer
+                        pending.done.set()
+
+    def fail_all(self, answer: Answer) -> None:
+        """Answer every request sent to the model server or waiting for it with `answer`, now."""
+        with self._lock:
+            waiting = list(self._sent.values())
+            self._sent.clear()
+        while True:
+            try:
+                waiting.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        for pending in waiting:
+            pending.answer = answer
+            pending.done.set()
 
     def _send(self, batch: list[_Pending]) -> list[Answer]:
         body = wire.pack([([content_type, accept], part) for part, content_type, accept in (p.request for p in batch)])
         try:
             status, content_type, answer = self.upstream.post(body, wire.CONTENT_TYPE)
+            if status == 500 and mms_message(answer) == WORKER_DIED:  # killed (out of memory, say): classify again
+                log.warning("a model worker died with a batch of %d; sending it again", len(batch))
+                status, content_type, answer = self.upstream.post(body, wire.CONTENT_TYPE)
         except OSError as err:
             log.error("the model server did not answer: %s", err)
             failed = 504 if isinstance(err, TimeoutError) else 502
@@ -144,8 +169,16 @@ def as_our_error(status: int, body: bytes) -> bytes:
         answer = None
     if isinstance(answer, dict) and "error" in answer and "status" in answer:
         return body
-    message = answer.get("message") if isinstance(answer, dict) else None
-    return error_body(status, message or phrase(status))
+    return error_body(status, mms_message(body) or phrase(status))
+
+
+def mms_message(body: bytes) -> str | None:
+    """The message of MMS's own error body, if it is one."""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return None
+    return answer.get("message") if isinstance(answer, dict) else None
 
 
 def phrase(status: int) -> str:
@@ -165,7 +198,14 @@ class Front(ThreadingHTTPServer):
         self.settings = settings
         self.batcher = batcher
         self.ready = threading.Event()
+        self.failure: str | None = None
         super().__init__((host, settings.port), _Handler)
+
+    def fail(self, reason: str) -> None:
+        """From now on /ping and /invocations answer 503 with `reason`, and so do the requests already waiting."""
+        self.failure = reason
+        self.ready.clear()
+        self.batcher.fail_all((503, JSON, error_body(503, reason)))
 
     def execution_parameters(self) -> dict:
         """What batch transform asks before it sends records: enough requests at once to fill every batch."""
@@ -201,13 +241,17 @@ class _Handler(BaseHTTPRequestHandler):
                                               "and GET /execution-parameters"))  # fmt: skip
         elif ROUTES[path] != method:
             self._answer(405, error_body(405, f"{path} takes {ROUTES[path]}, not {method}"))
+        elif path == EXECUTION_PARAMETERS:
+            self._answer(200, json.dumps(self.server.execution_parameters()).encode())
+        elif self.server.failure is not None:
+            if path == INVOCATIONS and self._read_body() is None:
+                return  # answered already (too large, malformed)
+            self._answer(503, error_body(503, self.server.failure))
         elif path == PING:
             if self.server.ready.is_set():
                 self._answer(200, json.dumps({"status": "Healthy"}).encode())
             else:
                 self._answer(503, error_body(503, "the model is loading"))
-        elif path == EXECUTION_PARAMETERS:
-            self._answer(200, json.dumps(self.server.execution_parameters()).encode())
         else:
             self._invoke()
 

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 HANDLER_SERVICE = "imgclf.serving.handler_service"
 MODEL_NAME = "model"
+WORKER_SCRIPT = "mms/model_service_worker.py"  # a Python worker of MMS, and the child it forks for each connection
 STOP_GRACE_SECONDS = 20
 LOOPBACK = "127.0.0.1"
 MMS_PORTS = (20000, 32767)  # multi-model-server refuses ports from 32767 up
@@ -153,6 +154,18 @@ class ModelServer:
                 return True
         except OSError:
             return False
+
+    def workers_alive(self) -> int:
+        """Running processes of this server's model workers: the ones the frontend started and the children they fork
+        (a child orphaned by its worker's death still answers on its connection). Found by their --tmp-dir, ours."""
+        if self._tmp_dir is None:
+            return 0
+        alive = 0
+        for process in psutil.process_iter(["cmdline", "status"]):
+            command = process.info["cmdline"] or []
+            if process.info["status"] != psutil.STATUS_ZOMBIE and WORKER_SCRIPT in " ".join(command[:2]):
+                alive += str(self._tmp_dir) in command
+        return alive
 
     def terminate(self) -> None:
         """End the whole process tree (SIGTERM, SIGKILL after a grace period) without reaping the server."""
