@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make sure a Docker engine answers, with docker-compose (SageMaker local mode), a registry server (push tests)
 # and debootstrap (the offline base): install Debian's packages if missing, start dockerd if none runs.
-# Prints "started" if it started dockerd, so the caller knows to stop it.
+# Prints "started PID" if it started dockerd (PID: that dockerd's), so the caller can stop the engine it started
+# and no other.
 set -euo pipefail
 sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
 missing=()
@@ -18,9 +19,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 if docker info >/dev/null 2>&1; then exit 0; fi
 echo "starting dockerd ..." >&2
-$sudo sh -c 'nohup dockerd >/var/log/dockerd.log 2>&1 &'
+pid=$($sudo sh -c 'nohup dockerd >/var/log/dockerd.log 2>&1 & echo $!')
 for _ in $(seq 1 60); do
-  if docker info >/dev/null 2>&1; then echo started; exit 0; fi
+  if docker info >/dev/null 2>&1; then echo "started $pid"; exit 0; fi
   sleep 1
 done
 echo "dockerd did not start; see /var/log/dockerd.log" >&2

@@ -276,7 +276,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "<output>/predictions.jsonl, one line per file (its path under the input, the top classes with "
         "probabilities, the logits with --logits; or the reason it could not be classified), and summary.json. "
         "Process backend: a model server on this machine, sent as many requests at once as it asks for; local: "
-        "the SageMaker SDK's local-mode transformer in the image; sagemaker: a batch transform job. The same "
+        "SageMaker local mode's transformer with the image; sagemaker: a batch transform job. The same "
         "--name (or --output) goes on after an interruption without classifying finished files again.",
     )
     add_model_options(transform, backend_help)

@@ -60,7 +60,7 @@ def unpack(archive: Path, target_dir: Path) -> None:
 
 def read_metrics(output_archive: Path) -> dict | None:
     """metrics.json from an output.tar.gz, or None. SageMaker packs output/data's files at the top level;
-    the SDK's local mode packs output/ itself, so there it is data/metrics.json."""
+    SageMaker local mode packs output/ itself, so there it is data/metrics.json."""
     try:
         with tarfile.open(output_archive, "r:*") as tar:
             names = set(tar.getnames())

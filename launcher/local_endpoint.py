@@ -1,6 +1,6 @@
 """Host one SageMaker local-mode endpoint until SIGTERM (started detached by `launcher deploy --backend local`).
 
-The SDK keeps a local endpoint alive only while the Python process that deployed it runs, so this small
+Local mode keeps an endpoint alive only while the Python process that deployed it runs, so this small
 process deploys the model, stays up, and tears the endpoint down (docker-compose down) when told to stop.
 """
 
@@ -24,22 +24,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--listen", default="127.0.0.1", help="the address on this machine the port is published on")
     parser.add_argument("--instance-type", default="local", help="local or local_gpu")
     parser.add_argument("--env", default="{}", help="JSON object of environment variables for the container")
-    parser.add_argument("--container-root", type=Path, required=True, help="folder for the SDK's compose files")
+    parser.add_argument("--container-root", type=Path, required=True, help="folder for local mode's compose files")
     args = parser.parse_args(argv)
 
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     session = sdk.local_session(serving_port=args.port, container_root=args.container_root, listen=args.listen)
-    model = sdk.model(
-        session, image=args.image, model_data=args.model_data, role=sdk.LOCAL_ROLE, name=args.name,
-        env=json.loads(args.env),
-    )  # fmt: skip
-    predictor = model.deploy(initial_instance_count=1, instance_type=args.instance_type, endpoint_name=args.name)
+    sdk.deploy_local_endpoint(session, name=args.name, image=args.image, model_data=args.model_data,
+                              env=json.loads(args.env), instance_type=args.instance_type)  # fmt: skip
     print(f"endpoint {args.name} deployed on port {args.port}", flush=True)
     try:
         stopping.wait()
     finally:
-        predictor.delete_endpoint()
+        sdk.delete_local_endpoint(session, args.name)
         sdk.remove_containers(args.container_root, hosted.STOP_GRACE_SECONDS)
         print(f"endpoint {args.name} deleted", flush=True)
 

@@ -1,5 +1,5 @@
 """Progress lines for the user, on stderr so that stdout stays machine-readable (e.g. `predict`'s JSON); and a
-per-thread mute for stdout, for code that prints there unasked (the SDK's local mode copies container output)."""
+per-thread mute for stdout, for code that prints there unasked (SageMaker local mode copies container output)."""
 
 from __future__ import annotations
 

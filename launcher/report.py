@@ -2,7 +2,7 @@
 
 The container writes `output/data/report/`: one `<RuleName>.json` per rule and a self-contained `report.html`.
 SageMaker and the process backend pack output/data's contents at the top of output.tar.gz (`report/...`);
-the SDK's local mode packs output/ itself (`data/report/...`).
+SageMaker local mode packs output/ itself (`data/report/...`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Hyperparameter tuning on SageMaker: a HyperparameterTuner over the Estimator `train --backend sagemaker` builds.
+"""Hyperparameter tuning on SageMaker: a tuning job whose trials are the job `train --backend sagemaker` sends.
 
 SageMaker runs the trials and reads the objective from each trial's log by the spec's regex. The tuning job's
 record (kind "tuning") keeps its best training job, whose own record (kind "jobs") makes it deployable, and
@@ -86,8 +86,7 @@ def tune_on_sagemaker(
     and each trial becomes a child of MLflow run `parent_run`."""
     hyperband_max_epochs = check_tuning_spec(spec)
     prepared = prepare_training(spec.training, spec.name)
-    tuner = sdk.tuner(prepared.estimator, spec, hyperband_max_epochs)
-    sdk.start_tuning_job(tuner, prepared.channels, spec.name)
+    sdk.start_tuning_job(prepared.session, sdk.tuning_request(prepared.request, spec, hyperband_max_epochs))
     run = spec.record(SageMakerBackend.name, region=prepared.aws.region)
     run.channels = prepared.channels
     records.save(run)
@@ -134,7 +133,7 @@ def track_trials(tracker: Tracker, parent_run: str | None, spec: TuningSpec, row
         tracker.end(run, row.status, stopped_early="yes" if row.stopped_early else None)
 
 
-def follow_tuning_job(session: Any, name: str) -> dict[str, Any]:
+def follow_tuning_job(session: sdk.Aws, name: str) -> dict[str, Any]:
     """Poll DescribeHyperParameterTuningJob until the job ends, saying how many trials are where; return it."""
     last = None
     while True:
@@ -195,7 +194,7 @@ def decode_hyperparameters(encoded: dict[str, str]) -> dict[str, Any]:
     return decoded
 
 
-def best_job_record(session: Any, job_name: str, tuning_job: str) -> TrainingJob:
+def best_job_record(session: sdk.Aws, job_name: str, tuning_job: str) -> TrainingJob:
     """The best trial as a training job record, like `train --backend sagemaker` writes, so it can be deployed."""
     description = sdk.describe_training_job(session, job_name)
     model_data = description["ModelArtifacts"]["S3ModelArtifacts"]
@@ -205,7 +204,7 @@ def best_job_record(session: Any, job_name: str, tuning_job: str) -> TrainingJob
         backend=SageMakerBackend.name,
         tuning_job=tuning_job,
         created=description["CreationTime"].timestamp(),
-        region=session.boto_region_name,
+        region=session.region,
         role=description["RoleArn"],
         image=description["AlgorithmSpecification"]["TrainingImage"],
         instance_type=resources.get("InstanceType"),

@@ -1,5 +1,10 @@
-"""Every use of the SageMaker Python SDK (2.x) and boto3 in the launcher: sessions, estimators, tuners, models,
-predictors, endpoints, S3 transfers."""
+"""Every call to SageMaker and S3 in the launcher: boto3 requests built here (validated by botocore against AWS's
+own service model), and SageMaker local mode from sagemaker-core, which runs the same requests in Docker.
+
+The requests are the ones the SageMaker Python SDK's Estimator, HyperparameterTuner, Model and Predictor send;
+building them here keeps the launcher off the SDK's high-level classes, which differ between its 2.x and 3.x
+lines, and needs only sagemaker-core (local mode, Debugger's rule configurations) beside boto3.
+"""
 
 from __future__ import annotations
 
@@ -8,27 +13,34 @@ import json
 import os
 import shutil
 import subprocess
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from launcher import metrics
 from launcher.contract import encode_hyperparameters
 from launcher.errors import LauncherError
+from launcher.progress import say
 
 if TYPE_CHECKING:
     from launcher.tuning_spec import ParameterRange, TuningSpec
 
-# The SDK reads these at import time: no v3 migration banner.
-os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
-
 DEFAULT_REGION = "us-east-1"
-# Local mode never calls IAM, but the SDK insists on a role ARN.
+# Local mode never calls IAM, but its requests carry a role ARN as SageMaker's do.
 LOCAL_ROLE = "arn:aws:iam::111111111111:role/imgclf-local-mode"
-# The SDK otherwise reports usage to an AWS host, even in local mode.
+# sagemaker-core otherwise reports usage to an AWS host, even in local mode, and looks for config files (in S3 too).
 SDK_CONFIG = {"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}}
-POLL_SECONDS = 30.0  # between Describe* calls while waiting for an endpoint or a tuning job
+POLL_SECONDS = 30.0  # between Describe* calls while waiting for a job or an endpoint
 CHECKPOINT_DIR = "/opt/ml/checkpoints"  # what SageMaker syncs with a spot job's checkpoint S3 URI
+VOLUME_SIZE_GB = 30  # each training instance's EBS volume
+MAX_RUN_SECONDS = 86400  # SageMaker's own default run limit
+LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+JOB_ENDED = ("Completed", "Failed", "Stopped")
+JSON = "application/json"
 
 
 def boto_session(region: str) -> Any:
@@ -38,12 +50,32 @@ def boto_session(region: str) -> Any:
     return boto3.Session(region_name=region)
 
 
-def aws_session(region: str) -> Any:
-    """A SageMaker Session on AWS. Passing our SDK config opts out of telemetry and skips the SDK's own config
-    lookup (which may read S3)."""
-    from sagemaker.session import Session
+class Aws:
+    """The AWS clients of one region, each made when first used."""
 
-    return Session(boto_session=boto_session(region), sagemaker_config=SDK_CONFIG)
+    def __init__(self, region: str) -> None:
+        self.region = region
+        self.boto = boto_session(region)
+
+    @cached_property
+    def sagemaker(self) -> Any:
+        return self.boto.client("sagemaker")
+
+    @cached_property
+    def runtime(self) -> Any:
+        return self.boto.client("sagemaker-runtime")
+
+    @cached_property
+    def s3(self) -> Any:
+        return self.boto.client("s3")
+
+    @cached_property
+    def logs(self) -> Any:
+        return self.boto.client("logs")
+
+
+def aws_session(region: str) -> Aws:
+    return Aws(region)
 
 
 @contextlib.contextmanager
@@ -63,8 +95,13 @@ def aws_errors(doing: str) -> Iterator[None]:
         raise LauncherError(f"{doing}: {err}") from err
 
 
+def error_code(err: Exception) -> str | None:
+    return getattr(err, "response", {}).get("Error", {}).get("Code")
+
+
+# -- SageMaker local mode (sagemaker-core) ---------------------------------------------------------------------
 class PublishedPort(int):
-    """A serving port that local mode publishes on one address of this machine only. The SDK formats the port
+    """A serving port that local mode publishes on one address of this machine only. Local mode formats the port
     with `%d` where it connects to the endpoint (the number) and with `%s` in its compose file's `ports` entry,
     which then reads `ADDRESS:PORT:8080` instead of `PORT:8080` (every interface)."""
 
@@ -85,13 +122,14 @@ def local_session(
     region: str | None = None,
     listen: str | None = None,
 ) -> Any:
-    """A LocalSession: jobs and endpoints run in Docker on this machine through docker-compose.
+    """A local-mode session: its `sagemaker_client` runs training, hosting and transform requests in Docker on
+    this machine through docker-compose.
 
-    `container_root` is where the SDK writes its compose files (each job or endpoint in a folder of its own);
-    `listen`, the address an endpoint's port is published on (None: every interface, the SDK's default).
+    `container_root` is where local mode writes its compose files (each job or endpoint in a folder of its own);
+    `listen`, the address an endpoint's port is published on (None: every interface, local mode's default).
     """
     import boto3
-    from sagemaker.local import LocalSession
+    from sagemaker.core.local import LocalSession
 
     session = LocalSession(
         boto_session=boto3.Session(region_name=region or os.environ.get("AWS_REGION") or DEFAULT_REGION),
@@ -120,11 +158,10 @@ def local_mode_containers(container_root: Path, *statuses: str) -> list[LocalCon
     Their compose working directory (a label) tells ours apart from every other container.
     """
     filters = [arg for status in statuses for arg in ("--filter", f"status={status}")]
+    template = '{{.ID}} {{.Names}} {{.Label "com.docker.compose.project.working_dir"}}'
     listed = subprocess.run(
-        ["docker", "ps", "-a", *filters,
-         "--format", '{{.ID}} {{.Names}} {{.Label "com.docker.compose.project.working_dir"}}'],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        ["docker", "ps", "-a", *filters, "--format", template], capture_output=True, text=True, check=False
+    )
     fields = [line.split(" ", 2) for line in listed.stdout.splitlines()]
     return [
         LocalContainer(field[0], field[1])
@@ -147,7 +184,7 @@ def remove_containers(container_root: Path, grace_seconds: int) -> int:
     """Remove every container that local mode started from compose files under `container_root`.
 
     docker-compose leaves its containers behind when a job ends or an endpoint stops, and may still be stopping
-    them when the SDK returns; running ones are stopped first (as `stop_running_containers`), so none is left
+    them when local mode returns; running ones are stopped first (as `stop_running_containers`), so none is left
     whatever state compose's own shutdown reached. Returns how many were removed.
     """
     stop_running_containers(container_root, grace_seconds)
@@ -157,107 +194,233 @@ def remove_containers(container_root: Path, grace_seconds: int) -> int:
     return len(ours)
 
 
-def estimator(
-    session: Any,
+def run_local_training_job(session: Any, request: dict[str, Any]) -> None:
+    """CreateTrainingJob in local mode, which runs the job to its end (it raises if a container fails)."""
+    session.sagemaker_client.create_training_job(**request)
+
+
+def deploy_local_endpoint(session: Any, *, name: str, image: str, model_data: str, env: dict[str, str],
+                          instance_type: str) -> None:  # fmt: skip
+    """CreateModel, CreateEndpointConfig and CreateEndpoint in local mode: returns once the container answers
+    `/ping`; it serves while this process runs."""
+    client = session.sagemaker_client
+    client.create_model(ModelName=name, PrimaryContainer=model_container(image, model_data, env))
+    client.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[variant(name, instance_type)])
+    client.create_endpoint(EndpointName=name, EndpointConfigName=name)
+
+
+def delete_local_endpoint(session: Any, name: str) -> None:
+    """Stop a local-mode endpoint's containers (docker-compose down) and forget its model and config."""
+    client = session.sagemaker_client
+    client.delete_endpoint(EndpointName=name)
+    client.delete_endpoint_config(EndpointConfigName=name)
+    client.delete_model(ModelName=name)
+
+
+def invoke_local_endpoint(port: int, body: bytes, content_type: str) -> tuple[int, bytes]:
+    """What the original project's client sends to an endpoint (the raw bytes, asking for JSON), to a local
+    endpoint's port; returns the status and body of the answer, an error's included."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": content_type, "Accept": JSON}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=120) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def local_transform(session: Any, *, name: str, image: str, model_data: str, env: dict[str, str], instance_type: str,
+                    input_uri: str, output_uri: str, content_type: str) -> None:  # fmt: skip
+    """Local mode's batch transform, to its end: the image's `serve` in Docker, every file under `input_uri` sent
+    as one request, each answer written to `<output_uri>/<file>.out` (answers with an error too: local mode does
+    not check the status)."""
+    client = session.sagemaker_client
+    client.create_model(ModelName=name, PrimaryContainer=model_container(image, model_data, env))
+    try:
+        client.create_transform_job(
+            TransformJobName=name,
+            ModelName=name,
+            BatchStrategy="SingleRecord",  # local mode cannot read the container's own SINGLE_RECORD
+            MaxPayloadInMB=6,
+            Environment=env,
+            TransformInput={
+                "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": input_uri}},
+                "ContentType": content_type,
+                "SplitType": "None",
+                "CompressionType": "None",
+            },
+            TransformOutput={"S3OutputPath": output_uri, "Accept": JSON, "AssembleWith": "None"},
+            TransformResources={"InstanceType": instance_type, "InstanceCount": 1},
+        )
+    finally:
+        client.delete_model(ModelName=name)
+
+
+# -- training jobs ----------------------------------------------------------------------------------------------
+def channel(name: str, uri: str) -> dict[str, Any]:
+    """An input channel: an S3 prefix, or (local mode) a folder of this machine as a file:// URI."""
+    if uri.startswith("file://"):
+        source = {"FileDataSource": {"FileUri": uri, "FileDataDistributionType": "FullyReplicated"}}
+    else:
+        source = {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": uri, "S3DataDistributionType": "FullyReplicated"}}
+    return {"ChannelName": name, "DataSource": source}
+
+
+def training_request(
     *,
+    name: str,
     image: str,
     role: str,
     instance_type: str,
     instance_count: int,
     output_path: str,
     hyperparameters: dict[str, Any],
-    base_job_name: str = "imgclf",
-    **options: Any,
-) -> Any:
-    """An Estimator for our image; metric definitions let SageMaker chart the metric lines of the log.
+    channels: dict[str, str],
+    max_run: int = MAX_RUN_SECONDS,
+    spot: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """CreateTrainingJob for our image; metric definitions let SageMaker chart the metric lines of the log.
 
-    Hyperparameters are JSON-encoded here, as the container expects: the SDK itself only calls `str()` on each
-    value, which would turn True into "True" and "resnet50" into an undecodable bare word.
+    Hyperparameters are JSON-encoded, as the container expects (SageMaker passes strings through). `spot`: managed
+    spot training's `max_wait` and `checkpoint_s3_uri`, which SageMaker syncs with CHECKPOINT_DIR so that a trainer
+    saving checkpoints there resumes when an interrupted job starts again.
     """
-    from sagemaker.estimator import Estimator
+    request: dict[str, Any] = {
+        "TrainingJobName": name,
+        "AlgorithmSpecification": {
+            "TrainingImage": image,
+            "TrainingInputMode": "File",
+            "MetricDefinitions": metrics.METRIC_DEFINITIONS,
+        },
+        "RoleArn": role,
+        "HyperParameters": encode_hyperparameters(hyperparameters),
+        "InputDataConfig": [channel(channel_name, uri) for channel_name, uri in channels.items()],
+        "OutputDataConfig": {"S3OutputPath": output_path},
+        "ResourceConfig": {
+            "InstanceType": instance_type,
+            "InstanceCount": instance_count,
+            "VolumeSizeInGB": VOLUME_SIZE_GB,
+        },
+        "StoppingCondition": {"MaxRuntimeInSeconds": max_run},
+    }
+    if spot:
+        request["EnableManagedSpotTraining"] = True
+        request["StoppingCondition"]["MaxWaitTimeInSeconds"] = spot["max_wait"]
+        request["CheckpointConfig"] = {"S3Uri": spot["checkpoint_s3_uri"], "LocalPath": CHECKPOINT_DIR}
+    return request
 
-    return Estimator(
-        image_uri=image,
-        role=role,
-        instance_type=instance_type,
-        instance_count=instance_count,
-        output_path=output_path,
-        hyperparameters=encode_hyperparameters(hyperparameters),
-        base_job_name=base_job_name,
-        sagemaker_session=session,
-        metric_definitions=metrics.METRIC_DEFINITIONS,
-        **options,
-    )
 
-
-def debugger_options(enabled: bool) -> dict[str, Any]:
-    """Estimator arguments for SageMaker Debugger and Profiler.
+def debugger_request(enabled: bool, region: str, output_path: str) -> dict[str, Any]:
+    """CreateTrainingJob's SageMaker Debugger and Profiler members.
 
     Off: no hook, no profiler and no AWS rule jobs (Debugger is closed to new customers; our container runs its
-    own rules and writes its own report either way). On: the original project's configuration, unchanged.
+    own rules and writes its own report either way). On: the original project's configuration, unchanged: rules
+    LossNotDecreasing, Overfit and Overtraining on the saved tensors, LowGPUUtilization and ProfilerReport on the
+    profile, the system sampled every 500 ms and 10 steps profiled in detail.
     """
     if not enabled:
-        return {"debugger_hook_config": False, "disable_profiler": True}
-    from sagemaker.debugger import (
-        DebuggerHookConfig,
+        return {"ProfilerConfig": {"DisableProfiler": True}}
+    from sagemaker.core.debugger import (
         FrameworkProfile,
         ProfilerConfig,
         ProfilerRule,
         Rule,
+        get_rule_container_image_uri,
         rule_configs,
     )
 
-    return {
-        "rules": [
-            Rule.sagemaker(rule_configs.loss_not_decreasing()),
-            ProfilerRule.sagemaker(rule_configs.LowGPUUtilization()),
-            ProfilerRule.sagemaker(rule_configs.ProfilerReport()),
-            Rule.sagemaker(rule_configs.overfit()),
-            Rule.sagemaker(rule_configs.overtraining()),
+    image = get_rule_container_image_uri(None, region)
+    rules = [Rule.sagemaker(rule()) for rule in (rule_configs.loss_not_decreasing, rule_configs.overfit,
+                                                 rule_configs.overtraining)]  # fmt: skip
+    profiler_rules = [ProfilerRule.sagemaker(rule()) for rule in (rule_configs.LowGPUUtilization,
+                                                                  rule_configs.ProfilerReport)]  # fmt: skip
+    for rule in (*rules, *profiler_rules):
+        rule.image_uri = image
+    collections = {c.name: c.parameters for rule in rules for c in rule.collection_configs or ()}
+    hook = {
+        "S3OutputPath": output_path,
+        "HookParameters": {"train.save_interval": "100", "eval.save_interval": "10"},
+        "CollectionConfigurations": [
+            {"CollectionName": name, "CollectionParameters": parameters} for name, parameters in collections.items()
         ],
-        "profiler_config": ProfilerConfig(
-            system_monitor_interval_millis=500, framework_profile_params=FrameworkProfile(num_steps=10)
-        ),
-        "debugger_hook_config": DebuggerHookConfig(
-            hook_parameters={"train.save_interval": "100", "eval.save_interval": "10"}
-        ),
-    }
-
-
-def spot_options(max_wait: int, checkpoint_s3_uri: str) -> dict[str, Any]:
-    """Estimator arguments for managed spot training: SageMaker syncs CHECKPOINT_DIR with `checkpoint_s3_uri`,
-    so a trainer that saves checkpoints there can resume when an interrupted job is started again."""
+    }  # the tensors the rules read, saved as often as they ask
+    profiler = ProfilerConfig(
+        s3_output_path=output_path,
+        system_monitor_interval_millis=500,
+        framework_profile_params=FrameworkProfile(num_steps=10),
+    )
     return {
-        "use_spot_instances": True,
-        "max_wait": max_wait,
-        "checkpoint_s3_uri": checkpoint_s3_uri,
-        "checkpoint_local_path": CHECKPOINT_DIR,
+        "DebugHookConfig": hook,
+        "DebugRuleConfigurations": [rule.to_debugger_rule_config_dict() for rule in rules],
+        "ProfilerConfig": profiler._to_request_dict(),  # the odd strings of ProfilingParameters are its to write
+        "ProfilerRuleConfigurations": [rule.to_profiler_rule_config_dict() for rule in profiler_rules],
     }
 
 
-def upload(session: Any, path: Path, bucket: str, key_prefix: str) -> str:
-    """Upload a local folder (recursively) or file under s3://bucket/key_prefix; return the channel's S3 URI."""
+def upload(aws: Aws, path: Path, bucket: str, key_prefix: str) -> str:
+    """Upload a local folder (recursively) or file under s3://bucket/key_prefix; return the channel's S3 URI: the
+    prefix for a folder, the object for a file."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     with aws_errors(f"uploading {path} to s3://{bucket}/{key_prefix}"):
-        return session.upload_data(str(path), bucket=bucket, key_prefix=key_prefix)
+        for file in files:
+            key = f"{key_prefix}/{file.name if file == path else file.relative_to(path).as_posix()}"
+            aws.s3.upload_file(str(file), bucket, key)
+    return f"s3://{bucket}/{key_prefix}" + (f"/{path.name}" if path.is_file() else "")
 
 
-def start_training_job(estimator: Any, inputs: dict[str, str], job_name: str) -> None:
+def start_training_job(aws: Aws, request: dict[str, Any]) -> None:
     """CreateTrainingJob, without waiting for it."""
-    with aws_errors(f"SageMaker did not start training job {job_name}"):
-        estimator.fit(inputs, job_name=job_name, wait=False)
+    with aws_errors(f"SageMaker did not start training job {request['TrainingJobName']}"):
+        aws.sagemaker.create_training_job(**request)
 
 
-def follow_training_job(session: Any, job_name: str) -> dict[str, Any]:
-    """Stream a job's CloudWatch log until the job ends; return its DescribeTrainingJob description.
+def describe_training_job(aws: Aws, name: str) -> dict[str, Any]:
+    with aws_errors(f"describing training job {name}"):
+        return aws.sagemaker.describe_training_job(TrainingJobName=name)
+
+
+def follow_training_job(aws: Aws, job_name: str) -> dict[str, Any]:
+    """Print a job's CloudWatch log as it comes until the job has ended; return its last DescribeTrainingJob.
 
     A failed or stopped job returns normally: its description says why.
     """
-    from sagemaker.exceptions import UnexpectedStatusException
-
+    tokens: dict[str, str] = {}
+    status = None
     with aws_errors(f"following training job {job_name} failed (the job may still be running)"):
-        with contextlib.suppress(UnexpectedStatusException):
-            session.logs_for_job(job_name, wait=True)
-        return session.sagemaker_client.describe_training_job(TrainingJobName=job_name)
+        while True:
+            description = aws.sagemaker.describe_training_job(TrainingJobName=job_name)
+            if description.get("SecondaryStatus") != status:
+                status = description.get("SecondaryStatus")
+                say(f"training job {job_name}: {status}")
+            ended = description["TrainingJobStatus"] in JOB_ENDED
+            print_new_log_events(aws.logs, job_name, tokens)
+            if ended:  # described again: the final metrics may come after the status
+                return aws.sagemaker.describe_training_job(TrainingJobName=job_name)
+            time.sleep(POLL_SECONDS)
+
+
+def print_new_log_events(logs: Any, job_name: str, tokens: dict[str, str]) -> None:
+    """Print what each of the job's log streams (one per instance) gained since `tokens`, and move them on."""
+    from botocore.exceptions import ClientError
+
+    try:
+        streams = logs.describe_log_streams(logGroupName=LOG_GROUP, logStreamNamePrefix=f"{job_name}/")["logStreams"]
+    except ClientError as err:
+        if error_code(err) == "ResourceNotFoundException":
+            return  # no log yet
+        raise
+    for stream in streams:
+        name = stream["logStreamName"]
+        prefix = f"[{name.removeprefix(job_name + '/')}] " if len(streams) > 1 else ""
+        while True:
+            position = {"nextToken": tokens[name]} if name in tokens else {}
+            page = logs.get_log_events(logGroupName=LOG_GROUP, logStreamName=name, startFromHead=True, **position)
+            for event in page["events"]:
+                print(prefix + event["message"], flush=True)
+            tokens[name] = page["nextForwardToken"]
+            if not page["events"]:
+                break
 
 
 def download(uri: str, destination: Path, region: str) -> Path:
@@ -267,9 +430,9 @@ def download(uri: str, destination: Path, region: str) -> Path:
     bucket, _, key = uri.removeprefix("s3://").partition("/")
     with aws_errors(f"downloading {uri}"):
         try:
-            response = boto_session(region).client("s3").get_object(Bucket=bucket, Key=key)
+            response = Aws(region).s3.get_object(Bucket=bucket, Key=key)
         except ClientError as err:
-            if err.response.get("Error", {}).get("Code") == "NoSuchKey":
+            if error_code(err) == "NoSuchKey":
                 raise LauncherError(f"{uri} does not exist (yet): the job has no output there") from err
             raise
         with open(destination, "wb") as file:
@@ -277,54 +440,46 @@ def download(uri: str, destination: Path, region: str) -> Path:
     return destination
 
 
-def image_predictor(endpoint_name: str, session: Any) -> Any:
-    """The original project's client: raw JPEG bytes in (IdentitySerializer), JSON out (JSONDeserializer)."""
-    from sagemaker.deserializers import JSONDeserializer
-    from sagemaker.predictor import Predictor
-    from sagemaker.serializers import IdentitySerializer
-
-    return Predictor(
-        endpoint_name,
-        sagemaker_session=session,
-        serializer=IdentitySerializer("image/jpeg"),
-        deserializer=JSONDeserializer(),
-    )
+# -- endpoints --------------------------------------------------------------------------------------------------
+def model_container(image: str, model_data: str, env: dict[str, str]) -> dict[str, Any]:
+    return {"Image": image, "ModelDataUrl": model_data, "Environment": env}
 
 
-def model(session: Any, *, image: str, model_data: str, role: str, name: str, env: dict[str, str]) -> Any:
-    from sagemaker.model import Model
-
-    return Model(
-        image_uri=image,
-        model_data=model_data,
-        role=role,
-        name=name,
-        env=env,
-        sagemaker_session=session,
-        predictor_cls=lambda endpoint_name, sagemaker_session: image_predictor(endpoint_name, sagemaker_session),
-    )
+def variant(model_name: str, instance_type: str, inference_ami_version: str | None = None) -> dict[str, Any]:
+    """An endpoint config's one production variant, all traffic on one instance."""
+    production = {"VariantName": "AllTraffic", "ModelName": model_name, "InitialVariantWeight": 1,
+                  "InitialInstanceCount": 1, "InstanceType": instance_type}  # fmt: skip
+    if inference_ami_version:  # picks the hosts' AMI (and so their NVIDIA driver); None: SageMaker's default
+        production["InferenceAmiVersion"] = inference_ami_version
+    return production
 
 
-def create_endpoint(model: Any, *, instance_type: str, endpoint_name: str, inference_ami_version: str | None) -> None:
-    """CreateModel, CreateEndpointConfig and CreateEndpoint, without waiting for the endpoint: the SDK's waiter
-    polls every 30 s, cannot be told otherwise, and prints its progress to stdout; callers poll `describe_endpoint`.
-    `inference_ami_version` picks the hosts' AMI (and so their NVIDIA driver); None leaves SageMaker's default."""
-    with aws_errors(f"SageMaker did not create endpoint {endpoint_name}"):
-        model.deploy(initial_instance_count=1, instance_type=instance_type, endpoint_name=endpoint_name, wait=False,
-                     inference_ami_version=inference_ami_version)  # fmt: skip
+def create_model(aws: Aws, *, name: str, image: str, model_data: str, role: str, env: dict[str, str]) -> None:
+    with aws_errors(f"SageMaker did not create model {name}"):
+        aws.sagemaker.create_model(
+            ModelName=name, PrimaryContainer=model_container(image, model_data, env), ExecutionRoleArn=role
+        )
 
 
-def update_endpoint(session: Any, *, endpoint_name: str, name: str, image: str, model_data: str, role: str,
+def create_endpoint(aws: Aws, *, name: str, image: str, model_data: str, role: str, env: dict[str, str],
+                    instance_type: str, inference_ami_version: str | None) -> None:  # fmt: skip
+    """CreateModel, CreateEndpointConfig and CreateEndpoint, all named `name`, without waiting for the endpoint:
+    callers poll `describe_endpoint`."""
+    create_model(aws, name=name, image=image, model_data=model_data, role=role, env=env)
+    with aws_errors(f"SageMaker did not create endpoint {name}"):
+        aws.sagemaker.create_endpoint_config(
+            EndpointConfigName=name, ProductionVariants=[variant(name, instance_type, inference_ami_version)]
+        )
+        aws.sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=name)
+
+
+def update_endpoint(aws: Aws, *, endpoint_name: str, name: str, image: str, model_data: str, role: str,
                     env: dict[str, str], instance_type: str, inference_ami_version: str | None,
                     rollback_alarms: list[str], termination_wait: int) -> None:  # fmt: skip
     """CreateModel and CreateEndpointConfig named `name`, then UpdateEndpoint to that config as a blue/green
     deployment: SageMaker starts the new fleet, shifts all traffic at once when its health checks pass and keeps
     the old fleet `termination_wait` seconds (the baking period), rolling back if one of `rollback_alarms` fires
     meanwhile. The endpoint keeps serving throughout; callers poll `describe_endpoint`."""
-    client = session.sagemaker_client
-    variant = {"VariantName": "AllTraffic", "ModelName": name, "InitialInstanceCount": 1, "InstanceType": instance_type}
-    if inference_ami_version:
-        variant["InferenceAmiVersion"] = inference_ami_version
     policy = {
         "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 0},
         "TerminationWaitInSeconds": termination_wait,
@@ -332,11 +487,12 @@ def update_endpoint(session: Any, *, endpoint_name: str, name: str, image: str, 
     deployment: dict[str, Any] = {"BlueGreenUpdatePolicy": policy}
     if rollback_alarms:
         deployment["AutoRollbackConfiguration"] = {"Alarms": [{"AlarmName": alarm} for alarm in rollback_alarms]}
+    create_model(aws, name=name, image=image, model_data=model_data, role=role, env=env)
     with aws_errors(f"SageMaker did not update endpoint {endpoint_name}"):
-        container = {"Image": image, "ModelDataUrl": model_data, "Environment": env}
-        client.create_model(ModelName=name, ExecutionRoleArn=role, PrimaryContainer=container)
-        client.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[variant])
-        client.update_endpoint(EndpointName=endpoint_name, EndpointConfigName=name, DeploymentConfig=deployment)
+        aws.sagemaker.create_endpoint_config(
+            EndpointConfigName=name, ProductionVariants=[variant(name, instance_type, inference_ami_version)]
+        )
+        aws.sagemaker.update_endpoint(EndpointName=endpoint_name, EndpointConfigName=name, DeploymentConfig=deployment)
 
 
 def inference_ami_versions() -> list[str]:
@@ -347,27 +503,30 @@ def inference_ami_versions() -> list[str]:
     return list(model.shape_for("ProductionVariantInferenceAmiVersion").enum)
 
 
-def describe_endpoint(session: Any, endpoint_name: str) -> dict[str, Any]:
+def describe_endpoint(aws: Aws, endpoint_name: str) -> dict[str, Any]:
     with aws_errors(f"describing endpoint {endpoint_name}"):
-        return session.sagemaker_client.describe_endpoint(EndpointName=endpoint_name)
+        return aws.sagemaker.describe_endpoint(EndpointName=endpoint_name)
 
 
-def invoke_endpoint(session: Any, endpoint_name: str, body: bytes, content_type: str) -> Any:
-    """InvokeEndpoint through the original project's predictor; return the decoded JSON answer.
+def invoke_endpoint(aws: Aws, endpoint_name: str, body: bytes, content_type: str) -> Any:
+    """InvokeEndpoint as the original project's client calls it (the raw bytes, JSON asked for); return the
+    decoded JSON answer.
 
     An error answered by the container reaches us as a ModelError carrying the container's status and body;
     it becomes a LauncherError with the container's own message.
     """
     from botocore.exceptions import ClientError
 
-    predictor = image_predictor(endpoint_name, session)
     with aws_errors(f"invoking endpoint {endpoint_name}"):
         try:
-            return predictor.predict(body, initial_args={"ContentType": content_type})
+            answer = aws.runtime.invoke_endpoint(
+                EndpointName=endpoint_name, Body=body, ContentType=content_type, Accept=JSON
+            )
         except ClientError as err:
-            if err.response.get("Error", {}).get("Code") != "ModelError":
+            if error_code(err) != "ModelError":
                 raise
             raise LauncherError(model_error_message(endpoint_name, err.response)) from err
+        return json.loads(answer["Body"].read())
 
 
 def model_error_message(endpoint_name: str, response: dict[str, Any]) -> str:
@@ -380,164 +539,144 @@ def model_error_message(endpoint_name: str, response: dict[str, Any]) -> str:
     return f"endpoint {endpoint_name} answered {status}: {detail}"
 
 
-def delete_endpoint(session: Any, *, endpoint_name: str, config_names: list[str], model_names: list[str]) -> list[str]:
+def delete_endpoint(aws: Aws, *, endpoint_name: str, config_names: list[str], model_names: list[str]) -> list[str]:
     """DeleteEndpoint, then DeleteEndpointConfig and DeleteModel for each config and model it served; return those
     that were already gone."""
     from botocore.exceptions import ClientError
 
-    deletions = [(f"endpoint {endpoint_name}", lambda: session.delete_endpoint(endpoint_name))]
+    client = aws.sagemaker
+    deletions = [(f"endpoint {endpoint_name}", client.delete_endpoint, {"EndpointName": endpoint_name})]
     for config_name, model_name in zip(config_names, model_names, strict=True):
         deletions += [
-            (f"endpoint config {config_name}", lambda name=config_name: session.delete_endpoint_config(name)),
-            (f"model {model_name}", lambda name=model_name: session.delete_model(name)),
+            (f"endpoint config {config_name}", client.delete_endpoint_config, {"EndpointConfigName": config_name}),
+            (f"model {model_name}", client.delete_model, {"ModelName": model_name}),
         ]
     gone = []
-    for what, delete in deletions:
+    for what, delete, names in deletions:
         with aws_errors(f"deleting {what}"):
             try:
-                delete()
+                delete(**names)
             except ClientError as err:
-                error = err.response.get("Error", {})
-                if error.get("Code") != "ValidationException" or "Could not find" not in error.get("Message", ""):
+                message = err.response.get("Error", {}).get("Message", "")
+                if error_code(err) != "ValidationException" or "Could not find" not in message:
                     raise
                 gone.append(what)
     return gone
 
 
-def parameter_range(spec: ParameterRange) -> Any:
-    """A ContinuousParameter, IntegerParameter or CategoricalParameter.
-
-    Categorical values are JSON-encoded here, as static hyperparameters are: for an Estimator that is not a
-    framework's, the SDK sends `str(value)` of each (True -> "True", which the container cannot decode).
-    """
-    from sagemaker.parameter import CategoricalParameter, ContinuousParameter, IntegerParameter
-
-    if spec.kind == "continuous":
-        return ContinuousParameter(spec.min_value, spec.max_value, scaling_type=spec.scaling)
-    if spec.kind == "integer":
-        return IntegerParameter(int(spec.min_value), int(spec.max_value), scaling_type=spec.scaling)
-    return CategoricalParameter([json.dumps(value) for value in spec.values])
+# -- tuning jobs ------------------------------------------------------------------------------------------------
+def parameter_range(spec: ParameterRange) -> dict[str, Any]:
+    """A continuous, integer or categorical range as SageMaker takes it: numbers as strings, and categorical values
+    JSON-encoded as static hyperparameters are (so True reaches the container as `true`)."""
+    if spec.kind == "categorical":
+        return {"Name": spec.name, "Values": [json.dumps(value) for value in spec.values]}
+    low, high = (spec.min_value, spec.max_value) if spec.kind == "continuous" else (int(spec.min_value),
+                                                                                   int(spec.max_value))  # fmt: skip
+    return {"Name": spec.name, "MinValue": str(low), "MaxValue": str(high), "ScalingType": spec.scaling}
 
 
 def tuning_metric_definitions(objective_metric: str, objective_regex: str) -> list[dict[str, str]]:
-    """Our metric definitions with the objective's: the tuner sends only its own, not the estimator's."""
+    """Our metric definitions with the objective's (its regex may be the user's own)."""
     ours = [definition for definition in metrics.METRIC_DEFINITIONS if definition["Name"] != objective_metric]
     return [*ours, {"Name": objective_metric, "Regex": objective_regex}]
 
 
-def tuner(estimator: Any, spec: TuningSpec, hyperband_max_epochs: int | None = None) -> Any:
-    """A HyperparameterTuner whose trials are `estimator`'s jobs with the hyperparameters of `spec.ranges`.
+def tuning_request(training: dict[str, Any], spec: TuningSpec, hyperband_max_epochs: int | None = None) -> dict:
+    """CreateHyperParameterTuningJob whose trials are `training`'s job (a `training_request`) with the
+    hyperparameters of `spec.ranges`.
 
-    `hyperband_max_epochs`: the Hyperband strategy's resource, from 1 epoch to that many (the SDK sends both
-    bounds of a HyperbandStrategyConfig, so neither may be left out).
+    `hyperband_max_epochs`: the Hyperband strategy's resource, from 1 epoch to that many.
     """
-    from sagemaker.tuner import (
-        HyperbandStrategyConfig,
-        HyperparameterTuner,
-        StrategyConfig,
-        WarmStartConfig,
-        WarmStartTypes,
-    )
-
-    options: dict[str, Any] = {}
-    if spec.warm_start_from:
-        options["warm_start_config"] = WarmStartConfig(
-            WarmStartTypes.IDENTICAL_DATA_AND_ALGORITHM, parents=set(spec.warm_start_from)
-        )
+    kinds = {"continuous": "ContinuousParameterRanges", "integer": "IntegerParameterRanges",
+             "categorical": "CategoricalParameterRanges"}  # fmt: skip
+    ranges: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds.values()}
+    for parameter in spec.ranges:
+        ranges[kinds[parameter.kind]].append(parameter_range(parameter))
+    tuned = {parameter.name for parameter in spec.ranges}
+    resources = training["ResourceConfig"]
+    definition = {
+        "StaticHyperParameters": {k: v for k, v in training["HyperParameters"].items() if k not in tuned},
+        "AlgorithmSpecification": {
+            **training["AlgorithmSpecification"],
+            "MetricDefinitions": tuning_metric_definitions(spec.objective_metric, spec.objective_regex),
+        },
+        "RoleArn": training["RoleArn"],
+        "InputDataConfig": training["InputDataConfig"],
+        "OutputDataConfig": training["OutputDataConfig"],
+        "HyperParameterTuningResourceConfig": resources,
+        "StoppingCondition": training["StoppingCondition"],
+        **{key: training[key] for key in ("EnableManagedSpotTraining", "CheckpointConfig") if key in training},
+    }
+    config: dict[str, Any] = {
+        "Strategy": spec.strategy,
+        "HyperParameterTuningJobObjective": {"Type": spec.direction, "MetricName": spec.objective_metric},
+        "ResourceLimits": {"MaxNumberOfTrainingJobs": spec.max_jobs, "MaxParallelTrainingJobs": spec.max_parallel_jobs},
+        "ParameterRanges": ranges,
+        "TrainingJobEarlyStoppingType": spec.early_stopping,
+    }
     if hyperband_max_epochs is not None:
-        options["strategy_config"] = StrategyConfig(
-            HyperbandStrategyConfig(max_resource=hyperband_max_epochs, min_resource=1)
-        )
-    return HyperparameterTuner(
-        estimator,
-        objective_metric_name=spec.objective_metric,
-        hyperparameter_ranges={r.name: parameter_range(r) for r in spec.ranges},
-        metric_definitions=tuning_metric_definitions(spec.objective_metric, spec.objective_regex),
-        strategy=spec.strategy,
-        objective_type=spec.direction,
-        max_jobs=spec.max_jobs,
-        max_parallel_jobs=spec.max_parallel_jobs,
-        early_stopping_type=spec.early_stopping,
-        **options,
-    )
+        config["StrategyConfig"] = {"HyperbandStrategyConfig": {"MinResource": 1, "MaxResource": hyperband_max_epochs}}
+    request = {"HyperParameterTuningJobName": spec.name, "HyperParameterTuningJobConfig": config,
+               "TrainingJobDefinition": definition}  # fmt: skip
+    if spec.warm_start_from:
+        request["WarmStartConfig"] = {
+            "WarmStartType": "IdenticalDataAndAlgorithm",
+            "ParentHyperParameterTuningJobs": [{"HyperParameterTuningJobName": p} for p in spec.warm_start_from],
+        }
+    return request
 
 
-def start_tuning_job(tuner: Any, inputs: dict[str, str], name: str) -> None:
+def start_tuning_job(aws: Aws, request: dict[str, Any]) -> None:
     """CreateHyperParameterTuningJob, without waiting for it."""
-    with aws_errors(f"SageMaker did not start tuning job {name}"):
-        tuner.fit(inputs, job_name=name, wait=False)
+    with aws_errors(f"SageMaker did not start tuning job {request['HyperParameterTuningJobName']}"):
+        aws.sagemaker.create_hyper_parameter_tuning_job(**request)
 
 
-def describe_tuning_job(session: Any, name: str) -> dict[str, Any]:
+def describe_tuning_job(aws: Aws, name: str) -> dict[str, Any]:
     with aws_errors(f"describing tuning job {name}"):
-        return session.sagemaker_client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
+        return aws.sagemaker.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
 
 
-def tuning_job_trials(session: Any, name: str) -> list[dict[str, Any]]:
+def tuning_job_trials(aws: Aws, name: str) -> list[dict[str, Any]]:
     """Every training job of a tuning job (ListTrainingJobsForHyperParameterTuningJob, all pages)."""
     with aws_errors(f"listing the training jobs of tuning job {name}"):
-        pages = session.sagemaker_client.get_paginator("list_training_jobs_for_hyper_parameter_tuning_job")
-        return [summary for page in pages.paginate(HyperParameterTuningJobName=name)
-                for summary in page["TrainingJobSummaries"]]  # fmt: skip
+        pages = aws.sagemaker.get_paginator("list_training_jobs_for_hyper_parameter_tuning_job")
+        return [
+            summary
+            for page in pages.paginate(HyperParameterTuningJobName=name)
+            for summary in page["TrainingJobSummaries"]
+        ]
 
 
-def describe_training_job(session: Any, name: str) -> dict[str, Any]:
-    with aws_errors(f"describing training job {name}"):
-        return session.sagemaker_client.describe_training_job(TrainingJobName=name)
-
-
-# -- batch transform ----------------------------------------------------------------------------------------------
-def s3_keys(session: Any, bucket: str, prefix: str) -> list[str]:
+# -- batch transform --------------------------------------------------------------------------------------------
+def s3_keys(aws: Aws, bucket: str, prefix: str) -> list[str]:
     """Every object key under a prefix (ListObjectsV2, all pages)."""
     with aws_errors(f"listing s3://{bucket}/{prefix}"):
-        pages = session.s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        pages = aws.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         return [item["Key"] for page in pages for item in page.get("Contents", [])]
 
 
-def put_object(session: Any, bucket: str, key: str, body: bytes) -> str:
+def put_object(aws: Aws, bucket: str, key: str, body: bytes) -> str:
     with aws_errors(f"writing s3://{bucket}/{key}"):
-        session.s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+        aws.s3.put_object(Bucket=bucket, Key=key, Body=body)
     return f"s3://{bucket}/{key}"
 
 
-def get_object(session: Any, bucket: str, key: str) -> bytes:
+def get_object(aws: Aws, bucket: str, key: str) -> bytes:
     with aws_errors(f"reading s3://{bucket}/{key}"):
-        return session.s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        return aws.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
-def create_model(session: Any, *, name: str, image: str, model_data: str, role: str, env: dict[str, str]) -> None:
-    container = {"Image": image, "ModelDataUrl": model_data, "Environment": env}
-    with aws_errors(f"SageMaker did not create model {name}"):
-        session.sagemaker_client.create_model(ModelName=name, PrimaryContainer=container, ExecutionRoleArn=role)
-
-
-def delete_model(session: Any, name: str) -> None:
+def delete_model(aws: Aws, name: str) -> None:
     with aws_errors(f"deleting model {name}"):
-        session.sagemaker_client.delete_model(ModelName=name)
+        aws.sagemaker.delete_model(ModelName=name)
 
 
-def create_transform_job(session: Any, request: dict[str, Any]) -> None:
+def create_transform_job(aws: Aws, request: dict[str, Any]) -> None:
     with aws_errors(f"SageMaker did not start transform job {request['TransformJobName']}"):
-        session.sagemaker_client.create_transform_job(**request)
+        aws.sagemaker.create_transform_job(**request)
 
 
-def describe_transform_job(session: Any, name: str) -> dict[str, Any]:
+def describe_transform_job(aws: Aws, name: str) -> dict[str, Any]:
     with aws_errors(f"describing transform job {name}"):
-        return session.sagemaker_client.describe_transform_job(TransformJobName=name)
-
-
-def local_transform(session: Any, *, name: str, image: str, model_data: str, env: dict[str, str], instance_type: str,
-                    input_uri: str, output_uri: str, content_type: str) -> None:  # fmt: skip
-    """Local mode's batch transform, to its end: the image's `serve` in Docker, every file under `input_uri` sent
-    as one request, each answer written to `<output_uri>/<file>.out` (answers with an error too: local mode does
-    not check the status)."""
-    transformer = model(session, image=image, model_data=model_data, role=LOCAL_ROLE, name=name, env=env).transformer(
-        instance_count=1,
-        instance_type=instance_type,
-        strategy="SingleRecord",  # local mode cannot read the container's own SINGLE_RECORD
-        output_path=output_uri,
-        accept="application/json",
-        max_payload=6,
-        env=env,
-    )
-    transformer.transform(input_uri, content_type=content_type, split_type=None, wait=True, logs=False)
+        return aws.sagemaker.describe_transform_job(TransformJobName=name)

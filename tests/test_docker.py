@@ -1,5 +1,5 @@
-"""The image against a real Docker engine: train and serve as SageMaker runs them, script mode, SageMaker SDK
-local mode through the launcher (one and two instances), and a push to a real registry server.
+"""The image against a real Docker engine: train and serve as SageMaker runs them, script mode, SageMaker
+local mode (sagemaker-core) through the launcher (one and two instances), and a push to a real registry server.
 
 Run alone with `pytest -m docker`; `make test` builds the image and names it in IMGCLF_TEST_IMAGE.
 """
@@ -287,12 +287,12 @@ def test_local_mode_train_deploy_predict_stop(image, tmp_path, shapes_dataset, c
 
     images = Path(shutil.copytree(shapes_dataset / "test", tmp_path / "images"))
     (images / "broken.jpg").write_bytes(jpeg.read_bytes()[:100])  # cut off: the container cannot decode it
-    (images / "latin1.jpg").write_bytes(b"\xff\xd8 caf\xe9")  # the SDK's transformer would fail on it as text
+    (images / "latin1.jpg").write_bytes(b"\xff\xd8 caf\xe9")  # local mode's transformer would fail on it as text
     transform = ["transform", "local-1", "--backend", "local", "--input", str(images), "--name", "lt"]
     assert launcher_main(*work, *transform) == 0
     output = tmp_path / "work" / "transforms" / "lt" / "output"
     lines = {line["file"]: line for line in map(json.loads, (output / "predictions.jsonl").read_text().splitlines())}
-    assert len(lines) == 8 and lines["broken.jpg"]["status"] == 400  # the SDK's transformer went on after it
+    assert len(lines) == 8 and lines["broken.jpg"]["status"] == 400  # local mode's transformer went on after it
     assert lines["latin1.jpg"]["status"] == 400 and "not UTF-8" in lines["latin1.jpg"]["error"]
     answered = [line for file, line in lines.items() if file not in ("broken.jpg", "latin1.jpg")]
     assert all(len(line["predictions"]) == 3 for line in answered)
@@ -318,7 +318,7 @@ def test_local_mode_run_records_the_image_in_the_lineage(image, tmp_path, shapes
 
 
 def test_removing_local_mode_containers_leaves_none_whatever_their_state(image, tmp_path: Path):
-    # When the SDK returns, docker-compose may not have finished stopping its containers: one still running (here
+    # When local mode returns, docker-compose may not have finished stopping its containers: one still running (here
     # PID 1 ignores SIGTERM, so it takes the whole grace period), one exited, one created and never started all go,
     # and a container of another folder stays.
     root, other = tmp_path / "endpoint", tmp_path / "other"

@@ -1,13 +1,13 @@
 """The sagemaker backend through the CLI, against AWS clients answered by botocore's Stubber.
 
-Covered: the real SageMaker SDK (2.x) builds every request from our options, and botocore validates each request,
+Covered: launcher.sdk builds every request from our options, and botocore validates each request,
 and each stubbed answer, against the real service models of SageMaker, SageMaker Runtime, S3 and CloudWatch Logs,
 so field names, types and required members are AWS's own. We check what CreateTrainingJob receives (image, input
 mode, metric regexes, JSON-encoded hyperparameters, channels, output, resources, Debugger/Profiler settings, spot
 training), that local channels are uploaded with PutObject, that the job's log is streamed and its record kept,
 that a sagemaker job's report is downloaded with GetObject; and for endpoints: CreateModel, CreateEndpointConfig,
-CreateEndpoint and the DescribeEndpoint wait, InvokeEndpoint with the original project's client (an error from the
-container included), and the three deletions of `stop`.
+CreateEndpoint and the DescribeEndpoint wait, InvokeEndpoint as the original project's client calls it (an
+error from the container included), and the three deletions of `stop`.
 Not covered: credentials, IAM (the role's trust and permissions), S3 permissions, ECR, and the real service:
 whether SageMaker accepts the job or endpoint, runs our container, or runs Debugger's rule jobs.
 """
@@ -202,7 +202,7 @@ def test_train_sends_our_contract_and_uploads_local_data(
     assert "test accuracy 0.7500, average test loss 0.5000" in captured.err
 
 
-# The SDK warns that framework profiling is deprecated (it stopped at PyTorch 2.0); the original configuration has it.
+# sagemaker-core warns that framework profiling is deprecated (it stopped at PyTorch 2.0); the original project has it.
 @pytest.mark.filterwarnings("ignore:Framework profiling:DeprecationWarning")
 def test_sagemaker_debugger_sends_the_original_configuration(aws: StubbedAWS, tmp_path: Path):
     expect_job(aws, description(), ["training"])
@@ -220,7 +220,7 @@ def test_sagemaker_debugger_sends_the_original_configuration(aws: StubbedAWS, tm
     assert profiler_rules == ["LowGPUUtilization", "ProfilerReport"]
     profiler = request["ProfilerConfig"]
     assert profiler["ProfilingIntervalInMilliseconds"] == 500 and profiler["DisableProfiler"] is False
-    # The SDK writes these as almost-JSON strings with a trailing comma: '{"StartStep": 0, "NumSteps": 10, }'
+    # sagemaker-core writes these as almost-JSON strings with a trailing comma: '{"StartStep": 0, "NumSteps": 10, }'
     assert '"NumSteps": 10' in profiler["ProfilingParameters"]["DetailedProfilingConfig"]
     assert read_record(tmp_path)["sagemaker_debugger"] is True
 
@@ -549,7 +549,7 @@ def test_predict_sends_the_jpeg_and_decodes_the_json_answer(
     image.write_bytes(b"\xff\xd8\xff\xe0 a JPEG")
     answer = {"predictions": [{"label": "dog", "index": 1, "probability": 0.9}], "logits": [0.1, 2.3]}
     body = json.dumps(answer).encode()
-    aws.stub("runtime.sagemaker").add_response(
+    aws.stub("sagemaker-runtime").add_response(
         "invoke_endpoint", {"Body": StreamingBody(io.BytesIO(body), len(body)), "ContentType": "application/json"}
     )
     assert main(["--workdir", str(tmp_path), "predict", str(image)]) == 0  # the only endpoint in service
@@ -568,7 +568,7 @@ def test_an_error_answered_by_the_container_is_reported_with_its_message(
     image = tmp_path / "empty.jpg"
     image.write_bytes(b"")
     container_answer = json.dumps({"error": "the request body is empty: send the image's bytes", "status": 400})
-    aws.stub("runtime.sagemaker").add_client_error(
+    aws.stub("sagemaker-runtime").add_client_error(
         "invoke_endpoint",
         "ModelError",
         f'Received client error (400) from primary with message "{container_answer}".',

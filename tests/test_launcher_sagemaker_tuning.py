@@ -1,6 +1,6 @@
 """launcher.sagemaker_tuning against AWS clients answered by botocore's Stubber (see test_launcher_sagemaker.py).
 
-Covered: the CreateHyperParameterTuningJob request the real SDK builds from a TuningSpec (strategy, objective,
+Covered: the CreateHyperParameterTuningJob request launcher.sdk builds from a TuningSpec (strategy, objective,
 limits, ranges, early stopping, static hyperparameters, metric definitions, image, warm start, Hyperband's
 resource), validated against SageMaker's service model; the values the container will decode; following the job
 through DescribeHyperParameterTuningJob; and the record of its best training job.
@@ -208,7 +208,7 @@ def test_tuning_job_request_and_best_job_record(aws: StubbedAWS, tmp_path: Path,
     assert "WarmStartConfig" not in request
 
     definition = request["TrainingJobDefinition"]
-    # JSON-encoded, the tuned ones left out, and no SDK metadata (sagemaker_estimator_*).
+    # JSON-encoded, the tuned ones left out, and nothing else.
     assert definition["StaticHyperParameters"] == {"epochs": "3", "model_name": '"resnet50"', "pretrained": "false"}
     algorithm = definition["AlgorithmSpecification"]
     assert (algorithm["TrainingImage"], algorithm["TrainingInputMode"]) == (IMAGE, "File")

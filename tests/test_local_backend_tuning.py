@@ -1,4 +1,4 @@
-"""Tuning on the local backend (SageMaker SDK local mode, the image in a real Docker engine): each trial's live log
+"""Tuning on the local backend (SageMaker local mode, the image in a real Docker engine): each trial's live log
 and objective, a quiet console while trials run, stopping a running job, and no container left behind.
 
 Run alone with `pytest -m docker`; the image is named by IMGCLF_TEST_IMAGE (see test_docker.py).

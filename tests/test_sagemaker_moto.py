@@ -1,6 +1,6 @@
 """The whole sagemaker-backend chain against a local moto server: train, report, deploy, stop, lineage.
 
-Covered: the launcher's real clients (the SageMaker SDK and boto3, reached through `AWS_ENDPOINT_URL` as any
+Covered: the launcher's real clients (boto3's, reached through `AWS_ENDPOINT_URL` as any
 AWS-compatible endpoint is) against moto's stateful S3, SageMaker and CloudWatch Logs: local data is uploaded and
 really lands in S3, the training job is created and followed (its CloudWatch log streamed), its record says where
 its artifacts are, `report` downloads the output.tar.gz the test placed where SageMaker would write it, `deploy`

@@ -1,12 +1,12 @@
-"""The launcher's one SDK module against the SageMaker SDK's own local-mode code: the compose file the SDK would
-hand docker-compose is generated and read back (no engine needed, but the SDK insists on docker-compose)."""
+"""The launcher's one SDK module against local mode's own code (sagemaker-core): the compose file local mode would
+hand docker-compose is generated and read back (no engine needed, but local mode insists on docker-compose)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from sagemaker.local.image import _SageMakerContainer
+from sagemaker.core.local.image import _SageMakerContainer
 
 from launcher import sdk
 
@@ -31,9 +31,9 @@ def serving_ports(session, tmp_path: Path) -> list[list[str]]:
 def test_a_local_endpoint_is_published_on_the_given_address_only(tmp_path: Path):
     session = sdk.local_session(serving_port=18123, container_root=tmp_path, listen="127.0.0.1")
     assert serving_ports(session, tmp_path) == [["127.0.0.1:18123:8080"]]
-    # Where the SDK connects (its runtime client's invocations, its pings) it formats the bare number.
+    # Where local mode connects (its runtime client's invocations, its pings) it formats the bare number.
     port = session.sagemaker_runtime_client.serving_port
-    assert port == 18123 and "%d" % port == "18123"  # noqa: UP031 (the SDK's way)
+    assert port == 18123 and "%d" % port == "18123"  # noqa: UP031 (local mode's way)
 
 
 @pytest.mark.docker

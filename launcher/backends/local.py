@@ -1,8 +1,8 @@
-"""The `local` backend: SageMaker Python SDK local mode, our image in Docker through docker-compose.
+"""The `local` backend: SageMaker local mode (sagemaker-core), our image in Docker through docker-compose.
 
 Jobs use `file://` inputs and outputs; their containers' output is copied to `<workdir>/jobs/<job>/train.log`
 while they run, and a running job can be stopped (SIGTERM, as SageMaker's StopTrainingJob). Endpoints are
-hosted by a detached `launcher.local_endpoint` process and queried with the original project's predictor (raw
+hosted by a detached `launcher.local_endpoint` process and queried as the original project's client does (raw
 JPEG in, JSON out).
 """
 
@@ -29,7 +29,7 @@ INSTANCE_TYPES = ("local", "local_gpu")
 FIND_CONTAINERS_SECONDS = 0.5  # between looks for a job's containers until all of them are there
 
 
-# The bytes local mode's transformer takes for text (sagemaker.local.data.NoneSplitter._is_binary).
+# The bytes local mode's transformer takes for text (sagemaker.core.local.data.NoneSplitter._is_binary).
 TEXT_BYTES = bytes({7, 8, 9, 10, 12, 13, 27} | set(range(0x20, 0x100)) - {0x7F})
 
 
@@ -140,21 +140,21 @@ class LocalBackend(Backend):
         return spec.record(self.name, channels=channels, log=str(container_root / "train.log"))
 
     def follow(self, job: TrainingJob, spec: TrainingSpec) -> dict[str, float]:
-        """Fit the SDK's Estimator in local mode (Ctrl-C reaches docker-compose too, which stops the containers)."""
+        """Run the job in local mode (Ctrl-C reaches docker-compose too, which stops the containers)."""
         output_dir = self.local_output_dir(spec) / job.name / "output"
         container_root, log = self.workdir / "jobs" / job.name, Path(job.log)
-        estimator = sdk.estimator(
-            sdk.local_session(container_root=container_root),
+        request = sdk.training_request(
+            name=job.name,
             image=spec.image,
             role=sdk.LOCAL_ROLE,
             instance_type=spec.instance_type,
             instance_count=spec.instance_count,
             output_path=f"file://{output_dir}",
             hyperparameters=spec.hyperparameters,
+            channels={name: f"file://{path}" for name, path in job.channels.items()},
         )
         say(f"training job {job.name} started in SageMaker local mode ({spec.instance_count} x {spec.image})")
-        inputs = {name: f"file://{path}" for name, path in job.channels.items()}
-        failure = self._fit(estimator, spec, inputs, container_root, log)
+        failure = self._run(request, spec, container_root, log)
         if job.name in self._stopping:
             self._stopping.discard(job.name)
             job.status, job.failure_reason = "Stopped", "stopped on request: its containers were sent SIGTERM"
@@ -166,19 +166,17 @@ class LocalBackend(Backend):
             job.output_data = str(output_dir / contract.OUTPUT_ARTIFACT)
         return metrics.final_values(log.read_text(errors="replace"))
 
-    def _fit(
-        self, estimator: Any, spec: TrainingSpec, inputs: dict[str, str], container_root: Path, log_file: Path
-    ) -> str | None:
+    def _run(self, request: dict[str, Any], spec: TrainingSpec, container_root: Path, log_file: Path) -> str | None:
         """Run the job with its containers' output copied to `log_file` (and to the console only if `spec.echo`);
         remove its containers afterwards. Returns why it failed, or None."""
         self._running[spec.job_name] = container_root
         try:
             with (
                 ContainerLogs(container_root, log_file, spec.instance_count),
-                contextlib.nullcontext() if spec.echo else muted_stdout(),  # the SDK prints container output
+                contextlib.nullcontext() if spec.echo else muted_stdout(),  # local mode prints container output
             ):
-                estimator.fit(inputs, job_name=spec.job_name)
-        except Exception as err:  # the SDK raises RuntimeError/ValueError variants for a failed container
+                sdk.run_local_training_job(sdk.local_session(container_root=container_root), request)
+        except Exception as err:  # local mode raises RuntimeError/ValueError variants for a failed container
             return str(err)
         finally:
             del self._running[spec.job_name]
@@ -238,7 +236,7 @@ class LocalBackend(Backend):
 
     def classify(self, spec: TransformSpec, job: TransformJob, files: list[str], predictions: transform.Predictions,
                  progress: transform.Progress) -> None:  # fmt: skip
-        """The SageMaker SDK's local-mode transformer with the image. It reads the top of one folder only, so the
+        """Local mode's batch transform with the image. It reads the top of one folder only, so the
         files are linked into one first, under names that keep their order; files it cannot send are answered
         here."""
         if spec.instance_type not in INSTANCE_TYPES:
@@ -247,7 +245,7 @@ class LocalBackend(Backend):
         shutil.rmtree(folder, ignore_errors=True)
         staged, answers, containers = folder / "input", folder / "output", folder / "containers"
         staged.mkdir(parents=True)
-        containers.mkdir()  # the SDK makes its folders in it, not it
+        containers.mkdir()  # local mode makes its folders in it, not it
         root = Path(spec.input)
         sendable = []
         for file in files:
@@ -266,7 +264,7 @@ class LocalBackend(Backend):
         say(f"transform {spec.name}: {len(files)} images through the image {spec.image} in SageMaker local mode")
         progress.begin()
         try:
-            with muted_stdout():  # the SDK copies the container's log to stdout
+            with muted_stdout():  # local mode copies the container's log to stdout
                 sdk.local_transform(session, name=spec.name, image=spec.image,
                                     model_data=f"file://{Path(spec.model_data).resolve()}",
                                     env=spec.serving_environment(), instance_type=spec.instance_type,
@@ -285,13 +283,14 @@ class LocalBackend(Backend):
         shutil.rmtree(staged)
 
     def predict(self, endpoint: Endpoint, body: bytes, content_type: str) -> Any:
-        predictor = sdk.image_predictor(endpoint.name, sdk.local_session(serving_port=endpoint.port))
         try:
-            answer = predictor.predict(body, initial_args={"ContentType": content_type})
-        except Exception as err:  # urllib3 connection errors, JSON decoding of a non-JSON answer
+            status, answer = sdk.invoke_local_endpoint(endpoint.port, body, content_type)
+            answer = json.loads(answer)
+        except (OSError, ValueError) as err:  # not listening, cut off, an answer that is not JSON
             raise LauncherError(f"endpoint {endpoint.name} did not answer: {err}; see {endpoint.log}") from err
-        if isinstance(answer, dict) and "error" in answer and "status" in answer:
-            raise LauncherError(f"endpoint {endpoint.name} answered {answer['status']}: {answer['error']}")
+        if status != 200:
+            message = answer.get("error", answer) if isinstance(answer, dict) else answer
+            raise LauncherError(f"endpoint {endpoint.name} answered {status}: {message}")
         return answer
 
     def stop(self, endpoint: Endpoint) -> None:

@@ -129,7 +129,7 @@ def check_training_spec(spec: TrainingSpec) -> None:
         )
 
 
-def upload_local_channels(session: Any, bucket: str, job_name: str, channels: dict[str, str]) -> dict[str, str]:
+def upload_local_channels(session: sdk.Aws, bucket: str, job_name: str, channels: dict[str, str]) -> dict[str, str]:
     """Every channel as an S3 URI: s3:// ones as they are, local folders or files uploaded to
     s3://<bucket>/imgclf/<job>/input/<channel> (all checked before anything is uploaded)."""
     local = {name: Path(source).resolve() for name, source in channels.items() if not source.startswith(S3_SCHEME)}
@@ -146,46 +146,46 @@ def upload_local_channels(session: Any, bucket: str, job_name: str, channels: di
 
 @dataclass(frozen=True)
 class PreparedTraining:
-    """A training job's Estimator, ready to fit, and where its inputs and outputs are."""
+    """A training job's CreateTrainingJob request, ready to send, and where its inputs and outputs are."""
 
     aws: AwsSettings
-    session: Any
-    estimator: Any
+    session: sdk.Aws
+    request: dict[str, Any]
     channels: dict[str, str]  # every channel as an S3 URI
     output_path: str
     spot: dict[str, Any] | None  # spot training's max_wait and checkpoint_s3_uri; None: on-demand
 
 
 def prepare_training(spec: TrainingSpec, name: str) -> PreparedTraining:
-    """Check `spec`, upload its local channels to s3://<bucket>/imgclf/<name>/input/ and build its Estimator.
+    """Check `spec`, upload its local channels to s3://<bucket>/imgclf/<name>/input/ and build its request.
 
-    `name` is the training job's, or the tuning job's whose trials all run this Estimator.
+    `name` is the training job's, or the tuning job's whose trials all run this job.
     """
     check_training_spec(spec)
     aws = AwsSettings.resolve(spec.aws)
     output_path = (spec.output_path or f"{S3_SCHEME}{aws.bucket}/{S3_PREFIX}").rstrip("/")
     session = sdk.aws_session(aws.region)
     channels = upload_local_channels(session, aws.bucket, name, spec.channels)
-    options = sdk.debugger_options(spec.sagemaker_debugger)
     spot = None
     if spec.spot:
         spot = {
             "max_wait": spec.max_wait or 2 * spec.max_run,
             "checkpoint_s3_uri": f"{S3_SCHEME}{aws.bucket}/{S3_PREFIX}/{name}/checkpoints",
         }
-        options.update(sdk.spot_options(**spot))
-    estimator = sdk.estimator(
-        session,
+    request = sdk.training_request(
+        name=name,
         image=spec.image,
         role=aws.role,
         instance_type=spec.instance_type,
         instance_count=spec.instance_count,
         output_path=output_path,
         hyperparameters=spec.hyperparameters,
+        channels=channels,
         max_run=spec.max_run,
-        **options,
+        spot=spot,
     )
-    return PreparedTraining(aws, session, estimator, channels, output_path, spot)
+    request.update(sdk.debugger_request(spec.sagemaker_debugger, aws.region, output_path))
+    return PreparedTraining(aws, session, request, channels, output_path, spot)
 
 
 def record_outcome(job: TrainingJob, description: dict[str, Any]) -> dict[str, float]:
@@ -198,7 +198,7 @@ def record_outcome(job: TrainingJob, description: dict[str, Any]) -> dict[str, f
     return {m["MetricName"]: m["Value"] for m in description.get("FinalMetricDataList", [])}
 
 
-def model_data_in_s3(session: Any, model_data: str, bucket: str, key_prefix: str) -> str:
+def model_data_in_s3(session: sdk.Aws, model_data: str, bucket: str, key_prefix: str) -> str:
     """The model's S3 URI: as given, or a local model.tar.gz uploaded to s3://<bucket>/<key_prefix>/."""
     if model_data.startswith(S3_SCHEME):
         return model_data
@@ -228,7 +228,7 @@ def transform_ami_version(instance_type: str, requested: str | None) -> str | No
     )
 
 
-def upload_images(session: Any, root: Path, files: list[str], bucket: str, name: str) -> str:
+def upload_images(session: sdk.Aws, root: Path, files: list[str], bucket: str, name: str) -> str:
     """Upload `files` (relative to `root`) to s3://<bucket>/imgclf/<name>/input/; return that prefix."""
     prefix = f"{S3_PREFIX}/{name}/input"
     say(f"uploading {len(files)} images to {S3_SCHEME}{bucket}/{prefix}/")
@@ -261,8 +261,14 @@ def transform_request(
     }
 
 
-def collect_outputs(session: Any, output: str, files: list[str], keep_logits: bool, predictions: transform.Predictions,
-                    progress: transform.Progress) -> None:  # fmt: skip
+def collect_outputs(
+    session: sdk.Aws,
+    output: str,
+    files: list[str],
+    keep_logits: bool,
+    predictions: transform.Predictions,
+    progress: transform.Progress,
+) -> None:
     """Each file's answer from its `<file>.out` object under `output`; a file without one is written as not
     answered (tried again by the next run)."""
     bucket, prefix = split_s3_uri(output + "/")
@@ -298,7 +304,7 @@ class SageMakerBackend(Backend):
     def launch(self, spec: TrainingSpec) -> TrainingJob:
         """Upload the local channels and start the job on SageMaker."""
         prepared = prepare_training(spec, spec.job_name)
-        sdk.start_training_job(prepared.estimator, prepared.channels, spec.job_name)
+        sdk.start_training_job(prepared.session, prepared.request)
         artifacts = f"{prepared.output_path}/{spec.job_name}/output"
         say(f"training job {spec.job_name} started on SageMaker in {prepared.aws.region}")
         return spec.record(
@@ -330,14 +336,6 @@ class SageMakerBackend(Backend):
         aws = AwsSettings.resolve(spec.aws, needs_bucket=not spec.model_data.startswith(S3_SCHEME))
         session = sdk.aws_session(aws.region)
         model_data = model_data_in_s3(session, spec.model_data, aws.bucket, f"{S3_PREFIX}/{spec.endpoint_name}")
-        model = sdk.model(
-            session,
-            image=spec.image,
-            model_data=model_data,
-            role=aws.role,
-            name=spec.endpoint_name,
-            env=spec.serving_environment(),
-        )
         record = spec.record(
             self.name,
             region=aws.region,
@@ -349,7 +347,8 @@ class SageMakerBackend(Backend):
         record.model_data = model_data
         self.records.save(record)
         try:
-            sdk.create_endpoint(model, instance_type=spec.instance_type, endpoint_name=spec.endpoint_name,
+            sdk.create_endpoint(session, name=spec.endpoint_name, image=spec.image, model_data=model_data,
+                                role=aws.role, env=spec.serving_environment(), instance_type=spec.instance_type,
                                 inference_ami_version=ami_version)  # fmt: skip
         except LauncherError as err:
             record.status, record.failure_reason = "Failed", str(err)
@@ -418,7 +417,7 @@ class SageMakerBackend(Backend):
                 "model_name": record.model_name, "endpoint_config_name": record.endpoint_config_name,
                 "since": time.time(), "reason": reason}  # fmt: skip
 
-    def _wait_for_endpoint(self, session: Any, record: Endpoint) -> dict[str, Any]:
+    def _wait_for_endpoint(self, session: sdk.Aws, record: Endpoint) -> dict[str, Any]:
         """Poll DescribeEndpoint until the endpoint is no longer being created; keep the record's status current."""
         while True:
             description = sdk.describe_endpoint(session, record.endpoint_name)
@@ -484,7 +483,7 @@ class SageMakerBackend(Backend):
             reason = description.get("FailureReason", "no reason given")
             say(f"transform job {name} {description['TransformJobStatus'].lower()}: {reason}")
 
-    def _wait_for_transform(self, session: Any, name: str) -> dict[str, Any]:
+    def _wait_for_transform(self, session: sdk.Aws, name: str) -> dict[str, Any]:
         status = None
         while True:
             description = sdk.describe_transform_job(session, name)
