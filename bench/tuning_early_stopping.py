@@ -21,11 +21,11 @@ import optuna
 
 from launcher.backends.base import TrainingSpec
 from launcher.backends.process import ProcessBackend
-from launcher.local_tuning import LocalTuner
 from launcher.metrics import DEFAULT_OBJECTIVE
 from launcher.records import RecordStore
 from launcher.sample_data import write_digits
-from launcher.tuning_spec import ParameterRange, TuningSpec
+from launcher.tuning.optuna_tuner import OptunaTuner
+from launcher.tuning.spec import ParameterRange, TuningSpec
 
 
 def main() -> None:
@@ -53,7 +53,7 @@ def main() -> None:
             spec = TuningSpec(name=f"bench-{early_stopping.lower()}", training=training, ranges=ranges,
                               strategy="Random", max_jobs=args.trials, early_stopping=early_stopping)  # fmt: skip
             start = time.perf_counter()
-            record = LocalTuner(spec, ProcessBackend(work, RecordStore(work / "records")), work / "tuning").run()
+            record = OptunaTuner(spec, ProcessBackend(work, RecordStore(work / "records")), work / "tuning").run()
             rows = json.loads((work / "tuning" / "results.json").read_text())
             epochs = sum(r["stopped_at_epoch"] if r["stopped_early"] else args.epochs for r in rows)
             outcome[early_stopping] = (epochs, record.best["objective"], time.perf_counter() - start, rows)

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launcher import lineage, promotion, steps, tracking, tracking_ui
-from launcher.backends import BACKENDS, get_backend
 from launcher.backends.base import (
     DEFAULT_IMAGE,
     S3_SCHEME,
@@ -21,6 +20,7 @@ from launcher.backends.base import (
     TrainingSpec,
     TransformSpec,
 )
+from launcher.backends.registry import BACKENDS, get_backend
 from launcher.errors import LauncherError
 from launcher.job_config import JobConfig, load_job_config
 from launcher.pipeline import Challenge, Pipeline, RunPlan, sample_image, test_split
@@ -28,8 +28,8 @@ from launcher.progress import say
 from launcher.records import Endpoint, Promotion, RecordStore, TrainingJob, TuningRun, unique_name
 from launcher.report import show_report
 from launcher.tracking import Tracker
-from launcher.tuning_results import load_best_hyperparameters
-from launcher.tuning_spec import Tuning, TuningSpec
+from launcher.tuning.results import load_best_hyperparameters
+from launcher.tuning.spec import Tuning, TuningSpec
 
 JOB_PREFIX = "imgclf"
 IMAGE_ENV = "IMGCLF_IMAGE"

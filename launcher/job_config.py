@@ -36,7 +36,7 @@ import yaml
 
 from launcher import metrics
 from launcher.errors import LauncherError
-from launcher.tuning_spec import DIRECTIONS, EARLY_STOPPING, SCALINGS, STRATEGIES, ParameterRange, Tuning
+from launcher.tuning.spec import DIRECTIONS, EARLY_STOPPING, SCALINGS, STRATEGIES, ParameterRange, Tuning
 
 SDK_RANGE_CLASSES = {"ContinuousParameter": "continuous", "IntegerParameter": "integer",
                      "CategoricalParameter": "categorical"}  # fmt: skip

@@ -25,8 +25,8 @@ from launcher.errors import LauncherError
 from launcher.progress import say
 from launcher.records import Endpoint, Evaluation, PipelineRun, Promotion, R, TrainingJob, TuningRun
 from launcher.report import show_report
-from launcher.tuning_results import load_best_hyperparameters
-from launcher.tuning_spec import TuningSpec
+from launcher.tuning.results import load_best_hyperparameters
+from launcher.tuning.spec import TuningSpec
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # The final job saves the smdebug trace and samples the system, so its report has every rule's evidence.

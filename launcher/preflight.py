@@ -21,7 +21,7 @@ from launcher.errors import LauncherError
 from launcher.progress import say
 
 if TYPE_CHECKING:
-    from launcher.tuning_spec import ParameterRange, TuningSpec
+    from launcher.tuning.spec import ParameterRange, TuningSpec
 
 SCHEMA_FILE = "hyperparameter_schema.json"
 # The container's names for the splits (imgclf.data): separate channels, or subfolders of one `training` channel.

@@ -27,7 +27,7 @@ from launcher.errors import LauncherError
 from launcher.progress import say
 
 if TYPE_CHECKING:
-    from launcher.tuning_spec import ParameterRange, TuningSpec
+    from launcher.tuning.spec import ParameterRange, TuningSpec
 
 DEFAULT_REGION = "us-east-1"
 # Local mode never calls IAM, but its requests carry a role ARN as SageMaker's do.

@@ -17,7 +17,9 @@ from launcher.errors import LauncherError
 from launcher.progress import say
 from launcher.records import Endpoint, Evaluation, TrainingJob, TransformJob, TuningRun
 from launcher.transform import CONTENT_TYPES, PREDICTIONS_FILE, SUMMARY_FILE, Predictions, image_files
-from launcher.tuning_spec import TuningSpec
+from launcher.tuning.optuna_tuner import OptunaTuner
+from launcher.tuning.sagemaker_tuner import tune_on_sagemaker
+from launcher.tuning.spec import TuningSpec
 
 MATRIX_FILE = "confusion_matrix.png"  # beside an evaluation's page
 
@@ -41,7 +43,11 @@ def tune(backend: Backend, spec: TuningSpec) -> TuningRun:
         spec.name, "tuning", params=spec.tracked_params(), tags={"imgclf.backend": backend.name}, reuse=True
     )
     with tracker.ending_on_error(parent):
-        run = backend.tune(spec, backend.workdir / "tuning" / spec.name, parent)
+        folder = backend.workdir / "tuning" / spec.name
+        if backend.native_tuner:
+            run = tune_on_sagemaker(spec, backend.records, folder, tracker=tracker, parent_run=parent)
+        else:
+            run = OptunaTuner(spec, backend, folder, parent).run()
     run.mlflow_run = parent
     run.lineage = {
         "dataset": dataset,

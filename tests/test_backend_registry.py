@@ -14,9 +14,9 @@ from conftest import write_split
 
 from imgclf import train as container_train
 from launcher import contract, metrics
-from launcher.backends import BACKENDS
 from launcher.backends.base import TrainingSpec
 from launcher.backends.process import ProcessBackend
+from launcher.backends.registry import BACKENDS
 from launcher.cli import main
 from launcher.records import TrainingJob
 

@@ -9,7 +9,7 @@ import pytest
 
 from launcher.errors import LauncherError
 from launcher.job_config import ConfigError, load_job_config, parse_job_config
-from launcher.tuning_spec import ParameterRange
+from launcher.tuning.spec import ParameterRange
 
 ORIGINAL = """
 data: data/dogs

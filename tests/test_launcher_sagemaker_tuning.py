@@ -1,4 +1,4 @@
-"""launcher.sagemaker_tuning against AWS clients answered by botocore's Stubber (see test_launcher_sagemaker.py).
+"""launcher.tuning.sagemaker_tuner against AWS clients answered by botocore's Stubber (see test_launcher_sagemaker.py).
 
 Covered: the CreateHyperParameterTuningJob request launcher.sdk builds from a TuningSpec (strategy, objective,
 limits, ranges, early stopping, static hyperparameters, metric definitions, image, warm start, Hyperband's
@@ -25,9 +25,9 @@ from launcher import contract, metrics, tracking
 from launcher.backends.base import AwsOptions, TrainingSpec
 from launcher.errors import LauncherError
 from launcher.records import RecordStore, TrainingJob, TuningRun
-from launcher.sagemaker_tuning import tune_on_sagemaker
 from launcher.tracking import Tracker
-from launcher.tuning_spec import ParameterRange, TuningSpec
+from launcher.tuning.sagemaker_tuner import tune_on_sagemaker
+from launcher.tuning.spec import ParameterRange, TuningSpec
 
 TUNING = "imgclf-hpo-1"
 DATA = f"s3://{BUCKET}/shapes"

@@ -24,7 +24,7 @@ from launcher.metrics import EPOCH_LINE
 from launcher.records import RecordStore, TrainingJob
 from launcher.sdk import local_mode_containers
 from launcher.tracking import Tracker
-from launcher.tuning_spec import ParameterRange, TuningSpec
+from launcher.tuning.spec import ParameterRange, TuningSpec
 
 pytestmark = pytest.mark.docker
 OBJECTIVE = re.compile(r"valid loss: ([0-9.eE+-]+)")  # the default objective: the last epoch's validation loss

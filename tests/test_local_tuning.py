@@ -16,9 +16,9 @@ from conftest import BIN, default_sigint, write_split
 from launcher.backends.base import TrainingSpec
 from launcher.backends.process import ProcessBackend
 from launcher.cli import main
-from launcher.local_tuning import LocalTuner
 from launcher.records import RecordStore
-from launcher.tuning_spec import ParameterRange, TuningSpec
+from launcher.tuning.optuna_tuner import OptunaTuner
+from launcher.tuning.spec import ParameterRange, TuningSpec
 
 # Fine-tuning the head of a "pretrained" backbone (conftest's `backbone`): quick, and validation loss at
 # epoch 1 already tells a learning rate of 0 from a useful one.
@@ -50,7 +50,7 @@ def test_tuning_with_early_stopping_stops_the_bad_trials(tmp_path: Path, backbon
     workdir = tmp_path / "work"
     backend = ProcessBackend(workdir, RecordStore(workdir / "records"))
 
-    record = LocalTuner(spec, backend, workdir / "tuning" / "tune-1").run().to_json()
+    record = OptunaTuner(spec, backend, workdir / "tuning" / "tune-1").run().to_json()
 
     rows = json.loads((workdir / "tuning" / "tune-1" / "results.json").read_text())
     assert len(rows) == 6 and record["trials"] == 6

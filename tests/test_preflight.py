@@ -15,7 +15,7 @@ from imgclf.errors import UserError
 from launcher import preflight
 from launcher.backends.base import TrainingSpec
 from launcher.errors import LauncherError
-from launcher.tuning_spec import ParameterRange, Tuning, TuningSpec
+from launcher.tuning.spec import ParameterRange, Tuning, TuningSpec
 
 
 def container_refusal(channels: dict[str, Path]) -> str:

@@ -6,16 +6,13 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from launcher import metrics, transform
 from launcher.errors import LauncherError
 from launcher.progress import say
-from launcher.records import Endpoint, RecordStore, TrainingJob, TransformJob, TuningRun
+from launcher.records import Endpoint, RecordStore, TrainingJob, TransformJob
 from launcher.tracking import Tracker
-
-if TYPE_CHECKING:
-    from launcher.tuning_spec import TuningSpec
 
 S3_SCHEME = "s3://"
 MAX_RUN_SECONDS = 86400  # SageMaker's default limit on a training job's run time
@@ -136,6 +133,7 @@ class Backend(ABC):
     sagemaker_debugger: ClassVar[bool] = False  # SageMaker Debugger's hook, rules and profiler
     models_in_s3: ClassVar[bool] = False  # deploys a model.tar.gz from S3 (else only one on this machine)
     rollback_alarms: ClassVar[bool] = False  # a model swap that alarms roll back
+    native_tuner: ClassVar[bool] = False  # tunes with its own service (else Optuna here, each trial one of its jobs)
 
     def __init__(self, workdir: Path, records: RecordStore, tracker: Tracker | None = None):
         self.workdir = workdir
@@ -207,14 +205,6 @@ class Backend(ABC):
     def image_identity(self, image: str) -> dict[str, Any]:
         """The image a job ran in, for its lineage: its name (and digest where the name pins one)."""
         return {"image": image, "digest": image.split("@", 1)[1] if "@sha256:" in image else None}
-
-    def tune(self, spec: TuningSpec, folder: Path, parent_run: str | None = None) -> TuningRun:
-        """Run a tuning run to its end; return its record (saved by the caller). Here: Optuna on this machine,
-        each trial a training job of this backend (and a child of MLflow run `parent_run`); the study and the
-        results go to `folder`."""
-        from launcher.local_tuning import LocalTuner  # it builds on this module
-
-        return LocalTuner(spec, self, folder, parent_run).run()
 
     def transform(self, spec: TransformSpec) -> TransformJob:
         """Classify every image of the input into `<output>/predictions.jsonl`, skipping the files an earlier run

@@ -14,16 +14,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from launcher import contract, sdk, transform
 from launcher.backends.base import S3_SCHEME, AwsOptions, Backend, DeploySpec, TrainingSpec, TransformSpec
 from launcher.errors import LauncherError
 from launcher.progress import say
-from launcher.records import Endpoint, TrainingJob, TransformJob, TuningRun
-
-if TYPE_CHECKING:
-    from launcher.tuning_spec import TuningSpec
+from launcher.records import Endpoint, TrainingJob, TransformJob
 
 ROLE_ENV = "IMGCLF_SAGEMAKER_ROLE"
 BUCKET_ENV = "IMGCLF_S3_BUCKET"
@@ -290,16 +287,10 @@ class SageMakerBackend(Backend):
     sagemaker_debugger = True
     models_in_s3 = True
     rollback_alarms = True
+    native_tuner = True
 
     def default_endpoint_instance_type(self, training_instance_type: str | None) -> str:
         return DEFAULT_ENDPOINT_INSTANCE_TYPE  # a training GPU is rarely what an endpoint needs
-
-    def tune(self, spec: TuningSpec, folder: Path, parent_run: str | None = None) -> TuningRun:
-        """SageMaker's HyperparameterTuner runs the trials; the results are written to `folder` once it ends, and
-        each trial becomes a child of MLflow run `parent_run` from what SageMaker kept of it."""
-        from launcher.sagemaker_tuning import tune_on_sagemaker  # it builds on this module
-
-        return tune_on_sagemaker(spec, self.records, folder, tracker=self.tracker, parent_run=parent_run)
 
     def launch(self, spec: TrainingSpec) -> TrainingJob:
         """Upload the local channels and start the job on SageMaker."""

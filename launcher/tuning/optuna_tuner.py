@@ -28,8 +28,8 @@ from launcher.backends.base import Backend, TrainingSpec
 from launcher.errors import LauncherError
 from launcher.progress import say
 from launcher.records import TrainingJob, TuningRun
-from launcher.tuning_results import TrialRow, write_results
-from launcher.tuning_spec import ParameterRange, TuningSpec
+from launcher.tuning.results import TrialRow, write_results
+from launcher.tuning.spec import ParameterRange, TuningSpec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the tuner says what each trial does; Optuna need not
 POLL_SECONDS = 0.5
@@ -75,7 +75,7 @@ def suggest(trial: optuna.Trial, r: ParameterRange) -> Any:
     return trial.suggest_float(r.name, r.min_value, r.max_value, log=log)
 
 
-class LocalTuner:
+class OptunaTuner:
     def __init__(self, spec: TuningSpec, backend: Backend, folder: Path, parent_run: str | None = None, seed: int = 0):
         if spec.warm_start_from:
             raise LauncherError("warm start is available on the sagemaker backend only")

@@ -13,7 +13,7 @@ from typing import Any
 from launcher import charts
 from launcher.errors import LauncherError
 from launcher.records import TuningRun
-from launcher.tuning_spec import TuningSpec
+from launcher.tuning.spec import TuningSpec
 
 BEST_FILE = "best.json"
 

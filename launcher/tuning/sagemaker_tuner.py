@@ -20,8 +20,8 @@ from launcher.errors import LauncherError
 from launcher.progress import say
 from launcher.records import RecordStore, TrainingJob, TuningRun
 from launcher.tracking import Tracker
-from launcher.tuning_results import TrialRow, write_results
-from launcher.tuning_spec import TuningSpec
+from launcher.tuning.results import TrialRow, write_results
+from launcher.tuning.spec import TuningSpec
 
 NAME_PATTERN = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,31}")  # CreateHyperParameterTuningJob's
 MAX_NAME_LENGTH = 32
