@@ -12,7 +12,8 @@ import signal
 import threading
 from pathlib import Path
 
-from launcher import hosted, sdk
+from launcher import hosted
+from launcher.backends import local_mode
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,15 +30,15 @@ def main(argv: list[str] | None = None) -> None:
 
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    session = sdk.local_session(serving_port=args.port, container_root=args.container_root, listen=args.listen)
-    sdk.deploy_local_endpoint(session, name=args.name, image=args.image, model_data=args.model_data,
+    session = local_mode.session(serving_port=args.port, container_root=args.container_root, listen=args.listen)
+    local_mode.deploy_endpoint(session, name=args.name, image=args.image, model_data=args.model_data,
                               env=json.loads(args.env), instance_type=args.instance_type)  # fmt: skip
     print(f"endpoint {args.name} deployed on port {args.port}", flush=True)
     try:
         stopping.wait()
     finally:
-        sdk.delete_local_endpoint(session, args.name)
-        sdk.remove_containers(args.container_root, hosted.STOP_GRACE_SECONDS)
+        local_mode.delete_endpoint(session, args.name)
+        local_mode.remove_containers(args.container_root, hosted.STOP_GRACE_SECONDS)
         print(f"endpoint {args.name} deleted", flush=True)
 
 

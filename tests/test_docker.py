@@ -25,7 +25,8 @@ import torch
 from conftest import FAST_HYPERPARAMETERS, Clients, compose_containers, docker, make_job, write_split
 
 from imgclf.distributed import fingerprint
-from launcher import contract, promotion, sdk
+from launcher import contract, promotion
+from launcher.backends import local_mode
 from launcher.backends.base import DeploySpec
 from launcher.backends.local import LocalBackend
 from launcher.cli import main
@@ -333,7 +334,7 @@ def test_removing_local_mode_containers_leaves_none_whatever_their_state(image, 
         assert all(done.returncode == 0 for done in started), [done.stderr for done in started]
         docker("wait", started[1].stdout.strip())
         assert len(compose_containers(root)) == 3
-        assert sdk.remove_containers(root, grace_seconds=1) == 3
+        assert local_mode.remove_containers(root, grace_seconds=1) == 3
         assert compose_containers(root) == []
         assert len(compose_containers(other)) == 1
     finally:

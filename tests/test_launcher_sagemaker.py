@@ -1,6 +1,6 @@
 """The sagemaker backend through the CLI, against AWS clients answered by botocore's Stubber.
 
-Covered: launcher.sdk builds every request from our options, and botocore validates each request,
+Covered: launcher.backends.sagemaker_api builds every request from our options, and botocore validates each request,
 and each stubbed answer, against the real service models of SageMaker, SageMaker Runtime, S3 and CloudWatch Logs,
 so field names, types and required members are AWS's own. We check what CreateTrainingJob receives (image, input
 mode, metric regexes, JSON-encoded hyperparameters, channels, output, resources, Debugger/Profiler settings, spot
@@ -25,7 +25,8 @@ import pytest
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
-from launcher import contract, metrics, sdk
+from launcher import contract, metrics
+from launcher.backends import sagemaker_api
 from launcher.cli import main
 from launcher.records import Endpoint, RecordStore, TrainingJob
 
@@ -72,9 +73,9 @@ class StubbedAWS(boto3.Session):
 
 
 def stub_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> StubbedAWS:
-    """Stubbed AWS behind launcher.sdk's one seam, an environment without AWS settings or credentials, and no
-    pause between the Describe* calls of a wait."""
-    monkeypatch.setattr(sdk, "POLL_SECONDS", 0)
+    """Stubbed AWS behind sagemaker_api's one seam (boto_session), an environment without AWS settings or
+    credentials, and no pause between the Describe* calls of a wait."""
+    monkeypatch.setattr(sagemaker_api, "POLL_SECONDS", 0)
     for name in ("IMGCLF_SAGEMAKER_ROLE", "IMGCLF_S3_BUCKET", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
@@ -86,7 +87,7 @@ def stub_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> StubbedAWS:
         assert region == REGION
         return stubbed
 
-    monkeypatch.setattr(sdk, "boto_session", boto_session)
+    monkeypatch.setattr(sagemaker_api, "boto_session", boto_session)
     return stubbed
 
 
@@ -242,7 +243,7 @@ def test_credentials_never_reach_the_console_or_the_records(
                "token": "IQoJb3JpZ2luX2VjEXAMPLETOKEN"}  # fmt: skip
     stub_aws(monkeypatch, tmp_path)
     aws = StubbedAWS(**secrets)
-    monkeypatch.setattr(sdk, "boto_session", lambda region: aws)
+    monkeypatch.setattr(sagemaker_api, "boto_session", lambda region: aws)
     for name, value in zip(("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"), secrets.values(),
                            strict=True):  # fmt: skip
         monkeypatch.setenv(name, value)
@@ -630,7 +631,7 @@ def test_gpu_endpoints_get_an_ami_whose_driver_runs_the_image(
     (variant,) = aws.sent("CreateEndpointConfig")[0]["ProductionVariants"]
     assert variant["InstanceType"] == instance_type and variant.get("InferenceAmiVersion") == ami_version
     if ami_version:
-        assert ami_version in sdk.inference_ami_versions()
+        assert ami_version in sagemaker_api.inference_ami_versions()
     assert read_endpoint(tmp_path)["inference_ami_version"] == ami_version
 
 

@@ -1,9 +1,9 @@
 """launcher.tuning.sagemaker_tuner against AWS clients answered by botocore's Stubber (see test_launcher_sagemaker.py).
 
-Covered: the CreateHyperParameterTuningJob request launcher.sdk builds from a TuningSpec (strategy, objective,
-limits, ranges, early stopping, static hyperparameters, metric definitions, image, warm start, Hyperband's
-resource), validated against SageMaker's service model; the values the container will decode; following the job
-through DescribeHyperParameterTuningJob; and the record of its best training job.
+Covered: the CreateHyperParameterTuningJob request launcher.backends.sagemaker_api builds from a TuningSpec
+(strategy, objective, limits, ranges, early stopping, static hyperparameters, metric definitions, image, warm
+start, Hyperband's resource), validated against SageMaker's service model; the values the container will decode;
+following the job through DescribeHyperParameterTuningJob; and the record of its best training job.
 Not covered: whether SageMaker accepts the job and how it picks trials.
 """
 

@@ -28,7 +28,7 @@ import boto3
 import pytest
 from mlflow.tracking import MlflowClient
 
-from launcher import sdk
+from launcher.backends import sagemaker_api
 from launcher.cli import main
 from launcher.hosted import free_port
 from launcher.records import Endpoint, RecordStore, TrainingJob
@@ -70,7 +70,7 @@ def moto_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str
         monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
         monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
         monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-        monkeypatch.setattr(sdk, "POLL_SECONDS", 0)
+        monkeypatch.setattr(sagemaker_api, "POLL_SECONDS", 0)
         yield url
     finally:
         server.terminate()

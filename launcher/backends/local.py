@@ -18,7 +18,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from launcher import contract, hosted, metrics, sdk, transform
+from launcher import contract, hosted, metrics, transform
+from launcher.backends import local_mode, sagemaker_api
 from launcher.backends.base import Backend, DeploySpec, TrainingSpec, TransformSpec
 from launcher.errors import LauncherError
 from launcher.progress import muted_stdout, say
@@ -77,7 +78,7 @@ class ContainerLogs:
         followed: set[str] = set()
         while len(followed) < self.instance_count:
             ended = self.job_ended.is_set()  # read first: containers listed after the end are all there is
-            for container in sdk.local_mode_containers(self.container_root):
+            for container in local_mode.containers(self.container_root):
                 if container.id not in followed:
                     followed.add(container.id)
                     self.readers.append(threading.Thread(target=self._copy, args=(container,), daemon=True))
@@ -86,7 +87,7 @@ class ContainerLogs:
                 return
             self.job_ended.wait(FIND_CONTAINERS_SECONDS)
 
-    def _copy(self, container: sdk.LocalContainer) -> None:
+    def _copy(self, container: local_mode.LocalContainer) -> None:
         """Copy one container's output, from its start until it exits (text mode turns its tty's CRLF into LF)."""
         prefix = f"{container.name} | " if self.instance_count > 1 else ""
         command = ["docker", "logs", "--follow", container.id]
@@ -143,10 +144,10 @@ class LocalBackend(Backend):
         """Run the job in local mode (Ctrl-C reaches docker-compose too, which stops the containers)."""
         output_dir = self.local_output_dir(spec) / job.name / "output"
         container_root, log = self.workdir / "jobs" / job.name, Path(job.log)
-        request = sdk.training_request(
+        request = sagemaker_api.training_request(
             name=job.name,
             image=spec.image,
-            role=sdk.LOCAL_ROLE,
+            role=local_mode.LOCAL_ROLE,
             instance_type=spec.instance_type,
             instance_count=spec.instance_count,
             output_path=f"file://{output_dir}",
@@ -175,12 +176,12 @@ class LocalBackend(Backend):
                 ContainerLogs(container_root, log_file, spec.instance_count),
                 contextlib.nullcontext() if spec.echo else muted_stdout(),  # local mode prints container output
             ):
-                sdk.run_local_training_job(sdk.local_session(container_root=container_root), request)
+                local_mode.run_training_job(local_mode.session(container_root=container_root), request)
         except Exception as err:  # local mode raises RuntimeError/ValueError variants for a failed container
             return str(err)
         finally:
             del self._running[spec.job_name]
-            sdk.remove_containers(container_root, hosted.STOP_GRACE_SECONDS)
+            local_mode.remove_containers(container_root, hosted.STOP_GRACE_SECONDS)
         return None
 
     def stop_training(self, job_name: str) -> None:
@@ -190,7 +191,7 @@ class LocalBackend(Backend):
         if container_root is None:
             raise LauncherError(f"training job {job_name} is not running here")
         self._stopping.add(job_name)
-        if not sdk.stop_running_containers(container_root, hosted.STOP_GRACE_SECONDS):
+        if not local_mode.stop_running_containers(container_root, hosted.STOP_GRACE_SECONDS):
             self._stopping.discard(job_name)
             raise LauncherError(f"training job {job_name} has no running container to stop (yet, or any more)")
 
@@ -204,7 +205,7 @@ class LocalBackend(Backend):
         try:
             return hosted.serve_routed(self.records, record, self._server(record), spec.listen, spec.startup_timeout)
         except BaseException:  # the host process has ended by now: nothing can start another container
-            sdk.remove_containers(base_dir, hosted.STOP_GRACE_SECONDS)
+            local_mode.remove_containers(base_dir, hosted.STOP_GRACE_SECONDS)
             raise
 
     def swap_model(self, endpoint: Endpoint, spec: DeploySpec, reason: str) -> Endpoint:
@@ -213,7 +214,7 @@ class LocalBackend(Backend):
         finally:  # the old model's containers once stopped, or the new one's if it failed to start
             for folder in Path(endpoint.endpoint_dir).glob("model-*"):
                 if folder.name != f"model-{endpoint.generation}":
-                    sdk.remove_containers(folder, hosted.STOP_GRACE_SECONDS)
+                    local_mode.remove_containers(folder, hosted.STOP_GRACE_SECONDS)
 
     @staticmethod
     def _server(endpoint: Endpoint) -> hosted.ServerCommand:
@@ -260,18 +261,18 @@ class LocalBackend(Backend):
         names = [f"{i:06d}{Path(file).suffix.lower()}" for i, file in enumerate(files)]
         for name, file in zip(names, files, strict=True):
             (staged / name).symlink_to((root / file).resolve())
-        session = sdk.local_session(serving_port=hosted.free_port(), container_root=containers, listen="127.0.0.1")
+        session = local_mode.session(serving_port=hosted.free_port(), container_root=containers, listen="127.0.0.1")
         say(f"transform {spec.name}: {len(files)} images through the image {spec.image} in SageMaker local mode")
         progress.begin()
         try:
             with muted_stdout():  # local mode copies the container's log to stdout
-                sdk.local_transform(session, name=spec.name, image=spec.image,
+                local_mode.transform(session, name=spec.name, image=spec.image,
                                     model_data=f"file://{Path(spec.model_data).resolve()}",
                                     env=spec.serving_environment(), instance_type=spec.instance_type,
                                     input_uri=f"file://{staged}", output_uri=f"file://{answers}",
                                     content_type=transform.job_content_type(files))  # fmt: skip
         finally:
-            sdk.remove_containers(containers, hosted.STOP_GRACE_SECONDS)
+            local_mode.remove_containers(containers, hosted.STOP_GRACE_SECONDS)
         for name, file in zip(names, files, strict=True):
             out = answers / f"{name}.out"
             if out.is_file():
@@ -284,7 +285,7 @@ class LocalBackend(Backend):
 
     def predict(self, endpoint: Endpoint, body: bytes, content_type: str) -> Any:
         try:
-            status, answer = sdk.invoke_local_endpoint(endpoint.port, body, content_type)
+            status, answer = local_mode.invoke_endpoint(endpoint.port, body, content_type)
             answer = json.loads(answer)
         except (OSError, ValueError) as err:  # not listening, cut off, an answer that is not JSON
             raise LauncherError(f"endpoint {endpoint.name} did not answer: {err}; see {endpoint.log}") from err
@@ -296,4 +297,4 @@ class LocalBackend(Backend):
     def stop(self, endpoint: Endpoint) -> None:
         """End the endpoint's host process (and its docker-compose), then remove whatever container is left."""
         hosted.stop(self.records, endpoint)
-        sdk.remove_containers(Path(endpoint.endpoint_dir), hosted.STOP_GRACE_SECONDS)
+        local_mode.remove_containers(Path(endpoint.endpoint_dir), hosted.STOP_GRACE_SECONDS)

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from launcher import contract, sdk, transform
+from launcher import contract, transform
+from launcher.backends import sagemaker_api
 from launcher.backends.base import S3_SCHEME, AwsOptions, Backend, DeploySpec, TrainingSpec, TransformSpec
 from launcher.errors import LauncherError
 from launcher.progress import say
@@ -101,7 +102,7 @@ def endpoint_ami_version(instance_type: str, requested: str) -> str | None:
         return GPU_INFERENCE_AMI if instance_type.startswith(GPU_FAMILIES) else None
     if requested == "none":
         return None
-    known = sdk.inference_ami_versions()
+    known = sagemaker_api.inference_ami_versions()
     if requested not in known:
         raise LauncherError(
             f"unknown inference AMI version {requested!r}; SageMaker knows auto, none, {', '.join(known)}"
@@ -126,7 +127,9 @@ def check_training_spec(spec: TrainingSpec) -> None:
         )
 
 
-def upload_local_channels(session: sdk.Aws, bucket: str, job_name: str, channels: dict[str, str]) -> dict[str, str]:
+def upload_local_channels(
+    session: sagemaker_api.Aws, bucket: str, job_name: str, channels: dict[str, str]
+) -> dict[str, str]:
     """Every channel as an S3 URI: s3:// ones as they are, local folders or files uploaded to
     s3://<bucket>/imgclf/<job>/input/<channel> (all checked before anything is uploaded)."""
     local = {name: Path(source).resolve() for name, source in channels.items() if not source.startswith(S3_SCHEME)}
@@ -137,7 +140,7 @@ def upload_local_channels(session: sdk.Aws, bucket: str, job_name: str, channels
     for name, path in local.items():
         key_prefix = f"{S3_PREFIX}/{job_name}/input/{name}"
         say(f"channel {name!r}: uploading {path} to {S3_SCHEME}{bucket}/{key_prefix}")
-        uploaded[name] = sdk.upload(session, path, bucket, key_prefix)
+        uploaded[name] = sagemaker_api.upload(session, path, bucket, key_prefix)
     return {name: uploaded.get(name, source) for name, source in channels.items()}
 
 
@@ -146,7 +149,7 @@ class PreparedTraining:
     """A training job's CreateTrainingJob request, ready to send, and where its inputs and outputs are."""
 
     aws: AwsSettings
-    session: sdk.Aws
+    session: sagemaker_api.Aws
     request: dict[str, Any]
     channels: dict[str, str]  # every channel as an S3 URI
     output_path: str
@@ -161,7 +164,7 @@ def prepare_training(spec: TrainingSpec, name: str) -> PreparedTraining:
     check_training_spec(spec)
     aws = AwsSettings.resolve(spec.aws)
     output_path = (spec.output_path or f"{S3_SCHEME}{aws.bucket}/{S3_PREFIX}").rstrip("/")
-    session = sdk.aws_session(aws.region)
+    session = sagemaker_api.aws_session(aws.region)
     channels = upload_local_channels(session, aws.bucket, name, spec.channels)
     spot = None
     if spec.spot:
@@ -169,7 +172,7 @@ def prepare_training(spec: TrainingSpec, name: str) -> PreparedTraining:
             "max_wait": spec.max_wait or 2 * spec.max_run,
             "checkpoint_s3_uri": f"{S3_SCHEME}{aws.bucket}/{S3_PREFIX}/{name}/checkpoints",
         }
-    request = sdk.training_request(
+    request = sagemaker_api.training_request(
         name=name,
         image=spec.image,
         role=aws.role,
@@ -181,7 +184,7 @@ def prepare_training(spec: TrainingSpec, name: str) -> PreparedTraining:
         max_run=spec.max_run,
         spot=spot,
     )
-    request.update(sdk.debugger_request(spec.sagemaker_debugger, aws.region, output_path))
+    request.update(sagemaker_api.debugger_request(spec.sagemaker_debugger, aws.region, output_path))
     return PreparedTraining(aws, session, request, channels, output_path, spot)
 
 
@@ -195,7 +198,7 @@ def record_outcome(job: TrainingJob, description: dict[str, Any]) -> dict[str, f
     return {m["MetricName"]: m["Value"] for m in description.get("FinalMetricDataList", [])}
 
 
-def model_data_in_s3(session: sdk.Aws, model_data: str, bucket: str, key_prefix: str) -> str:
+def model_data_in_s3(session: sagemaker_api.Aws, model_data: str, bucket: str, key_prefix: str) -> str:
     """The model's S3 URI: as given, or a local model.tar.gz uploaded to s3://<bucket>/<key_prefix>/."""
     if model_data.startswith(S3_SCHEME):
         return model_data
@@ -203,7 +206,7 @@ def model_data_in_s3(session: sdk.Aws, model_data: str, bucket: str, key_prefix:
     if not path.is_file():
         raise LauncherError(f"no model.tar.gz at {path} (give a training job's name, a file or an s3:// URI)")
     say(f"uploading {path} to {S3_SCHEME}{bucket}/{key_prefix}")
-    return sdk.upload(session, path, bucket, key_prefix)
+    return sagemaker_api.upload(session, path, bucket, key_prefix)
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
@@ -225,12 +228,12 @@ def transform_ami_version(instance_type: str, requested: str | None) -> str | No
     )
 
 
-def upload_images(session: sdk.Aws, root: Path, files: list[str], bucket: str, name: str) -> str:
+def upload_images(session: sagemaker_api.Aws, root: Path, files: list[str], bucket: str, name: str) -> str:
     """Upload `files` (relative to `root`) to s3://<bucket>/imgclf/<name>/input/; return that prefix."""
     prefix = f"{S3_PREFIX}/{name}/input"
     say(f"uploading {len(files)} images to {S3_SCHEME}{bucket}/{prefix}/")
     for file in files:
-        sdk.put_object(session, bucket, f"{prefix}/{file}", (root / file).read_bytes())
+        sagemaker_api.put_object(session, bucket, f"{prefix}/{file}", (root / file).read_bytes())
     return f"{S3_SCHEME}{bucket}/{prefix}"
 
 
@@ -259,7 +262,7 @@ def transform_request(
 
 
 def collect_outputs(
-    session: sdk.Aws,
+    session: sagemaker_api.Aws,
     output: str,
     files: list[str],
     keep_logits: bool,
@@ -269,14 +272,14 @@ def collect_outputs(
     """Each file's answer from its `<file>.out` object under `output`; a file without one is written as not
     answered (tried again by the next run)."""
     bucket, prefix = split_s3_uri(output + "/")
-    keys = {key[len(prefix) :]: key for key in sdk.s3_keys(session, bucket, prefix)}
+    keys = {key[len(prefix) :]: key for key in sagemaker_api.s3_keys(session, bucket, prefix)}
     progress.begin()
     for file in files:
         key = keys.get(f"{file}.out")
         if key is None:
             line = {"file": file, "error": "the transform job wrote no answer for it", "status": 503}
         else:
-            line = transform.answer_line(file, 200, sdk.get_object(session, bucket, key), keep_logits)
+            line = transform.answer_line(file, 200, sagemaker_api.get_object(session, bucket, key), keep_logits)
         predictions.add(line)
         progress.tick(failed="predictions" not in line)
 
@@ -295,7 +298,7 @@ class SageMakerBackend(Backend):
     def launch(self, spec: TrainingSpec) -> TrainingJob:
         """Upload the local channels and start the job on SageMaker."""
         prepared = prepare_training(spec, spec.job_name)
-        sdk.start_training_job(prepared.session, prepared.request)
+        sagemaker_api.start_training_job(prepared.session, prepared.request)
         artifacts = f"{prepared.output_path}/{spec.job_name}/output"
         say(f"training job {spec.job_name} started on SageMaker in {prepared.aws.region}")
         return spec.record(
@@ -312,7 +315,7 @@ class SageMakerBackend(Backend):
 
     def follow(self, job: TrainingJob, spec: TrainingSpec) -> dict[str, float]:
         say(f"following the log of training job {job.name} (Ctrl-C stops following, not the job)")
-        return record_outcome(job, sdk.follow_training_job(sdk.aws_session(job.region), job.name))
+        return record_outcome(job, sagemaker_api.follow_training_job(sagemaker_api.aws_session(job.region), job.name))
 
     def interrupted(self, job: TrainingJob) -> None:
         """The job goes on on SageMaker; its record stays InProgress."""
@@ -325,7 +328,7 @@ class SageMakerBackend(Backend):
         check_image_and_instance(spec.image, spec.instance_type)
         ami_version = endpoint_ami_version(spec.instance_type, spec.inference_ami_version)
         aws = AwsSettings.resolve(spec.aws, needs_bucket=not spec.model_data.startswith(S3_SCHEME))
-        session = sdk.aws_session(aws.region)
+        session = sagemaker_api.aws_session(aws.region)
         model_data = model_data_in_s3(session, spec.model_data, aws.bucket, f"{S3_PREFIX}/{spec.endpoint_name}")
         record = spec.record(
             self.name,
@@ -338,7 +341,7 @@ class SageMakerBackend(Backend):
         record.model_data = model_data
         self.records.save(record)
         try:
-            sdk.create_endpoint(session, name=spec.endpoint_name, image=spec.image, model_data=model_data,
+            sagemaker_api.create_endpoint(session, name=spec.endpoint_name, image=spec.image, model_data=model_data,
                                 role=aws.role, env=spec.serving_environment(), instance_type=spec.instance_type,
                                 inference_ami_version=ami_version)  # fmt: skip
         except LauncherError as err:
@@ -365,17 +368,18 @@ class SageMakerBackend(Backend):
         return record
 
     def swap_model(self, endpoint: Endpoint, spec: DeploySpec, reason: str) -> Endpoint:
-        """UpdateEndpoint to a new endpoint config as a blue/green deployment (see `sdk.update_endpoint`), with
-        `spec.rollback_alarms` feeding its auto-rollback. SageMaker keeps the old fleet serving until the new one passes
-        its health checks, so no request fails; a rollback or failure leaves the old model serving, and says so."""
+        """UpdateEndpoint to a new endpoint config as a blue/green deployment (`sagemaker_api.update_endpoint`),
+        with `spec.rollback_alarms` feeding its auto-rollback. SageMaker keeps the old fleet serving until the new one
+        passes its health checks, so no request fails; a rollback or failure leaves the old model serving, and says
+        so."""
         model_data, job_name, alarms = spec.model_data, spec.job_name, list(spec.rollback_alarms)
         aws = AwsSettings.resolve(dataclasses.replace(spec.aws, region=spec.aws.region or endpoint.region),
                                   needs_bucket=not model_data.startswith(S3_SCHEME))  # fmt: skip
-        session = sdk.aws_session(aws.region)
+        session = sagemaker_api.aws_session(aws.region)
         generation = (endpoint.generation or 1) + 1
         name = f"{endpoint.endpoint_name}-{generation}"[-63:]
         model_data = model_data_in_s3(session, model_data, aws.bucket, f"{S3_PREFIX}/{name}")
-        sdk.update_endpoint(session, endpoint_name=endpoint.endpoint_name, name=name, image=endpoint.image,
+        sagemaker_api.update_endpoint(session, endpoint_name=endpoint.endpoint_name, name=name, image=endpoint.image,
                             model_data=model_data, role=aws.role, env=endpoint.environment,
                             instance_type=endpoint.instance_type, inference_ami_version=endpoint.inference_ami_version,
                             rollback_alarms=alarms, termination_wait=BLUE_GREEN_BAKING_SECONDS)  # fmt: skip
@@ -408,17 +412,17 @@ class SageMakerBackend(Backend):
                 "model_name": record.model_name, "endpoint_config_name": record.endpoint_config_name,
                 "since": time.time(), "reason": reason}  # fmt: skip
 
-    def _wait_for_endpoint(self, session: sdk.Aws, record: Endpoint) -> dict[str, Any]:
+    def _wait_for_endpoint(self, session: sagemaker_api.Aws, record: Endpoint) -> dict[str, Any]:
         """Poll DescribeEndpoint until the endpoint is no longer being created; keep the record's status current."""
         while True:
-            description = sdk.describe_endpoint(session, record.endpoint_name)
+            description = sagemaker_api.describe_endpoint(session, record.endpoint_name)
             record.endpoint_config_name = description["EndpointConfigName"]
             if description["EndpointStatus"] != record.status:
                 record.status = description["EndpointStatus"]
                 self.records.save(record)
             if record.status not in ENDPOINT_BUSY:
                 return description
-            time.sleep(sdk.POLL_SECONDS)
+            time.sleep(sagemaker_api.POLL_SECONDS)
 
     # -- batch transform ------------------------------------------------------------------------------------
     def model_archive(self, model_data: str, aws: AwsOptions, folder: Path) -> Path:
@@ -426,7 +430,7 @@ class SageMakerBackend(Backend):
             return Path(model_data)
         folder.mkdir(parents=True, exist_ok=True)
         region = AwsSettings.resolve(aws, needs_bucket=False, needs_role=False).region
-        return sdk.download(model_data, folder / contract.MODEL_ARTIFACT, region)
+        return sagemaker_api.download(model_data, folder / contract.MODEL_ARTIFACT, region)
 
     def transform_inputs(self, spec: TransformSpec) -> list[str]:
         """A local folder's images, or those under an s3:// prefix (by extension, any depth)."""
@@ -434,7 +438,7 @@ class SageMakerBackend(Backend):
             return super().transform_inputs(spec)
         aws = AwsSettings.resolve(spec.aws, needs_bucket=False)
         bucket, prefix = split_s3_uri(spec.input.rstrip("/") + "/")
-        keys = sdk.s3_keys(sdk.aws_session(aws.region), bucket, prefix)
+        keys = sagemaker_api.s3_keys(sagemaker_api.aws_session(aws.region), bucket, prefix)
         images = (key for key in keys if os.path.splitext(key)[1].lower() in transform.CONTENT_TYPES)
         files = sorted(key[len(prefix) :] for key in images)
         if not files:
@@ -449,51 +453,52 @@ class SageMakerBackend(Backend):
         ami_version = transform_ami_version(spec.instance_type, spec.ami_version)
         local_input = not spec.input.startswith(S3_SCHEME)
         aws = AwsSettings.resolve(spec.aws, needs_bucket=local_input or not spec.model_data.startswith(S3_SCHEME))
-        session = sdk.aws_session(aws.region)
+        session = sagemaker_api.aws_session(aws.region)
         name = f"{spec.name[:56]}-{time.strftime('%H%M%S')}"  # a new SageMaker job (and model) for each run
         model_data = model_data_in_s3(session, spec.model_data, aws.bucket, f"{S3_PREFIX}/{spec.name}")
         prefix = upload_images(session, Path(spec.input), files, aws.bucket, spec.name) if local_input else spec.input
         prefix = prefix.rstrip("/") + "/"
         bucket = aws.bucket or split_s3_uri(prefix)[0]
         manifest = json.dumps([{"prefix": prefix}, *files]).encode()
-        manifest_uri = sdk.put_object(session, bucket, f"{S3_PREFIX}/{spec.name}/{name}.manifest", manifest)
+        manifest_uri = sagemaker_api.put_object(session, bucket, f"{S3_PREFIX}/{spec.name}/{name}.manifest", manifest)
         output = f"{S3_SCHEME}{bucket}/{S3_PREFIX}/{spec.name}/output/{name}"
         job.transform_job_name, job.s3_output, job.region = name, output, aws.region
         self.records.save(job)
-        sdk.create_model(session, name=name, image=spec.image, model_data=model_data, role=aws.role,
+        sagemaker_api.create_model(session, name=name, image=spec.image, model_data=model_data, role=aws.role,
                          env=spec.serving_environment())  # fmt: skip
         try:
-            sdk.create_transform_job(session, transform_request(spec, name, manifest_uri, output, files, ami_version))
+            request = transform_request(spec, name, manifest_uri, output, files, ami_version)
+            sagemaker_api.create_transform_job(session, request)
             say(f"transform job {name} started on SageMaker in {aws.region} ({len(files)} images on "
                 f"{spec.instance_type}; Ctrl-C stops waiting, not the job)")  # fmt: skip
             description = self._wait_for_transform(session, name)
             collect_outputs(session, output, files, spec.logits, predictions, progress)
         finally:
-            sdk.delete_model(session, name)
+            sagemaker_api.delete_model(session, name)
         if description["TransformJobStatus"] != "Completed":
             reason = description.get("FailureReason", "no reason given")
             say(f"transform job {name} {description['TransformJobStatus'].lower()}: {reason}")
 
-    def _wait_for_transform(self, session: sdk.Aws, name: str) -> dict[str, Any]:
+    def _wait_for_transform(self, session: sagemaker_api.Aws, name: str) -> dict[str, Any]:
         status = None
         while True:
-            description = sdk.describe_transform_job(session, name)
+            description = sagemaker_api.describe_transform_job(session, name)
             if description["TransformJobStatus"] != status:
                 status = description["TransformJobStatus"]
                 say(f"transform job {name}: {status}")
             if status not in ("InProgress", "Stopping"):
                 return description
-            time.sleep(sdk.POLL_SECONDS)
+            time.sleep(sagemaker_api.POLL_SECONDS)
 
     def predict(self, endpoint: Endpoint, body: bytes, content_type: str) -> Any:
-        session = sdk.aws_session(endpoint.region)
-        return sdk.invoke_endpoint(session, endpoint.endpoint_name, body, content_type)
+        session = sagemaker_api.aws_session(endpoint.region)
+        return sagemaker_api.invoke_endpoint(session, endpoint.endpoint_name, body, content_type)
 
     def stop(self, endpoint: Endpoint) -> None:
-        session = sdk.aws_session(endpoint.region)
+        session = sagemaker_api.aws_session(endpoint.region)
         served = endpoint.history or [{"endpoint_config_name": endpoint.endpoint_config_name,
                                        "model_name": endpoint.model_name}]  # fmt: skip
-        gone = sdk.delete_endpoint(
+        gone = sagemaker_api.delete_endpoint(
             session,
             endpoint_name=endpoint.endpoint_name,
             config_names=[entry["endpoint_config_name"] for entry in served],

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from launcher import contract, metrics, sdk
+from launcher import contract, metrics
+from launcher.backends import sagemaker_api
 from launcher.backends.base import S3_SCHEME
 from launcher.backends.sagemaker import SageMakerBackend, prepare_training, record_outcome
 from launcher.errors import LauncherError
@@ -86,7 +87,8 @@ def tune_on_sagemaker(
     and each trial becomes a child of MLflow run `parent_run`."""
     hyperband_max_epochs = check_tuning_spec(spec)
     prepared = prepare_training(spec.training, spec.name)
-    sdk.start_tuning_job(prepared.session, sdk.tuning_request(prepared.request, spec, hyperband_max_epochs))
+    request = sagemaker_api.tuning_request(prepared.request, spec, hyperband_max_epochs)
+    sagemaker_api.start_tuning_job(prepared.session, request)
     run = spec.record(SageMakerBackend.name, region=prepared.aws.region)
     run.channels = prepared.channels
     records.save(run)
@@ -104,7 +106,7 @@ def tune_on_sagemaker(
     run.status, run.ended = description["HyperParameterTuningJobStatus"], time.time()
     run.training_jobs = description["TrainingJobStatusCounters"]
     run.failure_reason = description.get("FailureReason")
-    rows = trial_rows(spec, sdk.tuning_job_trials(prepared.session, spec.name))
+    rows = trial_rows(spec, sagemaker_api.tuning_job_trials(prepared.session, spec.name))
     write_results(spec, rows, folder, run)
     if tracker:
         track_trials(tracker, parent_run, spec, rows)
@@ -133,11 +135,11 @@ def track_trials(tracker: Tracker, parent_run: str | None, spec: TuningSpec, row
         tracker.end(run, row.status, stopped_early="yes" if row.stopped_early else None)
 
 
-def follow_tuning_job(session: sdk.Aws, name: str) -> dict[str, Any]:
+def follow_tuning_job(session: sagemaker_api.Aws, name: str) -> dict[str, Any]:
     """Poll DescribeHyperParameterTuningJob until the job ends, saying how many trials are where; return it."""
     last = None
     while True:
-        description = sdk.describe_tuning_job(session, name)
+        description = sagemaker_api.describe_tuning_job(session, name)
         status = description["HyperParameterTuningJobStatus"]
         progress = (
             f"tuning job {name}: {status}; training jobs: {trial_counts(description['TrainingJobStatusCounters'])}"
@@ -147,7 +149,7 @@ def follow_tuning_job(session: sdk.Aws, name: str) -> dict[str, Any]:
             last = progress
         if status not in RUNNING:
             return description
-        time.sleep(sdk.POLL_SECONDS)
+        time.sleep(sagemaker_api.POLL_SECONDS)
 
 
 def trial_rows(spec: TuningSpec, summaries: list[dict[str, Any]]) -> list[TrialRow]:
@@ -194,9 +196,9 @@ def decode_hyperparameters(encoded: dict[str, str]) -> dict[str, Any]:
     return decoded
 
 
-def best_job_record(session: sdk.Aws, job_name: str, tuning_job: str) -> TrainingJob:
+def best_job_record(session: sagemaker_api.Aws, job_name: str, tuning_job: str) -> TrainingJob:
     """The best trial as a training job record, like `train --backend sagemaker` writes, so it can be deployed."""
-    description = sdk.describe_training_job(session, job_name)
+    description = sagemaker_api.describe_training_job(session, job_name)
     model_data = description["ModelArtifacts"]["S3ModelArtifacts"]
     resources = description["ResourceConfig"]
     job = TrainingJob(

@@ -1,4 +1,4 @@
-"""The launcher's one SDK module against local mode's own code (sagemaker-core): the compose file local mode would
+"""launcher.backends.local_mode against local mode's own code (sagemaker-core): the compose file local mode would
 hand docker-compose is generated and read back (no engine needed, but local mode insists on docker-compose)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sagemaker.core.local.image import _SageMakerContainer
 
-from launcher import sdk
+from launcher.backends import local_mode
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def serving_ports(session, tmp_path: Path) -> list[list[str]]:
 @pytest.mark.docker
 @pytest.mark.usefixtures("offline_credentials")
 def test_a_local_endpoint_is_published_on_the_given_address_only(tmp_path: Path):
-    session = sdk.local_session(serving_port=18123, container_root=tmp_path, listen="127.0.0.1")
+    session = local_mode.session(serving_port=18123, container_root=tmp_path, listen="127.0.0.1")
     assert serving_ports(session, tmp_path) == [["127.0.0.1:18123:8080"]]
     # Where local mode connects (its runtime client's invocations, its pings) it formats the bare number.
     port = session.sagemaker_runtime_client.serving_port
@@ -39,5 +39,5 @@ def test_a_local_endpoint_is_published_on_the_given_address_only(tmp_path: Path)
 @pytest.mark.docker
 @pytest.mark.usefixtures("offline_credentials")
 def test_without_an_address_local_mode_publishes_on_every_interface(tmp_path: Path):
-    session = sdk.local_session(serving_port=18123, container_root=tmp_path)
+    session = local_mode.session(serving_port=18123, container_root=tmp_path)
     assert serving_ports(session, tmp_path) == [["18123:8080"]]
