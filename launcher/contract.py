@@ -1,4 +1,5 @@
-"""The SageMaker training-job layout, written on this machine for the process backend."""
+"""The container's contracts as the launcher meets them: SageMaker's training-job layout, written on this machine
+for the process backend, and the JSON error its endpoints answer."""
 
 from __future__ import annotations
 
@@ -11,6 +12,19 @@ from launcher.errors import LauncherError
 
 MODEL_ARTIFACT = "model.tar.gz"
 OUTPUT_ARTIFACT = "output.tar.gz"
+
+
+def error_answer(body: bytes | str) -> tuple[str, int | None] | None:
+    """The message and status of an endpoint's error answer (`{"error": MESSAGE, "status": N}`); None for any other
+    body."""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(answer, dict) or "error" not in answer:
+        return None
+    status = answer.get("status")
+    return str(answer["error"]), status if isinstance(status, int) else None
 
 
 def encode_hyperparameters(hyperparameters: dict[str, Any]) -> dict[str, str]:

@@ -10,6 +10,7 @@ is ready, the old server stopped once the router has no request left in flight t
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import signal
@@ -17,12 +18,13 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from launcher import lineage, router
+from launcher import contract, lineage, router
 from launcher.errors import LauncherError
 from launcher.progress import say
 from launcher.records import Endpoint, RecordStore
@@ -38,7 +40,29 @@ ROUTE_TIMEOUT = router.UPSTREAM_TIMEOUT + 10  # the router drains the old server
 PING_INTERVAL = 0.5
 STOP_GRACE_SECONDS = 30  # SageMaker sends SIGKILL 30 s after SIGTERM
 LOG_TAIL_LINES = 30
+INVOKE_TIMEOUT_SECONDS = 60  # SageMaker's own limit on one invocation
 MMS_PORT_RANGE = (20000, 32767)  # multi-model-server rejects ports >= 32767
+
+
+def invoke(endpoint: Endpoint, body: bytes, content_type: str) -> Any:
+    """POST /invocations as the original project's client does (the raw bytes with their content type, JSON asked
+    for); return the decoded answer. An error answered by the endpoint is raised with its own status and message."""
+    request = urllib.request.Request(
+        f"{endpoint.url}/invocations", data=body, headers={"Content-Type": content_type, "Accept": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=INVOKE_TIMEOUT_SECONDS) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        detail = err.read().decode(errors="replace")
+        error = contract.error_answer(detail)
+        raise LauncherError(f"endpoint {endpoint.name} answered {err.code}: {error[0] if error else detail}") from err
+    except (urllib.error.URLError, OSError, ValueError) as err:  # not listening, cut off, an answer that is not JSON
+        reason = getattr(err, "reason", err)
+        raise LauncherError(
+            f"endpoint {endpoint.name} at {endpoint.url} did not answer ({reason}); is it still running? See "
+            f"{endpoint.log}"
+        ) from err
 
 
 def free_port() -> int:

@@ -21,11 +21,12 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from launcher import contract
 from launcher.errors import LauncherError
 from launcher.progress import say
 
@@ -118,9 +119,24 @@ def answer_line(file: str, status: int, body: bytes, keep_logits: bool) -> dict[
         if keep_logits:
             line["logits"] = answer.get("logits")
         return line
-    if isinstance(answer, dict) and "error" in answer:  # ours, also where it came with 200 (errors as records)
-        return {"file": file, "error": str(answer["error"]), "status": int(answer.get("status") or status)}
+    error = contract.error_answer(body)  # ours, also where it came with 200 (errors as records)
+    if error:
+        return {"file": file, "error": error[0], "status": error[1] or status}
     return {"file": file, "error": f"unexpected answer: {body[:200]!r}", "status": status}
+
+
+def add_out_files(files: list[str], read: Callable[[str], bytes | None], keep_logits: bool, predictions: Predictions,
+                  progress: Progress, missing: str) -> None:  # fmt: skip
+    """Each file's line from the `.out` file that a batch transform wrote for it (`read` gives its bytes, None where
+    there is none: then the line says `missing`, and the next run tries the file again)."""
+    for file in files:
+        body = read(file)
+        if body is None:
+            line = {"file": file, "error": missing, "status": 503}
+        else:
+            line = answer_line(file, 200, body, keep_logits)
+        predictions.add(line)
+        progress.tick(failed="predictions" not in line)
 
 
 class Progress:

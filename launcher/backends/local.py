@@ -34,6 +34,13 @@ FIND_CONTAINERS_SECONDS = 0.5  # between looks for a job's containers until all 
 TEXT_BYTES = bytes({7, 8, 9, 10, 12, 13, 27} | set(range(0x20, 0x100)) - {0x7F})
 
 
+def check_instance_type(instance_type: str, doing: str) -> None:
+    if instance_type not in INSTANCE_TYPES:
+        raise LauncherError(
+            f"the local backend {doing} on instance types {' or '.join(INSTANCE_TYPES)}, not {instance_type!r}"
+        )
+
+
 def local_mode_can_send(data: bytes) -> bool:
     """Whether local mode's transformer can send a file: it decodes one without control bytes as UTF-8 text and
     ends the whole job when that fails. Such a file is no JPEG or PNG (their headers hold control bytes)."""
@@ -127,10 +134,7 @@ class LocalBackend(Backend):
         return training_instance_type if training_instance_type in INSTANCE_TYPES else "local"
 
     def launch(self, spec: TrainingSpec) -> TrainingJob:
-        if spec.instance_type not in INSTANCE_TYPES:
-            raise LauncherError(
-                f"the local backend runs instance types {', '.join(INSTANCE_TYPES)}, not {spec.instance_type!r}"
-            )
+        check_instance_type(spec.instance_type, "trains")
         channels = {name: Path(path).resolve() for name, path in spec.channels.items()}
         for name, path in channels.items():
             if not path.exists():
@@ -196,8 +200,7 @@ class LocalBackend(Backend):
             raise LauncherError(f"training job {job_name} has no running container to stop (yet, or any more)")
 
     def deploy(self, spec: DeploySpec) -> Endpoint:
-        if spec.instance_type not in INSTANCE_TYPES:
-            raise LauncherError(f"the local backend serves on instance types {', '.join(INSTANCE_TYPES)}")
+        check_instance_type(spec.instance_type, "serves")
         base_dir = self.new_endpoint_dir(spec.endpoint_name)
         port = spec.port or hosted.free_port()
         record = spec.record(self.name, port=port, url=f"http://127.0.0.1:{port}", endpoint_dir=str(base_dir),
@@ -240,8 +243,7 @@ class LocalBackend(Backend):
         """Local mode's batch transform with the image. It reads the top of one folder only, so the
         files are linked into one first, under names that keep their order; files it cannot send are answered
         here."""
-        if spec.instance_type not in INSTANCE_TYPES:
-            raise LauncherError(f"the local backend transforms on instance types {', '.join(INSTANCE_TYPES)}")
+        check_instance_type(spec.instance_type, "transforms")
         folder = self.workdir / "transforms" / spec.name / "local"
         shutil.rmtree(folder, ignore_errors=True)
         staged, answers, containers = folder / "input", folder / "output", folder / "containers"
@@ -273,26 +275,16 @@ class LocalBackend(Backend):
                                     content_type=transform.job_content_type(files))  # fmt: skip
         finally:
             local_mode.remove_containers(containers, hosted.STOP_GRACE_SECONDS)
-        for name, file in zip(names, files, strict=True):
-            out = answers / f"{name}.out"
-            if out.is_file():
-                line = transform.answer_line(file, 200, out.read_bytes(), spec.logits)
-            else:
-                line = {"file": file, "error": "local mode wrote no answer for it", "status": 503}
-            predictions.add(line)
-            progress.tick(failed="predictions" not in line)
+        outs = {file: answers / f"{name}.out" for name, file in zip(names, files, strict=True)}
+
+        def read(file: str) -> bytes | None:
+            return outs[file].read_bytes() if outs[file].is_file() else None
+
+        transform.add_out_files(files, read, spec.logits, predictions, progress, "local mode wrote no answer for it")
         shutil.rmtree(staged)
 
     def predict(self, endpoint: Endpoint, body: bytes, content_type: str) -> Any:
-        try:
-            status, answer = local_mode.invoke_endpoint(endpoint.port, body, content_type)
-            answer = json.loads(answer)
-        except (OSError, ValueError) as err:  # not listening, cut off, an answer that is not JSON
-            raise LauncherError(f"endpoint {endpoint.name} did not answer: {err}; see {endpoint.log}") from err
-        if status != 200:
-            message = answer.get("error", answer) if isinstance(answer, dict) else answer
-            raise LauncherError(f"endpoint {endpoint.name} answered {status}: {message}")
-        return answer
+        return hosted.invoke(endpoint, body, content_type)
 
     def stop(self, endpoint: Endpoint) -> None:
         """End the endpoint's host process (and its docker-compose), then remove whatever container is left."""

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -135,19 +133,6 @@ def delete_endpoint(session: Any, name: str) -> None:
     client.delete_endpoint(EndpointName=name)
     client.delete_endpoint_config(EndpointConfigName=name)
     client.delete_model(ModelName=name)
-
-
-def invoke_endpoint(port: int, body: bytes, content_type: str) -> tuple[int, bytes]:
-    """What the original project's client sends to an endpoint (the raw bytes, asking for JSON), to a local
-    endpoint's port; returns the status and body of the answer, an error's included."""
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": content_type, "Accept": JSON}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=120) as answer:
-            return answer.status, answer.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
 
 
 def transform(session: Any, *, name: str, image: str, model_data: str, env: dict[str, str], instance_type: str,

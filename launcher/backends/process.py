@@ -6,15 +6,11 @@ artifacts are packed the way SageMaker uploads them, `<output>/<job>/output/mode
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -175,25 +171,7 @@ class ProcessBackend(Backend):
             shutil.rmtree(base_dir / "model", ignore_errors=True)  # the log stays
 
     def predict(self, endpoint: Endpoint, body: bytes, content_type: str) -> Any:
-        request = urllib.request.Request(
-            f"{endpoint.url}/invocations",
-            data=body,
-            method="POST",
-            headers={"Content-Type": content_type, "Accept": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as err:
-            detail = err.read().decode(errors="replace")
-            with contextlib.suppress(ValueError, AttributeError):
-                detail = json.loads(detail).get("error", detail)
-            raise LauncherError(f"endpoint {endpoint.name} answered {err.code}: {detail}") from err
-        except urllib.error.URLError as err:
-            raise LauncherError(
-                f"endpoint {endpoint.name} at {endpoint.url} is not reachable ({err.reason}); "
-                f"is it still running? See {endpoint.log}"
-            ) from err
+        return hosted.invoke(endpoint, body, content_type)
 
     def stop(self, endpoint: Endpoint) -> None:
         hosted.stop(self.records, endpoint)

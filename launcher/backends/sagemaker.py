@@ -269,19 +269,16 @@ def collect_outputs(
     predictions: transform.Predictions,
     progress: transform.Progress,
 ) -> None:
-    """Each file's answer from its `<file>.out` object under `output`; a file without one is written as not
-    answered (tried again by the next run)."""
+    """Each file's answer from its `<file>.out` object under `output`."""
     bucket, prefix = split_s3_uri(output + "/")
     keys = {key[len(prefix) :]: key for key in sagemaker_api.s3_keys(session, bucket, prefix)}
-    progress.begin()
-    for file in files:
+
+    def read(file: str) -> bytes | None:
         key = keys.get(f"{file}.out")
-        if key is None:
-            line = {"file": file, "error": "the transform job wrote no answer for it", "status": 503}
-        else:
-            line = transform.answer_line(file, 200, sagemaker_api.get_object(session, bucket, key), keep_logits)
-        predictions.add(line)
-        progress.tick(failed="predictions" not in line)
+        return None if key is None else sagemaker_api.get_object(session, bucket, key)
+
+    progress.begin()
+    transform.add_out_files(files, read, keep_logits, predictions, progress, "the transform job wrote no answer for it")
 
 
 class SageMakerBackend(Backend):
@@ -413,16 +410,22 @@ class SageMakerBackend(Backend):
                 "since": time.time(), "reason": reason}  # fmt: skip
 
     def _wait_for_endpoint(self, session: sagemaker_api.Aws, record: Endpoint) -> dict[str, Any]:
-        """Poll DescribeEndpoint until the endpoint is no longer being created; keep the record's status current."""
-        while True:
-            description = sagemaker_api.describe_endpoint(session, record.endpoint_name)
-            record.endpoint_config_name = description["EndpointConfigName"]
-            if description["EndpointStatus"] != record.status:
-                record.status = description["EndpointStatus"]
-                self.records.save(record)
-            if record.status not in ENDPOINT_BUSY:
-                return description
-            time.sleep(sagemaker_api.POLL_SECONDS)
+        """Poll DescribeEndpoint until the endpoint is no longer being created or updated; the record follows each
+        change of its status and config."""
+
+        def changed(description: dict[str, Any]) -> None:
+            record.status, record.endpoint_config_name = (
+                description["EndpointStatus"],
+                description["EndpointConfigName"],
+            )
+            self.records.save(record)
+
+        return sagemaker_api.poll(
+            lambda: sagemaker_api.describe_endpoint(session, record.endpoint_name),
+            lambda description: description["EndpointStatus"] in ENDPOINT_BUSY,
+            lambda description: f"{description['EndpointStatus']} {description['EndpointConfigName']}",
+            changed,
+        )
 
     # -- batch transform ------------------------------------------------------------------------------------
     def model_archive(self, model_data: str, aws: AwsOptions, folder: Path) -> Path:
@@ -480,15 +483,12 @@ class SageMakerBackend(Backend):
             say(f"transform job {name} {description['TransformJobStatus'].lower()}: {reason}")
 
     def _wait_for_transform(self, session: sagemaker_api.Aws, name: str) -> dict[str, Any]:
-        status = None
-        while True:
-            description = sagemaker_api.describe_transform_job(session, name)
-            if description["TransformJobStatus"] != status:
-                status = description["TransformJobStatus"]
-                say(f"transform job {name}: {status}")
-            if status not in ("InProgress", "Stopping"):
-                return description
-            time.sleep(sagemaker_api.POLL_SECONDS)
+        return sagemaker_api.poll(
+            lambda: sagemaker_api.describe_transform_job(session, name),
+            lambda description: description["TransformJobStatus"] in ("InProgress", "Stopping"),
+            lambda description: description["TransformJobStatus"],
+            lambda description: say(f"transform job {name}: {description['TransformJobStatus']}"),
+        )
 
     def predict(self, endpoint: Endpoint, body: bytes, content_type: str) -> Any:
         session = sagemaker_api.aws_session(endpoint.region)

@@ -13,13 +13,12 @@ import contextlib
 import json
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from launcher import metrics
-from launcher.contract import encode_hyperparameters
+from launcher import contract, metrics
 from launcher.errors import LauncherError
 from launcher.progress import say
 
@@ -33,6 +32,22 @@ MAX_RUN_SECONDS = 86400  # SageMaker's own default run limit
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 JOB_ENDED = ("Completed", "Failed", "Stopped")
 JSON = "application/json"
+Description = dict[str, Any]  # a Describe* answer
+
+
+def poll(describe: Callable[[], Description], busy: Callable[[Description], bool],
+         state: Callable[[Description], str], changed: Callable[[Description], None]) -> Description:  # fmt: skip
+    """Call `describe` every POLL_SECONDS while its answer is `busy`; `changed` sees each answer whose `state`
+    differs from the one before (to save a record, to say so). Returns the last answer."""
+    last = None
+    while True:
+        description = describe()
+        if state(description) != last:
+            last = state(description)
+            changed(description)
+        if not busy(description):
+            return description
+        time.sleep(POLL_SECONDS)
 
 
 def boto_session(region: str) -> Any:
@@ -128,7 +143,7 @@ def training_request(
             "MetricDefinitions": metrics.METRIC_DEFINITIONS,
         },
         "RoleArn": role,
-        "HyperParameters": encode_hyperparameters(hyperparameters),
+        "HyperParameters": contract.encode_hyperparameters(hyperparameters),
         "InputDataConfig": [channel(channel_name, uri) for channel_name, uri in channels.items()],
         "OutputDataConfig": {"S3OutputPath": output_path},
         "ResourceConfig": {
@@ -367,9 +382,9 @@ def model_error_message(endpoint_name: str, response: dict[str, Any]) -> str:
     """`endpoint NAME answered STATUS: MESSAGE` from a ModelError; the container answers {"error": ..., "status": N}."""
     status = response.get("OriginalStatusCode", "an error")
     detail = response.get("OriginalMessage") or response.get("Error", {}).get("Message", "")
-    with contextlib.suppress(ValueError, AttributeError):
-        answer = json.loads(detail)
-        status, detail = answer.get("status", status), answer["error"]
+    error = contract.error_answer(detail)
+    if error:
+        detail, status = error[0], error[1] or status
     return f"endpoint {endpoint_name} answered {status}: {detail}"
 
 

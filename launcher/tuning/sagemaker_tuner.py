@@ -137,19 +137,17 @@ def track_trials(tracker: Tracker, parent_run: str | None, spec: TuningSpec, row
 
 def follow_tuning_job(session: sagemaker_api.Aws, name: str) -> dict[str, Any]:
     """Poll DescribeHyperParameterTuningJob until the job ends, saying how many trials are where; return it."""
-    last = None
-    while True:
-        description = sagemaker_api.describe_tuning_job(session, name)
-        status = description["HyperParameterTuningJobStatus"]
-        progress = (
-            f"tuning job {name}: {status}; training jobs: {trial_counts(description['TrainingJobStatusCounters'])}"
-        )
-        if progress != last:
-            say(progress)
-            last = progress
-        if status not in RUNNING:
-            return description
-        time.sleep(sagemaker_api.POLL_SECONDS)
+
+    def state(description: dict[str, Any]) -> str:
+        counts = trial_counts(description["TrainingJobStatusCounters"])
+        return f"{description['HyperParameterTuningJobStatus']}; training jobs: {counts}"
+
+    return sagemaker_api.poll(
+        lambda: sagemaker_api.describe_tuning_job(session, name),
+        lambda description: description["HyperParameterTuningJobStatus"] in RUNNING,
+        state,
+        lambda description: say(f"tuning job {name}: {state(description)}"),
+    )
 
 
 def trial_rows(spec: TuningSpec, summaries: list[dict[str, Any]]) -> list[TrialRow]:
