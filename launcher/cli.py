@@ -282,9 +282,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_model_options(transform, backend_help)
     transform.add_argument("--input", required=True, help="a folder of images, or (sagemaker backend) an s3:// prefix")
     transform.add_argument(
-        "--output", type=absolute_path, help="folder for predictions.jsonl and summary.json "
-        "(default <workdir>/transforms/NAME/output)",
-    )  # fmt: skip
+        "--output",
+        type=absolute_path,
+        help="folder for predictions.jsonl and summary.json (default <workdir>/transforms/NAME/output)",
+    )
     transform.add_argument("--name", help="transform name (default: imgclf-transform-<timestamp>); reuse it to resume")
     transform.add_argument("--logits", action="store_true", help="keep every class's logit in each line")
 
@@ -387,15 +388,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--rollback-alarm", action="append", default=[], metavar="ALARM", help=ALARM_HELP)
     add_swap_options(rollback)
 
-    trace = commands.add_parser(
+    lineage = commands.add_parser(
         "lineage",
         help="trace an endpoint or job back to its data, code and configuration",
         description="Print the chain behind an endpoint, training job, tuning run or pipeline run: the endpoint "
         "and the model hash it serves, the training job (hyperparameters, code revision, image, model hash), "
         "the tuning run and its best trial, and the dataset manifest (every input file's SHA-256).",
     )
-    trace.add_argument("name", metavar="NAME", help="an endpoint, training job, tuning run or `launcher run` name")
-    trace.add_argument("--json", action="store_true", help="print the chain as JSON")
+    lineage.add_argument("name", metavar="NAME", help="an endpoint, training job, tuning run or `launcher run` name")
+    lineage.add_argument("--json", action="store_true", help="print the chain as JSON")
     return parser
 
 
@@ -431,8 +432,11 @@ def add_model_options(parser: argparse.ArgumentParser, backend_help: str) -> Non
         help="sagemaker backend, GPU instance types: the hosts' TransformAmiVersion (their NVIDIA driver); needed "
         "for GPUs, since the image's CUDA 13 needs driver 580 and SageMaker's default batch hosts run 470 or 535",
     )
-    add_aws_options(parser, DEPLOY_BUCKET_HELP.replace("<endpoint>", "<name>") + "; local input folders are "
-                    "uploaded there too", f"that of the training job, else {REGION_DEFAULT}")  # fmt: skip
+    add_aws_options(
+        parser,
+        DEPLOY_BUCKET_HELP.replace("<endpoint>", "<name>") + "; local input folders are uploaded there too",
+        f"that of the training job, else {REGION_DEFAULT}",
+    )
 
 
 def add_debugger_option(parser: argparse.ArgumentParser) -> None:
@@ -534,7 +538,7 @@ COMMANDS = {
     "report": commands.report,
     "tune": commands.tune,
     "run": commands.run,
-    "lineage": commands.trace,
+    "lineage": commands.lineage,
     "transform": commands.transform,
     "evaluate": commands.evaluate,
     "ui": commands.ui,

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher import lineage, promotion, steps, tracking, tracking_ui
+from launcher import promotion, steps, tracking, tracking_ui
 from launcher.backends.base import (
     DEFAULT_IMAGE,
     S3_SCHEME,
@@ -23,6 +23,8 @@ from launcher.backends.base import (
 from launcher.backends.registry import BACKENDS, get_backend
 from launcher.errors import LauncherError
 from launcher.job_config import JobConfig, load_job_config
+from launcher.lineage import chain as lineage_chain
+from launcher.lineage import format_chain
 from launcher.pipeline import Challenge, Pipeline, RunPlan, sample_image, test_split
 from launcher.progress import say
 from launcher.records import Endpoint, Promotion, RecordStore, TrainingJob, TuningRun, unique_name
@@ -102,8 +104,9 @@ def job_spec(args: Args, config: JobConfig, job_name: str, base: dict | None = N
     if args.data:
         channels["training"] = args.data
     if not channels:
-        raise LauncherError("no data: give --data DIR (with train/, valid/, test/), --channel train=DIR ..., or a "
-                            "--config with data")  # fmt: skip
+        raise LauncherError(
+            "no data: give --data DIR (with train/, valid/, test/), --channel train=DIR ..., or a --config with data"
+        )
     if args.spot:
         require(args.backend, "spot", "--spot")
     if args.max_wait is not None and not args.spot:
@@ -139,9 +142,18 @@ def tuning_of(args: Args, config: JobConfig) -> Tuning | None:
     return dataclasses.replace(config.tuning, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def endpoint_spec(args: Args, name: str, model_data: str, *, image: str, instance_type: str, aws: AwsOptions,
-                  job_name: str | None = None, deploy: dict | None = None,
-                  rollback_alarms: list[str] | None = None) -> DeploySpec:  # fmt: skip
+def endpoint_spec(
+    args: Args,
+    name: str,
+    model_data: str,
+    *,
+    image: str,
+    instance_type: str,
+    aws: AwsOptions,
+    job_name: str | None = None,
+    deploy: dict | None = None,
+    rollback_alarms: list[str] | None = None,
+) -> DeploySpec:
     """How the flags (then the config's deploy section, then DeploySpec's defaults) say to serve a model."""
     deploy = deploy or {}
     chosen = {
@@ -229,8 +241,11 @@ class ModelSource:
             return cls(model)
         if records.exists(Endpoint, model) and not records.exists(TrainingJob, model):
             endpoint = records.load(Endpoint, model)
-            job = records.load(TrainingJob, endpoint.job_name) if endpoint.job_name and records.exists(
-                TrainingJob, endpoint.job_name) else None  # fmt: skip
+            job = (
+                records.load(TrainingJob, endpoint.job_name)
+                if endpoint.job_name and records.exists(TrainingJob, endpoint.job_name)
+                else None
+            )
             return cls(endpoint.model_data, job, endpoint.image, endpoint.region)
         try:
             job = records.load(TrainingJob, model)
@@ -261,9 +276,15 @@ def deploy(args: Args, records: RecordStore) -> None:
     source.check(args.backend)
     name = new_name(records, Endpoint, args.endpoint_name, f"{JOB_PREFIX}-ep")
     backend = backend_of(args, records)
-    spec = endpoint_spec(args, name, source.model_data, image=default_image(args.image or source.image),
-                         instance_type=source.instance_type(args.instance_type, backend), aws=source.aws(args),
-                         job_name=source.job.name if source.job else None)  # fmt: skip
+    spec = endpoint_spec(
+        args,
+        name,
+        source.model_data,
+        image=default_image(args.image or source.image),
+        instance_type=source.instance_type(args.instance_type, backend),
+        aws=source.aws(args),
+        job_name=source.job.name if source.job else None,
+    )
     endpoint = steps.deploy(backend, spec)
     say(f"predict with: launcher predict --endpoint {endpoint.name} IMAGE")
 
@@ -394,11 +415,26 @@ def promote(args: Args, records: RecordStore) -> None:
     name = new_name(records, Promotion, None, f"{JOB_PREFIX}-promotion")
     folder = args.workdir / "promotions" / name
     champion = promotion.served_endpoint(backend, args.endpoint, promotion.dataset_classes(data), folder)
-    evaluation = TransformSpec(name=name, model_data="", input="", output=args.workdir / "evaluations",
-                               image=champion.image or DEFAULT_IMAGE, instance_type=champion.instance_type or "local",
-                               aws=AwsOptions(role=args.role, bucket=args.bucket, region=champion.region))  # fmt: skip
-    promotion.contest(backend, champion, job, data, promotion.Rule(args.min_improvement), evaluation,
-                      swap_spec(args, backend, champion), name, force=args.force)  # fmt: skip
+    evaluation = TransformSpec(
+        name=name,
+        model_data="",
+        input="",
+        output=args.workdir / "evaluations",
+        image=champion.image or DEFAULT_IMAGE,
+        instance_type=champion.instance_type or "local",
+        aws=AwsOptions(role=args.role, bucket=args.bucket, region=champion.region),
+    )
+    promotion.contest(
+        backend,
+        champion,
+        job,
+        data,
+        promotion.Rule(args.min_improvement),
+        evaluation,
+        swap_spec(args, backend, champion),
+        name,
+        force=args.force,
+    )
 
 
 def rollback(args: Args, records: RecordStore) -> None:
@@ -414,9 +450,9 @@ def ui(args: Args, _records: RecordStore) -> None:
     tracking_ui.serve(tracker.uri, args.port, tracker.artifact_root, args.workdir / "mlflow-ui.log", experiment)
 
 
-def trace(args: Args, records: RecordStore) -> None:
-    chain = lineage.chain(records, args.name)
+def lineage(args: Args, records: RecordStore) -> None:
+    chain = lineage_chain(records, args.name)
     if args.json:
         print(json.dumps([{"step": step, **facts} for step, facts in chain], indent=2, default=str))
     else:
-        print(lineage.format_chain(chain))
+        print(format_chain(chain))

@@ -97,8 +97,10 @@ def render(result: dict[str, Any], root: Path, title: str, matrix_image: bytes) 
         names = ", ".join(f"{esc(name)} ({count})" for name, count in result["unknown_classes"].items())
         left_out.append(f"<p class='note'>Left out, classes the model does not know: {names}.</p>")
     if result["failed"]:
-        left_out.append(f"<p class='note'>Left out, {len(result['failed'])} image(s) that could not be classified "
-                        "(listed in evaluation.json).</p>")  # fmt: skip
+        left_out.append(
+            f"<p class='note'>Left out, {len(result['failed'])} image(s) that could not be classified "
+            "(listed in evaluation.json).</p>"
+        )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title><style>{STYLE}</style></head>
 <body>

@@ -94,8 +94,9 @@ def model_ready(url: str) -> bool:
         return False
 
 
-def start_server(name: str, command: list[str], env: dict[str, str], folder: Path, port: int,
-                 timeout: float) -> tuple[int, str, Path]:  # fmt: skip
+def start_server(
+    name: str, command: list[str], env: dict[str, str], folder: Path, port: int, timeout: float
+) -> tuple[int, str, Path]:
     """Start a model server detached in `folder` (its output in `serve.log`), answering on 127.0.0.1:`port`, and
     wait until it serves the model; its pid, URL and log. Stopped again if it fails to."""
     log_file = folder / "serve.log"
@@ -173,8 +174,17 @@ def serve_routed(
         _write_route(folder, record.generation, upstream, record.model_data)
         record.pid, record.upstream, record.log = pid, upstream, str(log)
         records.save(record)
-        command = [sys.executable, "-m", "launcher.router", "--listen", listen, "--port", str(record.port),
-                   "--folder", str(folder)]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "launcher.router",
+            "--listen",
+            listen,
+            "--port",
+            str(record.port),
+            "--folder",
+            str(folder),
+        ]
         with open(folder / "router.log", "w") as router_log:
             process = subprocess.Popen(command, stdout=router_log, stderr=subprocess.STDOUT, start_new_session=True)
         record.router_pid = process.pid
@@ -196,8 +206,10 @@ def swap(records: RecordStore, record: Endpoint, server: ServerCommand, spec: De
     switched once it answers, the old server stopped once drained. A server that fails to start is stopped and the
     old one keeps serving; SIGINT or SIGTERM before the switch does the same, after it the swap completes first."""
     if not record.router_pid:
-        raise LauncherError(f"endpoint {record.name} has no router (deployed by an older launcher): deploy the model "
-                            "on a new endpoint instead")  # fmt: skip
+        raise LauncherError(
+            f"endpoint {record.name} has no router (deployed by an older launcher): deploy the model "
+            "on a new endpoint instead"
+        )
     folder, model_data, job_name = Path(record.endpoint_dir), spec.model_data, spec.job_name
     generation = (record.generation or 1) + 1
     while (folder / f"model-{generation}").exists():  # a try that failed: its folder and log are kept
@@ -226,12 +238,19 @@ def swap(records: RecordStore, record: Endpoint, server: ServerCommand, spec: De
 
 def _served(record: Endpoint, reason: str) -> dict:
     """An entry of the endpoint's history: which model served from when, and why."""
-    return {"generation": record.generation, "job_name": record.job_name, "model_data": record.model_data,
-            "model_sha256": lineage.model_hash(record.model_data), "since": time.time(), "reason": reason}  # fmt: skip
+    return {
+        "generation": record.generation,
+        "job_name": record.job_name,
+        "model_data": record.model_data,
+        "model_sha256": lineage.model_hash(record.model_data),
+        "since": time.time(),
+        "reason": reason,
+    }
 
 
-def _start_server(record: Endpoint, server: ServerCommand, model_data: str, folder: Path,
-                  timeout: float) -> tuple[int, str, Path]:  # fmt: skip
+def _start_server(
+    record: Endpoint, server: ServerCommand, model_data: str, folder: Path, timeout: float
+) -> tuple[int, str, Path]:
     """A model server for `model_data` in `folder`, behind the endpoint's router, ready."""
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -283,8 +302,10 @@ def signals_as_interrupt() -> Iterator[None]:
 def signals_deferred() -> Iterator[None]:
     """SIGINT and SIGTERM wait until the block has ended, then interrupt."""
     received: list[int] = []
-    previous = {sig: signal.signal(sig, lambda number, _frame: received.append(number))
-                for sig in (signal.SIGINT, signal.SIGTERM)}  # fmt: skip
+    previous = {
+        sig: signal.signal(sig, lambda number, _frame: received.append(number))
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         yield
     finally:

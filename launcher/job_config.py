@@ -38,10 +38,25 @@ from launcher import metrics
 from launcher.errors import LauncherError
 from launcher.tuning.spec import DIRECTIONS, EARLY_STOPPING, SCALINGS, STRATEGIES, ParameterRange, Tuning
 
-SDK_RANGE_CLASSES = {"ContinuousParameter": "continuous", "IntegerParameter": "integer",
-                     "CategoricalParameter": "categorical"}  # fmt: skip
-TOP_LEVEL = ("data", "channels", "image", "instance_type", "instance_count", "hyperparameters", "rules", "profiler",
-             "tuning", "deploy", "output", "tracking")  # fmt: skip
+SDK_RANGE_CLASSES = {
+    "ContinuousParameter": "continuous",
+    "IntegerParameter": "integer",
+    "CategoricalParameter": "categorical",
+}
+TOP_LEVEL = (
+    "data",
+    "channels",
+    "image",
+    "instance_type",
+    "instance_count",
+    "hyperparameters",
+    "rules",
+    "profiler",
+    "tuning",
+    "deploy",
+    "output",
+    "tracking",
+)
 DEPLOY_KEYS = ("instance_type", "workers", "timeout", "inference_ami_version")
 TRACKING_KEYS = ("experiment", "registered_model")
 
@@ -75,8 +90,10 @@ def load_job_config(path: Path) -> JobConfig:
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
     folder = path.parent
-    channels = {name: source if source.startswith("s3://") else str((folder / source).resolve())
-                for name, source in config.channels.items()}  # fmt: skip
+    channels = {
+        name: source if source.startswith("s3://") else str((folder / source).resolve())
+        for name, source in config.channels.items()
+    }
     return dataclasses.replace(config, channels=channels)
 
 

@@ -55,8 +55,10 @@ def channel_manifest(source: str) -> dict[str, Any]:
         return {"source": source, "files": None}
     root = Path(source)
     if root.is_file():
-        return {"source": str(root), "files": [{"path": root.name, "bytes": root.stat().st_size,
-                                                "sha256": file_sha256(root)}]}  # fmt: skip
+        return {
+            "source": str(root),
+            "files": [{"path": root.name, "bytes": root.stat().st_size, "sha256": file_sha256(root)}],
+        }
     files = [
         {"path": str(p.relative_to(root)), "bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in _files(root)
     ]

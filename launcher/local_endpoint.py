@@ -31,8 +31,14 @@ def main(argv: list[str] | None = None) -> None:
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     session = local_mode.session(serving_port=args.port, container_root=args.container_root, listen=args.listen)
-    local_mode.deploy_endpoint(session, name=args.name, image=args.image, model_data=args.model_data,
-                              env=json.loads(args.env), instance_type=args.instance_type)  # fmt: skip
+    local_mode.deploy_endpoint(
+        session,
+        name=args.name,
+        image=args.image,
+        model_data=args.model_data,
+        env=json.loads(args.env),
+        instance_type=args.instance_type,
+    )
     print(f"endpoint {args.name} deployed on port {args.port}", flush=True)
     try:
         stopping.wait()

@@ -132,19 +132,27 @@ class Pipeline:
 
     def _contest(self, job: TrainingJob, champion: Endpoint) -> Promotion:
         challenge, name = self.plan.challenge, f"{self.plan.name}-promotion"
-        earlier, name = self._earlier(Promotion, name, lambda p: p.status == "Completed" and
-                                      p.challenger.get("model_data") == job.model_data)  # fmt: skip
+        earlier, name = self._earlier(
+            Promotion, name, lambda p: p.status == "Completed" and p.challenger.get("model_data") == job.model_data
+        )
         if earlier:
             say(f"{name} of {job.name}'s model already decided ({earlier.decision}); reusing it")
             return earlier
         region = self.plan.evaluation.aws.region or job.region
-        template = dataclasses.replace(self.plan.evaluation, output=self.backend.workdir / "evaluations",
-                                       aws=dataclasses.replace(self.plan.evaluation.aws, region=region))  # fmt: skip
-        deploy = dataclasses.replace(self.plan.endpoint, endpoint_name=champion.name,
-                                     aws=dataclasses.replace(self.plan.endpoint.aws, region=region))  # fmt: skip
+        template = dataclasses.replace(
+            self.plan.evaluation,
+            output=self.backend.workdir / "evaluations",
+            aws=dataclasses.replace(self.plan.evaluation.aws, region=region),
+        )
+        deploy = dataclasses.replace(
+            self.plan.endpoint,
+            endpoint_name=champion.name,
+            aws=dataclasses.replace(self.plan.endpoint.aws, region=region),
+        )
         data = challenge.holdout or self.plan.evaluation_data
-        contest = promotion.contest(self.backend, champion, job, data, challenge.rule, template, deploy, name,
-                                    force=challenge.force)  # fmt: skip
+        contest = promotion.contest(
+            self.backend, champion, job, data, challenge.rule, template, deploy, name, force=challenge.force
+        )
         self._step("promotion", name, decision=contest.decision, reason=contest.reason)
         return contest
 
@@ -169,8 +177,9 @@ class Pipeline:
             return earlier
         best = load_best_hyperparameters(tuning) if tuning else {}
         hyperparameters = {**spec.hyperparameters, **best, **FINAL_JOB_HYPERPARAMETERS}
-        job = steps.train(self.backend, dataclasses.replace(spec, job_name=name, hyperparameters=hyperparameters),
-                          tuning)  # fmt: skip
+        job = steps.train(
+            self.backend, dataclasses.replace(spec, job_name=name, hyperparameters=hyperparameters), tuning
+        )
         self._step("training_job", name, model_data=job.model_data)
         return job
 
@@ -183,8 +192,13 @@ class Pipeline:
             say(f"endpoint {name} already serves {job.name}; reusing it")
             return earlier
         region = planned.aws.region or job.region  # a sagemaker job's model is in that region's S3
-        spec = dataclasses.replace(planned, endpoint_name=name, model_data=job.model_data, job_name=job.name,
-                                   aws=dataclasses.replace(planned.aws, region=region))  # fmt: skip
+        spec = dataclasses.replace(
+            planned,
+            endpoint_name=name,
+            model_data=job.model_data,
+            job_name=job.name,
+            aws=dataclasses.replace(planned.aws, region=region),
+        )
         endpoint = steps.deploy(self.backend, spec)
         self._step("endpoint", name, url=endpoint.url)
         return endpoint
@@ -201,9 +215,14 @@ class Pipeline:
             say(f"evaluation {name} of {job.name}'s model already done; reusing it")
             return earlier
         region = planned.aws.region or job.region
-        spec = dataclasses.replace(planned, name=name, model_data=job.model_data, job_name=job.name,
-                                   output=planned.output.parent / name,
-                                   aws=dataclasses.replace(planned.aws, region=region))  # fmt: skip
+        spec = dataclasses.replace(
+            planned,
+            name=name,
+            model_data=job.model_data,
+            job_name=job.name,
+            output=planned.output.parent / name,
+            aws=dataclasses.replace(planned.aws, region=region),
+        )
         evaluation = steps.evaluate(self.backend, spec, data)
         self._step("evaluation", name, accuracy=evaluation.metrics["accuracy"], loss=evaluation.metrics["loss"])
         return evaluation
@@ -231,8 +250,14 @@ class Pipeline:
             setattr(self.record, key, value)
         self.records.save(self.record)
 
-    def _summary(self, tuning: TuningRun | None, job: TrainingJob, endpoint: Endpoint, evaluation: Evaluation | None,
-                 contest: Promotion | None) -> None:  # fmt: skip
+    def _summary(
+        self,
+        tuning: TuningRun | None,
+        job: TrainingJob,
+        endpoint: Endpoint,
+        evaluation: Evaluation | None,
+        contest: Promotion | None,
+    ) -> None:
         """Where each artifact is, then the job's rule report (its table is in the job's log) and the lineage."""
         say(f"run {self.plan.name} completed; artifacts:")
         if tuning:
@@ -243,9 +268,11 @@ class Pipeline:
         if evaluation:
             say(f"  evaluation on the test split: {evaluation.page}")
         if contest:
-            say(f"  {contest.name}: {contest.decision} ({contest.reason}); the evaluations: "
+            say(
+                f"  {contest.name}: {contest.decision} ({contest.reason}); the evaluations: "
                 f"{contest.champion.get('evaluation')}, {contest.challenger.get('evaluation')}"
-                + (f"; MLflow run {contest.mlflow_run}" if contest.mlflow_run else ""))  # fmt: skip
+                + (f"; MLflow run {contest.mlflow_run}" if contest.mlflow_run else "")
+            )
         tracker = self.backend.tracker
         if tracker.enabled:
             say(

@@ -186,8 +186,11 @@ def data_problems(channels: dict[str, str]) -> list[str]:
     """What the container (imgclf.data) would refuse in data on this machine, in its words; S3 data is not read."""
     if any(source.startswith(S3_SCHEME) for source in channels.values()):
         return []
-    missing = [f"channel {name!r}: {Path(source).resolve()} does not exist (give a local path or an s3:// URI)"
-               for name, source in channels.items() if not Path(source).exists()]  # fmt: skip
+    missing = [
+        f"channel {name!r}: {Path(source).resolve()} does not exist (give a local path or an s3:// URI)"
+        for name, source in channels.items()
+        if not Path(source).exists()
+    ]
     if missing:
         return missing
     if "train" in channels:
@@ -232,8 +235,9 @@ def split_problems(dirs: dict[str, Path]) -> list[str]:
             )
     if problems:
         return problems
-    problems = [f"the {split} split ({dirs[split]}) has no readable images" for split in dirs
-                if not sum(counts[split].values())]  # fmt: skip
+    problems = [
+        f"the {split} split ({dirs[split]}) has no readable images" for split in dirs if not sum(counts[split].values())
+    ]
     empty = [name for name, count in counts["train"].items() if not count]
     if empty and not problems:
         problems.append(f"classes {empty} have no readable images in the train split {dirs['train']}")

@@ -60,17 +60,21 @@ def served_endpoint(backend: Backend, name: str, classes: list[str] | None, fold
     """The endpoint a challenger is to replace the model of: recorded on this backend, in service, answering, and
     serving a model of the same classes (checked before any training, so that none is wasted)."""
     if not backend.records.exists(Endpoint, name):
-        raise LauncherError(f"no endpoint named {name!r} on record: deploy the first model with `launcher deploy` "
-                            "or `launcher run` without --endpoint")  # fmt: skip
+        raise LauncherError(
+            f"no endpoint named {name!r} on record: deploy the first model with `launcher deploy` "
+            "or `launcher run` without --endpoint"
+        )
     endpoint = backend.records.load(Endpoint, name)
     if endpoint.backend != backend.name:
         raise LauncherError(
             f"endpoint {name} runs on the {endpoint.backend} backend: pass --backend {endpoint.backend}"
         )
     if endpoint.status != "InService" or (endpoint.url and not hosted.model_ready(endpoint.url)):
-        raise LauncherError(f"endpoint {name} is not in service (status {endpoint.status}"
-                            + (f", no answer at {endpoint.url}" if endpoint.url else "")
-                            + "): there is no champion to challenge; deploy a model first")  # fmt: skip
+        raise LauncherError(
+            f"endpoint {name} is not in service (status {endpoint.status}"
+            + (f", no answer at {endpoint.url}" if endpoint.url else "")
+            + "): there is no champion to challenge; deploy a model first"
+        )
     archive = backend.model_archive(endpoint.model_data, AwsOptions(region=endpoint.region), folder)
     served = evaluation.model_classes(archive)
     if classes is not None and sorted(served) != classes:
@@ -96,13 +100,16 @@ def contest(
     anyway with `force`), and promote the challenger if it won. `evaluation` and `deploy` are the templates of the
     evaluations and of the swap; the record is saved as each step ends."""
     champion_job = steps.job_record(backend, endpoint.job_name)
-    record = Promotion(name=name, backend=backend.name, endpoint=endpoint.name, rule=str(rule), data=str(data),
-                       forced=force)  # fmt: skip
+    record = Promotion(
+        name=name, backend=backend.name, endpoint=endpoint.name, rule=str(rule), data=str(data), forced=force
+    )
     record.champion = _contender(endpoint.job_name, endpoint.model_data, champion_job)
     record.challenger = _contender(challenger.name, challenger.model_data, challenger)
     backend.records.save(record)
-    say(f"{name}: champion {endpoint.job_name or endpoint.model_data} (serving on {endpoint.name}) against "
-        f"challenger {challenger.name}, both on {data}")  # fmt: skip
+    say(
+        f"{name}: champion {endpoint.job_name or endpoint.model_data} (serving on {endpoint.name}) against "
+        f"challenger {challenger.name}, both on {data}"
+    )
     try:
         _decide(backend, record, rule, evaluation, data, force)
         if record.decision == "promoted":
@@ -115,13 +122,19 @@ def contest(
     return record
 
 
-def _decide(backend: Backend, record: Promotion, rule: Rule, evaluation: TransformSpec, data: Path,
-            force: bool) -> None:  # fmt: skip
+def _decide(
+    backend: Backend, record: Promotion, rule: Rule, evaluation: TransformSpec, data: Path, force: bool
+) -> None:
     """Evaluate both contenders the same way on `data`, then apply the rule; the record says how it went."""
     for role, contender in (("champion", record.champion), ("challenger", record.challenger)):
         name = f"{record.name}-{role}"
-        spec = dataclasses.replace(evaluation, name=name, model_data=contender["model_data"],
-                                   job_name=contender["job_name"], output=evaluation.output / name)  # fmt: skip
+        spec = dataclasses.replace(
+            evaluation,
+            name=name,
+            model_data=contender["model_data"],
+            job_name=contender["job_name"],
+            output=evaluation.output / name,
+        )
         result = steps.evaluate(backend, spec, data)
         contender.update(evaluation=result.name, metrics=_figures(result))
         backend.records.save(record)
@@ -151,16 +164,22 @@ def rollback(backend: Backend, endpoint: Endpoint, deploy: DeploySpec, name: str
         raise LauncherError(f"endpoint {endpoint.name} has served one model only: there is nothing to roll back to")
     previous, current = served[-2], served[-1]
     previous_job = steps.job_record(backend, previous.get("job_name"))
-    record = Promotion(name=name, backend=backend.name, endpoint=endpoint.name, decision="rolled back",
-                       reason=f"rollback of {current.get('reason')}", rule="launcher rollback")  # fmt: skip
+    record = Promotion(
+        name=name,
+        backend=backend.name,
+        endpoint=endpoint.name,
+        decision="rolled back",
+        reason=f"rollback of {current.get('reason')}",
+        rule="launcher rollback",
+    )
     record.champion = _contender(previous.get("job_name"), previous["model_data"], previous_job)
-    record.challenger = _contender(current.get("job_name"), current["model_data"],
-                                   steps.job_record(backend, current.get("job_name")))  # fmt: skip
+    record.challenger = _contender(
+        current.get("job_name"), current["model_data"], steps.job_record(backend, current.get("job_name"))
+    )
     backend.records.save(record)
     spec = dataclasses.replace(deploy, model_data=previous["model_data"], job_name=previous.get("job_name"))
     try:
-        promote(backend, endpoint, spec, f"rolled back by {name}",
-                previous_job.model_version if previous_job else None)  # fmt: skip
+        promote(backend, endpoint, spec, f"rolled back by {name}", previous_job.model_version if previous_job else None)
     except BaseException as err:
         _ended(backend, record, endpoint, err)
         raise
@@ -169,8 +188,12 @@ def rollback(backend: Backend, endpoint: Endpoint, deploy: DeploySpec, name: str
 
 
 def _contender(job_name: str | None, model_data: str, job: TrainingJob | None) -> dict[str, Any]:
-    return {"job_name": job_name, "model_data": model_data, "model_sha256": lineage.model_hash(model_data),
-            "model_version": job.model_version if job else None}  # fmt: skip
+    return {
+        "job_name": job_name,
+        "model_data": model_data,
+        "model_sha256": lineage.model_hash(model_data),
+        "model_version": job.model_version if job else None,
+    }
 
 
 def _figures(result: Evaluation) -> dict[str, float]:
@@ -180,8 +203,11 @@ def _figures(result: Evaluation) -> dict[str, float]:
 def _ended(backend: Backend, record: Promotion, endpoint: Endpoint, error: BaseException | None = None) -> None:
     """Save how the promotion ended and which model serves now; track it in MLflow; tag the challenger's version."""
     serving = backend.records.load(Endpoint, endpoint.name)
-    record.extra["serving"] = {"job_name": serving.job_name, "model_data": serving.model_data,
-                               "model_sha256": (serving.lineage or {}).get("model_sha256")}  # fmt: skip
+    record.extra["serving"] = {
+        "job_name": serving.job_name,
+        "model_data": serving.model_data,
+        "model_sha256": (serving.lineage or {}).get("model_sha256"),
+    }
     if error is None:
         record.status = "Completed"
     else:
@@ -189,18 +215,27 @@ def _ended(backend: Backend, record: Promotion, endpoint: Endpoint, error: BaseE
         record.failure_reason = str(error) or type(error).__name__
         if record.decision != "rolled back" and serving.model_data != record.challenger.get("model_data"):
             record.decision, record.reason = "kept", f"the challenger was not put in service: {record.failure_reason}"
-        say(f"{record.name} {record.status.lower()}: endpoint {endpoint.name} serves "
-            f"{serving.job_name or serving.model_data}")  # fmt: skip
+        say(
+            f"{record.name} {record.status.lower()}: endpoint {endpoint.name} serves "
+            f"{serving.job_name or serving.model_data}"
+        )
     record.ended = time.time()
     backend.records.save(record)
     tracker = backend.tracker
-    tags = {"imgclf.endpoint": endpoint.name, "imgclf.decision": record.decision, "imgclf.reason": record.reason,
-            "imgclf.champion_job": record.champion.get("job_name"),
-            "imgclf.challenger_job": record.challenger.get("job_name"),
-            "imgclf.serving_job": serving.job_name}  # fmt: skip
+    tags = {
+        "imgclf.endpoint": endpoint.name,
+        "imgclf.decision": record.decision,
+        "imgclf.reason": record.reason,
+        "imgclf.champion_job": record.champion.get("job_name"),
+        "imgclf.challenger_job": record.challenger.get("job_name"),
+        "imgclf.serving_job": serving.job_name,
+    }
     run_id = tracker.start(record.name, "promotion", params={"rule": record.rule, "forced": record.forced}, tags=tags)
-    figures = {f"{role} {key}": value for role in ("champion", "challenger")
-               for key, value in (getattr(record, role).get("metrics") or {}).items()}  # fmt: skip
+    figures = {
+        f"{role} {key}": value
+        for role in ("champion", "challenger")
+        for key, value in (getattr(record, role).get("metrics") or {}).items()
+    }
     tracker.log_metrics(run_id, figures)
     tracker.end(run_id, record.status, record.failure_reason)
     outcome = {"imgclf.promotion": f"{record.name}: {record.decision} on {endpoint.name}: {record.reason}"}

@@ -60,7 +60,7 @@ class RuleResult:
         return result
 
 
-def local_archive(job: TrainingJob, scratch: Path) -> Path:
+def archive_on_host(job: TrainingJob, scratch: Path) -> Path:
     """The job's output.tar.gz on this machine, downloaded into `scratch` if it is in S3."""
     location = job.output_data
     if not location:
@@ -116,7 +116,7 @@ def job_report_files(job: TrainingJob, target: Path) -> list[Path]:
     """The job's report page and metrics.json, extracted from its output into `target` (what a tracking run keeps);
     those the output lacks are left out."""
     with tempfile.TemporaryDirectory() as scratch:
-        archive = local_archive(job, Path(scratch))
+        archive = archive_on_host(job, Path(scratch))
         has_report = extract_report(archive, target)
         with tarfile.open(archive, "r:*") as tar:
             found = [m for m in tar.getmembers() if PurePosixPath(m.name) == PurePosixPath(METRICS_FILE) and m.isfile()]
@@ -146,7 +146,7 @@ def show_report(job: TrainingJob, target: Path, table: bool = True) -> None:
     """Extract a job's report into `target`; print its table (unless the job's log just showed it),
     recommendations and the HTML report's path."""
     with tempfile.TemporaryDirectory() as scratch:
-        if not extract_report(local_archive(job, Path(scratch)), target):
+        if not extract_report(archive_on_host(job, Path(scratch)), target):
             raise LauncherError(f"the output of job {job.name} has no report: {NO_REPORT}")
     results = read_results(target)
     if not results:

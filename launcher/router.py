@@ -156,8 +156,9 @@ class _Handler(BaseHTTPRequestHandler):
                     parts.hostname, parts.port, timeout=UPSTREAM_TIMEOUT
                 )
             try:
-                connection.request(self.command, self.path, body=body if body or self.command != "GET" else None,
-                                   headers=headers)  # fmt: skip
+                connection.request(
+                    self.command, self.path, body=body if body or self.command != "GET" else None, headers=headers
+                )
                 response = connection.getresponse()
                 return response.status, response.getheaders(), response.read()
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):

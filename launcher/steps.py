@@ -28,8 +28,10 @@ def record_dataset(backend: Backend, channels: dict[str, str]) -> dict[str, Any]
     """Hash the job's input files into a manifest (once per tuning run or training job) and say so."""
     dataset = lineage.dataset_manifest(channels, backend.workdir / "manifests")
     if dataset["files"]:  # nothing to say of S3 data, which is named, not listed
-        say(f"dataset {dataset['digest'][:12]}: {dataset['files']} files, {dataset['bytes'] / 1e6:.1f} MB "
-            f"(manifest {dataset['manifest']})")  # fmt: skip
+        say(
+            f"dataset {dataset['digest'][:12]}: {dataset['files']} files, {dataset['bytes'] / 1e6:.1f} MB "
+            f"(manifest {dataset['manifest']})"
+        )
     return dataset
 
 
@@ -263,8 +265,11 @@ def _evaluate(backend: Backend, spec: TransformSpec, data: Path, run_id: str | N
     page.with_name(MATRIX_FILE).write_bytes(matrix)
     page.write_text(evaluation_page.render(result, root, f"Evaluation {spec.name}: {root}", matrix))
     figures = {key: result[key] for key in ("images", "accuracy", "top_k", "top_k_accuracy", "loss")}
-    origin = {"job_name": spec.job_name, "model_sha256": lineage.model_hash(spec.model_data),
-              "dataset": (job.lineage or {}).get("dataset")}  # fmt: skip
+    origin = {
+        "job_name": spec.job_name,
+        "model_sha256": lineage.model_hash(spec.model_data),
+        "dataset": (job.lineage or {}).get("dataset"),
+    }
     record = Evaluation(
         name=spec.name,
         backend=backend.name,

@@ -41,11 +41,24 @@ def free_port() -> int:
 def start(uri: str, port: int, artifact_root: Path | None, log: Path) -> tuple[subprocess.Popen, str]:
     """Start the UI's server and wait until it answers; the process and its address."""
     if not has_ui():
-        raise LauncherError(f"the MLflow UI needs the full mlflow package, and only mlflow-skinny is installed: "
-                            f"{INSTALL_HINT}")  # fmt: skip
+        raise LauncherError(
+            f"the MLflow UI needs the full mlflow package, and only mlflow-skinny is installed: {INSTALL_HINT}"
+        )
     port = port or free_port()
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
-               "--port", str(port), "--workers", "1"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     if artifact_root is not None:
         command += ["--default-artifact-root", artifact_root.as_uri()]
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}

@@ -125,8 +125,14 @@ def answer_line(file: str, status: int, body: bytes, keep_logits: bool) -> dict[
     return {"file": file, "error": f"unexpected answer: {body[:200]!r}", "status": status}
 
 
-def add_out_files(files: list[str], read: Callable[[str], bytes | None], keep_logits: bool, predictions: Predictions,
-                  progress: Progress, missing: str) -> None:  # fmt: skip
+def add_out_files(
+    files: list[str],
+    read: Callable[[str], bytes | None],
+    keep_logits: bool,
+    predictions: Predictions,
+    progress: Progress,
+    missing: str,
+) -> None:
     """Each file's line from the `.out` file that a batch transform wrote for it (`read` gives its bytes, None where
     there is none: then the line says `missing`, and the next run tries the file again)."""
     for file in files:
@@ -254,8 +260,11 @@ def summarise(files: list[str], lines: dict[str, dict[str, Any]], seconds: float
     run's rate, `new` files in `seconds` from its first request to its last answer."""
     answered = [lines[f] for f in files if f in lines]
     classified = [line for line in answered if "predictions" in line]
-    failures = [{"file": line["file"], "status": line.get("status"), "error": line.get("error")}
-                for line in answered if "predictions" not in line]  # fmt: skip
+    failures = [
+        {"file": line["file"], "status": line.get("status"), "error": line.get("error")}
+        for line in answered
+        if "predictions" not in line
+    ]
     labels = Counter(line["predictions"][0]["label"] for line in classified if line["predictions"])
     return {
         "files": len(files),

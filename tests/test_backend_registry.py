@@ -24,7 +24,7 @@ BEST_RATE = 0.02
 
 
 class ReplayBackend(ProcessBackend):
-    """Only `name` and the training lifecycle's `launch` and `follow` are its own."""
+    """Only `name` and the training lifecycle's `launch` and `run_to_end` are its own."""
 
     name = "replay"
     trained: ClassVar[Path]  # the model folder every job "trains" (a real job's, beside its output/)
@@ -35,12 +35,12 @@ class ReplayBackend(ProcessBackend):
         return TrainingJob(name=spec.job_name, backend=self.name, hyperparameters=spec.hyperparameters,
                            log=str(job_dir / "train.log"))  # fmt: skip
 
-    def follow(self, job: TrainingJob, spec: TrainingSpec) -> dict[str, float]:
+    def run_to_end(self, job: TrainingJob, spec: TrainingSpec) -> dict[str, float]:
         loss = abs(float(spec.hyperparameters["learning_rate"]) - BEST_RATE)  # the objective the tuner reads
         lines = [container_train.EPOCH_METRICS.format(epoch=1, train_loss=loss, valid_loss=loss, valid_accuracy=0.5),
                  container_train.TEST_LOSS.format(loss), container_train.TEST_ACCURACY.format(0.5)]  # fmt: skip
         Path(job.log).write_text("\n".join(lines) + "\n")
-        artifacts = self.local_output_dir(spec) / job.name / "output"
+        artifacts = self.output_dir_on_host(spec) / job.name / "output"
         job.model_data = str(contract.pack(self.trained, artifacts / contract.MODEL_ARTIFACT))
         output = self.trained.parent / "output" / "data"  # the real job's, report included
         job.output_data = str(contract.pack(output, artifacts / contract.OUTPUT_ARTIFACT))

@@ -47,8 +47,12 @@ class TrainingSpec:
 
     def record(self, backend: str, **fields: Any) -> TrainingJob:
         """The job's record as it starts; `fields`: what the backend adds or says otherwise."""
-        spec = {"image": self.image, "instance_type": self.instance_type, "instance_count": self.instance_count,
-                "channels": dict(self.channels)}  # fmt: skip
+        spec = {
+            "image": self.image,
+            "instance_type": self.instance_type,
+            "instance_count": self.instance_count,
+            "channels": dict(self.channels),
+        }
         return TrainingJob(
             name=self.job_name, backend=backend, hyperparameters=self.hyperparameters, **{**spec, **fields}
         )
@@ -140,7 +144,7 @@ class Backend(ABC):
         self.records = records
         self.tracker = tracker or Tracker.off()
 
-    def local_output_dir(self, spec: TrainingSpec) -> Path:
+    def output_dir_on_host(self, spec: TrainingSpec) -> Path:
         """Where a backend on this machine puts a job's artifacts: the given folder, or <workdir>/output."""
         if spec.output_path is None:
             return self.workdir / "output"
@@ -165,7 +169,7 @@ class Backend(ABC):
         job = self.launch(spec)
         self.records.save(job)
         try:
-            final_metrics = self.follow(job, spec)
+            final_metrics = self.run_to_end(job, spec)
         except KeyboardInterrupt:
             self.interrupted(job)
             raise
@@ -180,7 +184,7 @@ class Backend(ABC):
         """Check the spec, prepare the job's inputs (and start it where it runs elsewhere); its record."""
 
     @abstractmethod
-    def follow(self, job: TrainingJob, spec: TrainingSpec) -> dict[str, float]:
+    def run_to_end(self, job: TrainingJob, spec: TrainingSpec) -> dict[str, float]:
         """Run or watch the job to its end, its log shown; set its status, failure reason and artifacts. Returns the
         final value of each metric its log printed (launcher.metrics names them)."""
 
@@ -253,8 +257,14 @@ class Backend(ABC):
             )
         return transform.image_files(Path(spec.input))
 
-    def classify(self, spec: TransformSpec, job: TransformJob, files: list[str], predictions: transform.Predictions,
-                 progress: transform.Progress) -> None:  # fmt: skip
+    def classify(
+        self,
+        spec: TransformSpec,
+        job: TransformJob,
+        files: list[str],
+        predictions: transform.Predictions,
+        progress: transform.Progress,
+    ) -> None:
         """Classify `files`, adding a line to `predictions` and a tick to `progress` for each as it is answered."""
         raise LauncherError(f"the {self.name} backend has no batch transform")
 

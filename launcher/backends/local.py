@@ -122,8 +122,11 @@ class LocalBackend(Backend):
         """The image's Docker ID and repository digests on this machine (none where Docker does not know it)."""
         inspected = subprocess.run(
             ["docker", "image", "inspect", "--format", "{{.Id}} {{json .RepoDigests}}", image],
-            capture_output=True, text=True, check=False, timeout=60,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
         if inspected.returncode != 0:
             return {"image": image, "id": None}
         image_id, repo_digests = inspected.stdout.strip().split(" ", 1)
@@ -144,9 +147,9 @@ class LocalBackend(Backend):
         channels = {name: str(path) for name, path in channels.items()}
         return spec.record(self.name, channels=channels, log=str(container_root / "train.log"))
 
-    def follow(self, job: TrainingJob, spec: TrainingSpec) -> dict[str, float]:
+    def run_to_end(self, job: TrainingJob, spec: TrainingSpec) -> dict[str, float]:
         """Run the job in local mode (Ctrl-C reaches docker-compose too, which stops the containers)."""
-        output_dir = self.local_output_dir(spec) / job.name / "output"
+        output_dir = self.output_dir_on_host(spec) / job.name / "output"
         container_root, log = self.workdir / "jobs" / job.name, Path(job.log)
         request = sagemaker_api.training_request(
             name=job.name,
@@ -203,8 +206,13 @@ class LocalBackend(Backend):
         check_instance_type(spec.instance_type, "serves")
         base_dir = self.new_endpoint_dir(spec.endpoint_name)
         port = spec.port or hosted.free_port()
-        record = spec.record(self.name, port=port, url=f"http://127.0.0.1:{port}", endpoint_dir=str(base_dir),
-                             environment=spec.serving_environment())  # fmt: skip
+        record = spec.record(
+            self.name,
+            port=port,
+            url=f"http://127.0.0.1:{port}",
+            endpoint_dir=str(base_dir),
+            environment=spec.serving_environment(),
+        )
         try:
             return hosted.serve_routed(self.records, record, self._server(record), spec.listen, spec.startup_timeout)
         except BaseException:  # the host process has ended by now: nothing can start another container
@@ -225,21 +233,37 @@ class LocalBackend(Backend):
 
         def command(model_data: str, folder: Path, port: int) -> tuple[list[str], dict[str, str]]:
             return [
-                sys.executable, "-m", "launcher.local_endpoint",
-                "--name", f"{endpoint.name}-{folder.name}",
-                "--image", endpoint.image,
-                "--model-data", f"file://{Path(model_data).resolve()}",
-                "--port", str(port),
-                "--listen", "127.0.0.1",
-                "--instance-type", endpoint.instance_type,
-                "--env", json.dumps(endpoint.environment),
-                "--container-root", str(folder),
-            ], dict(os.environ)  # fmt: skip
+                sys.executable,
+                "-m",
+                "launcher.local_endpoint",
+                "--name",
+                f"{endpoint.name}-{folder.name}",
+                "--image",
+                endpoint.image,
+                "--model-data",
+                f"file://{Path(model_data).resolve()}",
+                "--port",
+                str(port),
+                "--listen",
+                "127.0.0.1",
+                "--instance-type",
+                endpoint.instance_type,
+                "--env",
+                json.dumps(endpoint.environment),
+                "--container-root",
+                str(folder),
+            ], dict(os.environ)
 
         return command
 
-    def classify(self, spec: TransformSpec, job: TransformJob, files: list[str], predictions: transform.Predictions,
-                 progress: transform.Progress) -> None:  # fmt: skip
+    def classify(
+        self,
+        spec: TransformSpec,
+        job: TransformJob,
+        files: list[str],
+        predictions: transform.Predictions,
+        progress: transform.Progress,
+    ) -> None:
         """Local mode's batch transform with the image. It reads the top of one folder only, so the
         files are linked into one first, under names that keep their order; files it cannot send are answered
         here."""
@@ -268,11 +292,17 @@ class LocalBackend(Backend):
         progress.begin()
         try:
             with muted_stdout():  # local mode copies the container's log to stdout
-                local_mode.transform(session, name=spec.name, image=spec.image,
-                                    model_data=f"file://{Path(spec.model_data).resolve()}",
-                                    env=spec.serving_environment(), instance_type=spec.instance_type,
-                                    input_uri=f"file://{staged}", output_uri=f"file://{answers}",
-                                    content_type=transform.job_content_type(files))  # fmt: skip
+                local_mode.transform(
+                    session,
+                    name=spec.name,
+                    image=spec.image,
+                    model_data=f"file://{Path(spec.model_data).resolve()}",
+                    env=spec.serving_environment(),
+                    instance_type=spec.instance_type,
+                    input_uri=f"file://{staged}",
+                    output_uri=f"file://{answers}",
+                    content_type=transform.job_content_type(files),
+                )
         finally:
             local_mode.remove_containers(containers, hosted.STOP_GRACE_SECONDS)
         outs = {file: answers / f"{name}.out" for name, file in zip(names, files, strict=True)}

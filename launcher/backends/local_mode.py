@@ -117,8 +117,9 @@ def run_training_job(session: Any, request: dict[str, Any]) -> None:
     session.sagemaker_client.create_training_job(**request)
 
 
-def deploy_endpoint(session: Any, *, name: str, image: str, model_data: str, env: dict[str, str],
-                          instance_type: str) -> None:  # fmt: skip
+def deploy_endpoint(
+    session: Any, *, name: str, image: str, model_data: str, env: dict[str, str], instance_type: str
+) -> None:
     """CreateModel, CreateEndpointConfig and CreateEndpoint in local mode: returns once the container answers
     `/ping`; it serves while this process runs."""
     client = session.sagemaker_client
@@ -135,8 +136,18 @@ def delete_endpoint(session: Any, name: str) -> None:
     client.delete_model(ModelName=name)
 
 
-def transform(session: Any, *, name: str, image: str, model_data: str, env: dict[str, str], instance_type: str,
-                    input_uri: str, output_uri: str, content_type: str) -> None:  # fmt: skip
+def transform(
+    session: Any,
+    *,
+    name: str,
+    image: str,
+    model_data: str,
+    env: dict[str, str],
+    instance_type: str,
+    input_uri: str,
+    output_uri: str,
+    content_type: str,
+) -> None:
     """Local mode's batch transform, to its end: the image's `serve` in Docker, every file under `input_uri` sent
     as one request, each answer written to `<output_uri>/<file>.out` (answers with an error too: local mode does
     not check the status)."""

@@ -62,12 +62,12 @@ class ProcessBackend(Backend):
             log=str(base_dir / "train.log"),
         )
 
-    def follow(self, job: TrainingJob, spec: TrainingSpec) -> dict[str, float]:
+    def run_to_end(self, job: TrainingJob, spec: TrainingSpec) -> dict[str, float]:
         """Run the image's `train` in the job's folder, then pack its artifacts as SageMaker uploads them."""
         base_dir, log = Path(job.job_dir), Path(job.log)
         say(f"training job {job.name} started (folder {base_dir})")
         returncode = self._run_streamed([container_command("train")], base_dir, log, job.name, spec.echo)
-        artifacts = self.local_output_dir(spec) / job.name / "output"
+        artifacts = self.output_dir_on_host(spec) / job.name / "output"
         job.output_data = str(contract.pack(base_dir / "output" / "data", artifacts / contract.OUTPUT_ARTIFACT))
         failure = base_dir / "output" / "failure"
         if returncode == 0:
@@ -129,11 +129,17 @@ class ProcessBackend(Backend):
     def deploy(self, spec: DeploySpec) -> Endpoint:
         base_dir = self.new_endpoint_dir(spec.endpoint_name)
         port = spec.port or hosted.free_port()
-        record = spec.record(self.name, port=port, url=f"http://127.0.0.1:{port}", endpoint_dir=str(base_dir),
-                             environment=spec.serving_environment())  # fmt: skip
+        record = spec.record(
+            self.name,
+            port=port,
+            url=f"http://127.0.0.1:{port}",
+            endpoint_dir=str(base_dir),
+            environment=spec.serving_environment(),
+        )
         record.image = None  # served from this checkout, not an image
-        return hosted.serve_routed(self.records, record, self._server(record.environment), spec.listen,
-                                   spec.startup_timeout)  # fmt: skip
+        return hosted.serve_routed(
+            self.records, record, self._server(record.environment), spec.listen, spec.startup_timeout
+        )
 
     def swap_model(self, endpoint: Endpoint, spec: DeploySpec, reason: str) -> Endpoint:
         return hosted.swap(self.records, endpoint, self._server(endpoint.environment), spec, reason)
@@ -144,14 +150,24 @@ class ProcessBackend(Backend):
 
         def command(model_data: str, base_dir: Path, port: int) -> tuple[list[str], dict[str, str]]:
             contract.unpack(Path(model_data), base_dir / "model")
-            env = {**os.environ, **environment, "SAGEMAKER_BASE_DIR": str(base_dir),
-                   "SAGEMAKER_BIND_TO_PORT": str(port)}  # fmt: skip
+            env = {
+                **os.environ,
+                **environment,
+                "SAGEMAKER_BASE_DIR": str(base_dir),
+                "SAGEMAKER_BIND_TO_PORT": str(port),
+            }
             return [container_command("serve"), "--host", "127.0.0.1", "--config-dir", str(base_dir / "server")], env
 
         return command
 
-    def classify(self, spec: TransformSpec, job: TransformJob, files: list[str], predictions: transform.Predictions,
-                 progress: transform.Progress) -> None:  # fmt: skip
+    def classify(
+        self,
+        spec: TransformSpec,
+        job: TransformJob,
+        files: list[str],
+        predictions: transform.Predictions,
+        progress: transform.Progress,
+    ) -> None:
         """A model server of its own on this machine, sent the files with bounded concurrency, then stopped."""
         base_dir = self.workdir / "transforms" / spec.name / "server"
         shutil.rmtree(base_dir, ignore_errors=True)

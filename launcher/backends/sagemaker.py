@@ -127,7 +127,7 @@ def check_training_spec(spec: TrainingSpec) -> None:
         )
 
 
-def upload_local_channels(
+def upload_host_channels(
     session: sagemaker_api.Aws, bucket: str, job_name: str, channels: dict[str, str]
 ) -> dict[str, str]:
     """Every channel as an S3 URI: s3:// ones as they are, local folders or files uploaded to
@@ -165,7 +165,7 @@ def prepare_training(spec: TrainingSpec, name: str) -> PreparedTraining:
     aws = AwsSettings.resolve(spec.aws)
     output_path = (spec.output_path or f"{S3_SCHEME}{aws.bucket}/{S3_PREFIX}").rstrip("/")
     session = sagemaker_api.aws_session(aws.region)
-    channels = upload_local_channels(session, aws.bucket, name, spec.channels)
+    channels = upload_host_channels(session, aws.bucket, name, spec.channels)
     spot = None
     if spec.spot:
         spot = {
@@ -310,7 +310,7 @@ class SageMakerBackend(Backend):
             output_data=f"{artifacts}/{contract.OUTPUT_ARTIFACT}",
         )
 
-    def follow(self, job: TrainingJob, spec: TrainingSpec) -> dict[str, float]:
+    def run_to_end(self, job: TrainingJob, spec: TrainingSpec) -> dict[str, float]:
         say(f"following the log of training job {job.name} (Ctrl-C stops following, not the job)")
         return record_outcome(job, sagemaker_api.follow_training_job(sagemaker_api.aws_session(job.region), job.name))
 
@@ -338,9 +338,16 @@ class SageMakerBackend(Backend):
         record.model_data = model_data
         self.records.save(record)
         try:
-            sagemaker_api.create_endpoint(session, name=spec.endpoint_name, image=spec.image, model_data=model_data,
-                                role=aws.role, env=spec.serving_environment(), instance_type=spec.instance_type,
-                                inference_ami_version=ami_version)  # fmt: skip
+            sagemaker_api.create_endpoint(
+                session,
+                name=spec.endpoint_name,
+                image=spec.image,
+                model_data=model_data,
+                role=aws.role,
+                env=spec.serving_environment(),
+                instance_type=spec.instance_type,
+                inference_ami_version=ami_version,
+            )
         except LauncherError as err:
             record.status, record.failure_reason = "Failed", str(err)
             self.records.save(record)
@@ -370,16 +377,27 @@ class SageMakerBackend(Backend):
         passes its health checks, so no request fails; a rollback or failure leaves the old model serving, and says
         so."""
         model_data, job_name, alarms = spec.model_data, spec.job_name, list(spec.rollback_alarms)
-        aws = AwsSettings.resolve(dataclasses.replace(spec.aws, region=spec.aws.region or endpoint.region),
-                                  needs_bucket=not model_data.startswith(S3_SCHEME))  # fmt: skip
+        aws = AwsSettings.resolve(
+            dataclasses.replace(spec.aws, region=spec.aws.region or endpoint.region),
+            needs_bucket=not model_data.startswith(S3_SCHEME),
+        )
         session = sagemaker_api.aws_session(aws.region)
         generation = (endpoint.generation or 1) + 1
         name = f"{endpoint.endpoint_name}-{generation}"[-63:]
         model_data = model_data_in_s3(session, model_data, aws.bucket, f"{S3_PREFIX}/{name}")
-        sagemaker_api.update_endpoint(session, endpoint_name=endpoint.endpoint_name, name=name, image=endpoint.image,
-                            model_data=model_data, role=aws.role, env=endpoint.environment,
-                            instance_type=endpoint.instance_type, inference_ami_version=endpoint.inference_ami_version,
-                            rollback_alarms=alarms, termination_wait=BLUE_GREEN_BAKING_SECONDS)  # fmt: skip
+        sagemaker_api.update_endpoint(
+            session,
+            endpoint_name=endpoint.endpoint_name,
+            name=name,
+            image=endpoint.image,
+            model_data=model_data,
+            role=aws.role,
+            env=endpoint.environment,
+            instance_type=endpoint.instance_type,
+            inference_ami_version=endpoint.inference_ami_version,
+            rollback_alarms=alarms,
+            termination_wait=BLUE_GREEN_BAKING_SECONDS,
+        )
         say(
             f"endpoint {endpoint.name} is being updated to {name} (blue/green: the current model serves until the "
             f"new one passes its health checks, then {BLUE_GREEN_BAKING_SECONDS} s of baking"
@@ -405,9 +423,15 @@ class SageMakerBackend(Backend):
 
     @staticmethod
     def _served(record: Endpoint, reason: str) -> dict[str, Any]:
-        return {"generation": record.generation, "job_name": record.job_name, "model_data": record.model_data,
-                "model_name": record.model_name, "endpoint_config_name": record.endpoint_config_name,
-                "since": time.time(), "reason": reason}  # fmt: skip
+        return {
+            "generation": record.generation,
+            "job_name": record.job_name,
+            "model_data": record.model_data,
+            "model_name": record.model_name,
+            "endpoint_config_name": record.endpoint_config_name,
+            "since": time.time(),
+            "reason": reason,
+        }
 
     def _wait_for_endpoint(self, session: sagemaker_api.Aws, record: Endpoint) -> dict[str, Any]:
         """Poll DescribeEndpoint until the endpoint is no longer being created or updated; the record follows each
@@ -448,18 +472,24 @@ class SageMakerBackend(Backend):
             raise LauncherError(f"no JPEG or PNG objects (.jpg, .jpeg, .png) under {spec.input}")
         return files
 
-    def classify(self, spec: TransformSpec, job: TransformJob, files: list[str], predictions: transform.Predictions,
-                 progress: transform.Progress) -> None:  # fmt: skip
+    def classify(
+        self,
+        spec: TransformSpec,
+        job: TransformJob,
+        files: list[str],
+        predictions: transform.Predictions,
+        progress: transform.Progress,
+    ) -> None:
         """A SageMaker batch transform job over a manifest of `files`, one image per request; then each file's
         `.out` object read back into `predictions`."""
         check_image_and_instance(spec.image, spec.instance_type)
         ami_version = transform_ami_version(spec.instance_type, spec.ami_version)
-        local_input = not spec.input.startswith(S3_SCHEME)
-        aws = AwsSettings.resolve(spec.aws, needs_bucket=local_input or not spec.model_data.startswith(S3_SCHEME))
+        input_on_host = not spec.input.startswith(S3_SCHEME)
+        aws = AwsSettings.resolve(spec.aws, needs_bucket=input_on_host or not spec.model_data.startswith(S3_SCHEME))
         session = sagemaker_api.aws_session(aws.region)
         name = f"{spec.name[:56]}-{time.strftime('%H%M%S')}"  # a new SageMaker job (and model) for each run
         model_data = model_data_in_s3(session, spec.model_data, aws.bucket, f"{S3_PREFIX}/{spec.name}")
-        prefix = upload_images(session, Path(spec.input), files, aws.bucket, spec.name) if local_input else spec.input
+        prefix = upload_images(session, Path(spec.input), files, aws.bucket, spec.name) if input_on_host else spec.input
         prefix = prefix.rstrip("/") + "/"
         bucket = aws.bucket or split_s3_uri(prefix)[0]
         manifest = json.dumps([{"prefix": prefix}, *files]).encode()
@@ -467,13 +497,16 @@ class SageMakerBackend(Backend):
         output = f"{S3_SCHEME}{bucket}/{S3_PREFIX}/{spec.name}/output/{name}"
         job.transform_job_name, job.s3_output, job.region = name, output, aws.region
         self.records.save(job)
-        sagemaker_api.create_model(session, name=name, image=spec.image, model_data=model_data, role=aws.role,
-                         env=spec.serving_environment())  # fmt: skip
+        sagemaker_api.create_model(
+            session, name=name, image=spec.image, model_data=model_data, role=aws.role, env=spec.serving_environment()
+        )
         try:
             request = transform_request(spec, name, manifest_uri, output, files, ami_version)
             sagemaker_api.create_transform_job(session, request)
-            say(f"transform job {name} started on SageMaker in {aws.region} ({len(files)} images on "
-                f"{spec.instance_type}; Ctrl-C stops waiting, not the job)")  # fmt: skip
+            say(
+                f"transform job {name} started on SageMaker in {aws.region} ({len(files)} images on "
+                f"{spec.instance_type}; Ctrl-C stops waiting, not the job)"
+            )
             description = self._wait_for_transform(session, name)
             collect_outputs(session, output, files, spec.logits, predictions, progress)
         finally:
@@ -496,8 +529,9 @@ class SageMakerBackend(Backend):
 
     def stop(self, endpoint: Endpoint) -> None:
         session = sagemaker_api.aws_session(endpoint.region)
-        served = endpoint.history or [{"endpoint_config_name": endpoint.endpoint_config_name,
-                                       "model_name": endpoint.model_name}]  # fmt: skip
+        served = endpoint.history or [
+            {"endpoint_config_name": endpoint.endpoint_config_name, "model_name": endpoint.model_name}
+        ]
         gone = sagemaker_api.delete_endpoint(
             session,
             endpoint_name=endpoint.endpoint_name,

@@ -35,8 +35,12 @@ JSON = "application/json"
 Description = dict[str, Any]  # a Describe* answer
 
 
-def poll(describe: Callable[[], Description], busy: Callable[[Description], bool],
-         state: Callable[[Description], str], changed: Callable[[Description], None]) -> Description:  # fmt: skip
+def poll(
+    describe: Callable[[], Description],
+    busy: Callable[[Description], bool],
+    state: Callable[[Description], str],
+    changed: Callable[[Description], None],
+) -> Description:
     """Call `describe` every POLL_SECONDS while its answer is `busy`; `changed` sees each answer whose `state`
     differs from the one before (to save a record, to say so). Returns the last answer."""
     last = None
@@ -180,10 +184,13 @@ def debugger_request(enabled: bool, region: str, output_path: str) -> dict[str, 
     )
 
     image = get_rule_container_image_uri(None, region)
-    rules = [Rule.sagemaker(rule()) for rule in (rule_configs.loss_not_decreasing, rule_configs.overfit,
-                                                 rule_configs.overtraining)]  # fmt: skip
-    profiler_rules = [ProfilerRule.sagemaker(rule()) for rule in (rule_configs.LowGPUUtilization,
-                                                                  rule_configs.ProfilerReport)]  # fmt: skip
+    rules = [
+        Rule.sagemaker(rule())
+        for rule in (rule_configs.loss_not_decreasing, rule_configs.overfit, rule_configs.overtraining)
+    ]
+    profiler_rules = [
+        ProfilerRule.sagemaker(rule()) for rule in (rule_configs.LowGPUUtilization, rule_configs.ProfilerReport)
+    ]
     for rule in (*rules, *profiler_rules):
         rule.image_uri = image
     collections = {c.name: c.parameters for rule in rules for c in rule.collection_configs or ()}
@@ -296,8 +303,13 @@ def model_container(image: str, model_data: str, env: dict[str, str]) -> dict[st
 
 def variant(model_name: str, instance_type: str, inference_ami_version: str | None = None) -> dict[str, Any]:
     """An endpoint config's one production variant, all traffic on one instance."""
-    production = {"VariantName": "AllTraffic", "ModelName": model_name, "InitialVariantWeight": 1,
-                  "InitialInstanceCount": 1, "InstanceType": instance_type}  # fmt: skip
+    production = {
+        "VariantName": "AllTraffic",
+        "ModelName": model_name,
+        "InitialVariantWeight": 1,
+        "InitialInstanceCount": 1,
+        "InstanceType": instance_type,
+    }
     if inference_ami_version:  # picks the hosts' AMI (and so their NVIDIA driver); None: SageMaker's default
         production["InferenceAmiVersion"] = inference_ami_version
     return production
@@ -310,8 +322,17 @@ def create_model(aws: Aws, *, name: str, image: str, model_data: str, role: str,
         )
 
 
-def create_endpoint(aws: Aws, *, name: str, image: str, model_data: str, role: str, env: dict[str, str],
-                    instance_type: str, inference_ami_version: str | None) -> None:  # fmt: skip
+def create_endpoint(
+    aws: Aws,
+    *,
+    name: str,
+    image: str,
+    model_data: str,
+    role: str,
+    env: dict[str, str],
+    instance_type: str,
+    inference_ami_version: str | None,
+) -> None:
     """CreateModel, CreateEndpointConfig and CreateEndpoint, all named `name`, without waiting for the endpoint:
     callers poll `describe_endpoint`."""
     create_model(aws, name=name, image=image, model_data=model_data, role=role, env=env)
@@ -322,9 +343,20 @@ def create_endpoint(aws: Aws, *, name: str, image: str, model_data: str, role: s
         aws.sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=name)
 
 
-def update_endpoint(aws: Aws, *, endpoint_name: str, name: str, image: str, model_data: str, role: str,
-                    env: dict[str, str], instance_type: str, inference_ami_version: str | None,
-                    rollback_alarms: list[str], termination_wait: int) -> None:  # fmt: skip
+def update_endpoint(
+    aws: Aws,
+    *,
+    endpoint_name: str,
+    name: str,
+    image: str,
+    model_data: str,
+    role: str,
+    env: dict[str, str],
+    instance_type: str,
+    inference_ami_version: str | None,
+    rollback_alarms: list[str],
+    termination_wait: int,
+) -> None:
     """CreateModel and CreateEndpointConfig named `name`, then UpdateEndpoint to that config as a blue/green
     deployment: SageMaker starts the new fleet, shifts all traffic at once when its health checks pass and keeps
     the old fleet `termination_wait` seconds (the baking period), rolling back if one of `rollback_alarms` fires
@@ -419,8 +451,9 @@ def parameter_range(spec: ParameterRange) -> dict[str, Any]:
     JSON-encoded as static hyperparameters are (so True reaches the container as `true`)."""
     if spec.kind == "categorical":
         return {"Name": spec.name, "Values": [json.dumps(value) for value in spec.values]}
-    low, high = (spec.min_value, spec.max_value) if spec.kind == "continuous" else (int(spec.min_value),
-                                                                                   int(spec.max_value))  # fmt: skip
+    low, high = (
+        (spec.min_value, spec.max_value) if spec.kind == "continuous" else (int(spec.min_value), int(spec.max_value))
+    )
     return {"Name": spec.name, "MinValue": str(low), "MaxValue": str(high), "ScalingType": spec.scaling}
 
 
@@ -436,8 +469,11 @@ def tuning_request(training: dict[str, Any], spec: TuningSpec, hyperband_max_epo
 
     `hyperband_max_epochs`: the Hyperband strategy's resource, from 1 epoch to that many.
     """
-    kinds = {"continuous": "ContinuousParameterRanges", "integer": "IntegerParameterRanges",
-             "categorical": "CategoricalParameterRanges"}  # fmt: skip
+    kinds = {
+        "continuous": "ContinuousParameterRanges",
+        "integer": "IntegerParameterRanges",
+        "categorical": "CategoricalParameterRanges",
+    }
     ranges: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds.values()}
     for parameter in spec.ranges:
         ranges[kinds[parameter.kind]].append(parameter_range(parameter))
@@ -465,8 +501,11 @@ def tuning_request(training: dict[str, Any], spec: TuningSpec, hyperband_max_epo
     }
     if hyperband_max_epochs is not None:
         config["StrategyConfig"] = {"HyperbandStrategyConfig": {"MinResource": 1, "MaxResource": hyperband_max_epochs}}
-    request = {"HyperParameterTuningJobName": spec.name, "HyperParameterTuningJobConfig": config,
-               "TrainingJobDefinition": definition}  # fmt: skip
+    request = {
+        "HyperParameterTuningJobName": spec.name,
+        "HyperParameterTuningJobConfig": config,
+        "TrainingJobDefinition": definition,
+    }
     if spec.warm_start_from:
         request["WarmStartConfig"] = {
             "WarmStartType": "IdenticalDataAndAlgorithm",

@@ -64,8 +64,9 @@ def make_pruner(spec: TuningSpec, epochs: int) -> optuna.pruners.BasePruner:
 
 def suggest(trial: optuna.Trial, r: ParameterRange) -> Any:
     """A value for one range. Auto scaling is logarithmic when the range spans a factor of 10 or more above 0."""
-    log = r.scaling == "Logarithmic" or (r.scaling == "Auto" and r.kind != "categorical" and r.min_value > 0
-                                         and r.max_value / r.min_value >= 10)  # fmt: skip
+    log = r.scaling == "Logarithmic" or (
+        r.scaling == "Auto" and r.kind != "categorical" and r.min_value > 0 and r.max_value / r.min_value >= 10
+    )
     if r.kind == "categorical":
         return trial.suggest_categorical(r.name, list(r.values))
     if r.kind == "integer":
@@ -122,8 +123,12 @@ class OptunaTuner:
         job_name = f"{self.spec.name}-{trial.number + 1:03d}"
         trial.set_user_attr("job", job_name)
         trial.set_user_attr("hyperparameters", tuned)
-        training = dataclasses.replace(self.spec.training, job_name=job_name, echo=False,
-                                       hyperparameters={**self.spec.training.hyperparameters, **tuned})  # fmt: skip
+        training = dataclasses.replace(
+            self.spec.training,
+            job_name=job_name,
+            echo=False,
+            hyperparameters={**self.spec.training.hyperparameters, **tuned},
+        )
         say(f"trial {trial.number + 1}: job {job_name} with {tuned}")
         run = self.backend.tracker.trial(
             self.parent_run, trial.number + 1, job_name, training.hyperparameters, self.backend.name

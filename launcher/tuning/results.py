@@ -66,8 +66,17 @@ def write_results(spec: TuningSpec, rows: list[TrialRow], folder: Path, run: Tun
         writer = csv.writer(out)
         writer.writerow(["trial", "job_name", *names, "objective", "status", "seconds", "stopped_early"])
         for r in rows:
-            writer.writerow([r.trial, r.job_name, *(r.hyperparameters.get(n) for n in names), r.objective, r.status,
-                             r.duration, r.stopped_early])  # fmt: skip
+            writer.writerow(
+                [
+                    r.trial,
+                    r.job_name,
+                    *(r.hyperparameters.get(n) for n in names),
+                    r.objective,
+                    r.status,
+                    r.duration,
+                    r.stopped_early,
+                ]
+            )
     (folder / "results.json").write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
     (folder / "results.html").write_text(_plots(spec, rows, names))
     best = best_row(spec, rows)
@@ -114,16 +123,29 @@ def _scatter(title: str, x_label: str, y_label: str, points: list[tuple[float, f
 
 def _plots(spec: TuningSpec, rows: list[TrialRow], names: list[str]) -> str:
     scored = [r for r in rows if r.objective is not None]
-    drawn = [_scatter(f"{spec.objective_metric} by trial", "trial", spec.objective_metric,
-                      [(r.trial, r.objective) for r in scored])]  # fmt: skip
+    drawn = [
+        _scatter(
+            f"{spec.objective_metric} by trial",
+            "trial",
+            spec.objective_metric,
+            [(r.trial, r.objective) for r in scored],
+        )
+    ]
     ranges = {r.name: r for r in spec.ranges}
     for name in names:
         numeric = [r for r in scored if isinstance(r.hyperparameters.get(name), int | float)]
         values = [r.hyperparameters[name] for r in numeric]
         declared_log = name in ranges and ranges[name].scaling == "Logarithmic"
         log_x = declared_log or bool(values and min(values) > 0 and max(values) / min(values) >= 10)
-        drawn.append(_scatter(f"{spec.objective_metric} by {name}", name, spec.objective_metric,
-                              [(r.hyperparameters[name], r.objective) for r in numeric], log_x=log_x))  # fmt: skip
+        drawn.append(
+            _scatter(
+                f"{spec.objective_metric} by {name}",
+                name,
+                spec.objective_metric,
+                [(r.hyperparameters[name], r.objective) for r in numeric],
+                log_x=log_x,
+            )
+        )
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Tuning {html.escape(spec.name)}</title>'
         '</head><body style="font-family:sans-serif">'

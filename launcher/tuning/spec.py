@@ -47,8 +47,9 @@ class Tuning:
         if self.strategy == "Grid":
             for r in self.ranges:
                 if r.kind != "categorical":
-                    raise LauncherError(f"the Grid strategy searches categorical ranges only (as SageMaker's), and "
-                                        f"{r.name} is {r.kind}")  # fmt: skip
+                    raise LauncherError(
+                        f"the Grid strategy searches categorical ranges only (as SageMaker's), and {r.name} is {r.kind}"
+                    )
 
 
 @dataclass(frozen=True, kw_only=True)
