@@ -230,7 +230,17 @@ def promotion_facts(record: Promotion) -> dict[str, Any]:
 
 
 def _job_facts(record: TrainingJob, lineage: dict[str, Any]) -> dict[str, Any]:
-    keys = ("name", "backend", "status", "hyperparameters", "model_data", "test_metrics", "mlflow_run", "model_version")
+    keys = (
+        "name",
+        "backend",
+        "status",
+        "channels",
+        "hyperparameters",
+        "model_data",
+        "test_metrics",
+        "mlflow_run",
+        "model_version",
+    )  # channels: where the job read its data (on sagemaker, its dataset version in S3)
     facts = {k: getattr(record, k) for k in keys}
     facts.update({k: lineage.get(k) for k in ("model_sha256", "code_revision", "image")})
     return facts

@@ -14,6 +14,7 @@ whether SageMaker accepts the job or endpoint, runs our container, or runs Debug
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -150,8 +151,11 @@ def test_train_sends_our_contract_and_uploads_local_data(
     for split in ("train", "valid", "test"):
         (data / split / "circle").mkdir(parents=True)
         (data / split / "circle" / "0.jpg").write_bytes(b"\xff\xd8 not really a JPEG")
-    for _ in range(3):
-        aws.stub("s3").add_response("put_object", {"ETag": '"0"'})
+    s3 = aws.stub("s3")
+    s3.add_response("list_objects_v2", {"KeyCount": 0})  # no manifest of this dataset version yet
+    s3.add_response("list_objects_v2", {"KeyCount": 0})  # none of its files
+    for _ in range(4):  # three images, then the manifest
+        s3.add_response("put_object", {"ETag": '"0"'})
     final = [{"MetricName": "test accuracy", "Value": 0.75}, {"MetricName": "average test loss", "Value": 0.5}]
     expect_job(aws, description(FinalMetricDataList=final), ["epoch 1 train loss: 0.9", "average test loss: 0.5"])
 
@@ -162,12 +166,14 @@ def test_train_sends_our_contract_and_uploads_local_data(
     aws.assert_all_answered()
     captured = capsys.readouterr()
     assert "epoch 1 train loss: 0.9\naverage test loss: 0.5" in captured.out  # the job's log, streamed
-    assert f"uploading {data} to s3://{BUCKET}/imgclf/{JOB}/input/training" in captured.err
+    assert f"0 of 3 files of {data} already in s3://{BUCKET}/imgclf/data/; uploading 3" in captured.err
 
-    uploads = aws.sent("PutObject")
-    assert {(put["Bucket"], put["Key"]) for put in uploads} == {
-        (BUCKET, f"imgclf/{JOB}/input/training/{split}/circle/0.jpg") for split in ("train", "valid", "test")
-    }
+    *images, manifest = aws.sent("PutObject")
+    digest = hashlib.sha256(b"\xff\xd8 not really a JPEG").hexdigest()[:16]
+    keys = [f"{split}/circle/{digest}/0.jpg" for split in ("test", "train", "valid")]
+    assert sorted(put["Key"] for put in images) == [f"imgclf/data/{key}" for key in keys]  # one key per content
+    assert manifest["Key"].startswith("imgclf/datasets/") and manifest["Key"].endswith(".manifest")
+    assert json.loads(manifest["Body"]) == [{"prefix": f"s3://{BUCKET}/imgclf/data/"}, *keys]
     (request,) = aws.sent("CreateTrainingJob")
     algorithm = request["AlgorithmSpecification"]
     assert (algorithm["TrainingImage"], algorithm["TrainingInputMode"]) == (IMAGE, "File")
@@ -184,7 +190,7 @@ def test_train_sends_our_contract_and_uploads_local_data(
     )
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"] for c in request["InputDataConfig"]}
     assert channels == {
-        "training": {"S3DataType": "S3Prefix", "S3Uri": f"s3://{BUCKET}/imgclf/{JOB}/input/training",
+        "training": {"S3DataType": "ManifestFile", "S3Uri": f"s3://{BUCKET}/{manifest['Key']}",
                      "S3DataDistributionType": "FullyReplicated"},
         "pretrained": {"S3DataType": "S3Prefix", "S3Uri": pretrained, "S3DataDistributionType": "FullyReplicated"},
     }  # fmt: skip

@@ -88,6 +88,21 @@ def tar_gz(files: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
+def manifest_files(uri: str) -> list[tuple[str, bytes]]:
+    """Each file a ManifestFile channel holds: its path in the channel (class folders and file name, without the
+    content hash that the key carries) and the bytes SageMaker would copy there."""
+    s3 = boto3.client("s3")
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    prefix, *entries = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    prefix_bucket, _, prefix_key = prefix["prefix"].removeprefix("s3://").partition("/")
+    files = []
+    for entry in entries:
+        folders, name = entry.rsplit("/", 2)[:-2], entry.rsplit("/", 1)[1]
+        body = s3.get_object(Bucket=prefix_bucket, Key=prefix_key + entry)["Body"].read()
+        files.append(("/".join([*folders, name]), body))
+    return files
+
+
 def place_job_outputs() -> None:
     """What the container and SageMaker would leave: the job's log in CloudWatch, its two artifacts in S3."""
     logs = boto3.client("logs")
@@ -136,15 +151,13 @@ def test_train_report_deploy_stop_lineage(moto_server: str, tmp_path: Path, shap
     out = capsys.readouterr().out
     assert "epoch 1: average test loss: 0.4100" in out  # the job's CloudWatch log, followed
 
-    uploaded = boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix=f"imgclf/{JOB}/input/training/")
-    keys = sorted(item["Key"].split("/input/training/")[1] for item in uploaded["Contents"])
-    assert keys == sorted(str(p.relative_to(shapes_dataset)) for p in shapes_dataset.rglob("*.jpg"))
     created = boto3.client("sagemaker").describe_training_job(TrainingJobName=JOB)
     assert created["AlgorithmSpecification"]["TrainingImage"] == IMAGE
     assert json.loads(created["HyperParameters"]["epochs"]) == 2  # JSON-encoded, as the contract says
-    assert created["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] == (
-        f"s3://{BUCKET}/imgclf/{JOB}/input/training"
-    )
+    source = created["InputDataConfig"][0]["DataSource"]["S3DataSource"]
+    assert source["S3DataType"] == "ManifestFile"
+    keys = sorted(path for path, _ in manifest_files(source["S3Uri"]))
+    assert keys == sorted(str(p.relative_to(shapes_dataset)) for p in shapes_dataset.rglob("*.jpg"))
 
     records = RecordStore(workdir / "records")
     job = records.load(TrainingJob, JOB)
@@ -174,6 +187,7 @@ def test_train_report_deploy_stop_lineage(moto_server: str, tmp_path: Path, shap
     chain = json.loads(capsys.readouterr().out)
     assert [link["step"] for link in chain] == ["endpoint", "training job", "dataset"]
     assert chain[0]["job_name"] == JOB and chain[1]["model_data"] == job.model_data
+    assert chain[1]["channels"] == {"training": source["S3Uri"]}  # the dataset version in S3
     assert chain[2]["channels"] == {"training": str(shapes_dataset)}
     assert chain[2]["files"] == len(keys)
 

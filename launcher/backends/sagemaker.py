@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from launcher import contract, transform
-from launcher.backends import sagemaker_api
+from launcher import contract, lineage, transform
+from launcher.backends import s3_datasets, sagemaker_api
 from launcher.backends.base import S3_SCHEME, AwsOptions, Backend, DeploySpec, TrainingSpec, TransformSpec
 from launcher.errors import LauncherError
 from launcher.progress import say
@@ -130,17 +130,13 @@ def check_training_spec(spec: TrainingSpec) -> None:
 def upload_host_channels(
     session: sagemaker_api.Aws, bucket: str, job_name: str, channels: dict[str, str]
 ) -> dict[str, str]:
-    """Every channel as an S3 URI: s3:// ones as they are, local folders or files uploaded to
-    s3://<bucket>/imgclf/<job>/input/<channel> (all checked before anything is uploaded)."""
+    """Every channel as an S3 URI: s3:// ones as they are, folders or files of this machine as the ManifestFile of
+    their dataset version, uploading only what S3 does not hold yet (`s3_datasets`; all checked first)."""
     local = {name: Path(source).resolve() for name, source in channels.items() if not source.startswith(S3_SCHEME)}
     for name, path in local.items():
         if not path.exists():
             raise LauncherError(f"channel {name!r}: {path} does not exist (give a local path or an s3:// URI)")
-    uploaded = {}
-    for name, path in local.items():
-        key_prefix = f"{S3_PREFIX}/{job_name}/input/{name}"
-        say(f"channel {name!r}: uploading {path} to {S3_SCHEME}{bucket}/{key_prefix}")
-        uploaded[name] = sagemaker_api.upload(session, path, bucket, key_prefix)
+    uploaded = {name: s3_datasets.store_channel(session, bucket, name, path) for name, path in local.items()}
     return {name: uploaded.get(name, source) for name, source in channels.items()}
 
 
@@ -228,13 +224,18 @@ def transform_ami_version(instance_type: str, requested: str | None) -> str | No
     )
 
 
-def upload_images(session: sagemaker_api.Aws, root: Path, files: list[str], bucket: str, name: str) -> str:
-    """Upload `files` (relative to `root`) to s3://<bucket>/imgclf/<name>/input/; return that prefix."""
-    prefix = f"{S3_PREFIX}/{name}/input"
-    say(f"uploading {len(files)} images to {S3_SCHEME}{bucket}/{prefix}/")
-    for file in files:
-        sagemaker_api.put_object(session, bucket, f"{prefix}/{file}", (root / file).read_bytes())
-    return f"{S3_SCHEME}{bucket}/{prefix}"
+def transform_manifest(
+    session: sagemaker_api.Aws, spec: TransformSpec, files: list[str], bucket: str
+) -> tuple[bytes, dict[str, str]]:
+    """The transform's ManifestFile, and each file's place under its prefix (where its `.out` lands under the
+    output): images of this machine stored once per content (`s3_datasets`), or those under an s3:// input."""
+    if spec.input.startswith(S3_SCHEME):
+        entries = {file: file for file in files}
+        return json.dumps([{"prefix": spec.input.rstrip("/") + "/"}, *files]).encode(), entries
+    root = Path(spec.input)
+    listing = [{"path": f, "bytes": (root / f).stat().st_size, "sha256": lineage.file_sha256(root / f)} for f in files]
+    entries = s3_datasets.store_files(session, bucket, f"transform {spec.name}", root, listing)
+    return s3_datasets.manifest(bucket, [entries[file] for file in files]), entries
 
 
 def transform_request(
@@ -264,21 +265,22 @@ def transform_request(
 def collect_outputs(
     session: sagemaker_api.Aws,
     output: str,
-    files: list[str],
+    entries: dict[str, str],
     keep_logits: bool,
     predictions: transform.Predictions,
     progress: transform.Progress,
 ) -> None:
-    """Each file's answer from its `<file>.out` object under `output`."""
+    """Each file's answer from the `.out` object of its manifest entry under `output`."""
     bucket, prefix = split_s3_uri(output + "/")
     keys = {key[len(prefix) :]: key for key in sagemaker_api.s3_keys(session, bucket, prefix)}
 
     def read(file: str) -> bytes | None:
-        key = keys.get(f"{file}.out")
+        key = keys.get(f"{entries[file]}.out")
         return None if key is None else sagemaker_api.get_object(session, bucket, key)
 
     progress.begin()
-    transform.add_out_files(files, read, keep_logits, predictions, progress, "the transform job wrote no answer for it")
+    missing = "the transform job wrote no answer for it"
+    transform.add_out_files(list(entries), read, keep_logits, predictions, progress, missing)
 
 
 class SageMakerBackend(Backend):
@@ -489,10 +491,8 @@ class SageMakerBackend(Backend):
         session = sagemaker_api.aws_session(aws.region)
         name = f"{spec.name[:56]}-{time.strftime('%H%M%S')}"  # a new SageMaker job (and model) for each run
         model_data = model_data_in_s3(session, spec.model_data, aws.bucket, f"{S3_PREFIX}/{spec.name}")
-        prefix = upload_images(session, Path(spec.input), files, aws.bucket, spec.name) if input_on_host else spec.input
-        prefix = prefix.rstrip("/") + "/"
-        bucket = aws.bucket or split_s3_uri(prefix)[0]
-        manifest = json.dumps([{"prefix": prefix}, *files]).encode()
+        bucket = aws.bucket or split_s3_uri(spec.input)[0]
+        manifest, entries = transform_manifest(session, spec, files, bucket)
         manifest_uri = sagemaker_api.put_object(session, bucket, f"{S3_PREFIX}/{spec.name}/{name}.manifest", manifest)
         output = f"{S3_SCHEME}{bucket}/{S3_PREFIX}/{spec.name}/output/{name}"
         job.transform_job_name, job.s3_output, job.region = name, output, aws.region
@@ -508,7 +508,7 @@ class SageMakerBackend(Backend):
                 f"{spec.instance_type}; Ctrl-C stops waiting, not the job)"
             )
             description = self._wait_for_transform(session, name)
-            collect_outputs(session, output, files, spec.logits, predictions, progress)
+            collect_outputs(session, output, entries, spec.logits, predictions, progress)
         finally:
             sagemaker_api.delete_model(session, name)
         if description["TransformJobStatus"] != "Completed":

@@ -32,6 +32,7 @@ MAX_RUN_SECONDS = 86400  # SageMaker's own default run limit
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 JOB_ENDED = ("Completed", "Failed", "Stopped")
 JSON = "application/json"
+MANIFEST_SUFFIX = ".manifest"  # an S3 object listing a channel's objects (SageMaker's ManifestFile)
 Description = dict[str, Any]  # a Describe* answer
 
 
@@ -112,11 +113,13 @@ def error_code(err: Exception) -> str | None:
 
 # -- training jobs ----------------------------------------------------------------------------------------------
 def channel(name: str, uri: str) -> dict[str, Any]:
-    """An input channel: an S3 prefix, or (local mode) a folder of this machine as a file:// URI."""
+    """An input channel: an S3 prefix, a manifest of S3 objects (a URI ending in .manifest), or (local mode) a
+    folder of this machine as a file:// URI."""
     if uri.startswith("file://"):
         source = {"FileDataSource": {"FileUri": uri, "FileDataDistributionType": "FullyReplicated"}}
     else:
-        source = {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": uri, "S3DataDistributionType": "FullyReplicated"}}
+        kind = "ManifestFile" if uri.endswith(MANIFEST_SUFFIX) else "S3Prefix"
+        source = {"S3DataSource": {"S3DataType": kind, "S3Uri": uri, "S3DataDistributionType": "FullyReplicated"}}
     return {"ChannelName": name, "DataSource": source}
 
 
