@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.backends.base import S3_SCHEME
+from launcher.backends.sagemaker_api import MANIFEST_SUFFIX
 from launcher.errors import LauncherError
 from launcher.records import (
     Endpoint,
@@ -230,18 +231,11 @@ def promotion_facts(record: Promotion) -> dict[str, Any]:
 
 
 def _job_facts(record: TrainingJob, lineage: dict[str, Any]) -> dict[str, Any]:
-    keys = (
-        "name",
-        "backend",
-        "status",
-        "channels",
-        "hyperparameters",
-        "model_data",
-        "test_metrics",
-        "mlflow_run",
-        "model_version",
-    )  # channels: where the job read its data (on sagemaker, its dataset version in S3)
+    keys = ("name", "backend", "status", "hyperparameters", "model_data", "test_metrics", "mlflow_run", "model_version")
     facts = {k: getattr(record, k) for k in keys}
+    versions = {name: uri for name, uri in (record.channels or {}).items() if uri.endswith(MANIFEST_SUFFIX)}
+    if versions:  # the dataset version in S3 that the job read (a ManifestFile of its objects)
+        facts["dataset_in_s3"] = versions
     facts.update({k: lineage.get(k) for k in ("model_sha256", "code_revision", "image")})
     return facts
 

@@ -187,7 +187,7 @@ def test_train_report_deploy_stop_lineage(moto_server: str, tmp_path: Path, shap
     chain = json.loads(capsys.readouterr().out)
     assert [link["step"] for link in chain] == ["endpoint", "training job", "dataset"]
     assert chain[0]["job_name"] == JOB and chain[1]["model_data"] == job.model_data
-    assert chain[1]["channels"] == {"training": source["S3Uri"]}  # the dataset version in S3
+    assert chain[1]["dataset_in_s3"] == {"training": source["S3Uri"]}  # the version the job read
     assert chain[2]["channels"] == {"training": str(shapes_dataset)}
     assert chain[2]["files"] == len(keys)
 
