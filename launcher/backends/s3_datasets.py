@@ -82,8 +82,7 @@ def upload(aws: sagemaker_api.Aws, bucket: str, label: str, uploads: list[tuple[
     done = sent = 0
     shown = time.monotonic()
     for path, key, size in uploads:
-        with sagemaker_api.aws_errors(f"uploading {path} to s3://{bucket}/{key}"):
-            aws.s3.upload_file(str(path), bucket, key)
+        sagemaker_api.upload_file(aws, path, bucket, key)
         done, sent = done + 1, sent + size
         if time.monotonic() - shown >= PROGRESS_SECONDS or done == len(uploads):
             shown = time.monotonic()

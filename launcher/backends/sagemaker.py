@@ -202,7 +202,7 @@ def model_data_in_s3(session: sagemaker_api.Aws, model_data: str, bucket: str, k
     if not path.is_file():
         raise LauncherError(f"no model.tar.gz at {path} (give a training job's name, a file or an s3:// URI)")
     say(f"uploading {path} to {S3_SCHEME}{bucket}/{key_prefix}")
-    return sagemaker_api.upload(session, path, bucket, key_prefix)
+    return sagemaker_api.upload_file(session, path, bucket, f"{key_prefix}/{path.name}")
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:

@@ -217,15 +217,11 @@ def debugger_request(enabled: bool, region: str, output_path: str) -> dict[str, 
     }
 
 
-def upload(aws: Aws, path: Path, bucket: str, key_prefix: str) -> str:
-    """Upload a local folder (recursively) or file under s3://bucket/key_prefix; return the channel's S3 URI: the
-    prefix for a folder, the object for a file."""
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    with aws_errors(f"uploading {path} to s3://{bucket}/{key_prefix}"):
-        for file in files:
-            key = f"{key_prefix}/{file.name if file == path else file.relative_to(path).as_posix()}"
-            aws.s3.upload_file(str(file), bucket, key)
-    return f"s3://{bucket}/{key_prefix}" + (f"/{path.name}" if path.is_file() else "")
+def upload_file(aws: Aws, path: Path, bucket: str, key: str) -> str:
+    """Upload one file of this machine to s3://bucket/key; return that URI."""
+    with aws_errors(f"uploading {path} to s3://{bucket}/{key}"):
+        aws.s3.upload_file(str(path), bucket, key)
+    return f"s3://{bucket}/{key}"
 
 
 def start_training_job(aws: Aws, request: dict[str, Any]) -> None:
