@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -99,17 +100,19 @@ def start_server(
 ) -> tuple[int, str, Path]:
     """Start a model server detached in `folder` (its output in `serve.log`), answering on 127.0.0.1:`port`, and
     wait until it serves the model; its pid, URL and log. Stopped again if it fails to."""
-    log_file = folder / "serve.log"
-    with open(log_file, "w") as log:
-        process = subprocess.Popen(
-            command, env=env, cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    url = f"http://127.0.0.1:{port}"
-    say(f"{name}: model server starting on {url} (log {log_file})")
+    log_file, url = folder / "serve.log", f"http://127.0.0.1:{port}"
+    process = None
     try:
+        # An interrupt while it starts would leave it running unknown to us: it waits until `process` is known.
+        with signals_deferred(), open(log_file, "w") as log:
+            process = subprocess.Popen(
+                command, env=env, cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        say(f"{name}: model server starting on {url} (log {log_file})")
         _wait_until_ready(name, url, log_file, process, timeout)
     except BaseException:
-        stop_group(process.pid)
+        if process is not None:
+            stop_group(process.pid)
         raise
     return process.pid, url, log_file
 
@@ -300,7 +303,10 @@ def signals_as_interrupt() -> Iterator[None]:
 
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
-    """SIGINT and SIGTERM wait until the block has ended, then interrupt."""
+    """SIGINT and SIGTERM wait until the block has ended, then interrupt (on the main thread, which gets them)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     received: list[int] = []
     previous = {
         sig: signal.signal(sig, lambda number, _frame: received.append(number))
