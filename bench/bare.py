@@ -6,14 +6,14 @@ from __future__ import annotations
 import torch
 from torchvision.transforms import v2
 
-from imgclf import data
+from imgclf import augment, data
 
 
 def standard_train_transform(crop_size: int) -> v2.Compose:
     return v2.Compose(
         [
             v2.PILToTensor(),
-            v2.RandomResizedCrop(crop_size, scale=data.CROP_AREA, ratio=data.CROP_ASPECT, antialias=True),
+            v2.RandomResizedCrop(crop_size, scale=augment.CROP_AREA, ratio=augment.CROP_ASPECT, antialias=True),
             v2.RandomHorizontalFlip(),
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(mean=data.IMAGENET_MEAN, std=data.IMAGENET_STD),

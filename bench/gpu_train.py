@@ -1,8 +1,9 @@
 """Training images/s of ResNet-50 on a GPU: our training loop against a bare loop on the same GPU, on synthetic
 batches (the model's ceiling) and on JPEGs (the input pipeline included), our diagnostics on and off, with the
-GPU utilisation our profiler measured; JPEGs decoded on the GPU (`torchvision.io.decode_jpeg(device=...)`)
-against our CPU loaders; and serving: the model's own inference hooks (`model_fn`, `input_fn`, `predict_fn`,
-`output_fn`) in this process at batch 1, 8 and 32. Both training loops use the same precision and memory
+GPU utilisation our profiler measured; our train loader with `decode_device` gpu (files read by the workers,
+decoded with `torchvision.io.decode_jpeg(device=...)`, cropped and flipped on the device) against its CPU path;
+and serving: the model's own inference hooks (`model_fn`, `input_fn`, `predict_fn`, `output_fn`) in this process
+at batch 1, 8 and 32. Both training loops use the same precision and memory
 format (`--precision`, `--channels-last`; auto: bf16 or fp16 and channels-last on a GPU). Prints images/s and
 the ratios. Needs torch, torchvision, Pillow and psutil (nvidia-ml-py for GPU utilisation); not smdebug, the
 SageMaker toolkits, multi-model-server or Java, so it runs from source:
@@ -27,7 +28,6 @@ import torchvision
 from bare import standard_train_transform
 from input_pipeline import write_jpegs
 from torch import nn
-from torchvision.transforms import v2
 
 from imgclf import artifacts, data, inference
 from imgclf.checkpoint import TrainingState
@@ -93,33 +93,6 @@ def compare(label: str, runs: dict[str, Callable[[], int]], rounds: int, device:
     figures = ", ".join(f"{name} {rate:.1f} img/s ({rate / first:.3f})" for name, rate in medians.items())
     print(f"{label}: {figures}; GPU utilisation during the runs {utilisation}", flush=True)
     return medians
-
-
-def read_bytes(path: str) -> bytes:
-    with open(path, "rb") as file:
-        return file.read()
-
-
-class GpuDecodedBatches:
-    """Batches of JPEG files read as bytes by loader workers and decoded, cropped and flipped on `device`."""
-
-    def __init__(self, folder: Path, batch_size: int, crop: int, workers: int, device: torch.device):
-        self.files = torchvision.datasets.DatasetFolder(str(folder), loader=read_bytes, extensions=(".jpg",))
-        self.loader = torch.utils.data.DataLoader(self.files, batch_size=batch_size, shuffle=True,
-                                                  num_workers=workers, collate_fn=list,
-                                                  persistent_workers=workers > 0)  # fmt: skip
-        self.augment = v2.Compose([v2.RandomResizedCrop(crop, antialias=True), v2.RandomHorizontalFlip()])
-        self.device = device
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        for items in self.loader:
-            encoded, labels = zip(*items, strict=True)
-            tensors = [torch.frombuffer(bytearray(body), dtype=torch.uint8) for body in encoded]
-            pictures = torchvision.io.decode_jpeg(tensors, device=self.device)
-            yield torch.stack([self.augment(picture) for picture in pictures]), torch.tensor(labels), 0
 
 
 def serve_hooks(model_name: str, image_size: int, device: torch.device, folder: Path, batches: tuple[int, ...],
@@ -227,9 +200,11 @@ def main() -> None:
                     args.rounds, device, folder)  # fmt: skip
         finally:
             diagnostics.finish()
-        gpu_decoded = GpuDecodedBatches(folder / "jpegs", args.batch_size, args.image_size, hps.num_workers, device)
-        compare(f"JPEG decoded on {device.type}", {"ours, CPU decode": ours_on(loader),
-                                                   "ours, decode_jpeg": ours_on(gpu_decoded)},
+        device_decoded = data.make_loaders(images, crop_size=args.image_size, batch_size=args.batch_size,
+                                           num_workers=hps.num_workers, seed=0, pin_memory=pin_memory,
+                                           decode="gpu")["train"]  # fmt: skip
+        compare(f"JPEG decoded on {device.type}", {"ours, decode_device cpu": ours_on(loader),
+                                                   "ours, decode_device gpu": ours_on(device_decoded)},
                 args.rounds, device, folder)  # fmt: skip
         serve_hooks(args.model, args.image_size, device, folder,
                     tuple(int(b) for b in args.serve_batches.split(",")), args.serve_seconds)  # fmt: skip

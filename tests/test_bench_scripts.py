@@ -19,7 +19,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
                           "16", "--image-size", "32", "--batch-size", "4", "--workers", "1", "--serve-seconds",
                           "0.2"], "serving hooks, batch 32"),
         ("input_pipeline.py", ["--images", "16", "--rounds", "1", "--crop", "32", "--batch-size", "4"],
-         "pipeline / ceiling"),
+         "pipeline / fair ceiling"),
         ("train_overhead.py", ["--steps", "1", "--rounds", "1", "--image-size", "32"], "ratio with/without"),
         ("diagnostics_overhead.py", ["--steps", "2", "--rounds", "1"], "ratio on/off"),
         ("cold_start.py", ["--rounds", "1", "--models", "resnet18"], "serve -> model ready"),

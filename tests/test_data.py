@@ -1,11 +1,14 @@
+import functools
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import draw_shape, png_header, write_split
 
-from imgclf import data
+from imgclf import data, decoding
 from imgclf.errors import UserError
+
+TRAIN_32 = functools.partial(decoding.load_augmented, size=32)  # the train split's loading, crop 32
 
 
 def three_splits(root: Path, names=("train", "valid", "test")) -> dict[str, Path]:
@@ -76,7 +79,7 @@ def test_a_decompression_bomb_is_skipped_and_cmyk_is_kept(tmp_path: Path):
 
     [row] = images.skipped_report()
     assert Path(row["file"]).name == "bomb.png" and row["reason"].startswith("image too large")
-    image, _ = data.ImageDataset([(folder / "cmyk.jpg", 0)], data.TrainAugmentation(32))[0]
+    image, _ = data.ImageDataset([(folder / "cmyk.jpg", 0)], TRAIN_32)[0]
     assert image.shape == (3, 32, 32)
 
 
@@ -99,7 +102,7 @@ def test_a_class_without_training_images_is_an_error(tmp_path: Path):
 def test_greyscale_and_alpha_images_become_rgb_tensors(tmp_path: Path):
     draw_shape("circle").convert("L").save(tmp_path / "grey.png")
     draw_shape("square").convert("RGBA").save(tmp_path / "alpha.png")
-    dataset = data.ImageDataset([(tmp_path / "grey.png", 0), (tmp_path / "alpha.png", 1)], data.TrainAugmentation(32))
+    dataset = data.ImageDataset([(tmp_path / "grey.png", 0), (tmp_path / "alpha.png", 1)], TRAIN_32)
     for index in range(2):
         image, _ = dataset[index]
         assert image.shape == (3, 32, 32) and image.dtype == torch.uint8
@@ -108,7 +111,7 @@ def test_greyscale_and_alpha_images_become_rgb_tensors(tmp_path: Path):
 def test_a_file_that_breaks_after_the_scan_is_dropped_from_its_batch(tmp_path: Path):
     draw_shape("circle").save(tmp_path / "ok.jpg")
     (tmp_path / "gone.jpg").write_bytes(b"")
-    dataset = data.ImageDataset([(tmp_path / "ok.jpg", 0), (tmp_path / "gone.jpg", 1)], data.TrainAugmentation(32))
+    dataset = data.ImageDataset([(tmp_path / "ok.jpg", 0), (tmp_path / "gone.jpg", 1)], TRAIN_32)
     images, labels, dropped = data.collate([dataset[0], dataset[1]])
     assert images.shape == (1, 3, 32, 32) and labels.tolist() == [0] and dropped == 1
 

@@ -203,10 +203,25 @@ def test_dataloader_recommends_workers_and_pin_memory():
     few = JobSettings(cpu_count=8, gpu_count=1, world_size=1, num_workers=2, batch_size=32, pin_memory=False)
     result = pr.Dataloader().evaluate(evidence(steps=[timing(i, 0.01) for i in range(10)], settings=few))
     assert result.status == ISSUES
-    assert "raise num_workers from 2 to 8" in result.recommendation and "enable pin_memory" in result.recommendation
+    assert "set the hyperparameter num_workers to 8 (now 2)" in result.recommendation
+    assert "enable pin_memory" in result.recommendation
     starved = pr.Dataloader().evaluate(evidence(steps=[timing(i, 1.0) for i in range(10)]))
     assert starved.status == ISSUES and "waiting for data" in starved.explanation
     assert status(pr.Dataloader(), evidence(steps=[timing(i, 0.01) for i in range(10)])) == NO_ISSUES
+    assert "decode_device to gpu" in starved.recommendation  # SETTINGS: a GPU job decoding on the CPU
+
+
+def test_dataloader_counts_the_cores_of_each_training_process():
+    """8 workers on a 16-core host are 50 % of its cores, but 100 % of what each of its 2 processes has."""
+    shared = JobSettings(cpu_count=16, gpu_count=2, world_size=2, num_workers=8, batch_size=32, pin_memory=True,
+                         processes_per_host=2)  # fmt: skip
+    assert status(pr.Dataloader(), evidence(steps=[timing(i, 0.01) for i in range(10)], settings=shared)) == NO_ISSUES
+    crowded = JobSettings(cpu_count=16, gpu_count=8, world_size=8, num_workers=8, batch_size=32, pin_memory=True,
+                          processes_per_host=8)  # fmt: skip
+    result = pr.Dataloader().evaluate(evidence(steps=[timing(i, 0.01) for i in range(10)], settings=crowded))
+    assert result.status == ISSUES
+    assert "8 data workers for 2 cores per training process (16 cores, 8 processes)" in result.explanation
+    assert "set the hyperparameter num_workers to 2 (now 8)" in result.recommendation
 
 
 def test_step_outlier_and_initialization_time():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import io
+import functools
 import itertools
 import logging
 import os
@@ -10,16 +10,13 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
-import torchvision
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
-from torchvision import transforms
-from torchvision.io import ImageReadMode
-from torchvision.transforms.v2 import functional as F
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
 
-from imgclf import inference
+from imgclf import decoding, inference
 from imgclf.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -31,8 +28,6 @@ COMBINED_CHANNEL = "training"
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 MAX_LOGGED_SKIPS = 20
-JPEG_MAGIC = b"\xff\xd8"
-CROP_AREA, CROP_ASPECT = (0.35, 1.0), (3 / 4, 4 / 3)  # the training crop's share of the image, width / height
 
 
 @dataclass
@@ -154,37 +149,10 @@ def _log_skipped(name: str, split: Split) -> None:
         log.warning("  ... and %d more (all listed in metrics.json)", len(split.skipped) - MAX_LOGGED_SKIPS)
 
 
-class TrainAugmentation:
-    """A random resized crop (`CROP_AREA` of the area, `CROP_ASPECT`) and a coin-flip mirror of a uint8 image
-    tensor, drawn from torch's default generator: torchvision's training augmentation without its per-call
-    dispatch, which cost as much as the resize itself."""
-
-    def __init__(self, crop_size: int):
-        self.size = [crop_size, crop_size]
-
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        top, left, height, width = transforms.RandomResizedCrop.get_params(image, CROP_AREA, CROP_ASPECT)
-        image = F.resized_crop(image, top, left, height, width, self.size, antialias=True)
-        return F.horizontal_flip(image) if torch.rand(1) < 0.5 else image
-
-
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 batches, as the loaders give them, to the network's input where they are (on the GPU, if moved there
     first): serving's own `normalize`, with ImageNet's statistics."""
     return inference.normalize(images, IMAGENET_MEAN, IMAGENET_STD)
-
-
-def read_image(path: Path) -> torch.Tensor:
-    """An RGB uint8 tensor (3, H, W). JPEGs go through torchvision's decoder (the same pixels as Pillow's, in half
-    the time), other formats and anything it refuses through Pillow."""
-    encoded = bytearray(path.read_bytes())
-    if encoded.startswith(JPEG_MAGIC):
-        try:
-            return torchvision.io.decode_jpeg(torch.frombuffer(encoded, dtype=torch.uint8), mode=ImageReadMode.RGB)
-        except RuntimeError:
-            pass  # Pillow decides, and says why if it cannot
-    with Image.open(io.BytesIO(encoded)) as image:
-        return F.pil_to_tensor(image.convert("RGB"))
 
 
 def resize_size_for(crop_size: int) -> int:
@@ -230,45 +198,44 @@ class EpochSampler(Sampler[tuple[int, int]]):
 
 
 class ImageDataset(Dataset):
-    """(uint8 image tensor, label) pairs; a file that fails to load now yields None and is dropped by `collate`.
+    """(sample, label) pairs, a sample being what `load(path, seed)` makes of a file (`decoding.load_*`); a file
+    that fails to load now yields None and is dropped by the collate function.
 
     Indexed by position, or by (position, seed) for a seeded augmentation (see `EpochSampler`).
     """
 
-    def __init__(self, samples: list[tuple[Path, int]], transform: Callable[[torch.Tensor], torch.Tensor]):
+    def __init__(self, samples: list[tuple[Path, int]], load: Callable[[Path, int | None], Any]):
         self.samples = samples
-        self.transform = transform
+        self.load = load
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int] | None:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, int] | None:
         index, seed = key if isinstance(key, tuple) else (key, None)
         path, label = self.samples[index]
         try:
-            picture = read_image(path)
+            return self.load(path, seed), label
         except (OSError, SyntaxError, ValueError) as err:
             log.warning("could not load %s, leaving it out of this batch: %s", path, err)
             return None
-        if seed is None:
-            return self.transform(picture), label
-        generator = torch.default_generator  # the transforms draw from it; leave it as it was afterwards
-        state = generator.get_state()
-        generator.manual_seed(seed)
-        try:
-            return self.transform(picture), label
-        finally:
-            generator.set_state(state)
 
 
 def collate(items: list[tuple[torch.Tensor, int] | None]) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Stack the loadable items; also return how many were dropped."""
+    """Stack the loadable items (in a loader worker, straight into the shared memory that hands the batch over:
+    `default_collate`); also return how many were dropped."""
     good = [item for item in items if item is not None]
     if not good:
         return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), len(items)
-    images = torch.stack([image for image, _ in good])
-    labels = torch.tensor([label for _, label in good])
-    return images, labels, len(items) - len(good)
+    images = default_collate([image for image, _ in good])
+    return images, torch.tensor([label for _, label in good]), len(items) - len(good)
+
+
+def collate_encoded(items: list, crop_size: int) -> tuple[decoding.EncodedBatch, torch.Tensor, int]:
+    """`decoding.load_encoded` samples as one `decoding.EncodedBatch`, the labels, and how many were dropped."""
+    good = [item for item in items if item is not None]
+    labels = torch.tensor([label for _, label in good], dtype=torch.long)
+    return decoding.EncodedBatch([sample for sample, _ in good], crop_size), labels, len(items) - len(good)
 
 
 def leave_process_group(_worker_id: int) -> None:
@@ -288,13 +255,24 @@ def make_loaders(
     pin_memory: bool,
     rank: int = 0,
     world_size: int = 1,
+    decode: str = "cpu",
 ) -> dict[str, DataLoader]:
     """uint8 batches (see `normalize`): augmented ones of this host's shard of train, shuffled each epoch; all of
-    valid and test, in order. Workers pass uint8 to the training process: a quarter of float32's bytes."""
-    train = ImageDataset(data.splits["train"].samples, TrainAugmentation(crop_size))
+    valid and test, in order. Workers pass uint8 to the training process: a quarter of float32's bytes. With
+    `decode` "gpu", train's batches are `decoding.EncodedBatch`es instead, decoded and augmented on the device."""
+    samples = {name: split.samples for name, split in data.splits.items()}
+    if decode == "gpu":
+        train = ImageDataset(samples["train"], decoding.load_encoded)
+        train_collate = functools.partial(collate_encoded, crop_size=crop_size)
+    else:
+        train = ImageDataset(samples["train"], functools.partial(decoding.load_augmented, size=crop_size))
+        train_collate = collate
     preprocessing = eval_preprocessing(crop_size)
-    evaluation = inference.eval_transform(preprocessing["crop_size"], preprocessing["resize_size"])
-    datasets = {"train": train, **{n: ImageDataset(data.splits[n].samples, evaluation) for n in SPLITS[1:]}}
+    evaluation = functools.partial(
+        decoding.load_evaluated,
+        transform=inference.eval_transform(preprocessing["crop_size"], preprocessing["resize_size"]),
+    )
+    datasets = {"train": train, **{n: ImageDataset(samples[n], evaluation) for n in SPLITS[1:]}}
     sampler = EpochSampler(train, seed=seed, rank=rank, world_size=world_size)
     return {
         name: DataLoader(
@@ -302,7 +280,7 @@ def make_loaders(
             batch_size=batch_size,
             sampler=sampler if name == "train" else None,
             num_workers=num_workers,
-            collate_fn=collate,
+            collate_fn=train_collate if name == "train" else collate,
             pin_memory=pin_memory,
             persistent_workers=num_workers > 0,
             worker_init_fn=leave_process_group,

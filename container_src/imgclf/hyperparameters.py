@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from imgclf import contract
+from imgclf import contract, decoding
 from imgclf.diagnostics.rule import RuleConfigError
 from imgclf.diagnostics.rulebook import parse_rule_config
 from imgclf.errors import UserError
@@ -55,6 +55,7 @@ class Hyperparameters:
     channels_last: bool | None = None
     allow_cpu: bool = False
     processes_per_host: int = 0
+    decode_device: str = "auto"
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> Hyperparameters:
@@ -187,4 +188,7 @@ SPECS = {
     ),
     "mixed_precision": Spec("choice", "auto: bf16 or fp16 on GPU, fp32 on CPU", choices=PRECISIONS),
     "channels_last": Spec("boolean_or_auto", "auto: channels-last tensors on GPU only"),
+    "decode_device": Spec(
+        "choice", "where training JPEGs are decoded; auto: on the GPU when training on one", choices=decoding.SETTINGS
+    ),
 }

@@ -14,7 +14,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
-from imgclf import accelerator, artifacts, data, distributed
+from imgclf import accelerator, artifacts, data, decoding, distributed
 from imgclf.checkpoint import Checkpointer, EpochProgress, TrainingState
 from imgclf.diagnostics.evidence import JobSettings
 from imgclf.diagnostics.watch import Diagnostics, TrainingStopped
@@ -37,7 +37,7 @@ MAX_UNREAD_STEPS = 256  # steps whose loss waits on the device at most, between 
 # (processes_per_host is one: the checkpoint keeps the world size, which is what counts).
 NOT_IN_CHECKPOINT_IDENTITY = ("num_workers", "debug_hook", "debug_train_save_interval", "debug_eval_save_interval",
                               "rules", "profiler_interval_ms", "checkpoint_interval", "allow_cpu",
-                              "processes_per_host")  # fmt: skip
+                              "processes_per_host", "decode_device")  # fmt: skip
 
 
 @dataclass
@@ -100,9 +100,17 @@ def steps_per_epoch(loader: DataLoader, max_steps: int) -> int:
     return min(len(loader), max_steps) if max_steps else len(loader)
 
 
-def model_inputs(images: torch.Tensor, precision: StepPrecision) -> torch.Tensor:
-    """A loader's uint8 batch on the device, normalised there, in the step's memory format."""
-    return precision.inputs(data.normalize(images.to(precision.device, non_blocking=True)))
+def on_device(
+    images: torch.Tensor | decoding.EncodedBatch, labels: torch.Tensor, precision: StepPrecision
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """A loader's batch as the network's input and labels on the device: uint8 images normalised there, in the
+    step's memory format (an `EncodedBatch` decoded there first). Also how many images its decoder left out."""
+    left_out = 0
+    if isinstance(images, decoding.EncodedBatch):
+        images, kept = images.decode(precision.device)
+        left_out, labels = len(labels) - len(kept), labels[kept]
+    images = precision.inputs(data.normalize(images.to(precision.device, non_blocking=True)))
+    return images, labels.to(precision.device, non_blocking=True), left_out
 
 
 def train_one_epoch(
@@ -128,11 +136,11 @@ def train_one_epoch(
     start, first_seen = time.perf_counter(), progress.seen
     for images, labels, broken in loader:  # a resumed epoch's loader starts after progress.step batches
         progress.step += 1
-        progress.dropped += broken
+        images, labels, left_out = on_device(images, labels, precision)
+        progress.dropped += broken + left_out
         if len(labels):
             if diagnostics:
                 diagnostics.timer.batch_ready()
-            images, labels = model_inputs(images, precision), labels.to(precision.device, non_blocking=True)
             with precision.autocast():
                 outputs = model(images)
                 loss = criterion(outputs, labels)
@@ -184,7 +192,7 @@ def evaluate(
             progress.dropped += broken
             if not len(labels):
                 continue
-            images, labels = model_inputs(images, precision), labels.to(precision.device, non_blocking=True)
+            images, labels, _ = on_device(images, labels, precision)
             with precision.autocast():
                 outputs = model(images)
             loss = criterion(outputs.float(), labels)
@@ -255,6 +263,7 @@ def run(env: TrainingEnv) -> dict:
         len(images.classes),
         ", ".join(f"{name} {len(split.samples)}" for name, split in images.splits.items()),
     )
+    decode = decoding.choose(hps.decode_device, device)
     loaders = data.make_loaders(
         images,
         crop_size=hps.image_size,
@@ -264,9 +273,10 @@ def run(env: TrainingEnv) -> dict:
         pin_memory=device.type == "cuda",
         rank=cluster.rank,
         world_size=cluster.world_size,
+        decode=decode,
     )
     precision = StepPrecision.choose(hps.mixed_precision, hps.channels_last, device)
-    log.info("training in %s on %s", precision.describe(), device)
+    log.info("training in %s on %s; training JPEGs decoded on the %s", precision.describe(), device, decode.upper())
     model = precision.prepare(build_model(hps.model_name, len(images.classes), weights, hps.freeze_backbone).to(device))
     criterion = nn.CrossEntropyLoss()
     optimizer = make_optimizer(hps, model)
@@ -298,6 +308,8 @@ def run(env: TrainingEnv) -> dict:
             num_workers=hps.num_workers,
             batch_size=hps.batch_size,
             pin_memory=device.type == "cuda",
+            processes_per_host=int(os.environ.get("LOCAL_WORLD_SIZE", 1)),
+            decode_device=decode,
         ),
         rule_config=hps.rules,
         train_interval=hps.debug_train_save_interval,

@@ -19,6 +19,12 @@ class JobSettings:
     num_workers: int
     batch_size: int
     pin_memory: bool
+    processes_per_host: int = 1  # training processes sharing the host's cores
+    decode_device: str = "cpu"  # where training JPEGs are decoded ("cpu" or "gpu")
+
+    @property
+    def cores_per_process(self) -> int:
+        return max(self.cpu_count // max(self.processes_per_host, 1), 1)
 
 
 @dataclass

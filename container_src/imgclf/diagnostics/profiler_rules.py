@@ -159,8 +159,9 @@ class BatchSize(Rule):
 
 
 class Dataloader(Rule):
-    """Data-loading workers between `min_threshold` and `max_threshold` % of the cores (AWS), and — our addition —
-    the training loop waiting for data less than `data_wait_threshold` % of its step time."""
+    """Data-loading workers of each training process between `min_threshold` and `max_threshold` % of the cores it
+    has (the host's, shared among its training processes) (AWS), and — our addition — the training loop waiting
+    for data less than `data_wait_threshold` % of its step time. Recommendations name the hyperparameter to set."""
 
     name = "Dataloader"
     kind = "profiler"
@@ -168,29 +169,33 @@ class Dataloader(Rule):
 
     def evaluate(self, evidence: Evidence) -> RuleResult:
         p, s = self.parameters, evidence.settings
-        workers_share = 100 * s.num_workers / max(s.cpu_count, 1)
+        cores = s.cores_per_process
+        workers = f"{s.num_workers} data workers for {cores} cores" + (
+            f" per training process ({s.cpu_count} cores, {s.processes_per_host} processes)"
+            if s.processes_per_host > 1
+            else ""
+        )
+        workers_share = 100 * s.num_workers / cores
         steps = evidence.steps[1:] or evidence.steps  # the first step also waits for the workers to start
         wait_share = 100 * sum(t.data for t in steps) / max(sum(t.total for t in steps), 1e-9)
         issues, advice, fired = [], [], []
-        if workers_share < p["min_threshold"]:
-            issues.append(f"{s.num_workers} data workers for {s.cpu_count} cores ({workers_share:.0f}%)")
-            advice.append(f"raise num_workers from {s.num_workers} to {s.cpu_count}")
-        elif workers_share > p["max_threshold"]:
-            issues.append(f"{s.num_workers} data workers for {s.cpu_count} cores ({workers_share:.0f}%)")
-            advice.append(f"lower num_workers from {s.num_workers} to {s.cpu_count}")
+        if not p["min_threshold"] <= workers_share <= p["max_threshold"]:
+            issues.append(f"{workers} ({workers_share:.0f}%)")
+            advice.append(f"set the hyperparameter num_workers to {cores} (now {s.num_workers})")
         if wait_share > p["data_wait_threshold"]:
             issues.append(f"training steps spent {wait_share:.0f}% of their time waiting for data")
             fired = [t.step for t in steps if t.total > 0 and 100 * t.data / t.total > p["data_wait_threshold"]]
-            if s.num_workers < 2 * s.cpu_count:
-                advice.append(f"raise num_workers from {s.num_workers} to {max(s.num_workers * 2, s.cpu_count)}")
+            if s.gpu_count and s.decode_device == "cpu":
+                advice.append("decode JPEGs on the GPU: set the hyperparameter decode_device to gpu")
+            if s.num_workers < 2 * cores:
+                more = max(s.num_workers * 2, cores)
+                advice.append(f"set the hyperparameter num_workers to {more} (now {s.num_workers})")
             advice.append("make each image cheaper to load (store images closer to image_size)")
         if s.gpu_count and not s.pin_memory:
             advice.append("enable pin_memory")
         if not issues:
-            return self.passed(
-                f"{s.num_workers} workers for {s.cpu_count} cores; steps waited for data {wait_share:.0f}% of the time",
-                data_wait_percent=wait_share,
-            )
+            return self.passed(f"{workers}; steps waited for data {wait_share:.0f}% of the time",
+                               data_wait_percent=wait_share)  # fmt: skip
         return self.fired("; ".join(issues), fired, "; ".join(dict.fromkeys(advice)),
                           data_wait_percent=wait_share)  # fmt: skip
 
