@@ -14,7 +14,7 @@ from typing import Any
 from launcher import commands, tracking
 from launcher.backends.base import DEFAULT_IMAGE, MAX_RUN_SECONDS, S3_SCHEME, DeploySpec
 from launcher.backends.registry import BACKENDS, DEFAULT_BACKEND
-from launcher.backends.sagemaker import BUCKET_ENV, DEFAULT_ENDPOINT_INSTANCE_TYPE, REGION_ENVS, ROLE_ENV
+from launcher.backends.sagemaker.backend import BUCKET_ENV, DEFAULT_ENDPOINT_INSTANCE_TYPE, REGION_ENVS, ROLE_ENV
 from launcher.commands import IMAGE_ENV, absolute_path
 from launcher.errors import LauncherError
 from launcher.records import RecordStore

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.backends.base import S3_SCHEME
-from launcher.backends.sagemaker_api import MANIFEST_SUFFIX
+from launcher.backends.sagemaker.api import MANIFEST_SUFFIX
 from launcher.errors import LauncherError
 from launcher.records import (
     Endpoint,

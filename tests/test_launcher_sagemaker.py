@@ -1,6 +1,6 @@
 """The sagemaker backend through the CLI, against AWS clients answered by botocore's Stubber.
 
-Covered: launcher.backends.sagemaker_api builds every request from our options, and botocore validates each request,
+Covered: launcher.backends.sagemaker.api builds every request from our options, and botocore validates each request,
 and each stubbed answer, against the real service models of SageMaker, SageMaker Runtime, S3 and CloudWatch Logs,
 so field names, types and required members are AWS's own. We check what CreateTrainingJob receives (image, input
 mode, metric regexes, JSON-encoded hyperparameters, channels, output, resources, Debugger/Profiler settings, spot
@@ -27,7 +27,7 @@ from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
 from launcher import contract, metrics
-from launcher.backends import sagemaker_api
+from launcher.backends.sagemaker import api as sagemaker_api
 from launcher.cli import main
 from launcher.records import Endpoint, RecordStore, TrainingJob
 

@@ -1,6 +1,6 @@
 """launcher.tuning.sagemaker_tuner against AWS clients answered by botocore's Stubber (see test_launcher_sagemaker.py).
 
-Covered: the CreateHyperParameterTuningJob request launcher.backends.sagemaker_api builds from a TuningSpec
+Covered: the CreateHyperParameterTuningJob request launcher.backends.sagemaker.api builds from a TuningSpec
 (strategy, objective, limits, ranges, early stopping, static hyperparameters, metric definitions, image, warm
 start, Hyperband's resource), validated against SageMaker's service model; the values the container will decode;
 following the job through DescribeHyperParameterTuningJob; and the record of its best training job.

@@ -16,9 +16,9 @@ import pytest
 from botocore.exceptions import EndpointConnectionError
 from test_sagemaker_moto import BUCKET, IMAGE, REGION, ROLE, manifest_files, moto_server  # noqa: F401 (a fixture)
 
-from launcher.backends import sagemaker_api
 from launcher.backends.base import AwsOptions, TrainingSpec
-from launcher.backends.sagemaker import prepare_training
+from launcher.backends.sagemaker import api as sagemaker_api
+from launcher.backends.sagemaker.backend import prepare_training
 from launcher.cli import main
 
 

@@ -28,7 +28,7 @@ import boto3
 import pytest
 from mlflow.tracking import MlflowClient
 
-from launcher.backends import sagemaker_api
+from launcher.backends.sagemaker import api as sagemaker_api
 from launcher.cli import main
 from launcher.hosted import free_port
 from launcher.records import Endpoint, RecordStore, TrainingJob

@@ -96,7 +96,7 @@ def transform(workdir: Path, data: Path, *extra: str) -> int:
 
 
 def test_a_transform_job_over_a_manifest_of_the_images(aws: StubbedAWS, tmp_path: Path, monkeypatch):
-    monkeypatch.setattr("launcher.backends.sagemaker.time.strftime", lambda *_: "000000")
+    monkeypatch.setattr("launcher.backends.sagemaker.backend.time.strftime", lambda *_: "000000")
     data = images(tmp_path / "images")
     expect_transform(aws, data)
     broken = {"error": "the body is not a decodable image (UnidentifiedImageError: ...)", "status": 400}
@@ -136,7 +136,7 @@ def test_a_gpu_type_needs_an_ami_whose_driver_runs_the_image(aws: StubbedAWS, tm
     assert "SageMaker's batch transform hosts run NVIDIA driver 470 or 535" in capsys.readouterr().err
     assert aws.calls == []
 
-    monkeypatch.setattr("launcher.backends.sagemaker.time.strftime", lambda *_: "000000")
+    monkeypatch.setattr("launcher.backends.sagemaker.backend.time.strftime", lambda *_: "000000")
     expect_transform(aws, data)
     expect_outputs(aws, data, {file: answer("circle") for file in FILES})
     assert transform(tmp_path / "work2", data, "--instance-type", "ml.g5.xlarge",
@@ -146,7 +146,7 @@ def test_a_gpu_type_needs_an_ami_whose_driver_runs_the_image(aws: StubbedAWS, tm
 
 
 def test_files_without_an_answer_are_tried_again_by_the_next_run(aws: StubbedAWS, tmp_path: Path, monkeypatch):
-    monkeypatch.setattr("launcher.backends.sagemaker.time.strftime", lambda *_: "000000")
+    monkeypatch.setattr("launcher.backends.sagemaker.backend.time.strftime", lambda *_: "000000")
     data = images(tmp_path / "images")
     expect_transform(aws, data, status="Failed")
     expect_outputs(aws, data, {"a/circle.jpg": answer("circle")})  # the job failed before the others

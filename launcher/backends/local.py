@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from launcher import contract, hosted, metrics, transform
-from launcher.backends import local_mode, sagemaker_api
+from launcher.backends import local_mode
 from launcher.backends.base import Backend, DeploySpec, TrainingSpec, TransformSpec
+from launcher.backends.sagemaker import api as sagemaker_api
 from launcher.errors import LauncherError
 from launcher.progress import muted_stdout, say
 from launcher.records import Endpoint, RecordStore, TrainingJob, TransformJob

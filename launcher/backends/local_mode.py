@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from launcher.backends.sagemaker_api import JSON, model_container, variant
+from launcher.backends.sagemaker.api import JSON, model_container, variant
 
 DEFAULT_REGION = "us-east-1"
 # Local mode never calls IAM, but its requests carry a role ARN as SageMaker's do.

@@ -7,7 +7,7 @@ from pathlib import Path
 from launcher.backends.base import Backend
 from launcher.backends.local import LocalBackend
 from launcher.backends.process import ProcessBackend
-from launcher.backends.sagemaker import SageMakerBackend
+from launcher.backends.sagemaker.backend import SageMakerBackend
 from launcher.records import RecordStore
 from launcher.tracking import Tracker
 

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from launcher import contract, metrics
-from launcher.backends import sagemaker_api
 from launcher.backends.base import S3_SCHEME
-from launcher.backends.sagemaker import SageMakerBackend, prepare_training, record_outcome
+from launcher.backends.sagemaker.backend import SageMakerBackend, prepare_training, record_outcome
+from launcher.backends.sagemaker.backend import api as sagemaker_api
 from launcher.errors import LauncherError
 from launcher.progress import say
 from launcher.records import RecordStore, TrainingJob, TuningRun

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from launcher import lineage
-from launcher.backends import sagemaker_api
+from launcher.backends.sagemaker import api
 from launcher.errors import LauncherError
 from launcher.progress import say
 
@@ -40,27 +40,27 @@ def version_digest(files: list[dict]) -> str:
     return hashlib.sha256(json.dumps(listed).encode()).hexdigest()
 
 
-def store_channel(aws: sagemaker_api.Aws, bucket: str, channel: str, source: Path) -> str:
+def store_channel(aws: api.Aws, bucket: str, channel: str, source: Path) -> str:
     """The S3 URI of the ManifestFile of `source`'s files (a folder or one file), after uploading those S3 lacks."""
     files = lineage.channel_manifest(str(source))["files"]
     if not files:
         raise LauncherError(f"channel {channel!r}: {source} holds no file to upload")
-    manifest_key = f"{MANIFEST_PREFIX}/{version_digest(files)}{sagemaker_api.MANIFEST_SUFFIX}"
+    manifest_key = f"{MANIFEST_PREFIX}/{version_digest(files)}{api.MANIFEST_SUFFIX}"
     manifest_uri = f"s3://{bucket}/{manifest_key}"
     with s3_refusals(bucket):
-        if manifest_key in sagemaker_api.s3_keys(aws, bucket, manifest_key):
+        if manifest_key in api.s3_keys(aws, bucket, manifest_key):
             say(f"channel {channel!r}: {len(files)} files of {source} already in S3 as {manifest_uri}")
             return manifest_uri
         entries = store_files(aws, bucket, f"channel {channel!r}", source if source.is_dir() else source.parent, files)
-        sagemaker_api.put_object(aws, bucket, manifest_key, manifest(bucket, sorted(entries.values())))
+        api.put_object(aws, bucket, manifest_key, manifest(bucket, sorted(entries.values())))
     return manifest_uri
 
 
-def store_files(aws: sagemaker_api.Aws, bucket: str, label: str, root: Path, files: list[dict]) -> dict[str, str]:
+def store_files(aws: api.Aws, bucket: str, label: str, root: Path, files: list[dict]) -> dict[str, str]:
     """Upload those of `files` (path relative to `root`, bytes, sha256) that S3 lacks; return each one's entry
     under DATA_PREFIX (its place in a channel)."""
     with s3_refusals(bucket):
-        present = set(sagemaker_api.s3_keys(aws, bucket, f"{DATA_PREFIX}/"))
+        present = set(api.s3_keys(aws, bucket, f"{DATA_PREFIX}/"))
         keys = {f["path"]: object_key(f["path"], f["sha256"]) for f in files}
         missing = [(root / f["path"], keys[f["path"]], f["bytes"]) for f in files if keys[f["path"]] not in present]
         say(
@@ -76,13 +76,13 @@ def manifest(bucket: str, entries: list[str]) -> bytes:
     return json.dumps([{"prefix": f"s3://{bucket}/{DATA_PREFIX}/"}, *entries]).encode()
 
 
-def upload(aws: sagemaker_api.Aws, bucket: str, label: str, uploads: list[tuple[Path, str, int]]) -> None:
+def upload(aws: api.Aws, bucket: str, label: str, uploads: list[tuple[Path, str, int]]) -> None:
     """Upload each (file, key, bytes) of `uploads`, saying how far it got every few seconds and at the end."""
     total = sum(size for _, _, size in uploads)
     done = sent = 0
     shown = time.monotonic()
     for path, key, size in uploads:
-        sagemaker_api.upload_file(aws, path, bucket, key)
+        api.upload_file(aws, path, bucket, key)
         done, sent = done + 1, sent + size
         if time.monotonic() - shown >= PROGRESS_SECONDS or done == len(uploads):
             shown = time.monotonic()

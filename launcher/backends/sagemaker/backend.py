@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from launcher import contract, lineage, transform
-from launcher.backends import s3_datasets, sagemaker_api
 from launcher.backends.base import S3_SCHEME, AwsOptions, Backend, DeploySpec, TrainingSpec, TransformSpec
+from launcher.backends.sagemaker import api, datasets
 from launcher.errors import LauncherError
 from launcher.progress import say
 from launcher.records import Endpoint, TrainingJob, TransformJob
@@ -102,7 +102,7 @@ def endpoint_ami_version(instance_type: str, requested: str) -> str | None:
         return GPU_INFERENCE_AMI if instance_type.startswith(GPU_FAMILIES) else None
     if requested == "none":
         return None
-    known = sagemaker_api.inference_ami_versions()
+    known = api.inference_ami_versions()
     if requested not in known:
         raise LauncherError(
             f"unknown inference AMI version {requested!r}; SageMaker knows auto, none, {', '.join(known)}"
@@ -127,16 +127,14 @@ def check_training_spec(spec: TrainingSpec) -> None:
         )
 
 
-def upload_host_channels(
-    session: sagemaker_api.Aws, bucket: str, job_name: str, channels: dict[str, str]
-) -> dict[str, str]:
+def upload_host_channels(session: api.Aws, bucket: str, job_name: str, channels: dict[str, str]) -> dict[str, str]:
     """Every channel as an S3 URI: s3:// ones as they are, folders or files of this machine as the ManifestFile of
-    their dataset version, uploading only what S3 does not hold yet (`s3_datasets`; all checked first)."""
+    their dataset version, uploading only what S3 does not hold yet (`datasets`; all checked first)."""
     local = {name: Path(source).resolve() for name, source in channels.items() if not source.startswith(S3_SCHEME)}
     for name, path in local.items():
         if not path.exists():
             raise LauncherError(f"channel {name!r}: {path} does not exist (give a local path or an s3:// URI)")
-    uploaded = {name: s3_datasets.store_channel(session, bucket, name, path) for name, path in local.items()}
+    uploaded = {name: datasets.store_channel(session, bucket, name, path) for name, path in local.items()}
     return {name: uploaded.get(name, source) for name, source in channels.items()}
 
 
@@ -145,7 +143,7 @@ class PreparedTraining:
     """A training job's CreateTrainingJob request, ready to send, and where its inputs and outputs are."""
 
     aws: AwsSettings
-    session: sagemaker_api.Aws
+    session: api.Aws
     request: dict[str, Any]
     channels: dict[str, str]  # every channel as an S3 URI
     output_path: str
@@ -160,7 +158,7 @@ def prepare_training(spec: TrainingSpec, name: str) -> PreparedTraining:
     check_training_spec(spec)
     aws = AwsSettings.resolve(spec.aws)
     output_path = (spec.output_path or f"{S3_SCHEME}{aws.bucket}/{S3_PREFIX}").rstrip("/")
-    session = sagemaker_api.aws_session(aws.region)
+    session = api.aws_session(aws.region)
     channels = upload_host_channels(session, aws.bucket, name, spec.channels)
     spot = None
     if spec.spot:
@@ -168,7 +166,7 @@ def prepare_training(spec: TrainingSpec, name: str) -> PreparedTraining:
             "max_wait": spec.max_wait or 2 * spec.max_run,
             "checkpoint_s3_uri": f"{S3_SCHEME}{aws.bucket}/{S3_PREFIX}/{name}/checkpoints",
         }
-    request = sagemaker_api.training_request(
+    request = api.training_request(
         name=name,
         image=spec.image,
         role=aws.role,
@@ -180,7 +178,7 @@ def prepare_training(spec: TrainingSpec, name: str) -> PreparedTraining:
         max_run=spec.max_run,
         spot=spot,
     )
-    request.update(sagemaker_api.debugger_request(spec.sagemaker_debugger, aws.region, output_path))
+    request.update(api.debugger_request(spec.sagemaker_debugger, aws.region, output_path))
     return PreparedTraining(aws, session, request, channels, output_path, spot)
 
 
@@ -194,7 +192,7 @@ def record_outcome(job: TrainingJob, description: dict[str, Any]) -> dict[str, f
     return {m["MetricName"]: m["Value"] for m in description.get("FinalMetricDataList", [])}
 
 
-def model_data_in_s3(session: sagemaker_api.Aws, model_data: str, bucket: str, key_prefix: str) -> str:
+def model_data_in_s3(session: api.Aws, model_data: str, bucket: str, key_prefix: str) -> str:
     """The model's S3 URI: as given, or a local model.tar.gz uploaded to s3://<bucket>/<key_prefix>/."""
     if model_data.startswith(S3_SCHEME):
         return model_data
@@ -202,7 +200,7 @@ def model_data_in_s3(session: sagemaker_api.Aws, model_data: str, bucket: str, k
     if not path.is_file():
         raise LauncherError(f"no model.tar.gz at {path} (give a training job's name, a file or an s3:// URI)")
     say(f"uploading {path} to {S3_SCHEME}{bucket}/{key_prefix}")
-    return sagemaker_api.upload_file(session, path, bucket, f"{key_prefix}/{path.name}")
+    return api.upload_file(session, path, bucket, f"{key_prefix}/{path.name}")
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
@@ -225,17 +223,17 @@ def transform_ami_version(instance_type: str, requested: str | None) -> str | No
 
 
 def transform_manifest(
-    session: sagemaker_api.Aws, spec: TransformSpec, files: list[str], bucket: str
+    session: api.Aws, spec: TransformSpec, files: list[str], bucket: str
 ) -> tuple[bytes, dict[str, str]]:
     """The transform's ManifestFile, and each file's place under its prefix (where its `.out` lands under the
-    output): images of this machine stored once per content (`s3_datasets`), or those under an s3:// input."""
+    output): images of this machine stored once per content (`datasets`), or those under an s3:// input."""
     if spec.input.startswith(S3_SCHEME):
         entries = {file: file for file in files}
         return json.dumps([{"prefix": spec.input.rstrip("/") + "/"}, *files]).encode(), entries
     root = Path(spec.input)
     listing = [{"path": f, "bytes": (root / f).stat().st_size, "sha256": lineage.file_sha256(root / f)} for f in files]
-    entries = s3_datasets.store_files(session, bucket, f"transform {spec.name}", root, listing)
-    return s3_datasets.manifest(bucket, [entries[file] for file in files]), entries
+    entries = datasets.store_files(session, bucket, f"transform {spec.name}", root, listing)
+    return datasets.manifest(bucket, [entries[file] for file in files]), entries
 
 
 def transform_request(
@@ -263,7 +261,7 @@ def transform_request(
 
 
 def collect_outputs(
-    session: sagemaker_api.Aws,
+    session: api.Aws,
     output: str,
     entries: dict[str, str],
     keep_logits: bool,
@@ -272,11 +270,11 @@ def collect_outputs(
 ) -> None:
     """Each file's answer from the `.out` object of its manifest entry under `output`."""
     bucket, prefix = split_s3_uri(output + "/")
-    keys = {key[len(prefix) :]: key for key in sagemaker_api.s3_keys(session, bucket, prefix)}
+    keys = {key[len(prefix) :]: key for key in api.s3_keys(session, bucket, prefix)}
 
     def read(file: str) -> bytes | None:
         key = keys.get(f"{entries[file]}.out")
-        return None if key is None else sagemaker_api.get_object(session, bucket, key)
+        return None if key is None else api.get_object(session, bucket, key)
 
     progress.begin()
     missing = "the transform job wrote no answer for it"
@@ -297,7 +295,7 @@ class SageMakerBackend(Backend):
     def launch(self, spec: TrainingSpec) -> TrainingJob:
         """Upload the local channels and start the job on SageMaker."""
         prepared = prepare_training(spec, spec.job_name)
-        sagemaker_api.start_training_job(prepared.session, prepared.request)
+        api.start_training_job(prepared.session, prepared.request)
         artifacts = f"{prepared.output_path}/{spec.job_name}/output"
         say(f"training job {spec.job_name} started on SageMaker in {prepared.aws.region}")
         return spec.record(
@@ -314,7 +312,7 @@ class SageMakerBackend(Backend):
 
     def run_to_end(self, job: TrainingJob, spec: TrainingSpec) -> dict[str, float]:
         say(f"following the log of training job {job.name} (Ctrl-C stops following, not the job)")
-        return record_outcome(job, sagemaker_api.follow_training_job(sagemaker_api.aws_session(job.region), job.name))
+        return record_outcome(job, api.follow_training_job(api.aws_session(job.region), job.name))
 
     def interrupted(self, job: TrainingJob) -> None:
         """The job goes on on SageMaker; its record stays InProgress."""
@@ -327,7 +325,7 @@ class SageMakerBackend(Backend):
         check_image_and_instance(spec.image, spec.instance_type)
         ami_version = endpoint_ami_version(spec.instance_type, spec.inference_ami_version)
         aws = AwsSettings.resolve(spec.aws, needs_bucket=not spec.model_data.startswith(S3_SCHEME))
-        session = sagemaker_api.aws_session(aws.region)
+        session = api.aws_session(aws.region)
         model_data = model_data_in_s3(session, spec.model_data, aws.bucket, f"{S3_PREFIX}/{spec.endpoint_name}")
         record = spec.record(
             self.name,
@@ -340,7 +338,7 @@ class SageMakerBackend(Backend):
         record.model_data = model_data
         self.records.save(record)
         try:
-            sagemaker_api.create_endpoint(
+            api.create_endpoint(
                 session,
                 name=spec.endpoint_name,
                 image=spec.image,
@@ -374,7 +372,7 @@ class SageMakerBackend(Backend):
         return record
 
     def swap_model(self, endpoint: Endpoint, spec: DeploySpec, reason: str) -> Endpoint:
-        """UpdateEndpoint to a new endpoint config as a blue/green deployment (`sagemaker_api.update_endpoint`),
+        """UpdateEndpoint to a new endpoint config as a blue/green deployment (`api.update_endpoint`),
         with `spec.rollback_alarms` feeding its auto-rollback. SageMaker keeps the old fleet serving until the new one
         passes its health checks, so no request fails; a rollback or failure leaves the old model serving, and says
         so."""
@@ -383,11 +381,11 @@ class SageMakerBackend(Backend):
             dataclasses.replace(spec.aws, region=spec.aws.region or endpoint.region),
             needs_bucket=not model_data.startswith(S3_SCHEME),
         )
-        session = sagemaker_api.aws_session(aws.region)
+        session = api.aws_session(aws.region)
         generation = (endpoint.generation or 1) + 1
         name = f"{endpoint.endpoint_name}-{generation}"[-63:]
         model_data = model_data_in_s3(session, model_data, aws.bucket, f"{S3_PREFIX}/{name}")
-        sagemaker_api.update_endpoint(
+        api.update_endpoint(
             session,
             endpoint_name=endpoint.endpoint_name,
             name=name,
@@ -435,7 +433,7 @@ class SageMakerBackend(Backend):
             "reason": reason,
         }
 
-    def _wait_for_endpoint(self, session: sagemaker_api.Aws, record: Endpoint) -> dict[str, Any]:
+    def _wait_for_endpoint(self, session: api.Aws, record: Endpoint) -> dict[str, Any]:
         """Poll DescribeEndpoint until the endpoint is no longer being created or updated; the record follows each
         change of its status and config."""
 
@@ -446,8 +444,8 @@ class SageMakerBackend(Backend):
             )
             self.records.save(record)
 
-        return sagemaker_api.poll(
-            lambda: sagemaker_api.describe_endpoint(session, record.endpoint_name),
+        return api.poll(
+            lambda: api.describe_endpoint(session, record.endpoint_name),
             lambda description: description["EndpointStatus"] in ENDPOINT_BUSY,
             lambda description: f"{description['EndpointStatus']} {description['EndpointConfigName']}",
             changed,
@@ -459,7 +457,7 @@ class SageMakerBackend(Backend):
             return Path(model_data)
         folder.mkdir(parents=True, exist_ok=True)
         region = AwsSettings.resolve(aws, needs_bucket=False, needs_role=False).region
-        return sagemaker_api.download(model_data, folder / contract.MODEL_ARTIFACT, region)
+        return api.download(model_data, folder / contract.MODEL_ARTIFACT, region)
 
     def transform_inputs(self, spec: TransformSpec) -> list[str]:
         """A local folder's images, or those under an s3:// prefix (by extension, any depth)."""
@@ -467,7 +465,7 @@ class SageMakerBackend(Backend):
             return super().transform_inputs(spec)
         aws = AwsSettings.resolve(spec.aws, needs_bucket=False)
         bucket, prefix = split_s3_uri(spec.input.rstrip("/") + "/")
-        keys = sagemaker_api.s3_keys(sagemaker_api.aws_session(aws.region), bucket, prefix)
+        keys = api.s3_keys(api.aws_session(aws.region), bucket, prefix)
         images = (key for key in keys if os.path.splitext(key)[1].lower() in transform.CONTENT_TYPES)
         files = sorted(key[len(prefix) :] for key in images)
         if not files:
@@ -488,21 +486,21 @@ class SageMakerBackend(Backend):
         ami_version = transform_ami_version(spec.instance_type, spec.ami_version)
         input_on_host = not spec.input.startswith(S3_SCHEME)
         aws = AwsSettings.resolve(spec.aws, needs_bucket=input_on_host or not spec.model_data.startswith(S3_SCHEME))
-        session = sagemaker_api.aws_session(aws.region)
+        session = api.aws_session(aws.region)
         name = f"{spec.name[:56]}-{time.strftime('%H%M%S')}"  # a new SageMaker job (and model) for each run
         model_data = model_data_in_s3(session, spec.model_data, aws.bucket, f"{S3_PREFIX}/{spec.name}")
         bucket = aws.bucket or split_s3_uri(spec.input)[0]
         manifest, entries = transform_manifest(session, spec, files, bucket)
-        manifest_uri = sagemaker_api.put_object(session, bucket, f"{S3_PREFIX}/{spec.name}/{name}.manifest", manifest)
+        manifest_uri = api.put_object(session, bucket, f"{S3_PREFIX}/{spec.name}/{name}.manifest", manifest)
         output = f"{S3_SCHEME}{bucket}/{S3_PREFIX}/{spec.name}/output/{name}"
         job.transform_job_name, job.s3_output, job.region = name, output, aws.region
         self.records.save(job)
-        sagemaker_api.create_model(
+        api.create_model(
             session, name=name, image=spec.image, model_data=model_data, role=aws.role, env=spec.serving_environment()
         )
         try:
             request = transform_request(spec, name, manifest_uri, output, files, ami_version)
-            sagemaker_api.create_transform_job(session, request)
+            api.create_transform_job(session, request)
             say(
                 f"transform job {name} started on SageMaker in {aws.region} ({len(files)} images on "
                 f"{spec.instance_type}; Ctrl-C stops waiting, not the job)"
@@ -510,29 +508,29 @@ class SageMakerBackend(Backend):
             description = self._wait_for_transform(session, name)
             collect_outputs(session, output, entries, spec.logits, predictions, progress)
         finally:
-            sagemaker_api.delete_model(session, name)
+            api.delete_model(session, name)
         if description["TransformJobStatus"] != "Completed":
             reason = description.get("FailureReason", "no reason given")
             say(f"transform job {name} {description['TransformJobStatus'].lower()}: {reason}")
 
-    def _wait_for_transform(self, session: sagemaker_api.Aws, name: str) -> dict[str, Any]:
-        return sagemaker_api.poll(
-            lambda: sagemaker_api.describe_transform_job(session, name),
+    def _wait_for_transform(self, session: api.Aws, name: str) -> dict[str, Any]:
+        return api.poll(
+            lambda: api.describe_transform_job(session, name),
             lambda description: description["TransformJobStatus"] in ("InProgress", "Stopping"),
             lambda description: description["TransformJobStatus"],
             lambda description: say(f"transform job {name}: {description['TransformJobStatus']}"),
         )
 
     def predict(self, endpoint: Endpoint, body: bytes, content_type: str) -> Any:
-        session = sagemaker_api.aws_session(endpoint.region)
-        return sagemaker_api.invoke_endpoint(session, endpoint.endpoint_name, body, content_type)
+        session = api.aws_session(endpoint.region)
+        return api.invoke_endpoint(session, endpoint.endpoint_name, body, content_type)
 
     def stop(self, endpoint: Endpoint) -> None:
-        session = sagemaker_api.aws_session(endpoint.region)
+        session = api.aws_session(endpoint.region)
         served = endpoint.history or [
             {"endpoint_config_name": endpoint.endpoint_config_name, "model_name": endpoint.model_name}
         ]
-        gone = sagemaker_api.delete_endpoint(
+        gone = api.delete_endpoint(
             session,
             endpoint_name=endpoint.endpoint_name,
             config_names=[entry["endpoint_config_name"] for entry in served],
