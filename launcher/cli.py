@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from launcher import commands, tracking
-from launcher.backends.base import DEFAULT_IMAGE, MAX_RUN_SECONDS, S3_SCHEME, DeploySpec
+from launcher.backends.base import DEFAULT_IMAGE, MAX_RUN_SECONDS, DeploySpec
 from launcher.backends.registry import BACKENDS, DEFAULT_BACKEND
 from launcher.backends.sagemaker.backend import BUCKET_ENV, DEFAULT_ENDPOINT_INSTANCE_TYPE, REGION_ENVS, ROLE_ENV
 from launcher.commands import IMAGE_ENV, absolute_path
+from launcher.contract import S3_SCHEME
 from launcher.errors import LauncherError
 from launcher.records import RecordStore
 from launcher.tuning.spec import EARLY_STOPPING, STRATEGIES

@@ -1,5 +1,5 @@
 """The container's contracts as the launcher meets them: SageMaker's training-job layout, written on this machine
-for the process backend, and the JSON error its endpoints answer."""
+for the process backend, the JSON error its endpoints answer, and how data in S3 is named."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from typing import Any
 
 from launcher.errors import LauncherError
 
+S3_SCHEME = "s3://"
+MANIFEST_SUFFIX = ".manifest"  # an S3 object listing a channel's objects (SageMaker's ManifestFile)
 MODEL_ARTIFACT = "model.tar.gz"
 OUTPUT_ARTIFACT = "output.tar.gz"
 

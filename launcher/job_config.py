@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from launcher import metrics
+from launcher.contract import S3_SCHEME
 from launcher.errors import LauncherError
 from launcher.tuning.spec import DIRECTIONS, EARLY_STOPPING, SCALINGS, STRATEGIES, ParameterRange, Tuning
 
@@ -91,7 +92,7 @@ def load_job_config(path: Path) -> JobConfig:
         raise ConfigError(f"{path}: {err}") from None
     folder = path.parent
     channels = {
-        name: source if source.startswith("s3://") else str((folder / source).resolve())
+        name: source if source.startswith(S3_SCHEME) else str((folder / source).resolve())
         for name, source in config.channels.items()
     }
     return dataclasses.replace(config, channels=channels)

@@ -17,8 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from launcher.backends.base import S3_SCHEME
-from launcher.backends.sagemaker.api import MANIFEST_SUFFIX
+from launcher.contract import MANIFEST_SUFFIX, S3_SCHEME
 from launcher.errors import LauncherError
 from launcher.records import (
     Endpoint,

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from launcher import lineage, promotion, steps
-from launcher.backends.base import S3_SCHEME, Backend, DeploySpec, TrainingSpec, TransformSpec
+from launcher.backends.base import Backend, DeploySpec, TrainingSpec, TransformSpec
+from launcher.contract import S3_SCHEME
 from launcher.errors import LauncherError
 from launcher.progress import say
 from launcher.records import Endpoint, Evaluation, PipelineRun, Promotion, R, TrainingJob, TuningRun

@@ -16,7 +16,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from launcher.backends.base import S3_SCHEME, TrainingSpec
+from launcher.backends.base import TrainingSpec
+from launcher.contract import S3_SCHEME
 from launcher.errors import LauncherError
 from launcher.progress import say
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from launcher import evaluation, hosted, lineage, steps
-from launcher.backends.base import S3_SCHEME, AwsOptions, Backend, DeploySpec, TransformSpec
+from launcher.backends.base import AwsOptions, Backend, DeploySpec, TransformSpec
+from launcher.contract import S3_SCHEME
 from launcher.errors import LauncherError
 from launcher.progress import say
 from launcher.records import Endpoint, Evaluation, Promotion, TrainingJob

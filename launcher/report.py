@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from launcher.backends.base import S3_SCHEME
 from launcher.backends.sagemaker import api as sagemaker_api
+from launcher.contract import S3_SCHEME
 from launcher.errors import LauncherError
 from launcher.records import TrainingJob
 

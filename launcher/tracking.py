@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from launcher.contract import S3_SCHEME
 from launcher.progress import say
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
@@ -277,7 +278,7 @@ class Tracker:
         if run_id is None or not dataset:
             return
         sources = dataset.get("channels", {})
-        remote = any(str(s).startswith("s3://") for s in sources.values())
+        remote = any(str(s).startswith(S3_SCHEME) for s in sources.values())
         entity = Dataset(
             name=dataset.get("name") or "images",
             digest=dataset["digest"][:36],
@@ -306,7 +307,7 @@ class Tracker:
 
         if run_id is None:
             return None
-        if model_data.startswith("s3://"):
+        if model_data.startswith(S3_SCHEME):
             source = model_data.rsplit("/", 1)[0]
         else:
             self._client.log_artifact(run_id, model_data, MODEL_ARTIFACT_PATH)

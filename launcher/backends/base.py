@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from launcher import metrics, transform
+from launcher.contract import S3_SCHEME
 from launcher.errors import LauncherError
 from launcher.progress import say
 from launcher.records import Endpoint, RecordStore, TrainingJob, TransformJob
 from launcher.tracking import Tracker
 
-S3_SCHEME = "s3://"
 MAX_RUN_SECONDS = 86400  # SageMaker's default limit on a training job's run time
 DEFAULT_IMAGE = "imgclf:latest"  # what `make build` tags
 

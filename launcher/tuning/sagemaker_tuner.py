@@ -14,15 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from launcher import contract, metrics
-from launcher.backends.base import S3_SCHEME
+from launcher.backends.sagemaker import api as sagemaker_api
 from launcher.backends.sagemaker.backend import SageMakerBackend, prepare_training, record_outcome
-from launcher.backends.sagemaker.backend import api as sagemaker_api
+from launcher.contract import S3_SCHEME
 from launcher.errors import LauncherError
 from launcher.progress import say
 from launcher.records import RecordStore, TrainingJob, TuningRun
 from launcher.tracking import Tracker
 from launcher.tuning.results import TrialRow, write_results
-from launcher.tuning.spec import TuningSpec
+from launcher.tuning.spec import ParameterRange, TuningSpec
 
 NAME_PATTERN = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,31}")  # CreateHyperParameterTuningJob's
 MAX_NAME_LENGTH = 32
@@ -30,6 +30,74 @@ MAX_PARENTS = 5  # warm start: at most five parent tuning jobs
 RUNNING = ("InProgress", "Stopping")
 # What SageMaker adds to a trial's hyperparameters; not the user's.
 ADDED_PREFIXES = ("_tuning_objective_metric", "sagemaker_")
+
+
+def parameter_range(spec: ParameterRange) -> dict[str, Any]:
+    """A continuous, integer or categorical range as SageMaker takes it: numbers as strings, and categorical values
+    JSON-encoded as static hyperparameters are (so True reaches the container as `true`)."""
+    if spec.kind == "categorical":
+        return {"Name": spec.name, "Values": [json.dumps(value) for value in spec.values]}
+    low, high = (
+        (spec.min_value, spec.max_value) if spec.kind == "continuous" else (int(spec.min_value), int(spec.max_value))
+    )
+    return {"Name": spec.name, "MinValue": str(low), "MaxValue": str(high), "ScalingType": spec.scaling}
+
+
+def tuning_metric_definitions(objective_metric: str, objective_regex: str) -> list[dict[str, str]]:
+    """Our metric definitions with the objective's (its regex may be the user's own)."""
+    ours = [definition for definition in metrics.METRIC_DEFINITIONS if definition["Name"] != objective_metric]
+    return [*ours, {"Name": objective_metric, "Regex": objective_regex}]
+
+
+def tuning_request(training: dict[str, Any], spec: TuningSpec, hyperband_max_epochs: int | None = None) -> dict:
+    """CreateHyperParameterTuningJob whose trials are `training`'s job (a `training_request`) with the
+    hyperparameters of `spec.ranges`.
+
+    `hyperband_max_epochs`: the Hyperband strategy's resource, from 1 epoch to that many.
+    """
+    kinds = {
+        "continuous": "ContinuousParameterRanges",
+        "integer": "IntegerParameterRanges",
+        "categorical": "CategoricalParameterRanges",
+    }
+    ranges: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds.values()}
+    for parameter in spec.ranges:
+        ranges[kinds[parameter.kind]].append(parameter_range(parameter))
+    tuned = {parameter.name for parameter in spec.ranges}
+    resources = training["ResourceConfig"]
+    definition = {
+        "StaticHyperParameters": {k: v for k, v in training["HyperParameters"].items() if k not in tuned},
+        "AlgorithmSpecification": {
+            **training["AlgorithmSpecification"],
+            "MetricDefinitions": tuning_metric_definitions(spec.objective_metric, spec.objective_regex),
+        },
+        "RoleArn": training["RoleArn"],
+        "InputDataConfig": training["InputDataConfig"],
+        "OutputDataConfig": training["OutputDataConfig"],
+        "HyperParameterTuningResourceConfig": resources,
+        "StoppingCondition": training["StoppingCondition"],
+        **{key: training[key] for key in ("EnableManagedSpotTraining", "CheckpointConfig") if key in training},
+    }
+    config: dict[str, Any] = {
+        "Strategy": spec.strategy,
+        "HyperParameterTuningJobObjective": {"Type": spec.direction, "MetricName": spec.objective_metric},
+        "ResourceLimits": {"MaxNumberOfTrainingJobs": spec.max_jobs, "MaxParallelTrainingJobs": spec.max_parallel_jobs},
+        "ParameterRanges": ranges,
+        "TrainingJobEarlyStoppingType": spec.early_stopping,
+    }
+    if hyperband_max_epochs is not None:
+        config["StrategyConfig"] = {"HyperbandStrategyConfig": {"MinResource": 1, "MaxResource": hyperband_max_epochs}}
+    request = {
+        "HyperParameterTuningJobName": spec.name,
+        "HyperParameterTuningJobConfig": config,
+        "TrainingJobDefinition": definition,
+    }
+    if spec.warm_start_from:
+        request["WarmStartConfig"] = {
+            "WarmStartType": "IdenticalDataAndAlgorithm",
+            "ParentHyperParameterTuningJobs": [{"HyperParameterTuningJobName": p} for p in spec.warm_start_from],
+        }
+    return request
 
 
 def check_tuning_spec(spec: TuningSpec) -> int | None:
@@ -87,7 +155,7 @@ def tune_on_sagemaker(
     and each trial becomes a child of MLflow run `parent_run`."""
     hyperband_max_epochs = check_tuning_spec(spec)
     prepared = prepare_training(spec.training, spec.name)
-    request = sagemaker_api.tuning_request(prepared.request, spec, hyperband_max_epochs)
+    request = tuning_request(prepared.request, spec, hyperband_max_epochs)
     sagemaker_api.start_tuning_job(prepared.session, request)
     run = spec.record(SageMakerBackend.name, region=prepared.aws.region)
     run.channels = prepared.channels

@@ -1,6 +1,7 @@
 """Every AWS request of the launcher: SageMaker's (training, tuning, endpoints, batch transform), S3's and
-CloudWatch Logs', built here as the service takes them and sent with boto3, whose botocore validates each against
-AWS's own service model. The same training and model requests run in SageMaker local mode (`local_mode`).
+CloudWatch Logs', built here as the service takes them (the tuning job's own in `launcher.tuning.sagemaker_tuner`)
+and sent with boto3, whose botocore validates each against AWS's own service model. The same training and model
+requests run in SageMaker local mode (`local_mode`).
 
 They are the requests the SageMaker Python SDK's Estimator, HyperparameterTuner, Model and Predictor send;
 building them here keeps the launcher off the SDK's high-level classes, which differ between its 2.x and 3.x
@@ -16,14 +17,12 @@ import time
 from collections.abc import Callable, Iterator
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from launcher import contract, metrics
+from launcher.contract import MANIFEST_SUFFIX, S3_SCHEME
 from launcher.errors import LauncherError
 from launcher.progress import say
-
-if TYPE_CHECKING:
-    from launcher.tuning.spec import ParameterRange, TuningSpec
 
 POLL_SECONDS = 30.0  # between Describe* calls while waiting for a job or an endpoint
 CHECKPOINT_DIR = "/opt/ml/checkpoints"  # what SageMaker syncs with a spot job's checkpoint S3 URI
@@ -32,7 +31,6 @@ MAX_RUN_SECONDS = 86400  # SageMaker's own default run limit
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 JOB_ENDED = ("Completed", "Failed", "Stopped")
 JSON = "application/json"
-MANIFEST_SUFFIX = ".manifest"  # an S3 object listing a channel's objects (SageMaker's ManifestFile)
 Description = dict[str, Any]  # a Describe* answer
 
 
@@ -221,7 +219,7 @@ def upload_file(aws: Aws, path: Path, bucket: str, key: str) -> str:
     """Upload one file of this machine to s3://bucket/key; return that URI."""
     with aws_errors(f"uploading {path} to s3://{bucket}/{key}"):
         aws.s3.upload_file(str(path), bucket, key)
-    return f"s3://{bucket}/{key}"
+    return f"{S3_SCHEME}{bucket}/{key}"
 
 
 def start_training_job(aws: Aws, request: dict[str, Any]) -> None:
@@ -282,7 +280,7 @@ def download(uri: str, destination: Path, region: str) -> Path:
     """Copy one S3 object to a local file."""
     from botocore.exceptions import ClientError
 
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    bucket, _, key = uri.removeprefix(S3_SCHEME).partition("/")
     with aws_errors(f"downloading {uri}"):
         try:
             response = Aws(region).s3.get_object(Bucket=bucket, Key=key)
@@ -444,75 +442,7 @@ def delete_endpoint(aws: Aws, *, endpoint_name: str, config_names: list[str], mo
     return gone
 
 
-# -- tuning jobs ------------------------------------------------------------------------------------------------
-def parameter_range(spec: ParameterRange) -> dict[str, Any]:
-    """A continuous, integer or categorical range as SageMaker takes it: numbers as strings, and categorical values
-    JSON-encoded as static hyperparameters are (so True reaches the container as `true`)."""
-    if spec.kind == "categorical":
-        return {"Name": spec.name, "Values": [json.dumps(value) for value in spec.values]}
-    low, high = (
-        (spec.min_value, spec.max_value) if spec.kind == "continuous" else (int(spec.min_value), int(spec.max_value))
-    )
-    return {"Name": spec.name, "MinValue": str(low), "MaxValue": str(high), "ScalingType": spec.scaling}
-
-
-def tuning_metric_definitions(objective_metric: str, objective_regex: str) -> list[dict[str, str]]:
-    """Our metric definitions with the objective's (its regex may be the user's own)."""
-    ours = [definition for definition in metrics.METRIC_DEFINITIONS if definition["Name"] != objective_metric]
-    return [*ours, {"Name": objective_metric, "Regex": objective_regex}]
-
-
-def tuning_request(training: dict[str, Any], spec: TuningSpec, hyperband_max_epochs: int | None = None) -> dict:
-    """CreateHyperParameterTuningJob whose trials are `training`'s job (a `training_request`) with the
-    hyperparameters of `spec.ranges`.
-
-    `hyperband_max_epochs`: the Hyperband strategy's resource, from 1 epoch to that many.
-    """
-    kinds = {
-        "continuous": "ContinuousParameterRanges",
-        "integer": "IntegerParameterRanges",
-        "categorical": "CategoricalParameterRanges",
-    }
-    ranges: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds.values()}
-    for parameter in spec.ranges:
-        ranges[kinds[parameter.kind]].append(parameter_range(parameter))
-    tuned = {parameter.name for parameter in spec.ranges}
-    resources = training["ResourceConfig"]
-    definition = {
-        "StaticHyperParameters": {k: v for k, v in training["HyperParameters"].items() if k not in tuned},
-        "AlgorithmSpecification": {
-            **training["AlgorithmSpecification"],
-            "MetricDefinitions": tuning_metric_definitions(spec.objective_metric, spec.objective_regex),
-        },
-        "RoleArn": training["RoleArn"],
-        "InputDataConfig": training["InputDataConfig"],
-        "OutputDataConfig": training["OutputDataConfig"],
-        "HyperParameterTuningResourceConfig": resources,
-        "StoppingCondition": training["StoppingCondition"],
-        **{key: training[key] for key in ("EnableManagedSpotTraining", "CheckpointConfig") if key in training},
-    }
-    config: dict[str, Any] = {
-        "Strategy": spec.strategy,
-        "HyperParameterTuningJobObjective": {"Type": spec.direction, "MetricName": spec.objective_metric},
-        "ResourceLimits": {"MaxNumberOfTrainingJobs": spec.max_jobs, "MaxParallelTrainingJobs": spec.max_parallel_jobs},
-        "ParameterRanges": ranges,
-        "TrainingJobEarlyStoppingType": spec.early_stopping,
-    }
-    if hyperband_max_epochs is not None:
-        config["StrategyConfig"] = {"HyperbandStrategyConfig": {"MinResource": 1, "MaxResource": hyperband_max_epochs}}
-    request = {
-        "HyperParameterTuningJobName": spec.name,
-        "HyperParameterTuningJobConfig": config,
-        "TrainingJobDefinition": definition,
-    }
-    if spec.warm_start_from:
-        request["WarmStartConfig"] = {
-            "WarmStartType": "IdenticalDataAndAlgorithm",
-            "ParentHyperParameterTuningJobs": [{"HyperParameterTuningJobName": p} for p in spec.warm_start_from],
-        }
-    return request
-
-
+# -- tuning jobs (their request: launcher.tuning.sagemaker_tuner) ---------------------------------------------
 def start_tuning_job(aws: Aws, request: dict[str, Any]) -> None:
     """CreateHyperParameterTuningJob, without waiting for it."""
     with aws_errors(f"SageMaker did not start tuning job {request['HyperParameterTuningJobName']}"):
@@ -546,7 +476,7 @@ def s3_keys(aws: Aws, bucket: str, prefix: str) -> list[str]:
 def put_object(aws: Aws, bucket: str, key: str, body: bytes) -> str:
     with aws_errors(f"writing s3://{bucket}/{key}"):
         aws.s3.put_object(Bucket=bucket, Key=key, Body=body)
-    return f"s3://{bucket}/{key}"
+    return f"{S3_SCHEME}{bucket}/{key}"
 
 
 def get_object(aws: Aws, bucket: str, key: str) -> bytes:

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from launcher import contract, lineage, transform
-from launcher.backends.base import S3_SCHEME, AwsOptions, Backend, DeploySpec, TrainingSpec, TransformSpec
+from launcher.backends.base import AwsOptions, Backend, DeploySpec, TrainingSpec, TransformSpec
 from launcher.backends.sagemaker import api, datasets
+from launcher.contract import S3_SCHEME
 from launcher.errors import LauncherError
 from launcher.progress import say
 from launcher.records import Endpoint, TrainingJob, TransformJob

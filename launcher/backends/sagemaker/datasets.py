@@ -20,6 +20,7 @@ from pathlib import Path
 
 from launcher import lineage
 from launcher.backends.sagemaker import api
+from launcher.contract import MANIFEST_SUFFIX, S3_SCHEME
 from launcher.errors import LauncherError
 from launcher.progress import say
 
@@ -45,8 +46,8 @@ def store_channel(aws: api.Aws, bucket: str, channel: str, source: Path) -> str:
     files = lineage.channel_manifest(str(source))["files"]
     if not files:
         raise LauncherError(f"channel {channel!r}: {source} holds no file to upload")
-    manifest_key = f"{MANIFEST_PREFIX}/{version_digest(files)}{api.MANIFEST_SUFFIX}"
-    manifest_uri = f"s3://{bucket}/{manifest_key}"
+    manifest_key = f"{MANIFEST_PREFIX}/{version_digest(files)}{MANIFEST_SUFFIX}"
+    manifest_uri = f"{S3_SCHEME}{bucket}/{manifest_key}"
     with s3_refusals(bucket):
         if manifest_key in api.s3_keys(aws, bucket, manifest_key):
             say(f"channel {channel!r}: {len(files)} files of {source} already in S3 as {manifest_uri}")
@@ -65,7 +66,7 @@ def store_files(aws: api.Aws, bucket: str, label: str, root: Path, files: list[d
         missing = [(root / f["path"], keys[f["path"]], f["bytes"]) for f in files if keys[f["path"]] not in present]
         say(
             f"{label}: {len(files) - len(missing)} of {len(files)} files of {root} already in "
-            f"s3://{bucket}/{DATA_PREFIX}/; uploading {len(missing)} ({megabytes(sum(m[2] for m in missing))})"
+            f"{S3_SCHEME}{bucket}/{DATA_PREFIX}/; uploading {len(missing)} ({megabytes(sum(m[2] for m in missing))})"
         )
         upload(aws, bucket, label, missing)
     return {path: key.removeprefix(f"{DATA_PREFIX}/") for path, key in keys.items()}
@@ -73,7 +74,7 @@ def store_files(aws: api.Aws, bucket: str, label: str, root: Path, files: list[d
 
 def manifest(bucket: str, entries: list[str]) -> bytes:
     """A ManifestFile of `entries` under DATA_PREFIX."""
-    return json.dumps([{"prefix": f"s3://{bucket}/{DATA_PREFIX}/"}, *entries]).encode()
+    return json.dumps([{"prefix": f"{S3_SCHEME}{bucket}/{DATA_PREFIX}/"}, *entries]).encode()
 
 
 def upload(aws: api.Aws, bucket: str, label: str, uploads: list[tuple[Path, str, int]]) -> None:
