@@ -64,8 +64,12 @@ def test_the_mapping_form_and_sdk_keywords():
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ({"datta": "x"}, "unknown keys datta"),
-        ({"tuning": {"ranges": {}}}, "names no hyperparameter"),
+        ({"datta": "x"}, "unknown keys datta; known: data, channels"),
+        ({"tracking": {"experiment": " "}}, "tracking.experiment: String should have at least 1 character"),
+        ({"instance_count": True}, "instance_count: Input should be a valid integer"),
+        ({"deploy": {"timeout": 0}}, "deploy.timeout: Input should be greater than 0"),
+        ({"tuning": {"ranges": {"lr": {"type": "continuous", "min": 1, "max": float("inf")}}}}, "tuning.ranges.lr.max"),
+        ({"tuning": {"ranges": {}}}, "tuning.ranges: Dictionary should have at least 1 item"),
         ({"tuning": {"ranges": {"lr": "ContinuousParameter(0.1, 0.01)"}}}, "min (0.1) must be below max"),
         ({"tuning": {"ranges": {"lr": "__import__('os').system('true')"}}}, "is not ContinuousParameter"),
         (
@@ -77,12 +81,18 @@ def test_the_mapping_form_and_sdk_keywords():
             {"tuning": {"ranges": {"lr": "ContinuousParameter(0.001, 0.1)"}, "strategy": "Grid"}},
             "tuning: the Grid strategy searches categorical ranges only (as SageMaker's), and lr is continuous",
         ),
-        ({"tuning": {"ranges": {"bs": "CategoricalParameter([1])"}, "strategy": "Smart"}}, "tuning.strategy must be"),
+        (
+            {"tuning": {"ranges": {"bs": "CategoricalParameter([1])"}, "strategy": "Smart"}},
+            "tuning.strategy: must be one of",
+        ),
         (
             {"tuning": {"ranges": {"bs": "CategoricalParameter([1])"}, "objective": {"regex": "loss: [0-9.]+"}}},
             "exactly one group",
         ),
-        ({"tuning": {"ranges": {"bs": "CategoricalParameter([1])"}, "max_jobs": 0}}, "max_jobs must be an integer"),
+        (
+            {"tuning": {"ranges": {"bs": "CategoricalParameter([1])"}, "max_jobs": 0}},
+            "tuning.max_jobs: Input should be greater than or equal to 1",
+        ),
     ],
 )
 def test_errors_name_the_key(raw: dict, message: str):

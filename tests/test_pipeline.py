@@ -156,7 +156,10 @@ def test_run_tunes_trains_deploys_predicts_traces_back_and_tracks(tmp_path: Path
 
 @pytest.mark.parametrize(
     ("deploy", "message"),
-    [("{workers: 0}", "deploy.workers must be an integer >= 1"), ("{port: 80}", "deploy: unknown keys port")],
+    [
+        ("{workers: 0}", "deploy.workers: Input should be greater than or equal to 1"),
+        ("{port: 80}", "deploy: unknown keys port"),
+    ],
 )
 def test_bad_deploy_settings_are_refused_before_any_work(tmp_path: Path, deploy: str, message: str, capsys):
     config = tmp_path / "job.yaml"
