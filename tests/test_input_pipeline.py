@@ -2,7 +2,9 @@
 the CPU) against the CPU path, pixel for pixel."""
 
 import logging
+import shutil
 import statistics
+import types
 from pathlib import Path
 
 import pytest
@@ -125,3 +127,57 @@ def test_a_large_photo_is_decoded_at_a_reduced_scale_to_nearly_the_same_crop(tmp
         assert (reduced.float() - exact.float()).abs().mean() < 3
         differs.append(not torch.equal(reduced, exact))
     assert all(differs)  # decoded at a reduced scale indeed: a full decode would give the exact crop
+
+
+def write_photos(root: Path, count: int) -> data.ImageFolderData:
+    folder = root / "shape"
+    folder.mkdir(parents=True)
+    for i in range(count):
+        draw_shape(("circle", "square")[i % 2], size=48, seed=i).save(folder / f"{i}.jpg", quality=85)
+    samples = [(path, 0) for path in sorted(folder.iterdir())]
+    return data.ImageFolderData(["shape"], {name: data.Split(root, samples) for name in data.SPLITS})
+
+
+def loaders(images: data.ImageFolderData, num_workers: int) -> dict[str, torch.utils.data.DataLoader]:
+    return data.make_loaders(images, crop_size=24, batch_size=4, num_workers=num_workers, seed=5, pin_memory=False)
+
+
+def test_workers_hand_batches_over_in_reused_buffers_with_the_same_pixels(tmp_path: Path):
+    """Batches stacked into a worker's reused shared buffers are the batches the training process would make itself,
+    epoch after epoch; and the buffers are reused, not made anew."""
+    images = write_photos(tmp_path, 40)
+    reused, alone = loaders(images, 2), loaders(images, 0)
+    slots = []
+    for epoch in (1, 2):
+        for name in ("train", "valid"):
+            if name == "train":
+                reused[name].sampler.set_epoch(epoch)
+                alone[name].sampler.set_epoch(epoch)
+            for got, expected in zip(reused[name], alone[name], strict=True):
+                assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+                slots.append(got.slot)
+    used = [slot for slot in slots if slot is not None]
+    assert len(used) > len(set(used)) and len(used) >= len(slots) / 2  # the same slots, again and again
+
+
+def test_a_batch_that_is_kept_is_never_overwritten(tmp_path: Path):
+    """While anything refers to a batch, its buffer is not handed to a worker again: keep every batch of an epoch,
+    draw the next epoch (the workers stack into new memory meanwhile), and the kept batches are unchanged."""
+    loader = loaders(write_photos(tmp_path, 40), 2)["train"]
+    kept, copies = [], []
+    for epoch in (1, 2):
+        loader.sampler.set_epoch(epoch)
+        for images, _, _ in loader:
+            kept.append(images)
+            copies.append(images.clone())
+    assert all(torch.equal(batch, copy) for batch, copy in zip(kept, copies, strict=True))
+
+
+def test_workers_hand_over_as_before_where_shared_memory_is_short(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A Docker container's /dev/shm is 64 MB unless told otherwise: buffers are kept only where it has room for
+    them and for the batches on their way."""
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: types.SimpleNamespace(free=0))  # forked workers see it
+    loader = loaders(write_photos(tmp_path, 16), 2)["train"]
+    loader.sampler.set_epoch(1)
+    batches = list(loader)
+    assert len(batches) == 4 and all(batch.slot is None for batch in batches)

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, d
 
 from imgclf import decoding, inference
 from imgclf.errors import UserError
+from imgclf.shared_batches import Batch, SharedBatches, SharedBatchLoader
 
 log = logging.getLogger(__name__)
 
@@ -221,21 +222,22 @@ class ImageDataset(Dataset):
             return None
 
 
-def collate(items: list[tuple[torch.Tensor, int] | None]) -> tuple[torch.Tensor, torch.Tensor, int]:
+def collate(items: list[tuple[torch.Tensor, int] | None], shared: SharedBatches | None = None) -> Batch:
     """Stack the loadable items (in a loader worker, straight into the shared memory that hands the batch over:
-    `default_collate`); also return how many were dropped."""
+    one of `shared`'s buffers, else a new segment as `default_collate` makes); also say how many were dropped."""
     good = [item for item in items if item is not None]
     if not good:
-        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), len(items)
-    images = default_collate([image for image, _ in good])
-    return images, torch.tensor([label for _, label in good]), len(items) - len(good)
+        return Batch(torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), len(items))
+    images = [image for image, _ in good]
+    stacked, slot = shared.stack(images) if shared else (default_collate(images), None)
+    return Batch(stacked, torch.tensor([label for _, label in good]), len(items) - len(good), slot)
 
 
-def collate_encoded(items: list, crop_size: int) -> tuple[decoding.EncodedBatch, torch.Tensor, int]:
+def collate_encoded(items: list, crop_size: int) -> Batch:
     """`decoding.load_encoded` samples as one `decoding.EncodedBatch`, the labels, and how many were dropped."""
     good = [item for item in items if item is not None]
     labels = torch.tensor([label for _, label in good], dtype=torch.long)
-    return decoding.EncodedBatch([sample for sample, _ in good], crop_size), labels, len(items) - len(good)
+    return Batch(decoding.EncodedBatch([sample for sample, _ in good], crop_size), labels, len(items) - len(good))
 
 
 def leave_process_group(_worker_id: int) -> None:
@@ -274,16 +276,22 @@ def make_loaders(
     )
     datasets = {"train": train, **{n: ImageDataset(samples[n], evaluation) for n in SPLITS[1:]}}
     sampler = EpochSampler(train, seed=seed, rank=rank, world_size=world_size)
+    options = dict(
+        batch_size=batch_size,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+        worker_init_fn=leave_process_group,
+    )
+
+    def loader(dataset: ImageDataset, collate_fn: Callable, sampler: Sampler | None = None) -> DataLoader:
+        if collate_fn is not collate or not num_workers or pin_memory:  # pinning copies a batch out at once
+            return DataLoader(dataset, sampler=sampler, collate_fn=collate_fn, **options)
+        shared = SharedBatches(num_workers)
+        collate_fn = functools.partial(collate, shared=shared)
+        return SharedBatchLoader(dataset, sampler=sampler, collate_fn=collate_fn, shared=shared, **options)
+
     return {
-        name: DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=sampler if name == "train" else None,
-            num_workers=num_workers,
-            collate_fn=train_collate if name == "train" else collate,
-            pin_memory=pin_memory,
-            persistent_workers=num_workers > 0,
-            worker_init_fn=leave_process_group,
-        )
+        name: loader(dataset, train_collate, sampler) if name == "train" else loader(dataset, collate)
         for name, dataset in datasets.items()
     }
