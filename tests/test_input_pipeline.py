@@ -12,7 +12,7 @@ import torch
 from conftest import draw_shape
 from torchvision.transforms import v2
 
-from imgclf import augment, data, decoding
+from imgclf import augment, data, decoding, shared_batches
 from imgclf.precision import StepPrecision
 from imgclf.train import on_device
 
@@ -181,3 +181,12 @@ def test_workers_hand_over_as_before_where_shared_memory_is_short(tmp_path: Path
     loader.sampler.set_epoch(1)
     batches = list(loader)
     assert len(batches) == 4 and all(batch.slot is None for batch in batches)
+
+
+def test_a_batch_survives_pinning():
+    """On a GPU host DataLoader pins each batch by rebuilding it from its items (torch's `pin_memory`, which needs no
+    GPU for items that are not tensors): it must come back a whole batch."""
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    images, labels, dropped = pin_memory(shared_batches.Batch("images", "labels", 2, slot=1))
+    assert (images, labels, dropped) == ("images", "labels", 2)

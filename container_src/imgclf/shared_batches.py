@@ -24,8 +24,10 @@ SLOTS = 4  # per worker: its batches in the loader's queue (prefetch_factor 2), 
 
 
 class Batch(tuple):
-    """(images, labels, dropped), as the collate functions give them; `slot`: the shared buffer `images` is in."""
+    """(images, labels, dropped), as the collate functions give them; `slot`: the shared buffer `images` is in.
+    Rebuilt field by field, as a named tuple is, where DataLoader pins a batch (`_fields`)."""
 
+    _fields = ("images", "labels", "dropped")
     slot: int | None
 
     def __new__(cls, images: Any, labels: torch.Tensor, dropped: int, slot: int | None = None) -> Batch:
