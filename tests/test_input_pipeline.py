@@ -143,8 +143,8 @@ def loaders(images: data.ImageFolderData, num_workers: int) -> dict[str, torch.u
 
 
 def test_workers_hand_batches_over_in_reused_buffers_with_the_same_pixels(tmp_path: Path):
-    """Batches stacked into a worker's reused shared buffers are the batches the training process would make itself,
-    epoch after epoch; and the buffers are reused, not made anew."""
+    """Train's batches stacked into a worker's reused shared buffers are the batches the training process would make
+    itself, epoch after epoch; and the buffers are reused, not made anew."""
     images = write_photos(tmp_path, 40)
     reused, alone = loaders(images, 2), loaders(images, 0)
     slots = []
@@ -155,7 +155,10 @@ def test_workers_hand_batches_over_in_reused_buffers_with_the_same_pixels(tmp_pa
                 alone[name].sampler.set_epoch(epoch)
             for got, expected in zip(reused[name], alone[name], strict=True):
                 assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
-                slots.append(got.slot)
+                if name == "train":
+                    slots.append(got.slot)
+                else:
+                    assert got.slot is None  # valid and test keep no buffers between epochs
     used = [slot for slot in slots if slot is not None]
     assert len(used) > len(set(used)) and len(used) >= len(slots) / 2  # the same slots, again and again
 

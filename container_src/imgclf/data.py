@@ -285,7 +285,9 @@ def make_loaders(
     )
 
     def loader(dataset: ImageDataset, collate_fn: Callable, sampler: Sampler | None = None) -> DataLoader:
-        if collate_fn is not collate or not num_workers or pin_memory:  # pinning copies a batch out at once
+        """Train's uint8 batches come through reused shared buffers where workers hand them over unpinned (pinning
+        copies a batch out at once); valid and test, read once an epoch, hold no buffers between epochs."""
+        if sampler is None or collate_fn is not collate or not num_workers or pin_memory:
             return DataLoader(dataset, sampler=sampler, collate_fn=collate_fn, **options)
         shared = SharedBatches(num_workers)
         collate_fn = functools.partial(collate, shared=shared)
