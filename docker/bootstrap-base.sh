@@ -9,11 +9,17 @@ mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 packages=python3,python3-venv,openjdk-17-jre-headless,ca-certificates,procps
 
 root=$(mktemp -d)
-trap 'rm -rf "$root"' EXIT
+# debootstrap mounts /proc (and maybe more) inside $root while it installs; a run stopped midway leaves them
+# mounted, so unmount whatever is below $root before removing it, and never cross into another file system.
+cleanup() {
+  findmnt -rn -o TARGET | awk -v root="$root/" 'index($0, root) == 1' | sort -r | xargs -r -n1 umount -l
+  rm -rf --one-file-system "$root" "$root.log"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 echo "bootstrapping Debian bookworm ($packages) from $mirror ..."
 debootstrap --variant=minbase --include="$packages" bookworm "$root" "$mirror" >"$root.log" 2>&1 \
   || { tail -n 30 "$root.log"; exit 1; }
-rm -f "$root.log"
 chroot "$root" apt-get clean
 rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/tmp/*
 tar -C "$root" -c . | docker import --change 'ENV LANG=C.UTF-8' - "$name" >/dev/null
