@@ -261,7 +261,8 @@ def make_loaders(
 ) -> dict[str, DataLoader]:
     """uint8 batches (see `normalize`): augmented ones of this host's shard of train, shuffled each epoch; all of
     valid and test, in order. Workers pass uint8 to the training process: a quarter of float32's bytes. With
-    `decode` "gpu", train's batches are `decoding.EncodedBatch`es instead, decoded and augmented on the device."""
+    `decode` "gpu", train's batches are `decoding.EncodedBatch`es instead, decoded and augmented on the device;
+    otherwise, with workers and no pinning, they come through reused shared buffers (`shared_batches`)."""
     samples = {name: split.samples for name, split in data.splits.items()}
     if decode == "gpu":
         train = ImageDataset(samples["train"], decoding.load_encoded)
@@ -274,8 +275,6 @@ def make_loaders(
         decoding.load_evaluated,
         transform=inference.eval_transform(preprocessing["crop_size"], preprocessing["resize_size"]),
     )
-    datasets = {"train": train, **{n: ImageDataset(samples[n], evaluation) for n in SPLITS[1:]}}
-    sampler = EpochSampler(train, seed=seed, rank=rank, world_size=world_size)
     options = dict(
         batch_size=batch_size,
         num_workers=num_workers,
@@ -283,17 +282,13 @@ def make_loaders(
         persistent_workers=num_workers > 0,
         worker_init_fn=leave_process_group,
     )
-
-    def loader(dataset: ImageDataset, collate_fn: Callable, sampler: Sampler | None = None) -> DataLoader:
-        """Train's uint8 batches come through reused shared buffers where workers hand them over unpinned (pinning
-        copies a batch out at once); valid and test, read once an epoch, hold no buffers between epochs."""
-        if sampler is None or collate_fn is not collate or not num_workers or pin_memory:
-            return DataLoader(dataset, sampler=sampler, collate_fn=collate_fn, **options)
-        shared = SharedBatches(num_workers)
-        collate_fn = functools.partial(collate, shared=shared)
-        return SharedBatchLoader(dataset, sampler=sampler, collate_fn=collate_fn, shared=shared, **options)
-
+    train_loader: Callable[..., DataLoader] = DataLoader
+    if decode != "gpu" and num_workers and not pin_memory:  # pinning copies a batch out of shared memory at once
+        shared = SharedBatches(num_workers)  # train's uint8 batches, through reused buffers
+        train_collate = functools.partial(collate, shared=shared)
+        train_loader = functools.partial(SharedBatchLoader, shared=shared)
+    sampler = EpochSampler(train, seed=seed, rank=rank, world_size=world_size)
     return {
-        name: loader(dataset, train_collate, sampler) if name == "train" else loader(dataset, collate)
-        for name, dataset in datasets.items()
+        "train": train_loader(train, sampler=sampler, collate_fn=train_collate, **options),
+        **{n: DataLoader(ImageDataset(samples[n], evaluation), collate_fn=collate, **options) for n in SPLITS[1:]},
     }
