@@ -28,7 +28,7 @@ from imgclf.distributed import fingerprint
 from launcher import contract, promotion
 from launcher.backends import local_mode
 from launcher.backends.base import DeploySpec
-from launcher.backends.local import LocalBackend
+from launcher.backends.local import FIND_CONTAINERS_SECONDS, ContainerLogs, LocalBackend
 from launcher.cli import main
 from launcher.hosted import free_port, model_ready
 from launcher.lineage import model_hash
@@ -339,6 +339,23 @@ def test_removing_local_mode_containers_leaves_none_whatever_their_state(image, 
         assert len(compose_containers(other)) == 1
     finally:
         docker("rm", "--force", *(done.stdout.strip() for done in started if done.stdout.strip()))
+
+
+def test_a_job_log_holds_the_output_of_a_container_seen_before_it_started(image, tmp_path: Path):
+    # Local mode creates a job's container before starting it; a reader that began following it then would end at
+    # once with nothing, and the job's log (where its test metrics are read) would stay empty.
+    root, log = tmp_path / "job", tmp_path / "train.log"
+    label = f"com.docker.compose.project.working_dir={root / 'tmp1'}"
+    created = docker("create", "--label", label, image, "sh", "-c", "echo first; echo test accuracy: 0.5")
+    assert created.returncode == 0, created.stderr
+    try:
+        with ContainerLogs(root, log, instance_count=1):
+            time.sleep(4 * FIND_CONTAINERS_SECONDS)  # the container is listed, created, more than once
+            assert docker("start", created.stdout.strip()).returncode == 0
+            docker("wait", created.stdout.strip())
+        assert log.read_text().splitlines() == ["first", "test accuracy: 0.5"]
+    finally:
+        docker("rm", "--force", created.stdout.strip())
 
 
 def test_local_mode_two_instances_of_two_processes_train_data_parallel(image, tmp_path: Path):

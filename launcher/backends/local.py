@@ -82,11 +82,12 @@ class ContainerLogs:
         self.log.close()
 
     def _find_containers(self) -> None:
-        """Start a reader for each of the job's containers as it appears, until all are there or the job ended."""
+        """Start a reader for each of the job's containers once it has started, until all are there or the job ended
+        (`docker logs --follow` on a container created but not yet started returns at once, with nothing)."""
         followed: set[str] = set()
         while len(followed) < self.instance_count:
             ended = self.job_ended.is_set()  # read first: containers listed after the end are all there is
-            for container in local_mode.containers(self.container_root):
+            for container in local_mode.containers(self.container_root, "running", "exited"):
                 if container.id not in followed:
                     followed.add(container.id)
                     self.readers.append(threading.Thread(target=self._copy, args=(container,), daemon=True))
