@@ -14,6 +14,7 @@ from pathlib import Path
 
 from launcher import hosted
 from launcher.backends import local_mode
+from launcher.backends.sagemaker.api import Hosting
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,14 +32,8 @@ def main(argv: list[str] | None = None) -> None:
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     session = local_mode.session(serving_port=args.port, container_root=args.container_root, listen=args.listen)
-    local_mode.deploy_endpoint(
-        session,
-        name=args.name,
-        image=args.image,
-        model_data=args.model_data,
-        env=json.loads(args.env),
-        instance_type=args.instance_type,
-    )
+    hosting = Hosting(args.image, args.model_data, "", json.loads(args.env), args.instance_type)
+    local_mode.deploy_endpoint(session, args.name, hosting)
     print(f"endpoint {args.name} deployed on port {args.port}", flush=True)
     try:
         stopping.wait()

@@ -294,17 +294,10 @@ class LocalBackend(Backend):
         progress.begin()
         try:
             with muted_stdout():  # local mode copies the container's log to stdout
-                local_mode.transform(
-                    session,
-                    name=spec.name,
-                    image=spec.image,
-                    model_data=f"file://{Path(spec.model_data).resolve()}",
-                    env=spec.serving_environment(),
-                    instance_type=spec.instance_type,
-                    input_uri=f"file://{staged}",
-                    output_uri=f"file://{answers}",
-                    content_type=transform.job_content_type(files),
-                )
+                model = f"file://{Path(spec.model_data).resolve()}"
+                hosting = sagemaker_api.Hosting(spec.image, model, "", spec.serving_environment(), spec.instance_type)
+                content_type = transform.job_content_type(files)
+                local_mode.transform(session, spec.name, hosting, f"file://{staged}", f"file://{answers}", content_type)
         finally:
             local_mode.remove_containers(containers, hosted.STOP_GRACE_SECONDS)
         outs = {file: answers / f"{name}.out" for name, file in zip(names, files, strict=True)}

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from launcher.backends.sagemaker.api import JSON, model_container, variant
+from launcher.backends.sagemaker.api import Hosting, endpoint_config_request, model_request, transform_request
 
 DEFAULT_REGION = "us-east-1"
 # Local mode never calls IAM, but its requests carry a role ARN as SageMaker's do.
@@ -117,14 +117,12 @@ def run_training_job(session: Any, request: dict[str, Any]) -> None:
     session.sagemaker_client.create_training_job(**request)
 
 
-def deploy_endpoint(
-    session: Any, *, name: str, image: str, model_data: str, env: dict[str, str], instance_type: str
-) -> None:
+def deploy_endpoint(session: Any, name: str, hosting: Hosting) -> None:
     """CreateModel, CreateEndpointConfig and CreateEndpoint in local mode: returns once the container answers
     `/ping`; it serves while this process runs."""
     client = session.sagemaker_client
-    client.create_model(ModelName=name, PrimaryContainer=model_container(image, model_data, env))
-    client.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[variant(name, instance_type)])
+    client.create_model(**model_request(name, hosting))
+    client.create_endpoint_config(**endpoint_config_request(name, hosting))
     client.create_endpoint(EndpointName=name, EndpointConfigName=name)
 
 
@@ -136,38 +134,14 @@ def delete_endpoint(session: Any, name: str) -> None:
     client.delete_model(ModelName=name)
 
 
-def transform(
-    session: Any,
-    *,
-    name: str,
-    image: str,
-    model_data: str,
-    env: dict[str, str],
-    instance_type: str,
-    input_uri: str,
-    output_uri: str,
-    content_type: str,
-) -> None:
+def transform(session: Any, name: str, hosting: Hosting, input_uri: str, output_uri: str, content_type: str) -> None:
     """Local mode's batch transform, to its end: the image's `serve` in Docker, every file under `input_uri` sent
     as one request, each answer written to `<output_uri>/<file>.out` (answers with an error too: local mode does
     not check the status)."""
     client = session.sagemaker_client
-    client.create_model(ModelName=name, PrimaryContainer=model_container(image, model_data, env))
+    client.create_model(**model_request(name, hosting))
     try:
-        client.create_transform_job(
-            TransformJobName=name,
-            ModelName=name,
-            BatchStrategy="SingleRecord",  # local mode cannot read the container's own SINGLE_RECORD
-            MaxPayloadInMB=6,
-            Environment=env,
-            TransformInput={
-                "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": input_uri}},
-                "ContentType": content_type,
-                "SplitType": "None",
-                "CompressionType": "None",
-            },
-            TransformOutput={"S3OutputPath": output_uri, "Accept": JSON, "AssembleWith": "None"},
-            TransformResources={"InstanceType": instance_type, "InstanceCount": 1},
-        )
+        source = {"S3DataType": "S3Prefix", "S3Uri": input_uri}
+        client.create_transform_job(**transform_request(name, hosting, source, content_type, output_uri))
     finally:
         client.delete_model(ModelName=name)

@@ -15,6 +15,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ MAX_RUN_SECONDS = 86400  # SageMaker's own default run limit
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 JOB_ENDED = ("Completed", "Failed", "Stopped")
 JSON = "application/json"
+TRANSFORM_MAX_PAYLOAD_MB = 6  # a request's largest body; the image's model server takes 6.25 MB
 Description = dict[str, Any]  # a Describe* answer
 
 
@@ -82,10 +84,6 @@ class Aws:
     @cached_property
     def logs(self) -> Any:
         return self.boto.client("logs")
-
-
-def aws_session(region: str) -> Aws:
-    return Aws(region)
 
 
 @contextlib.contextmanager
@@ -239,18 +237,20 @@ def follow_training_job(aws: Aws, job_name: str) -> dict[str, Any]:
     A failed or stopped job returns normally: its description says why.
     """
     tokens: dict[str, str] = {}
-    status = None
+
+    def describe() -> Description:
+        description = aws.sagemaker.describe_training_job(TrainingJobName=job_name)
+        print_new_log_events(aws.logs, job_name, tokens)
+        return description
+
     with aws_errors(f"following training job {job_name} failed (the job may still be running)"):
-        while True:
-            description = aws.sagemaker.describe_training_job(TrainingJobName=job_name)
-            if description.get("SecondaryStatus") != status:
-                status = description.get("SecondaryStatus")
-                say(f"training job {job_name}: {status}")
-            ended = description["TrainingJobStatus"] in JOB_ENDED
-            print_new_log_events(aws.logs, job_name, tokens)
-            if ended:  # described again: the final metrics may come after the status
-                return aws.sagemaker.describe_training_job(TrainingJobName=job_name)
-            time.sleep(POLL_SECONDS)
+        poll(
+            describe,
+            lambda description: description["TrainingJobStatus"] not in JOB_ENDED,
+            lambda description: description.get("SecondaryStatus"),
+            lambda description: say(f"training job {job_name}: {description.get('SecondaryStatus')}"),
+        )  # then described again: the final metrics may come after the status
+        return aws.sagemaker.describe_training_job(TrainingJobName=job_name)
 
 
 def print_new_log_events(logs: Any, job_name: str, tokens: dict[str, str]) -> None:
@@ -294,70 +294,90 @@ def download(uri: str, destination: Path, region: str) -> Path:
 
 
 # -- endpoints --------------------------------------------------------------------------------------------------
-def model_container(image: str, model_data: str, env: dict[str, str]) -> dict[str, Any]:
-    return {"Image": image, "ModelDataUrl": model_data, "Environment": env}
+@dataclass(frozen=True)
+class Hosting:
+    """A SageMaker model (the image, its model.tar.gz, the role it runs as, its environment) and the hosts that
+    serve it: their instance type and AMI version, which picks their NVIDIA driver (None: SageMaker's default)."""
+
+    image: str
+    model_data: str
+    role: str
+    env: dict[str, str]
+    instance_type: str
+    ami_version: str | None = None
 
 
-def variant(model_name: str, instance_type: str, inference_ami_version: str | None = None) -> dict[str, Any]:
-    """An endpoint config's one production variant, all traffic on one instance."""
-    production = {
+def model_request(name: str, hosting: Hosting) -> dict[str, Any]:
+    """CreateModel (local mode takes it too, and ignores the role)."""
+    container = {"Image": hosting.image, "ModelDataUrl": hosting.model_data, "Environment": hosting.env}
+    return {"ModelName": name, "PrimaryContainer": container, "ExecutionRoleArn": hosting.role}
+
+
+def endpoint_config_request(name: str, hosting: Hosting) -> dict[str, Any]:
+    """CreateEndpointConfig for model `name`: one production variant, all traffic on one host."""
+    variant = {
         "VariantName": "AllTraffic",
-        "ModelName": model_name,
+        "ModelName": name,
         "InitialVariantWeight": 1,
         "InitialInstanceCount": 1,
-        "InstanceType": instance_type,
+        "InstanceType": hosting.instance_type,
     }
-    if inference_ami_version:  # picks the hosts' AMI (and so their NVIDIA driver); None: SageMaker's default
-        production["InferenceAmiVersion"] = inference_ami_version
-    return production
+    if hosting.ami_version:
+        variant["InferenceAmiVersion"] = hosting.ami_version
+    return {"EndpointConfigName": name, "ProductionVariants": [variant]}
 
 
-def create_model(aws: Aws, *, name: str, image: str, model_data: str, role: str, env: dict[str, str]) -> None:
+def transform_request(
+    name: str, hosting: Hosting, data_source: dict[str, str], content_type: str, output: str
+) -> dict[str, Any]:
+    """CreateTransformJob with model `name`: one image per request (SplitType None and SingleRecord, which local mode
+    needs said: it does not read the container's own), answers in JSON."""
+    resources: dict[str, Any] = {"InstanceType": hosting.instance_type, "InstanceCount": 1}
+    if hosting.ami_version:
+        resources["TransformAmiVersion"] = hosting.ami_version
+    return {
+        "TransformJobName": name,
+        "ModelName": name,
+        "BatchStrategy": "SingleRecord",
+        "MaxPayloadInMB": TRANSFORM_MAX_PAYLOAD_MB,
+        "Environment": hosting.env,
+        "TransformInput": {
+            "DataSource": {"S3DataSource": data_source},
+            "ContentType": content_type,
+            "SplitType": "None",
+            "CompressionType": "None",
+        },
+        "TransformOutput": {"S3OutputPath": output, "Accept": JSON, "AssembleWith": "None"},
+        "TransformResources": resources,
+    }
+
+
+def create_model(aws: Aws, name: str, hosting: Hosting) -> None:
     with aws_errors(f"SageMaker did not create model {name}"):
-        aws.sagemaker.create_model(
-            ModelName=name, PrimaryContainer=model_container(image, model_data, env), ExecutionRoleArn=role
-        )
+        aws.sagemaker.create_model(**model_request(name, hosting))
 
 
-def create_endpoint(
-    aws: Aws,
-    *,
-    name: str,
-    image: str,
-    model_data: str,
-    role: str,
-    env: dict[str, str],
-    instance_type: str,
-    inference_ami_version: str | None,
-) -> None:
-    """CreateModel, CreateEndpointConfig and CreateEndpoint, all named `name`, without waiting for the endpoint:
-    callers poll `describe_endpoint`."""
-    create_model(aws, name=name, image=image, model_data=model_data, role=role, env=env)
+def create_model_and_config(aws: Aws, name: str, hosting: Hosting) -> None:
+    create_model(aws, name, hosting)
+    with aws_errors(f"SageMaker did not create endpoint config {name}"):
+        aws.sagemaker.create_endpoint_config(**endpoint_config_request(name, hosting))
+
+
+def create_endpoint(aws: Aws, name: str, hosting: Hosting) -> None:
+    """A model, an endpoint config and an endpoint, all named `name`, without waiting for the endpoint: callers poll
+    `describe_endpoint`."""
+    create_model_and_config(aws, name, hosting)
     with aws_errors(f"SageMaker did not create endpoint {name}"):
-        aws.sagemaker.create_endpoint_config(
-            EndpointConfigName=name, ProductionVariants=[variant(name, instance_type, inference_ami_version)]
-        )
         aws.sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=name)
 
 
 def update_endpoint(
-    aws: Aws,
-    *,
-    endpoint_name: str,
-    name: str,
-    image: str,
-    model_data: str,
-    role: str,
-    env: dict[str, str],
-    instance_type: str,
-    inference_ami_version: str | None,
-    rollback_alarms: list[str],
-    termination_wait: int,
+    aws: Aws, endpoint_name: str, name: str, hosting: Hosting, rollback_alarms: list[str], termination_wait: int
 ) -> None:
-    """CreateModel and CreateEndpointConfig named `name`, then UpdateEndpoint to that config as a blue/green
-    deployment: SageMaker starts the new fleet, shifts all traffic at once when its health checks pass and keeps
-    the old fleet `termination_wait` seconds (the baking period), rolling back if one of `rollback_alarms` fires
-    meanwhile. The endpoint keeps serving throughout; callers poll `describe_endpoint`."""
+    """A model and an endpoint config named `name`, then UpdateEndpoint to that config as a blue/green deployment:
+    SageMaker starts the new fleet, shifts all traffic at once when its health checks pass and keeps the old fleet
+    `termination_wait` seconds (the baking period), rolling back if one of `rollback_alarms` fires meanwhile. The
+    endpoint keeps serving throughout; callers poll `describe_endpoint`."""
     policy = {
         "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 0},
         "TerminationWaitInSeconds": termination_wait,
@@ -365,11 +385,8 @@ def update_endpoint(
     deployment: dict[str, Any] = {"BlueGreenUpdatePolicy": policy}
     if rollback_alarms:
         deployment["AutoRollbackConfiguration"] = {"Alarms": [{"AlarmName": alarm} for alarm in rollback_alarms]}
-    create_model(aws, name=name, image=image, model_data=model_data, role=role, env=env)
+    create_model_and_config(aws, name, hosting)
     with aws_errors(f"SageMaker did not update endpoint {endpoint_name}"):
-        aws.sagemaker.create_endpoint_config(
-            EndpointConfigName=name, ProductionVariants=[variant(name, instance_type, inference_ami_version)]
-        )
         aws.sagemaker.update_endpoint(EndpointName=endpoint_name, EndpointConfigName=name, DeploymentConfig=deployment)
 
 

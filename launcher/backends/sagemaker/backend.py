@@ -37,7 +37,6 @@ GPU_INFERENCE_AMI = "al2023-ami-sagemaker-inference-gpu-4-1"
 GPU_FAMILIES = ("ml.g", "ml.p")
 # GPUs without kernels in the image's torch build (sm_75 and newer): K80 (ml.p2) and V100 (ml.p3).
 UNSUPPORTED_GPU_FAMILIES = ("ml.p2.", "ml.p3.", "ml.p3dn.")
-TRANSFORM_MAX_PAYLOAD_MB = 6  # a request's largest body; the image's model server takes 6.25 MB
 
 
 @dataclass(frozen=True)
@@ -159,7 +158,7 @@ def prepare_training(spec: TrainingSpec, name: str) -> PreparedTraining:
     check_training_spec(spec)
     aws = AwsSettings.resolve(spec.aws)
     output_path = (spec.output_path or f"{S3_SCHEME}{aws.bucket}/{S3_PREFIX}").rstrip("/")
-    session = api.aws_session(aws.region)
+    session = api.Aws(aws.region)
     channels = upload_host_channels(session, aws.bucket, name, spec.channels)
     spot = None
     if spec.spot:
@@ -237,30 +236,6 @@ def transform_manifest(
     return datasets.manifest(bucket, [entries[file] for file in files]), entries
 
 
-def transform_request(
-    spec: TransformSpec, name: str, manifest: str, output: str, files: list[str], ami_version: str | None
-) -> dict[str, Any]:
-    """CreateTransformJob: one image per request (SplitType None, SingleRecord), its content type by extension."""
-    resources: dict[str, Any] = {"InstanceType": spec.instance_type, "InstanceCount": 1}
-    if ami_version:
-        resources["TransformAmiVersion"] = ami_version
-    return {
-        "TransformJobName": name,
-        "ModelName": name,
-        "BatchStrategy": "SingleRecord",
-        "MaxPayloadInMB": TRANSFORM_MAX_PAYLOAD_MB,
-        "Environment": spec.serving_environment(),
-        "TransformInput": {
-            "DataSource": {"S3DataSource": {"S3DataType": "ManifestFile", "S3Uri": manifest}},
-            "ContentType": transform.job_content_type(files),
-            "SplitType": "None",
-            "CompressionType": "None",
-        },
-        "TransformOutput": {"S3OutputPath": output, "Accept": "application/json", "AssembleWith": "None"},
-        "TransformResources": resources,
-    }
-
-
 def collect_outputs(
     session: api.Aws,
     output: str,
@@ -313,7 +288,7 @@ class SageMakerBackend(Backend):
 
     def run_to_end(self, job: TrainingJob, spec: TrainingSpec) -> dict[str, float]:
         say(f"following the log of training job {job.name} (Ctrl-C stops following, not the job)")
-        return record_outcome(job, api.follow_training_job(api.aws_session(job.region), job.name))
+        return record_outcome(job, api.follow_training_job(api.Aws(job.region), job.name))
 
     def interrupted(self, job: TrainingJob) -> None:
         """The job goes on on SageMaker; its record stays InProgress."""
@@ -326,7 +301,7 @@ class SageMakerBackend(Backend):
         check_image_and_instance(spec.image, spec.instance_type)
         ami_version = endpoint_ami_version(spec.instance_type, spec.inference_ami_version)
         aws = AwsSettings.resolve(spec.aws, needs_bucket=not spec.model_data.startswith(S3_SCHEME))
-        session = api.aws_session(aws.region)
+        session = api.Aws(aws.region)
         model_data = model_data_in_s3(session, spec.model_data, aws.bucket, f"{S3_PREFIX}/{spec.endpoint_name}")
         record = spec.record(
             self.name,
@@ -338,17 +313,11 @@ class SageMakerBackend(Backend):
         )
         record.model_data = model_data
         self.records.save(record)
+        hosting = api.Hosting(
+            spec.image, model_data, aws.role, spec.serving_environment(), spec.instance_type, ami_version
+        )
         try:
-            api.create_endpoint(
-                session,
-                name=spec.endpoint_name,
-                image=spec.image,
-                model_data=model_data,
-                role=aws.role,
-                env=spec.serving_environment(),
-                instance_type=spec.instance_type,
-                inference_ami_version=ami_version,
-            )
+            api.create_endpoint(session, spec.endpoint_name, hosting)
         except LauncherError as err:
             record.status, record.failure_reason = "Failed", str(err)
             self.records.save(record)
@@ -382,23 +351,19 @@ class SageMakerBackend(Backend):
             dataclasses.replace(spec.aws, region=spec.aws.region or endpoint.region),
             needs_bucket=not model_data.startswith(S3_SCHEME),
         )
-        session = api.aws_session(aws.region)
+        session = api.Aws(aws.region)
         generation = (endpoint.generation or 1) + 1
         name = f"{endpoint.endpoint_name}-{generation}"[-63:]
         model_data = model_data_in_s3(session, model_data, aws.bucket, f"{S3_PREFIX}/{name}")
-        api.update_endpoint(
-            session,
-            endpoint_name=endpoint.endpoint_name,
-            name=name,
-            image=endpoint.image,
-            model_data=model_data,
-            role=aws.role,
-            env=endpoint.environment,
-            instance_type=endpoint.instance_type,
-            inference_ami_version=endpoint.inference_ami_version,
-            rollback_alarms=alarms,
-            termination_wait=BLUE_GREEN_BAKING_SECONDS,
+        hosting = api.Hosting(
+            endpoint.image,
+            model_data,
+            aws.role,
+            endpoint.environment,
+            endpoint.instance_type,
+            endpoint.inference_ami_version,
         )
+        api.update_endpoint(session, endpoint.endpoint_name, name, hosting, alarms, BLUE_GREEN_BAKING_SECONDS)
         say(
             f"endpoint {endpoint.name} is being updated to {name} (blue/green: the current model serves until the "
             f"new one passes its health checks, then {BLUE_GREEN_BAKING_SECONDS} s of baking"
@@ -466,7 +431,7 @@ class SageMakerBackend(Backend):
             return super().transform_inputs(spec)
         aws = AwsSettings.resolve(spec.aws, needs_bucket=False)
         bucket, prefix = split_s3_uri(spec.input.rstrip("/") + "/")
-        keys = api.s3_keys(api.aws_session(aws.region), bucket, prefix)
+        keys = api.s3_keys(api.Aws(aws.region), bucket, prefix)
         images = (key for key in keys if os.path.splitext(key)[1].lower() in transform.CONTENT_TYPES)
         files = sorted(key[len(prefix) :] for key in images)
         if not files:
@@ -487,7 +452,7 @@ class SageMakerBackend(Backend):
         ami_version = transform_ami_version(spec.instance_type, spec.ami_version)
         input_on_host = not spec.input.startswith(S3_SCHEME)
         aws = AwsSettings.resolve(spec.aws, needs_bucket=input_on_host or not spec.model_data.startswith(S3_SCHEME))
-        session = api.aws_session(aws.region)
+        session = api.Aws(aws.region)
         name = f"{spec.name[:56]}-{time.strftime('%H%M%S')}"  # a new SageMaker job (and model) for each run
         model_data = model_data_in_s3(session, spec.model_data, aws.bucket, f"{S3_PREFIX}/{spec.name}")
         bucket = aws.bucket or split_s3_uri(spec.input)[0]
@@ -496,12 +461,15 @@ class SageMakerBackend(Backend):
         output = f"{S3_SCHEME}{bucket}/{S3_PREFIX}/{spec.name}/output/{name}"
         job.transform_job_name, job.s3_output, job.region = name, output, aws.region
         self.records.save(job)
-        api.create_model(
-            session, name=name, image=spec.image, model_data=model_data, role=aws.role, env=spec.serving_environment()
+        hosting = api.Hosting(
+            spec.image, model_data, aws.role, spec.serving_environment(), spec.instance_type, ami_version
         )
+        api.create_model(session, name, hosting)
         try:
-            request = transform_request(spec, name, manifest_uri, output, files, ami_version)
-            api.create_transform_job(session, request)
+            source = {"S3DataType": "ManifestFile", "S3Uri": manifest_uri}
+            api.create_transform_job(
+                session, api.transform_request(name, hosting, source, transform.job_content_type(files), output)
+            )
             say(
                 f"transform job {name} started on SageMaker in {aws.region} ({len(files)} images on "
                 f"{spec.instance_type}; Ctrl-C stops waiting, not the job)"
@@ -523,11 +491,11 @@ class SageMakerBackend(Backend):
         )
 
     def predict(self, endpoint: Endpoint, body: bytes, content_type: str) -> Any:
-        session = api.aws_session(endpoint.region)
+        session = api.Aws(endpoint.region)
         return api.invoke_endpoint(session, endpoint.endpoint_name, body, content_type)
 
     def stop(self, endpoint: Endpoint) -> None:
-        session = api.aws_session(endpoint.region)
+        session = api.Aws(endpoint.region)
         served = endpoint.history or [
             {"endpoint_config_name": endpoint.endpoint_config_name, "model_name": endpoint.model_name}
         ]
