@@ -5,13 +5,12 @@ This module defines the command line and dispatches to `launcher.commands`."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from launcher import commands, tracking
+from launcher import commands, contract, tracking
 from launcher.backends.base import DEFAULT_IMAGE, MAX_RUN_SECONDS, DeploySpec
 from launcher.backends.registry import BACKENDS, DEFAULT_BACKEND
 from launcher.backends.sagemaker.backend import BUCKET_ENV, DEFAULT_ENDPOINT_INSTANCE_TYPE, REGION_ENVS, ROLE_ENV
@@ -38,17 +37,9 @@ def parse_key_value(text: str) -> tuple[str, str]:
     return key.strip(), value
 
 
-def parse_value(text: str) -> Any:
-    """`0.01` -> 0.01, `64` -> 64, `true` -> True, anything else stays a string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def parse_hyperparameter(text: str) -> tuple[str, Any]:
     key, value = parse_key_value(text)
-    return key, parse_value(value)
+    return key, contract.decode_value(value)
 
 
 def add_image_options(parser: argparse.ArgumentParser, image_note: str = "", type_note: str = "local") -> None:

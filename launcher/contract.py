@@ -34,6 +34,14 @@ def encode_hyperparameters(hyperparameters: dict[str, Any]) -> dict[str, str]:
     return {str(key): json.dumps(value) for key, value in hyperparameters.items()}
 
 
+def decode_value(text: str) -> Any:
+    """The container's reading of one such string: JSON (`0.01`, `64`, `true`), else the raw string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def write_job_config(
     base_dir: Path, hyperparameters: dict[str, Any], channels: dict[str, Path], host: str = "algo-1"
 ) -> None:

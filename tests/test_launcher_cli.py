@@ -4,7 +4,8 @@ import argparse
 
 import pytest
 
-from launcher.cli import get_args_parser, main, parse_value
+from launcher.cli import get_args_parser, main
+from launcher.contract import decode_value
 
 
 def subparsers() -> dict[str, argparse.ArgumentParser]:
@@ -32,7 +33,7 @@ def test_subcommand_help_exits_cleanly(command, capsys):
 
 
 def test_values_are_typed_like_json():
-    assert [parse_value(v) for v in ["0.01", "64", "true", "resnet50", '"128"']] == [0.01, 64, True, "resnet50", "128"]
+    assert [decode_value(v) for v in ["0.01", "64", "true", "resnet50", '"128"']] == [0.01, 64, True, "resnet50", "128"]
 
 
 def test_train_without_data_is_explained(tmp_path, capsys):

@@ -251,15 +251,7 @@ def trial_counts(counters: dict[str, int]) -> str:
 
 def decode_hyperparameters(encoded: dict[str, str]) -> dict[str, Any]:
     """The container's reading of SageMaker's strings (JSON, else the raw string), without SageMaker's own keys."""
-    decoded = {}
-    for key, value in encoded.items():
-        if key.startswith(ADDED_PREFIXES):
-            continue
-        try:
-            decoded[key] = json.loads(value)
-        except json.JSONDecodeError:
-            decoded[key] = value
-    return decoded
+    return {key: contract.decode_value(value) for key, value in encoded.items() if not key.startswith(ADDED_PREFIXES)}
 
 
 def best_job_record(session: sagemaker_api.Aws, job_name: str, tuning_job: str) -> TrainingJob:
