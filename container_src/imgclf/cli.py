@@ -82,7 +82,8 @@ def _pass_sigterm_on(_signum: int, _frame: object) -> None:
     import psutil
 
     for child in psutil.Process().children():
-        child.send_signal(signal.SIGTERM)
+        with contextlib.suppress(psutil.NoSuchProcess):  # it ended meanwhile
+            child.send_signal(signal.SIGTERM)
 
 
 def train(argv: list[str] | None = None) -> None:
