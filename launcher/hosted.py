@@ -199,7 +199,7 @@ def serve_routed(
         records.save(record)
         raise
     record.status = "InService"
-    record.history = [_served(record, "deployed")]
+    record.now_serving("deployed", model_sha256=lineage.model_hash(record.model_data))
     records.save(record)
     return record
 
@@ -228,27 +228,14 @@ def swap(records: RecordStore, record: Endpoint, server: ServerCommand, spec: De
             stop_group(pid)
             raise
         old = record.pid
-        record.history = [*(record.history or [])[:-1], {**(record.history or [{}])[-1], "until": time.time()}]
         record.pid, record.upstream, record.log, record.generation = pid, upstream, str(log), generation
         record.model_data, record.job_name = model_data, job_name
         sha = lineage.model_hash(model_data)
         record.lineage = {**(record.lineage or {}), "job_name": job_name, "model_sha256": sha}
-        record.history.append(_served(record, reason))
+        record.now_serving(reason, model_sha256=sha)
         records.save(record)
         stop_group(old)
     return record
-
-
-def _served(record: Endpoint, reason: str) -> dict:
-    """An entry of the endpoint's history: which model served from when, and why."""
-    return {
-        "generation": record.generation,
-        "job_name": record.job_name,
-        "model_data": record.model_data,
-        "model_sha256": lineage.model_hash(record.model_data),
-        "since": time.time(),
-        "reason": reason,
-    }
 
 
 def _start_server(

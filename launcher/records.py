@@ -118,6 +118,15 @@ class Endpoint(Record):
     inference_ami_version: str | None = None
     deleted: float | None = None
 
+    def now_serving(self, reason: str, **facts: Any) -> None:
+        """Enter the model it serves from now on (its generation, job and model, with `facts`) and why in its
+        history, ending the entry before."""
+        now = time.time()
+        if self.history:
+            self.history[-1]["until"] = now
+        entry = {"generation": self.generation, "job_name": self.job_name, "model_data": self.model_data}
+        self.history = [*(self.history or []), {**entry, **facts, "since": now, "reason": reason}]
+
 
 @dataclass(kw_only=True)
 class TuningRun(Record):

@@ -337,7 +337,7 @@ class SageMakerBackend(Backend):
             )
         say(f"endpoint {spec.endpoint_name} is in service")
         record.generation, record.environment = 1, spec.serving_environment()
-        record.history = [self._served(record, "deployed")]
+        record.now_serving("deployed", model_name=record.model_name, endpoint_config_name=record.endpoint_config_name)
         self.records.save(record)
         return record
 
@@ -377,27 +377,13 @@ class SageMakerBackend(Backend):
                 f"endpoint {endpoint.name} was not updated to {name} ({description['EndpointStatus']}: "
                 f"{description.get('FailureReason', 'rolled back')}); it serves {endpoint.model_data} as before"
             )
-        if endpoint.history:
-            endpoint.history[-1]["until"] = time.time()
         endpoint.generation, endpoint.model_data, endpoint.job_name = generation, model_data, job_name
         endpoint.model_name, endpoint.endpoint_config_name = name, name
         endpoint.lineage = {**(endpoint.lineage or {}), "job_name": job_name, "model_sha256": None}
-        endpoint.history = [*(endpoint.history or []), self._served(endpoint, reason)]
+        endpoint.now_serving(reason, model_name=name, endpoint_config_name=name)
         self.records.save(endpoint)
         say(f"endpoint {endpoint.name} serves {model_data}")
         return endpoint
-
-    @staticmethod
-    def _served(record: Endpoint, reason: str) -> dict[str, Any]:
-        return {
-            "generation": record.generation,
-            "job_name": record.job_name,
-            "model_data": record.model_data,
-            "model_name": record.model_name,
-            "endpoint_config_name": record.endpoint_config_name,
-            "since": time.time(),
-            "reason": reason,
-        }
 
     def _wait_for_endpoint(self, session: api.Aws, record: Endpoint) -> dict[str, Any]:
         """Poll DescribeEndpoint until the endpoint is no longer being created or updated; the record follows each
