@@ -153,16 +153,9 @@ class LocalBackend(Backend):
         """Run the job in local mode (Ctrl-C reaches docker-compose too, which stops the containers)."""
         output_dir = self.output_dir_on_host(spec) / job.name / "output"
         container_root, log = self.workdir / "jobs" / job.name, Path(job.log)
-        request = sagemaker_api.training_request(
-            name=job.name,
-            image=spec.image,
-            role=local_mode.LOCAL_ROLE,
-            instance_type=spec.instance_type,
-            instance_count=spec.instance_count,
-            output_path=f"file://{output_dir}",
-            hyperparameters=spec.hyperparameters,
-            channels={name: f"file://{path}" for name, path in job.channels.items()},
-        )
+        channels = {name: f"file://{path}" for name, path in job.channels.items()}
+        output = f"file://{output_dir}"
+        request = sagemaker_api.training_request(spec, job.name, local_mode.LOCAL_ROLE, output, channels)
         say(f"training job {job.name} started in SageMaker local mode ({spec.instance_count} x {spec.image})")
         failure = self._run(request, spec, container_root, log)
         if job.name in self._stopping:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher import contract, metrics
+from launcher.backends.base import TrainingSpec
 from launcher.contract import MANIFEST_SUFFIX, S3_SCHEME
 from launcher.errors import LauncherError
 from launcher.progress import say
@@ -28,7 +29,6 @@ from launcher.progress import say
 POLL_SECONDS = 30.0  # between Describe* calls while waiting for a job or an endpoint
 CHECKPOINT_DIR = "/opt/ml/checkpoints"  # what SageMaker syncs with a spot job's checkpoint S3 URI
 VOLUME_SIZE_GB = 30  # each training instance's EBS volume
-MAX_RUN_SECONDS = 86400  # SageMaker's own default run limit
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 JOB_ENDED = ("Completed", "Failed", "Stopped")
 JSON = "application/json"
@@ -120,19 +120,15 @@ def channel(name: str, uri: str) -> dict[str, Any]:
 
 
 def training_request(
-    *,
+    spec: TrainingSpec,
     name: str,
-    image: str,
     role: str,
-    instance_type: str,
-    instance_count: int,
     output_path: str,
-    hyperparameters: dict[str, Any],
     channels: dict[str, str],
-    max_run: int = MAX_RUN_SECONDS,
     spot: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """CreateTrainingJob for our image; metric definitions let SageMaker chart the metric lines of the log.
+    """CreateTrainingJob for `spec`'s image, hosts and hyperparameters, the job called `name`, its channels as
+    `channels` say; metric definitions let SageMaker chart the metric lines of the log.
 
     Hyperparameters are JSON-encoded, as the container expects (SageMaker passes strings through). `spot`: managed
     spot training's `max_wait` and `checkpoint_s3_uri`, which SageMaker syncs with CHECKPOINT_DIR so that a trainer
@@ -141,20 +137,20 @@ def training_request(
     request: dict[str, Any] = {
         "TrainingJobName": name,
         "AlgorithmSpecification": {
-            "TrainingImage": image,
+            "TrainingImage": spec.image,
             "TrainingInputMode": "File",
             "MetricDefinitions": metrics.METRIC_DEFINITIONS,
         },
         "RoleArn": role,
-        "HyperParameters": contract.encode_hyperparameters(hyperparameters),
+        "HyperParameters": contract.encode_hyperparameters(spec.hyperparameters),
         "InputDataConfig": [channel(channel_name, uri) for channel_name, uri in channels.items()],
         "OutputDataConfig": {"S3OutputPath": output_path},
         "ResourceConfig": {
-            "InstanceType": instance_type,
-            "InstanceCount": instance_count,
+            "InstanceType": spec.instance_type,
+            "InstanceCount": spec.instance_count,
             "VolumeSizeInGB": VOLUME_SIZE_GB,
         },
-        "StoppingCondition": {"MaxRuntimeInSeconds": max_run},
+        "StoppingCondition": {"MaxRuntimeInSeconds": spec.max_run},
     }
     if spot:
         request["EnableManagedSpotTraining"] = True

@@ -166,18 +166,7 @@ def prepare_training(spec: TrainingSpec, name: str) -> PreparedTraining:
             "max_wait": spec.max_wait or 2 * spec.max_run,
             "checkpoint_s3_uri": f"{S3_SCHEME}{aws.bucket}/{S3_PREFIX}/{name}/checkpoints",
         }
-    request = api.training_request(
-        name=name,
-        image=spec.image,
-        role=aws.role,
-        instance_type=spec.instance_type,
-        instance_count=spec.instance_count,
-        output_path=output_path,
-        hyperparameters=spec.hyperparameters,
-        channels=channels,
-        max_run=spec.max_run,
-        spot=spot,
-    )
+    request = api.training_request(spec, name, aws.role, output_path, channels, spot)
     request.update(api.debugger_request(spec.sagemaker_debugger, aws.region, output_path))
     return PreparedTraining(aws, session, request, channels, output_path, spot)
 
