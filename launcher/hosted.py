@@ -66,6 +66,12 @@ def invoke(endpoint: Endpoint, body: bytes, content_type: str) -> Any:
         ) from err
 
 
+def module_command(module: str, *args: str, **options: object) -> list[str]:
+    """`python -m module ARGS --option value ...` with this interpreter (underscores in option names become hyphens)."""
+    flags = [item for name, value in options.items() for item in (f"--{name.replace('_', '-')}", str(value))]
+    return [sys.executable, "-m", module, *args, *flags]
+
+
 def free_port() -> int:
     """A free port on 127.0.0.1 below 32767: MMS refuses higher ones, so the kernel's ephemeral range won't do."""
     for port in random.sample(range(*MMS_PORT_RANGE), 200):
@@ -177,17 +183,7 @@ def serve_routed(
         _write_route(folder, record.generation, upstream, record.model_data)
         record.pid, record.upstream, record.log = pid, upstream, str(log)
         records.save(record)
-        command = [
-            sys.executable,
-            "-m",
-            "launcher.router",
-            "--listen",
-            listen,
-            "--port",
-            str(record.port),
-            "--folder",
-            str(folder),
-        ]
+        command = module_command("launcher.router", listen=listen, port=record.port, folder=folder)
         with open(folder / "router.log", "w") as router_log:
             process = subprocess.Popen(command, stdout=router_log, stderr=subprocess.STDOUT, start_new_session=True)
         record.router_pid = process.pid

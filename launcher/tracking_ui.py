@@ -9,14 +9,13 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from launcher import hosted
 from launcher.errors import LauncherError
 from launcher.progress import say
 
@@ -32,35 +31,17 @@ def has_ui() -> bool:
     return any((Path(p) / "server" / "js" / "build" / "index.html").is_file() for p in spec.submodule_search_locations)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def start(uri: str, port: int, artifact_root: Path | None, log: Path) -> tuple[subprocess.Popen, str]:
     """Start the UI's server and wait until it answers; the process and its address."""
     if not has_ui():
         raise LauncherError(
             f"the MLflow UI needs the full mlflow package, and only mlflow-skinny is installed: {INSTALL_HINT}"
         )
-    port = port or free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--backend-store-uri",
-        uri,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    if artifact_root is not None:
-        command += ["--default-artifact-root", artifact_root.as_uri()]
+    port = port or hosted.free_port()
+    artifacts = {"default_artifact_root": artifact_root.as_uri()} if artifact_root is not None else {}
+    command = hosted.module_command(
+        "mlflow", "server", backend_store_uri=uri, host="127.0.0.1", port=port, workers=1, **artifacts
+    )
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as output:

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -227,27 +226,17 @@ class LocalBackend(Backend):
         """A host process that deploys the model in SageMaker local mode, published on a loopback port."""
 
         def command(model_data: str, folder: Path, port: int) -> tuple[list[str], dict[str, str]]:
-            return [
-                sys.executable,
-                "-m",
+            return hosted.module_command(
                 "launcher.local_endpoint",
-                "--name",
-                f"{endpoint.name}-{folder.name}",
-                "--image",
-                endpoint.image,
-                "--model-data",
-                f"file://{Path(model_data).resolve()}",
-                "--port",
-                str(port),
-                "--listen",
-                "127.0.0.1",
-                "--instance-type",
-                endpoint.instance_type,
-                "--env",
-                json.dumps(endpoint.environment),
-                "--container-root",
-                str(folder),
-            ], dict(os.environ)
+                name=f"{endpoint.name}-{folder.name}",
+                image=endpoint.image,
+                model_data=f"file://{Path(model_data).resolve()}",
+                port=port,
+                listen="127.0.0.1",
+                instance_type=endpoint.instance_type,
+                env=json.dumps(endpoint.environment),
+                container_root=folder,
+            ), dict(os.environ)
 
         return command
 
