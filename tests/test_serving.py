@@ -243,7 +243,7 @@ def test_a_model_that_cannot_serve_ends_serve_with_the_reason(trained_model_dir:
     assert status == 1, log
     reason = next(line for line in log.splitlines() if "cannot serve:" in line)
     assert "could not be loaded" in reason, reason
-    # A process that ends while listed (a zombie has no command line) is left out by process_iter's attrs.
+    # Through process_iter's attrs, a process that ends while listed reads as having no command line (no raise).
     processes = psutil.process_iter(["name", "cmdline"])
     assert not [p for p in processes if p.info["name"] == "java" and str(tmp_path) in " ".join(p.info["cmdline"] or ())]
 
