@@ -26,10 +26,10 @@ from launcher.errors import LauncherError
 from launcher.progress import say
 from launcher.records import Endpoint, Evaluation, PipelineRun, Promotion, R, TrainingJob, TuningRun
 from launcher.report import show_report
+from launcher.transform import CONTENT_TYPES
 from launcher.tuning.results import load_best_hyperparameters
 from launcher.tuning.spec import TuningSpec
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # The final job saves the smdebug trace and samples the system, so its report has every rule's evidence.
 FINAL_JOB_HYPERPARAMETERS = {"debug_hook": True}
 
@@ -66,19 +66,16 @@ def test_split(channels: dict[str, str]) -> Path | None:
 
 
 def sample_image(channels: dict[str, str], given: Path | None) -> Path:
-    """The image to send the endpoint: the given one, else the first test image of a local dataset."""
+    """The image to send the endpoint: the given one, else the first image of the local test split."""
     if given is not None:
         if not given.is_file():
             raise LauncherError(f"no sample image at {given}")
         return given
-    roots = [Path(channels["test"])] if "test" in channels else []
-    roots += [Path(channels["training"]) / "test"] if "training" in channels else []
-    for root in roots:
-        if root.is_dir() and not str(root).startswith(S3_SCHEME):
-            found = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-            if found:
-                return found[0]
-    raise LauncherError("no local test image to send the endpoint: give --sample-image FILE")
+    split = test_split(channels)
+    found = sorted(p for p in split.rglob("*") if p.suffix.lower() in CONTENT_TYPES and p.is_file()) if split else []
+    if not found:
+        raise LauncherError("no local test image to send the endpoint: give --sample-image FILE")
+    return found[0]
 
 
 class Pipeline:

@@ -20,7 +20,9 @@ from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
 from mlflow.tracking import MlflowClient
 
 from launcher.cli import main
+from launcher.errors import LauncherError
 from launcher.lineage import dataset_manifest
+from launcher.pipeline import sample_image
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXED = {"epochs": 1, "batch_size": 6, "image_size": 32, "num_workers": 1, "freeze_backbone": True,
@@ -152,6 +154,18 @@ def test_run_tunes_trains_deploys_predicts_traces_back_and_tracks(tmp_path: Path
     (tmp_path / "registry").mkdir()
     downloaded = ModelsArtifactRepository("models:/job/1").download_artifacts("", str(tmp_path / "registry"))
     assert sha256(Path(downloaded) / "model.tar.gz") == sha256(model)
+
+
+def test_the_sample_image_is_the_first_of_the_local_test_split_or_a_clear_error(tmp_path: Path):
+    data = write_split(tmp_path / "data" / "test", per_class=1).parent
+    assert sample_image({"training": str(data)}, None) == sorted((data / "test").rglob("*.jpg"))[0]
+    extra = write_split(tmp_path / "extra", per_class=1, classes=("square",))
+    assert sample_image({"training": str(data), "test": str(extra)}, None).parent == extra / "square"
+    for channels in ({"training": "s3://bucket/data"}, {"training": str(tmp_path / "extra")}):  # S3; no test/ folder
+        with pytest.raises(LauncherError, match="give --sample-image FILE"):
+            sample_image(channels, None)
+    with pytest.raises(LauncherError, match="no sample image at"):
+        sample_image({"training": str(data)}, tmp_path / "missing.jpg")
 
 
 @pytest.mark.parametrize(
