@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     session = local_mode.session(serving_port=args.port, container_root=args.container_root, listen=args.listen)
-    hosting = Hosting(args.image, args.model_data, "", json.loads(args.env), args.instance_type)
+    hosting = Hosting(args.image, args.model_data, local_mode.LOCAL_ROLE, json.loads(args.env), args.instance_type)
     local_mode.deploy_endpoint(session, args.name, hosting)
     print(f"endpoint {args.name} deployed on port {args.port}", flush=True)
     try:

@@ -277,7 +277,8 @@ class LocalBackend(Backend):
         try:
             with muted_stdout():  # local mode copies the container's log to stdout
                 model = f"file://{Path(spec.model_data).resolve()}"
-                hosting = sagemaker_api.Hosting(spec.image, model, "", spec.serving_environment(), spec.instance_type)
+                env, role = spec.serving_environment(), local_mode.LOCAL_ROLE
+                hosting = sagemaker_api.Hosting(spec.image, model, role, env, spec.instance_type)
                 content_type = transform.job_content_type(files)
                 local_mode.transform(session, spec.name, hosting, f"file://{staged}", f"file://{answers}", content_type)
         finally:

@@ -304,7 +304,7 @@ class Hosting:
 
 
 def model_request(name: str, hosting: Hosting) -> dict[str, Any]:
-    """CreateModel (local mode takes it too, and ignores the role)."""
+    """CreateModel (local mode takes it too, with its placeholder role)."""
     container = {"Image": hosting.image, "ModelDataUrl": hosting.model_data, "Environment": hosting.env}
     return {"ModelName": name, "PrimaryContainer": container, "ExecutionRoleArn": hosting.role}
 
