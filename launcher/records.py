@@ -110,6 +110,7 @@ class Endpoint(Record):
     generation: int | None = None  # how many models it has served; the current one's number
     environment: dict[str, str] = field(default_factory=dict)  # the serving container's variables
     history: list[dict[str, Any]] = field(default_factory=list)  # each model it served: job, model, since, why
+    restarts: list[dict[str, Any]] = field(default_factory=list)  # process backend: its model server restarted, or not
     endpoint_dir: str | None = None
     log: str | None = None
     endpoint_name: str | None = None  # sagemaker backend: its endpoint, endpoint config and model

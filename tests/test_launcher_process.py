@@ -2,11 +2,14 @@
 
 import json
 import tarfile
+import time
 from pathlib import Path
 
 import psutil
 import pytest
+from conftest import draw_shape
 
+from launcher import hosted
 from launcher.cli import main
 
 FAST = ["-H", "epochs=1", "-H", "batch_size=4", "-H", "image_size=32", "-H", "num_workers=0", "-H", "pretrained=false"]
@@ -100,3 +103,60 @@ def test_deploy_refuses_a_model_that_does_not_load(tmp_path: Path, capsys: pytes
 def test_unknown_job_lists_what_exists(tmp_path: Path, capsys: pytest.CaptureFixture):
     assert main(["--workdir", str(tmp_path), "deploy", "no-such-job"]) == 1
     assert "no training job named 'no-such-job'" in capsys.readouterr().err
+
+
+def kill_model_workers(endpoint: dict) -> None:
+    """Every model worker of the endpoint's server at once, as an out-of-memory kill of the group would."""
+    tree = psutil.Process(endpoint["pid"]).children(recursive=True)
+    workers = [p for p in tree if any("model_service_worker" in arg for arg in p.cmdline())]
+    assert workers
+    for worker in workers:
+        worker.kill()
+
+
+def ended(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE  # exited; its parent, this test, has not reaped it
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_for(condition, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"still waiting for {what}"
+        time.sleep(0.5)
+
+
+def test_an_endpoint_whose_workers_died_is_restarted_then_given_up(
+    tmp_path: Path, trained_model_dir: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+):
+    """SageMaker replaces an instance whose `serve` exits; the process backend restarts it, within a limit."""
+    model = tmp_path / "model.tar.gz"
+    with tarfile.open(model, "w:gz") as tar:
+        tar.add(trained_model_dir, arcname=".")
+    monkeypatch.setenv("IMGCLF_ENDPOINT_RESTARTS", "1")
+    base = ["--workdir", str(tmp_path / "work")]
+    image = tmp_path / "image.jpg"
+    draw_shape("circle").save(image)
+    assert main([*base, "deploy", str(model), "--endpoint-name", "ep", "--workers", "1"]) == 0
+    endpoint = records(tmp_path / "work", "endpoints")[0]
+    try:
+        kill_model_workers(endpoint)
+        wait_for(lambda: records(tmp_path / "work", "endpoints")[0]["restarts"], "the restart to be recorded")
+        restart = records(tmp_path / "work", "endpoints")[0]["restarts"][0]
+        assert restart["event"] == "restarting" and restart["restart"] == 1 and restart["exit_status"] != 0
+        wait_for(lambda: hosted.model_ready(endpoint["url"]), "the restarted server to be ready")
+        assert main([*base, "predict", "--endpoint", "ep", str(image)]) == 0
+        assert records(tmp_path / "work", "endpoints")[0]["status"] == "InService"
+
+        kill_model_workers(endpoint)  # again: the one restart allowed is spent
+        wait_for(lambda: records(tmp_path / "work", "endpoints")[0]["status"] == "Failed", "the supervisor to give up")
+        failed = records(tmp_path / "work", "endpoints")[0]
+        assert [r["event"] for r in failed["restarts"]] == ["restarting", "gave up"]
+        assert "restarted 1 times" in failed["failure_reason"] and "gave up" in failed["failure_reason"]
+        log = Path(failed["log"]).read_text()
+        assert "supervisor:" in log and "restart 1 of at most 1" in log and "gave up" in log
+        wait_for(lambda: ended(endpoint["pid"]), "the supervisor to exit")
+    finally:
+        main([*base, "stop", "ep"])

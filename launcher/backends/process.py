@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from launcher import contract, hosted, metrics, transform
+from launcher import contract, hosted, metrics, supervisor, transform
 from launcher.backends.base import Backend, DeploySpec, TrainingSpec, TransformSpec
 from launcher.errors import LauncherError
 from launcher.progress import say
@@ -31,6 +31,17 @@ def container_command(name: str) -> str:
             "install it with: pip install -r container_src/requirements.txt ./container_src"
         )
     return found
+
+
+RESTARTS_ENV = "IMGCLF_ENDPOINT_RESTARTS"
+
+
+def restart_limit() -> int:
+    """How many times an endpoint's model server may be restarted within the supervisor's window."""
+    text = os.environ.get(RESTARTS_ENV, str(supervisor.DEFAULT_RESTARTS))
+    if not text.isdigit():
+        raise LauncherError(f"{RESTARTS_ENV}={text!r}: expected a whole number of restarts, such as 3 (0: none)")
+    return int(text)
 
 
 class ProcessBackend(Backend):
@@ -137,12 +148,23 @@ class ProcessBackend(Backend):
             environment=spec.serving_environment(),
         )
         record.image = None  # served from this checkout, not an image
-        return hosted.serve_routed(
-            self.records, record, self._server(record.environment), spec.listen, spec.startup_timeout
-        )
+        server = self._supervised(record.name, record.environment)
+        return hosted.serve_routed(self.records, record, server, spec.listen, spec.startup_timeout)
 
     def swap_model(self, endpoint: Endpoint, spec: DeploySpec, reason: str) -> Endpoint:
-        return hosted.swap(self.records, endpoint, self._server(endpoint.environment), spec, reason)
+        return hosted.swap(self.records, endpoint, self._supervised(endpoint.name, endpoint.environment), spec, reason)
+
+    def _supervised(self, endpoint: str, environment: dict[str, str]) -> hosted.ServerCommand:
+        """The endpoint's `serve` under a supervisor that restarts it if it exits after serving (launcher.supervisor),
+        at most IMGCLF_ENDPOINT_RESTARTS times (default 3) within ten minutes."""
+        serve, records, restarts = self._server(environment), self.records.root, restart_limit()
+
+        def command(model_data: str, base_dir: Path, port: int) -> tuple[list[str], dict[str, str]]:
+            argv, env = serve(model_data, base_dir, port)
+            ping = f"http://127.0.0.1:{port}/ping"
+            return supervisor.command(argv, ping=ping, records=records, endpoint=endpoint, restarts=restarts), env
+
+        return command
 
     @staticmethod
     def _server(environment: dict[str, str]) -> hosted.ServerCommand:
