@@ -38,6 +38,14 @@ METRIC_DEFINITIONS = [{"Name": name, "Regex": regex(name)} for name in (*PER_EPO
 # grade the winner; a job config can still name it (docs/tuning.md).
 DEFAULT_OBJECTIVE = VALID_LOSS
 DEFAULT_OBJECTIVE_REGEX = regex(VALID_LOSS)
+
+
+def per_epoch_judge(direction: str) -> str:
+    """The per-epoch metric a tuner compares trials by as they train: validation accuracy when the objective is
+    maximised, else validation loss."""
+    return VALID_ACCURACY if direction == "Maximize" else VALID_LOSS
+
+
 # The final test metrics' names -> the keys of a training record's test_metrics (and of metrics.json's "test").
 TEST_METRIC_KEYS = {TEST_ACCURACY: "accuracy", TEST_LOSS: "loss"}
 # One epoch's line: the epoch, its training loss, validation loss and accuracy (nan or inf where training diverged).

@@ -18,6 +18,12 @@ def say(message: str) -> None:
     print(f"[launcher] {message}", file=sys.stderr, flush=True)
 
 
+def text_table(lines: list[list[str]]) -> str:
+    """Rows of cells (the first the header) as left-aligned columns two spaces apart."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines)
+
+
 class _MutingStdout:
     """Stands in for sys.stdout: drops what muted threads write, passes everything else to the real stream."""
 

@@ -83,7 +83,6 @@ class OptunaTuner:
         self.spec, self.backend, self.folder, self.seed = spec, backend, folder, seed
         self.parent_run = parent_run  # the tuning run's MLflow run: each trial is a child of it
         self.objective_pattern = re.compile(spec.objective_regex)
-        self.maximise = spec.direction == "Maximize"
         self.epochs = int(spec.training.hyperparameters.get("epochs", 5))
 
     def run(self) -> TuningRun:
@@ -201,7 +200,7 @@ class OptunaTuner:
             new, read = text[read:], len(text)
             for match in metrics.EPOCH_LINE.finditer(new):
                 epoch, values = metrics.epoch_values(match)
-                value = values[metrics.VALID_ACCURACY if self.maximise else metrics.VALID_LOSS]
+                value = values[metrics.per_epoch_judge(self.spec.direction)]
                 if epoch in reported or not math.isfinite(value):
                     continue
                 reported.add(epoch)
@@ -240,4 +239,5 @@ class OptunaTuner:
             duration=trial.user_attrs.get("duration"),
             stopped_early=trial.state == optuna.trial.TrialState.PRUNED,
             stopped_at_epoch=trial.user_attrs.get("stopped_at_epoch"),
+            curve=dict(sorted(trial.intermediate_values.items())),
         )

@@ -6,14 +6,17 @@ import csv
 import dataclasses
 import html
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from launcher import charts
+from matplotlib.ticker import MaxNLocator
+
+from launcher import charts, metrics
 from launcher.errors import LauncherError
+from launcher.progress import text_table
 from launcher.records import TuningRun
-from launcher.tuning.spec import TuningSpec
+from launcher.tuning.spec import ParameterRange, TuningSpec
 
 BEST_FILE = "best.json"
 
@@ -28,6 +31,7 @@ class TrialRow:
     duration: float | None  # seconds
     stopped_early: bool
     stopped_at_epoch: int | None = None
+    curve: dict[int, float] = field(default_factory=dict)  # epoch -> the per-epoch metric the tuner judged it by
 
 
 def best_row(spec: TuningSpec, rows: list[TrialRow]) -> TrialRow | None:
@@ -52,8 +56,7 @@ def table(rows: list[TrialRow]) -> str:
         ]
         for r in rows
     ]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines)
+    return text_table(lines)
 
 
 def write_results(spec: TuningSpec, rows: list[TrialRow], folder: Path, run: TuningRun) -> None:
@@ -105,52 +108,103 @@ def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-# -- plots: objective by trial and by each hyperparameter, as inline SVG -------------------------------------
+# -- plots: objective by trial and by each hyperparameter, each trial's curve, as inline SVG ----------------------
+
+WIDE_RANGE = 10  # a positive range whose ends are this far apart or more is drawn on a log axis
 
 
-def _scatter(title: str, x_label: str, y_label: str, points: list[tuple[float, float]], log_x: bool = False) -> str:
-    """One chart of the objective against `x_label`, as inline SVG."""
+@dataclass(frozen=True)
+class Axis:
+    """How one hyperparameter is drawn: on a log or linear scale, integer ticks, or as evenly spaced categories."""
+
+    label: str
+    log: bool = False
+    integer: bool = False
+    categories: tuple[Any, ...] = ()  # drawn at 0, 1, ... and labelled with these, in this order
+
+    def position(self, value: Any) -> float:
+        return self.categories.index(value) if self.categories else value
+
+
+def hyperparameter_axis(name: str, declared: ParameterRange | None, values: list[Any]) -> Axis:
+    """The declared range's kind and scaling decide; a value with no declared range is judged by what it took."""
+    if declared is not None and declared.kind == "categorical":  # every value the search could take, in order
+        categories = _typed(declared.values, values)
+        return Axis(name, categories=categories + tuple(sorted(set(values) - set(categories), key=str)))
+    if values and not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        return Axis(name, categories=tuple(sorted(set(values), key=str)))
+    low, high = (declared.min_value, declared.max_value) if declared else (min(values), max(values))
+    wide = low is not None and high is not None and low > 0 and high / low >= WIDE_RANGE
+    log = declared.scaling == "Logarithmic" if declared and declared.scaling != "Auto" else wide
+    integer = (declared.kind == "integer") if declared else all(isinstance(v, int) for v in values)
+    return Axis(name, log=log, integer=integer)
+
+
+def _typed(declared: tuple[Any, ...], taken: list[Any]) -> tuple[Any, ...]:
+    """A categorical range's values as the trials report them (a config's "32" is the trial's 32)."""
+    kinds = {type(v) for v in taken}
+    if len(kinds) == 1 and (kind := kinds.pop()) in (int, float):
+        return tuple(kind(v) for v in declared)
+    return declared
+
+
+def _scatter(title: str, axis: Axis, y_label: str, points: list[tuple[Any, float]]) -> str:
+    """One chart of the objective against a hyperparameter (or the trial number), as inline SVG."""
     if not points:
         return ""
     figure, axes = charts.new_figure(6.4, 3.4)
-    axes.scatter([x for x, _ in points], [y for _, y in points], color="#1f77b4")
-    if log_x:
+    axes.scatter([axis.position(x) for x, _ in points], [y for _, y in points], color="#1f77b4")
+    if axis.categories:
+        axes.set_xticks(range(len(axis.categories)), [str(c) for c in axis.categories])
+        axes.set_xlim(-0.5, len(axis.categories) - 0.5)
+    elif axis.log:
         axes.set_xscale("log")
-    axes.set(title=title, xlabel=x_label, ylabel=y_label)
+    elif axis.integer:
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set(title=title, xlabel=axis.label, ylabel=y_label)
     axes.grid(alpha=0.3)
+    return _figure(title, figure)
+
+
+def _curves(title: str, y_label: str, rows: list[TrialRow]) -> str:
+    """Each trial's per-epoch metric, one line a trial; trials stopped early end where they were stopped."""
+    drawn = [r for r in rows if r.curve]
+    if not drawn:
+        return ""
+    figure, axes = charts.new_figure(6.4, 3.4)
+    for row in drawn:
+        epochs = sorted(row.curve)
+        style = "--" if row.stopped_early else "-"
+        axes.plot(epochs, [row.curve[e] for e in epochs], style, marker="o", markersize=3, label=f"trial {row.trial}")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set(title=title, xlabel="epoch", ylabel=y_label)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small", ncols=2 if len(drawn) > 6 else 1)
+    return _figure(title, figure)
+
+
+def _figure(title: str, figure: Any) -> str:
     return f'<figure aria-label="{html.escape(title)}">{charts.inline_svg(figure)}</figure>'
 
 
 def _plots(spec: TuningSpec, rows: list[TrialRow], names: list[str]) -> str:
     scored = [r for r in rows if r.objective is not None]
-    drawn = [
-        _scatter(
-            f"{spec.objective_metric} by trial",
-            "trial",
-            spec.objective_metric,
-            [(r.trial, r.objective) for r in scored],
-        )
-    ]
+    objective = spec.objective_metric
+    trial_axis = Axis("trial", integer=True)
+    drawn = [_scatter(f"{objective} by trial", trial_axis, objective, [(r.trial, r.objective) for r in scored])]
+    judge = metrics.per_epoch_judge(spec.direction)
+    drawn.append(_curves(f"{judge} by epoch, each trial", judge, rows))
     ranges = {r.name: r for r in spec.ranges}
     for name in names:
-        numeric = [r for r in scored if isinstance(r.hyperparameters.get(name), int | float)]
-        values = [r.hyperparameters[name] for r in numeric]
-        declared_log = name in ranges and ranges[name].scaling == "Logarithmic"
-        log_x = declared_log or bool(values and min(values) > 0 and max(values) / min(values) >= 10)
-        drawn.append(
-            _scatter(
-                f"{spec.objective_metric} by {name}",
-                name,
-                spec.objective_metric,
-                [(r.hyperparameters[name], r.objective) for r in numeric],
-                log_x=log_x,
-            )
-        )
+        tried = [r for r in scored if r.hyperparameters.get(name) is not None]
+        axis = hyperparameter_axis(name, ranges.get(name), [r.hyperparameters[name] for r in tried])
+        points = [(r.hyperparameters[name], r.objective) for r in tried]
+        drawn.append(_scatter(f"{objective} by {name}", axis, objective, points))
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Tuning {html.escape(spec.name)}</title>'
         '</head><body style="font-family:sans-serif">'
         f"<h1>Tuning {html.escape(spec.name)}</h1><p>{spec.strategy} search, {spec.direction.lower()} "
-        f"{html.escape(spec.objective_metric)}; each point a completed trial (trials stopped early are not drawn: "
-        f"their last reported value is not an objective).</p>{''.join(drawn)}"
-        f"<pre>{html.escape(table(rows))}</pre></body></html>"
+        f"{html.escape(objective)}; each point a completed trial (trials stopped early are not drawn there: "
+        f"their last reported value is not an objective; their curves end dashed where they were stopped).</p>"
+        f"{''.join(drawn)}<pre>{html.escape(table(rows))}</pre></body></html>"
     )
