@@ -19,6 +19,7 @@ from typing import Any
 
 from launcher.contract import MANIFEST_SUFFIX, S3_SCHEME
 from launcher.errors import LauncherError
+from launcher.progress import text_table
 from launcher.records import (
     Endpoint,
     Evaluation,
@@ -252,12 +253,45 @@ def tuning_facts(run: TuningRun) -> dict[str, Any]:
 
 
 def format_chain(steps: list[tuple[str, dict[str, Any]]]) -> str:
-    """The chain as indented text, one fact a line."""
+    """The chain as indented text, one fact a line; the models an endpoint served one a line, its promotions as a
+    table (`launcher lineage --json` has every fact)."""
     lines = []
     for depth, (step, facts) in enumerate(steps):
-        lines.append(f"{'  ' * depth}{step}:")
+        indent = "  " * depth
+        lines.append(f"{indent}{step}:")
         for key, value in facts.items():
-            if value is not None:
+            if value is None:
+                continue
+            if key == "promotions":
+                table = promotions_table(value)
+                lines += [f"{indent}  promotions:", *(f"{indent}    {row}" for row in table.splitlines())]
+            elif key == "served":
+                lines += [f"{indent}  served:", *(f"{indent}    {entry}" for entry in value)]
+            else:
                 text = value if isinstance(value, str) else json.dumps(value, default=str)
-                lines.append(f"{'  ' * depth}  {key}: {text}")
+                lines.append(f"{indent}  {key}: {text}")
     return "\n".join(lines)
+
+
+def promotions_table(promotions: list[dict[str, Any]]) -> str:
+    """Each decision on a line: champion and challenger with their test loss and accuracy, and what served after."""
+
+    def figure(contender: dict[str, Any], key: str) -> str:
+        value = (contender.get("metrics") or {}).get(key)
+        return "" if value is None else f"{value:.4g}"
+
+    header = ["promotion", "decision", "champion", "loss", "accuracy", "challenger", "loss", "accuracy", "serving"]
+    rows = [
+        [
+            p["name"],
+            p.get("decision") or p.get("status") or "",
+            *(
+                cell
+                for role in ("champion", "challenger")
+                for cell in (p[role].get("job_name") or "", figure(p[role], "loss"), figure(p[role], "accuracy"))
+            ),
+            p.get("serving") or "",
+        ]
+        for p in promotions
+    ]
+    return text_table([header, *rows])

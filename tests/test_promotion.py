@@ -149,6 +149,16 @@ def test_promotion_and_rollback_fail_no_request_and_a_worse_challenger_is_kept(l
     assert loop.cli("lineage", loop.endpoint, "--json") == 0
     chain = json.loads(capsys.readouterr().out)
     assert [p["decision"] for p in chain[0]["promotions"]] == ["promoted", "kept", "rolled back"]
+    # As text (what `launcher run` ends with): the decisions as a short table, a line each, with both models' figures.
+    assert loop.cli("lineage", loop.endpoint) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["promotion", "decision", "champion"])
+    for decided, line in zip(chain[0]["promotions"], lines[header + 1 : header + 4], strict=True):
+        measured = [decided[role]["metrics"] or {} for role in ("champion", "challenger")]  # a rollback: none
+        figures = [f"{m[key]:.4g}" for m in measured for key in ("loss", "accuracy") if m]
+        assert figures or decided["decision"] == "rolled back"
+        assert line.split()[0] == decided["name"] and decided["decision"] in line and "{" not in line, line
+        assert all(figure in line for figure in figures) and decided["serving"] in line, (figures, line)
 
 
 def test_a_challenger_that_cannot_start_leaves_the_champion_serving(loop: Loop, tmp_path: Path):
