@@ -1,4 +1,6 @@
-"""Shared fixtures: tiny real image datasets and SageMaker-shaped job folders."""
+"""Shared fixtures: tiny real image datasets and SageMaker-shaped job folders; and the session's hygiene: what the
+tests start (model servers, routers, supervisors, trainers) is ended when the session ends, even after a failed test,
+and the temporary folders its processes make (torchrun's `torchelastic_*`, multiprocessing's `pymp-*`) go with it."""
 
 from __future__ import annotations
 
@@ -9,12 +11,15 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import uuid
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 import torch
@@ -27,6 +32,47 @@ from launcher.router import MODEL_HEADER
 
 BIN = Path(sys.executable).parent
 COLOURS = {"circle": (200, 30, 30), "square": (30, 160, 40), "triangle": (40, 60, 200)}
+
+# -- the session's hygiene ------------------------------------------------------------------------------------------
+SESSION_ENV = "IMGCLF_TEST_SESSION"  # every process the session starts inherits it: how the end finds them
+# What a test may start that outlives it when it fails: the launcher's detached endpoints, the container's entry points.
+STARTED_HERE = ("launcher.router", "launcher.supervisor", "launcher.local_endpoint", "/serve", "/train",
+                "model_service_worker", "com.amazonaws.ml.mms", "torch.distributed.run", "imgclf.worker",
+                "mlflow server")  # fmt: skip
+SESSION_TMP = pytest.StashKey[Path]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The controlling process (not an xdist worker) marks the session and gives its children a temporary folder of
+    their own; its own temporary files (pytest's tmp_path folders, kept for failed tests) stay where they were."""
+    if hasattr(config, "workerinput") or SESSION_ENV in os.environ:
+        return
+    tempfile.gettempdir()  # fixed for this process before TMPDIR changes for its children
+    os.environ[SESSION_ENV] = uuid.uuid4().hex
+    os.environ["TMPDIR"] = tempfile.mkdtemp(prefix="imgclf-tests-")  # short: model servers put sockets there
+    config.stash[SESSION_TMP] = Path(os.environ["TMPDIR"])
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """End every process this session started and left running, by process id, then remove the children's
+    temporary folder."""
+    folder = config.stash.get(SESSION_TMP, None)
+    if folder is None:
+        return
+    session, ended = os.environ[SESSION_ENV], []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            command = " ".join(process.info["cmdline"] or [])
+            if process.pid == os.getpid() or not any(mark in command for mark in STARTED_HERE):
+                continue
+            if process.environ().get(SESSION_ENV) == session:
+                process.kill()
+                ended.append(f"{process.pid} {command[:120]}")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    if ended:
+        print(f"\nthe session ended {len(ended)} process(es) its tests left running:", *ended, sep="\n  ")
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def draw_shape(shape: str, size: int = 40, seed: int = 0) -> Image.Image:
