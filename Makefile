@@ -32,7 +32,7 @@ REGION ?=
 # Without the buildx plugin, BuildKit is unavailable: use the classic builder (the Dockerfile suits both).
 DOCKER_BUILD := $(if $(shell docker buildx version 2>/dev/null),docker build,DOCKER_BUILDKIT=0 docker build)
 
-.PHONY: install system-deps browser demo ui schema test test-fast test-docker lint format bench bench-gpu torchserve-venv clean wheelhouse base-image build push docker-engine
+.PHONY: install system-deps browser demo ui test test-fast test-docker lint format bench bench-gpu torchserve-venv clean wheelhouse base-image build push docker-engine
 
 install: $(VENV)/.installed
 
@@ -49,11 +49,11 @@ browser:
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update && $(APT_INSTALL) chromium; }
 
 $(VENV)/.installed: container_src/requirements.txt launcher/requirements.txt requirements-dev.txt \
-		pyproject.toml container_src/pyproject.toml
+		pyproject.toml container_src/pyproject.toml container_src/contract/pyproject.toml
 	$(MAKE) system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -r container_src/requirements.txt -r launcher/requirements.txt -r requirements-dev.txt
-	$(BIN)/pip install -q --no-deps -e container_src -e .
+	$(BIN)/pip install -q --no-deps -e container_src/contract -e container_src -e .
 	touch $@
 
 # Two cycles of the retrain loop: a first model on half of the data, deployed; then all of it (the "new data"):
@@ -72,10 +72,6 @@ demo: install
 ui: install
 	@$(BIN)/python -c "import launcher.tracking_ui as u, sys; sys.exit(not u.has_ui())" || $(BIN)/pip install -q $(MLFLOW_UI)
 	$(LAUNCHER) ui
-
-# The image's hyperparameter schema, as the launcher ships it (a test fails while it differs from imgclf's).
-schema: install
-	$(BIN)/python -m imgclf.schema launcher/hyperparameter_schema.json
 
 # The tests without Docker run in TEST_WORKERS processes (pytest-xdist, one test file per worker at a time); the
 # Docker tests after them, one at a time (they share the engine). Both run even if the first part fails.

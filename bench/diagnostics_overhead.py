@@ -30,9 +30,9 @@ from imgclf.checkpoint import TrainingState
 from imgclf.diagnostics.evidence import JobSettings
 from imgclf.diagnostics.monitor import SystemMonitor
 from imgclf.diagnostics.watch import Diagnostics
-from imgclf.hyperparameters import Hyperparameters
 from imgclf.precision import StepPrecision
 from imgclf.train import make_optimizer, make_scheduler, train_one_epoch
+from imgclf_contract.hyperparameters import Hyperparameters
 from launcher.sample_data import write_digits
 
 

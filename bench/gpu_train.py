@@ -34,9 +34,9 @@ from imgclf.checkpoint import TrainingState
 from imgclf.diagnostics.evidence import JobSettings
 from imgclf.diagnostics.monitor import SystemMonitor
 from imgclf.diagnostics.watch import Diagnostics
-from imgclf.hyperparameters import Hyperparameters
 from imgclf.precision import StepPrecision
 from imgclf.train import make_optimizer, make_scheduler, train_one_epoch
+from imgclf_contract.hyperparameters import Hyperparameters
 
 
 def bare_loop(model: nn.Module, batches: Iterable, precision: StepPrecision, steps: int) -> int:

@@ -37,7 +37,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from imgclf import data
-from imgclf.hyperparameters import Hyperparameters
+from imgclf_contract.hyperparameters import Hyperparameters
 
 CROP_AREA, CROP_ASPECT = (0.35, 1.0), (3 / 4, 4 / 3)  # the trainer's augmentation
 

@@ -25,9 +25,9 @@ from torch import nn
 
 from imgclf import data, distributed
 from imgclf.checkpoint import Checkpointer, TrainingState
-from imgclf.hyperparameters import Hyperparameters
 from imgclf.precision import StepPrecision
 from imgclf.train import make_optimizer, make_scheduler, train_one_epoch
+from imgclf_contract.hyperparameters import Hyperparameters
 from launcher.sample_data import write_digits
 
 

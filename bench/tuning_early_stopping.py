@@ -19,9 +19,9 @@ from pathlib import Path
 
 import optuna
 
+from imgclf_contract.metrics import DEFAULT_OBJECTIVE
 from launcher.backends.base import TrainingSpec
 from launcher.backends.process import ProcessBackend
-from launcher.metrics import DEFAULT_OBJECTIVE
 from launcher.records import RecordStore
 from launcher.sample_data import write_digits
 from launcher.tuning.optuna_tuner import OptunaTuner

@@ -8,6 +8,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+from imgclf_contract import platform
 from launcher.errors import LauncherError
 
 S3_SCHEME = "s3://"
@@ -46,16 +47,16 @@ def write_job_config(
     base_dir: Path, hyperparameters: dict[str, Any], channels: dict[str, Path], host: str = "algo-1"
 ) -> None:
     """Lay out `input/config/*.json` and `input/data/<channel>` (links to the local folders) as SageMaker would."""
-    config = base_dir / "input" / "config"
-    config.mkdir(parents=True, exist_ok=True)
-    (config / "hyperparameters.json").write_text(json.dumps(encode_hyperparameters(hyperparameters), indent=2))
+    (base_dir / platform.HYPERPARAMETERS_FILE).parent.mkdir(parents=True, exist_ok=True)
+    hyperparameters_json = json.dumps(encode_hyperparameters(hyperparameters), indent=2)
+    (base_dir / platform.HYPERPARAMETERS_FILE).write_text(hyperparameters_json)
     resource = {"current_host": host, "hosts": [host], "network_interface_name": "eth0"}
-    (config / "resourceconfig.json").write_text(json.dumps(resource))
+    (base_dir / platform.RESOURCE_CONFIG_FILE).write_text(json.dumps(resource))
     channel_config = {name: {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated"} for name in channels}
-    (config / "inputdataconfig.json").write_text(json.dumps(channel_config))
-    for folder in ("model", "output/data", "checkpoints"):  # SageMaker creates these before the container starts
+    (base_dir / platform.INPUT_DATA_CONFIG_FILE).write_text(json.dumps(channel_config))
+    for folder in (platform.MODEL_DIR, platform.OUTPUT_DATA_DIR, platform.CHECKPOINT_DIR):  # SageMaker makes these
         (base_dir / folder).mkdir(parents=True, exist_ok=True)
-    data = base_dir / "input" / "data"
+    data = base_dir / platform.INPUT_DATA_DIR
     data.mkdir(parents=True, exist_ok=True)
     for name, source in channels.items():
         if not source.exists():

@@ -37,7 +37,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
-from launcher import metrics
+from imgclf_contract import metrics
 from launcher.contract import S3_SCHEME
 from launcher.errors import LauncherError
 from launcher.tuning.spec import DIRECTIONS, EARLY_STOPPING, SCALINGS, STRATEGIES, ParameterRange, Tuning

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from launcher import evaluation, evaluation_page, lineage, metrics, preflight, report
+from imgclf_contract import metrics
+from launcher import evaluation, evaluation_page, lineage, preflight, report
 from launcher.backends.base import Backend, DeploySpec, TrainingSpec, TransformSpec
 from launcher.errors import LauncherError
 from launcher.progress import say

@@ -12,13 +12,15 @@ from typing import ClassVar
 import pytest
 from conftest import write_split
 
-from imgclf import train as container_train
-from launcher import contract, metrics
+from imgclf_contract import metrics
+from launcher import contract
 from launcher.backends.base import TrainingSpec
 from launcher.backends.process import ProcessBackend
 from launcher.backends.registry import BACKENDS
 from launcher.cli import main
 from launcher.records import TrainingJob
+
+pytestmark = pytest.mark.slow  # launcher run with a real model server
 
 BEST_RATE = 0.02
 
@@ -37,8 +39,9 @@ class ReplayBackend(ProcessBackend):
 
     def run_to_end(self, job: TrainingJob, spec: TrainingSpec) -> dict[str, float]:
         loss = abs(float(spec.hyperparameters["learning_rate"]) - BEST_RATE)  # the objective the tuner reads
-        lines = [container_train.EPOCH_METRICS.format(epoch=1, train_loss=loss, valid_loss=loss, valid_accuracy=0.5),
-                 container_train.TEST_LOSS.format(loss), container_train.TEST_ACCURACY.format(0.5)]  # fmt: skip
+        epoch = {metrics.TRAIN_LOSS: loss, metrics.VALID_LOSS: loss, metrics.VALID_ACCURACY: 0.5}
+        lines = [metrics.epoch_line(1, epoch), metrics.final_line(metrics.TEST_LOSS, loss),
+                 metrics.final_line(metrics.TEST_ACCURACY, 0.5)]  # fmt: skip
         Path(job.log).write_text("\n".join(lines) + "\n")
         artifacts = self.output_dir_on_host(spec) / job.name / "output"
         job.model_data = str(contract.pack(self.trained, artifacts / contract.MODEL_ARTIFACT))

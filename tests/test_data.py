@@ -6,7 +6,8 @@ import torch
 from conftest import draw_shape, png_header, write_split
 
 from imgclf import data, decoding
-from imgclf.errors import UserError
+from imgclf_contract import layout
+from imgclf_contract.errors import ContractError
 
 TRAIN_32 = functools.partial(decoding.load_augmented, size=32)  # the train split's loading, crop 32
 
@@ -18,25 +19,25 @@ def three_splits(root: Path, names=("train", "valid", "test")) -> dict[str, Path
 def test_separate_channels(tmp_path: Path):
     splits = three_splits(tmp_path)
     channels = {"train": splits["train"], "validation": splits["valid"], "test": splits["test"]}
-    assert data.find_split_dirs(channels) == splits
+    assert layout.find_split_dirs(channels) == splits
 
 
 @pytest.mark.parametrize("valid_name", ["valid", "val", "validation"])
 def test_one_training_channel_with_subfolders(tmp_path: Path, valid_name: str):
     splits = three_splits(tmp_path, ("train", valid_name, "test"))
-    dirs = data.find_split_dirs({"training": tmp_path})
+    dirs = layout.find_split_dirs({"training": tmp_path})
     assert dirs == {"train": splits["train"], "valid": splits[valid_name], "test": splits["test"]}
 
 
 def test_missing_split_names_what_is_expected(tmp_path: Path):
     three_splits(tmp_path, ("train", "test"))
-    with pytest.raises(UserError, match=r"no 'valid' split in the 'training' channel .*valid or validation or val"):
-        data.find_split_dirs({"training": tmp_path})
+    with pytest.raises(ContractError, match=r"no 'valid' split in the 'training' channel .*valid or validation or val"):
+        layout.find_split_dirs({"training": tmp_path})
 
 
 def test_no_data_channel_at_all():
-    with pytest.raises(UserError, match="no training data: got channels none"):
-        data.find_split_dirs({})
+    with pytest.raises(ContractError, match="no training data: got channels none"):
+        layout.find_split_dirs({})
 
 
 def test_classes_come_from_folder_names(tmp_path: Path):
@@ -50,7 +51,7 @@ def test_class_mismatch_is_named(tmp_path: Path):
     write_split(tmp_path / "train", 2)
     write_split(tmp_path / "valid", 2, classes=("circle", "square", "hexagon"))
     write_split(tmp_path / "test", 2)
-    with pytest.raises(UserError, match=r"valid split .* missing \['triangle'\], extra \['hexagon'\]"):
+    with pytest.raises(ContractError, match=r"valid split .* missing \['triangle'\], extra \['hexagon'\]"):
         data.load_image_folders({"training": tmp_path})
 
 
@@ -87,7 +88,7 @@ def test_an_empty_split_is_an_error(tmp_path: Path):
     three_splits(tmp_path)
     for path in (tmp_path / "test").rglob("*.jpg"):
         path.write_bytes(b"broken")
-    with pytest.raises(UserError, match=r"the test split .* has no readable images"):
+    with pytest.raises(ContractError, match=r"the test split .* has no readable images"):
         data.load_image_folders({"training": tmp_path})
 
 
@@ -95,7 +96,7 @@ def test_a_class_without_training_images_is_an_error(tmp_path: Path):
     three_splits(tmp_path)
     for path in (tmp_path / "train" / "square").iterdir():
         path.unlink()
-    with pytest.raises(UserError, match=r"classes \['square'\] have no readable images in the train split"):
+    with pytest.raises(ContractError, match=r"classes \['square'\] have no readable images in the train split"):
         data.load_image_folders({"training": tmp_path})
 
 

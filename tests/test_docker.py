@@ -6,6 +6,7 @@ Run alone with `pytest -m docker`; `make test` builds the image and names it in 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -111,11 +112,20 @@ def test_train_then_serve_in_the_image(image: str, tmp_path: Path, shapes_datase
         assert ping.status == 200
 
 
-def test_image_records_the_hyperparameter_schema_the_launcher_checks(image: str):
-    """The image's own schema, written at build time by the code that enforces it, is the launcher's copy."""
-    shown = docker("run", "--rm", image, "cat", "/opt/imgclf/hyperparameter_schema.json")
+def test_the_image_holds_the_contract_the_launcher_checks_jobs_with(image: str):
+    """The launcher refuses what the image would by running the same code: the contract installed in the image is
+    this checkout's (each module's SHA-256, read inside the image and here)."""
+    digests = (
+        "import hashlib, json, pathlib, imgclf_contract as c; "
+        "print(json.dumps({p.name: hashlib.sha256(p.read_bytes()).hexdigest() "
+        "for p in sorted(pathlib.Path(c.__file__).parent.glob('*.py'))}))"
+    )
+    shown = docker("run", "--rm", image, "python", "-c", digests)
     assert shown.returncode == 0, shown.stderr
-    assert shown.stdout == (Path(__file__).parents[1] / "launcher" / "hyperparameter_schema.json").read_text()
+    here = Path(__file__).parents[1] / "container_src" / "contract" / "imgclf_contract"
+    assert json.loads(shown.stdout) == {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(here.glob("*.py"))
+    }
 
 
 def test_docker_stop_while_the_data_is_scanned_ends_train_with_sigterm(image: str, tmp_path: Path):

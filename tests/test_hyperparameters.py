@@ -3,7 +3,9 @@ import os
 
 import pytest
 
-from imgclf.hyperparameters import HyperparameterError, Hyperparameters
+from imgclf import hyperparameters
+from imgclf_contract.errors import HyperparameterError
+from imgclf_contract.hyperparameters import Hyperparameters
 
 
 def test_defaults():
@@ -74,3 +76,12 @@ def test_processes_per_host_auto_and_the_cores_shared_among_them(monkeypatch: py
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # what torch.distributed.run tells each of 4 processes
     assert Hyperparameters.from_mapping({}).num_workers == 4
+
+
+def test_rules_are_checked_by_the_contract_for_shape_and_by_the_image_for_names_and_parameters():
+    with pytest.raises(HyperparameterError, match="rules must be a JSON object"):
+        Hyperparameters.from_mapping({"rules": "[1, 2]"})  # what the launcher refuses too
+    assert Hyperparameters.from_mapping({"rules": '{"NoSuchRule": false}'}).rules == {"NoSuchRule": False}
+    with pytest.raises(HyperparameterError, match=r"hyperparameter 'rules': unknown rules NoSuchRule"):
+        hyperparameters.parse({"rules": '{"NoSuchRule": false}'})  # the image's rule book knows the names
+    assert hyperparameters.parse({"rules": '{"Overfit": {"patience": 2}}'}).rules == {"Overfit": {"patience": 2}}

@@ -4,6 +4,9 @@ under TYPE_CHECKING, so that a cycle cannot hide behind an import moved into a f
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 LAUNCHER = Path(__file__).resolve().parent.parent / "launcher"
@@ -88,3 +91,34 @@ def test_a_cycle_through_a_function_level_import_is_found(tmp_path: Path):
     (package / "tuner.py").write_text("from launcher.backends.base import tune\n")
     (package / "alone.py").write_text("import launcher.tuner\n")
     assert cycles(import_graph(package)) == [["launcher.backends.base", "launcher.tuner"]]
+
+
+def test_the_launcher_and_the_contract_load_neither_torch_nor_the_container_package():
+    """The launcher installs without torch: it knows the image through imgclf_contract alone, which imports nothing
+    but the standard library. Checked in a fresh interpreter that imports every launcher module."""
+    probe = (
+        "import importlib, json, pkgutil, sys, launcher, imgclf_contract\n"
+        "for module in pkgutil.walk_packages(launcher.__path__, 'launcher.'):\n"
+        "    importlib.import_module(module.name)\n"
+        "print(json.dumps(sorted({name.split('.')[0] for name in sys.modules} & {'torch', 'torchvision', 'imgclf'})))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=300)
+    assert json.loads(loaded.stdout.strip().splitlines()[-1]) == []
+    contract = Path(__file__).resolve().parent.parent / "container_src" / "contract" / "imgclf_contract"
+    outside = (
+        {
+            target.split(".")[0]
+            for module in contract.glob("*.py")
+            for node in ast.walk(ast.parse(module.read_text()))
+            for target in (
+                [node.module]
+                if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+                else [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
+        }
+        - set(sys.stdlib_module_names)
+        - {"imgclf_contract", "__future__"}
+    )
+    assert outside == set()

@@ -26,7 +26,8 @@ import pytest
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
-from launcher import contract, metrics
+from imgclf_contract import metrics
+from launcher import contract
 from launcher.backends.sagemaker import api as sagemaker_api
 from launcher.cli import main
 from launcher.records import Endpoint, RecordStore, TrainingJob

@@ -21,7 +21,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from test_launcher_sagemaker import BUCKET, IMAGE, REGION, ROLE, StubbedAWS, stub_aws
 
-from launcher import contract, metrics, tracking
+from imgclf_contract import metrics
+from launcher import contract, tracking
 from launcher.backends.base import AwsOptions, TrainingSpec
 from launcher.errors import LauncherError
 from launcher.records import RecordStore, TrainingJob, TuningRun

@@ -16,12 +16,12 @@ import pytest
 from conftest import compose_containers, docker
 from mlflow.tracking import MlflowClient
 
+from imgclf_contract.metrics import EPOCH_LINE
 from launcher import steps, tracking
 from launcher.backends.base import TrainingSpec
 from launcher.backends.local import LocalBackend
 from launcher.backends.local_mode import containers as local_mode_containers
 from launcher.errors import LauncherError
-from launcher.metrics import EPOCH_LINE
 from launcher.records import RecordStore, TrainingJob
 from launcher.tracking import Tracker
 from launcher.tuning.spec import ParameterRange, TuningSpec

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from imgclf.data import load_image_folders
-from imgclf.errors import UserError
+from imgclf_contract.errors import ContractError
 from launcher import preflight
 from launcher.backends.base import TrainingSpec
 from launcher.errors import LauncherError
@@ -19,7 +19,7 @@ from launcher.tuning.spec import ParameterRange, Tuning, TuningSpec
 
 
 def container_refusal(channels: dict[str, Path]) -> str:
-    with pytest.raises(UserError) as refused:
+    with pytest.raises(ContractError) as refused:
         load_image_folders(channels)
     return str(refused.value)
 

@@ -251,7 +251,8 @@ def test_what_the_image_would_refuse_uploads_nothing_and_creates_no_job(
 
 def message(**hyperparameter: object) -> str:
     """The container's message for a hyperparameter it refuses (imgclf itself, run here)."""
-    from imgclf.hyperparameters import HyperparameterError, Hyperparameters
+    from imgclf_contract.errors import HyperparameterError
+    from imgclf_contract.hyperparameters import Hyperparameters
 
     with pytest.raises(HyperparameterError) as refused:
         Hyperparameters.from_mapping(hyperparameter)
@@ -261,8 +262,8 @@ def message(**hyperparameter: object) -> str:
 def data_message(channels: dict[str, Path]) -> str:
     """The container's message for data it refuses."""
     from imgclf.data import load_image_folders
-    from imgclf.errors import UserError
+    from imgclf_contract.errors import ContractError
 
-    with pytest.raises(UserError) as refused:
+    with pytest.raises(ContractError) as refused:
         load_image_folders(channels)
     return str(refused.value)

@@ -13,8 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from imgclf import contract
-from imgclf.errors import EXIT_INTERNAL_ERROR, EXIT_STOPPED, EXIT_USER_ERROR, Preempted, UserError, WorkersFailed
+from imgclf.errors import EXIT_INTERNAL_ERROR, EXIT_STOPPED, EXIT_USER_ERROR, Preempted, WorkersFailed
+from imgclf_contract import platform
+from imgclf_contract.errors import ContractError, HyperparameterError
 
 if TYPE_CHECKING:
     from imgclf.environment import TrainingEnv
@@ -30,7 +31,7 @@ def _configure_logging(prefix: str = "", level: int = logging.INFO) -> None:
 def _write_failure(base_dir: Path, reason: str, replace: bool = False) -> None:
     """SageMaker shows the first 1024 characters of output/failure as the job's FailureReason. Unless `replace`,
     the first reason written stays: where one of several processes fails, the others fail after it, for its sake."""
-    failure = base_dir / contract.FAILURE_FILE
+    failure = base_dir / platform.FAILURE_FILE
     failure.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileExistsError), failure.open("w" if replace else "x") as file:
         file.write(reason)
@@ -38,7 +39,7 @@ def _write_failure(base_dir: Path, reason: str, replace: bool = False) -> None:
 
 def _workers_failure(base_dir: Path, failed: WorkersFailed) -> str:
     """The reason for a job whose processes failed: what the first of them wrote, and how each ended."""
-    failure = base_dir / contract.FAILURE_FILE
+    failure = base_dir / platform.FAILURE_FILE
     first = failure.read_text() if failure.is_file() else ""
     if first.startswith("ClientError"):
         return f"{first}\n\n({failed})"
@@ -52,13 +53,13 @@ def _job_outcome(base_dir: Path) -> Iterator[None]:
         yield
     except Preempted as stopped:
         log.warning("%s; the checkpoint in %s/%s resumes the job when it starts again", stopped, base_dir,
-                    contract.CHECKPOINT_DIR)  # fmt: skip
+                    platform.CHECKPOINT_DIR)  # fmt: skip
         sys.exit(EXIT_STOPPED)
     except WorkersFailed as failed:
         log.error("training failed: %s", failed)
         _write_failure(base_dir, _workers_failure(base_dir, failed), replace=True)
         sys.exit(failed.exit_code)
-    except UserError as err:
+    except ContractError as err:  # UserError included
         log.error("training failed: %s", err)
         _write_failure(base_dir, f"ClientError: {err}")
         sys.exit(EXIT_USER_ERROR)
@@ -97,8 +98,8 @@ def train(argv: list[str] | None = None) -> None:
         "runs that user script from code/ instead of the built-in trainer.",
     ).parse_args(argv)
     _configure_logging()
-    base_dir = Path(os.environ.get(contract.BASE_DIR_ENV, contract.DEFAULT_BASE_DIR))
-    (base_dir / contract.FAILURE_FILE).unlink(missing_ok=True)  # a reason left by an earlier run of this job
+    base_dir = Path(os.environ.get(platform.BASE_DIR_ENV, platform.DEFAULT_BASE_DIR))
+    (base_dir / platform.FAILURE_FILE).unlink(missing_ok=True)  # a reason left by an earlier run of this job
     with _job_outcome(base_dir):
         from imgclf.environment import TrainingEnv
 
@@ -109,7 +110,7 @@ def train(argv: list[str] | None = None) -> None:
             _run_user_script(env)
         else:
             _run_built_in_trainer(env)
-    (base_dir / contract.SUCCESS_FILE).touch()
+    (base_dir / platform.SUCCESS_FILE).touch()
 
 
 def _run_user_script(env: TrainingEnv) -> None:
@@ -129,11 +130,10 @@ def _run_built_in_trainer(env: TrainingEnv) -> None:
     """Our trainer: in this process, or as one process per accelerator on each host under torch.distributed.run."""
     import torch
 
-    from imgclf import accelerator, distributed
-    from imgclf.hyperparameters import HyperparameterError, Hyperparameters
+    from imgclf import accelerator, distributed, hyperparameters
     from imgclf.train import run
 
-    hps = Hyperparameters.from_mapping(env.hyperparameters)  # fails before any process starts
+    hps = hyperparameters.parse(env.hyperparameters)  # fails before any process starts
     device = accelerator.select_device(hps.allow_cpu)
     gpus = torch.cuda.device_count() if device.type == "cuda" else 0
     processes = distributed.processes_per_host(hps.processes_per_host, gpus)
@@ -151,7 +151,7 @@ def train_process() -> None:
     signal.signal(signal.SIGTERM, _stop_on_sigterm)  # until the trainer checkpoints on it
     rank = int(os.environ.get("RANK", 0))
     _configure_logging(f"[rank {rank}] ", logging.INFO if rank == 0 else logging.WARNING)
-    base_dir = Path(os.environ.get(contract.BASE_DIR_ENV, contract.DEFAULT_BASE_DIR))
+    base_dir = Path(os.environ.get(platform.BASE_DIR_ENV, platform.DEFAULT_BASE_DIR))
     with _job_outcome(base_dir):
         from imgclf.environment import TrainingEnv
         from imgclf.train import run

@@ -17,15 +17,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
 
 from imgclf import decoding, inference
-from imgclf.errors import UserError
 from imgclf.shared_batches import Batch, SharedBatches, SharedBatchLoader
+from imgclf_contract import layout
+from imgclf_contract.layout import SPLITS
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "valid", "test")
-# Accepted names for each split, as a channel or as a subfolder of the `training` channel.
-SPLIT_NAMES = {"train": ("train",), "valid": ("valid", "validation", "val"), "test": ("test",)}
-COMBINED_CHANNEL = "training"
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 MAX_LOGGED_SKIPS = 20
@@ -53,28 +50,6 @@ class ImageFolderData:
         ]
 
 
-def find_split_dirs(channels: Mapping[str, Path]) -> dict[str, Path]:
-    """Map train/valid/test to folders: separate channels, or subfolders of one `training` channel."""
-    if "train" in channels:
-        source, candidates = "channels", dict(channels)
-    elif COMBINED_CHANNEL in channels:
-        root = channels[COMBINED_CHANNEL]
-        source = f"the {COMBINED_CHANNEL!r} channel ({root})"
-        candidates = {p.name: p for p in root.iterdir() if p.is_dir()} if root.is_dir() else {}
-    else:
-        raise UserError(
-            f"no training data: got channels {sorted(channels) or 'none'}; give a 'train', 'valid' and 'test' "
-            f"channel, or one {COMBINED_CHANNEL!r} channel with train/, valid/ (or val/) and test/ subfolders"
-        )
-    dirs = {}
-    for split, names in SPLIT_NAMES.items():
-        found = next((candidates[n] for n in names if candidates.get(n) is not None), None)
-        if found is None:
-            raise UserError(f"no {split!r} split in {source}: expected one named {' or '.join(names)}")
-        dirs[split] = found
-    return dirs
-
-
 def check_image(path: Path) -> str | None:
     """Decode the file (at reduced scale where the format allows); return why it is unusable, or None."""
     try:
@@ -90,16 +65,9 @@ def check_image(path: Path) -> str | None:
 
 def scan_split(root: Path, class_names: list[str] | None = None) -> tuple[list[str], Split]:
     """List class folders and check every file in them, in parallel threads."""
-    if not root.is_dir():
-        raise UserError(f"split folder {root} does not exist")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = layout.class_folders(root)
     index = {name: i for i, name in enumerate(class_names or classes)}
-    files = [
-        (path, index.get(name, -1))
-        for name in classes
-        for path in sorted((root / name).rglob("*"))
-        if path.is_file() and not path.name.startswith(".")
-    ]
+    files = [(path, index.get(name, -1)) for name in classes for path in layout.class_files(root, name)]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         problems = list(pool.map(lambda item: check_image(item[0]), files))
     split = Split(root=root, samples=[])
@@ -112,31 +80,18 @@ def scan_split(root: Path, class_names: list[str] | None = None) -> tuple[list[s
 
 
 def load_image_folders(channels: Mapping[str, Path]) -> ImageFolderData:
-    """Scan all splits; the class folders must be the same in each, and no split may be empty."""
-    dirs = find_split_dirs(channels)
+    """Scan all splits, decoding every file once; the layout rules (imgclf_contract.layout) hold for what decodes."""
+    dirs = layout.find_split_dirs(channels)
+    layout.check_classes(dirs, {name: layout.class_folders(root) for name, root in dirs.items()})
     classes, train = scan_split(dirs["train"])
-    if not classes:
-        raise UserError(
-            f"the train split {dirs['train']} has no class subfolders; put each class's images in its own folder"
-        )
-    splits = {"train": train}
-    for name in SPLITS[1:]:
-        split_classes, splits[name] = scan_split(dirs[name], classes)
-        if split_classes != classes:
-            missing = sorted(set(classes) - set(split_classes))
-            extra = sorted(set(split_classes) - set(classes))
-            raise UserError(
-                f"class folders of the {name} split ({dirs[name]}) differ from train's: "
-                f"missing {missing}, extra {extra}; every split needs the same class folders"
-            )
+    splits = {"train": train, **{name: scan_split(dirs[name], classes)[1] for name in SPLITS[1:]}}
     for name, split in splits.items():
         _log_skipped(name, split)
-        if not split.samples:
-            raise UserError(f"the {name} split ({split.root}) has no readable images")
-    present = {label for _, label in train.samples}
-    empty = [c for i, c in enumerate(classes) if i not in present]
-    if empty:
-        raise UserError(f"classes {empty} have no readable images in the train split {train.root}")
+    readable = {
+        name: {c: sum(label == i for _, label in split.samples) for i, c in enumerate(classes)}
+        for name, split in splits.items()
+    }
+    layout.check_images(dirs, readable)
     return ImageFolderData(classes=classes, splits=splits)
 
 

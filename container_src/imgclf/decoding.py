@@ -32,7 +32,6 @@ from imgclf import augment
 log = logging.getLogger(__name__)
 
 JPEG_MAGIC = b"\xff\xd8"
-SETTINGS = ("auto", "cpu", "gpu")  # the `decode_device` hyperparameter
 CPU = torch.device("cpu")
 
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imgclf import contract
 from imgclf.errors import UserError
+from imgclf_contract import platform
 
 
 def decode_hyperparameters(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -53,52 +53,52 @@ class TrainingEnv:
 
     @property
     def failure_file(self) -> Path:
-        return self.base_dir / contract.FAILURE_FILE
+        return self.base_dir / platform.FAILURE_FILE
 
     @property
     def checkpoint_dir(self) -> Path:
         """The job's own folder under the synced checkpoint folder. Every trial of a SageMaker tuning job gets the
         same checkpoint S3 URI and all of it restored, so a trial must tell its checkpoint from the others'; a
         spot-interrupted job keeps its name when it starts again, and so finds its own."""
-        root = self.base_dir / contract.CHECKPOINT_DIR
+        root = self.base_dir / platform.CHECKPOINT_DIR
         return root / re.sub(r"[^A-Za-z0-9._-]", "-", self.job_name) if self.job_name else root
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> TrainingEnv:
         """Read the job from `SAGEMAKER_BASE_DIR` (default `/opt/ml`) and the toolkit's `SM_*` variables."""
         environ = os.environ if environ is None else environ
-        base = Path(environ.get(contract.BASE_DIR_ENV, contract.DEFAULT_BASE_DIR))
-        raw_hps = _read_json(base / contract.HYPERPARAMETERS_FILE, {})
-        resources = _read_json(base / contract.RESOURCE_CONFIG_FILE, {})
-        hosts = json.loads(environ[contract.HOSTS_ENV]) if contract.HOSTS_ENV in environ else resources.get("hosts")
-        current_host = environ.get(contract.CURRENT_HOST_ENV) or resources.get("current_host") or "algo-1"
+        base = Path(environ.get(platform.BASE_DIR_ENV, platform.DEFAULT_BASE_DIR))
+        raw_hps = _read_json(base / platform.HYPERPARAMETERS_FILE, {})
+        resources = _read_json(base / platform.RESOURCE_CONFIG_FILE, {})
+        hosts = json.loads(environ[platform.HOSTS_ENV]) if platform.HOSTS_ENV in environ else resources.get("hosts")
+        current_host = environ.get(platform.CURRENT_HOST_ENV) or resources.get("current_host") or "algo-1"
         hyperparameters = decode_hyperparameters(raw_hps)
         return cls(
             base_dir=base,
-            model_dir=Path(environ.get(contract.MODEL_DIR_ENV, base / contract.MODEL_DIR)),
-            output_data_dir=Path(environ.get(contract.OUTPUT_DATA_DIR_ENV, base / contract.OUTPUT_DATA_DIR)),
+            model_dir=Path(environ.get(platform.MODEL_DIR_ENV, base / platform.MODEL_DIR)),
+            output_data_dir=Path(environ.get(platform.OUTPUT_DATA_DIR_ENV, base / platform.OUTPUT_DATA_DIR)),
             hyperparameters=hyperparameters,
             channels=_find_channels(base, environ),
             hosts=list(hosts or [current_host]),
             current_host=current_host,
-            num_gpus=int(environ.get(contract.NUM_GPUS_ENV, _count_gpus())),
-            network_interface=environ.get(contract.NETWORK_INTERFACE_ENV) or resources.get("network_interface_name"),
-            user_program=environ.get(contract.USER_PROGRAM_ENV)
-            or hyperparameters.get(contract.USER_PROGRAM_HYPERPARAMETER),
-            job_name=environ.get(contract.TRAINING_JOB_NAME_ENV) or None,
+            num_gpus=int(environ.get(platform.NUM_GPUS_ENV, _count_gpus())),
+            network_interface=environ.get(platform.NETWORK_INTERFACE_ENV) or resources.get("network_interface_name"),
+            user_program=environ.get(platform.USER_PROGRAM_ENV)
+            or hyperparameters.get(platform.USER_PROGRAM_HYPERPARAMETER),
+            job_name=environ.get(platform.TRAINING_JOB_NAME_ENV) or None,
         )
 
 
 def _find_channels(base: Path, environ: Mapping[str, str]) -> dict[str, Path]:
     """Channels declared in inputdataconfig.json or present under input/data; `SM_CHANNEL_*` overrides both."""
-    data_dir = base / contract.INPUT_DATA_DIR
-    declared = _read_json(base / contract.INPUT_DATA_CONFIG_FILE, {})
+    data_dir = base / platform.INPUT_DATA_DIR
+    declared = _read_json(base / platform.INPUT_DATA_CONFIG_FILE, {})
     channels = {name: data_dir / name for name in declared}
     if data_dir.is_dir():
         channels.update({p.name: p for p in data_dir.iterdir() if p.is_dir()})
     for key, value in environ.items():
-        if key.startswith(contract.CHANNEL_ENV_PREFIX):
-            channels[key[len(contract.CHANNEL_ENV_PREFIX) :].lower()] = Path(value)
+        if key.startswith(platform.CHANNEL_ENV_PREFIX):
+            channels[key[len(platform.CHANNEL_ENV_PREFIX) :].lower()] = Path(value)
     return channels
 
 

@@ -14,23 +14,18 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
-from imgclf import accelerator, artifacts, data, decoding, distributed
+from imgclf import accelerator, artifacts, data, decoding, distributed, hyperparameters
 from imgclf.checkpoint import Checkpointer, EpochProgress, TrainingState
 from imgclf.diagnostics.evidence import JobSettings
 from imgclf.diagnostics.watch import Diagnostics, TrainingStopped
 from imgclf.environment import TrainingEnv
-from imgclf.hyperparameters import Hyperparameters
 from imgclf.model import build_model, find_pretrained_weights
 from imgclf.precision import StepPrecision
+from imgclf_contract import metrics
+from imgclf_contract.hyperparameters import Hyperparameters
 
 log = logging.getLogger(__name__)
 
-# The lines a tuner parses; docs/launcher.md lists the matching regexes (launcher/metrics.py holds them).
-EPOCH_METRICS = (
-    "epoch: {epoch} train loss: {train_loss:.6g} valid loss: {valid_loss:.6g} valid accuracy: {valid_accuracy:.6g}"
-)
-TEST_LOSS = "average test loss: {:.6g}"
-TEST_ACCURACY = "test accuracy: {:.6g}"
 PROGRESS_LINES_PER_EPOCH = 10
 MAX_UNREAD_STEPS = 256  # steps whose loss waits on the device at most, between progress lines
 # Hyperparameters that do not change what is computed: a checkpoint resumes across changes of these
@@ -228,8 +223,9 @@ def _fit(
                                 hps.max_steps_per_epoch, diagnostics, checkpointer)  # fmt: skip
         valid = evaluate(model, criterion, loaders["valid"], precision, diagnostics)
         if cluster.is_primary:
-            print(EPOCH_METRICS.format(epoch=state.epoch, train_loss=train.loss, valid_loss=valid.loss,
-                                       valid_accuracy=valid.accuracy), flush=True)  # fmt: skip
+            values = {metrics.TRAIN_LOSS: train.loss, metrics.VALID_LOSS: valid.loss,
+                      metrics.VALID_ACCURACY: valid.accuracy}  # fmt: skip
+            print(metrics.epoch_line(state.epoch, values), flush=True)  # the lines tuners and SageMaker read
         state.history.append({"epoch": state.epoch, "train": dataclasses.asdict(train),
                               "valid": dataclasses.asdict(valid)})  # fmt: skip
         state.trained_images += train.images
@@ -248,7 +244,7 @@ def seed_everything(seed: int) -> None:
 
 def run(env: TrainingEnv) -> dict:
     """Train, validate each epoch, test once; the primary host saves the model and metrics. Return the metrics."""
-    hps = Hyperparameters.from_mapping(env.hyperparameters)  # fails before any data is read
+    hps = hyperparameters.parse(env.hyperparameters)  # fails before any data is read
     log.info("hyperparameters: %s", dataclasses.asdict(hps))
     weights = find_pretrained_weights(hps.model_name, env.channels, hps.pretrained)
     seed_everything(hps.seed)
@@ -333,7 +329,7 @@ def run(env: TrainingEnv) -> dict:
         raise TrainingStopped(f"rule StalledTraining stopped training: {diagnostics.stalled.explanation}") from None
     finally:
         diagnostics.finish(notes)
-    metrics = {"epochs": state.history, "test": dataclasses.asdict(test), "skipped_files": images.skipped_report()}
+    summary = {"epochs": state.history, "test": dataclasses.asdict(test), "skipped_files": images.skipped_report()}
 
     artifacts.save_host_report(
         env.output_data_dir,
@@ -352,8 +348,8 @@ def run(env: TrainingEnv) -> dict:
         },
     )
     if cluster.is_primary:
-        print(TEST_LOSS.format(test.loss), flush=True)
-        print(TEST_ACCURACY.format(test.accuracy), flush=True)
+        print(metrics.final_line(metrics.TEST_LOSS, test.loss), flush=True)
+        print(metrics.final_line(metrics.TEST_ACCURACY, test.accuracy), flush=True)
         artifacts.save_model(
             env.model_dir,
             model,
@@ -367,8 +363,8 @@ def run(env: TrainingEnv) -> dict:
                 "processes": cluster.world_size,
             },
         )
-        path = artifacts.save_metrics(env.output_data_dir, metrics)
+        path = artifacts.save_metrics(env.output_data_dir, summary)
         log.info("saved the model to %s and metrics to %s", env.model_dir, path)
         checkpointer.discard()
     distributed.leave(cluster)
-    return metrics
+    return summary

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from launcher import metrics, transform
+from imgclf_contract import metrics, platform
+from launcher import transform
 from launcher.contract import S3_SCHEME
 from launcher.errors import LauncherError
 from launcher.progress import say
@@ -76,7 +77,7 @@ class DeploySpec:
 
     def serving_environment(self) -> dict[str, str]:
         """The serving container's variables: the given ones, and the worker count if one was chosen."""
-        workers = {"SAGEMAKER_MODEL_SERVER_WORKERS": str(self.workers)} if self.workers else {}
+        workers = {platform.MODEL_SERVER_WORKERS_ENV: str(self.workers)} if self.workers else {}
         return {**self.environment, **workers}
 
     def record(self, backend: str, **fields: Any) -> Endpoint:
@@ -186,7 +187,7 @@ class Backend(ABC):
     @abstractmethod
     def run_to_end(self, job: TrainingJob, spec: TrainingSpec) -> dict[str, float]:
         """Run or watch the job to its end, its log shown; set its status, failure reason and artifacts. Returns the
-        final value of each metric its log printed (launcher.metrics names them)."""
+        final value of each metric its log printed (imgclf_contract.metrics names them)."""
 
     def interrupted(self, job: TrainingJob) -> None:
         """Ctrl-C while following: a job on this machine has been stopped with the launcher."""

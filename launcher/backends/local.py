@@ -17,7 +17,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from launcher import contract, hosted, metrics, transform
+from imgclf_contract import metrics
+from launcher import contract, hosted, transform
 from launcher.backends import local_mode
 from launcher.backends.base import Backend, DeploySpec, TrainingSpec, TransformSpec
 from launcher.backends.sagemaker import api as sagemaker_api

@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from launcher import contract, hosted, metrics, supervisor, transform
+from imgclf_contract import metrics, platform
+from launcher import contract, hosted, supervisor, transform
 from launcher.backends.base import Backend, DeploySpec, TrainingSpec, TransformSpec
 from launcher.errors import LauncherError
 from launcher.progress import say
@@ -28,7 +29,7 @@ def container_command(name: str) -> str:
     if found is None:
         raise LauncherError(
             f"the process backend runs the container's {name!r} command on this machine, and none was found; "
-            "install it with: pip install -r container_src/requirements.txt ./container_src"
+            "install it with: pip install -r container_src/requirements.txt ./container_src/contract ./container_src"
         )
     return found
 
@@ -105,8 +106,8 @@ class ProcessBackend(Backend):
         cleanly."""
         env = {
             **os.environ,
-            "SAGEMAKER_BASE_DIR": str(base_dir),
-            "TRAINING_JOB_NAME": job_name,  # as SageMaker sets it: the job's checkpoints are kept under its name
+            platform.BASE_DIR_ENV: str(base_dir),
+            platform.TRAINING_JOB_NAME_ENV: job_name,  # as SageMaker sets it: the job's checkpoints go under its name
             "PYTHONUNBUFFERED": "1",
             # "algo-1" does not resolve on this machine: tell the training toolkit (script mode) not to wait for it.
             "SM_STUDIO_LOCAL_MODE": "true",
@@ -175,8 +176,8 @@ class ProcessBackend(Backend):
             env = {
                 **os.environ,
                 **environment,
-                "SAGEMAKER_BASE_DIR": str(base_dir),
-                "SAGEMAKER_BIND_TO_PORT": str(port),
+                platform.BASE_DIR_ENV: str(base_dir),
+                platform.MODEL_SERVER_PORT_ENV: str(port),
             }
             return [container_command("serve"), "--host", "127.0.0.1", "--config-dir", str(base_dir / "server")], env
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import optuna
 
-from launcher import metrics
+from imgclf_contract import metrics
 from launcher.backends.base import Backend, TrainingSpec
 from launcher.errors import LauncherError
 from launcher.progress import say

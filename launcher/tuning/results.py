@@ -12,7 +12,8 @@ from typing import Any
 
 from matplotlib.ticker import MaxNLocator
 
-from launcher import charts, metrics
+from imgclf_contract import metrics
+from launcher import charts
 from launcher.errors import LauncherError
 from launcher.progress import text_table
 from launcher.records import TuningRun

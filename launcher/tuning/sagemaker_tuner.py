@@ -13,7 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from launcher import contract, metrics
+from imgclf_contract import metrics
+from imgclf_contract.hyperparameters import is_platform_key
+from launcher import contract
 from launcher.backends.sagemaker import api as sagemaker_api
 from launcher.backends.sagemaker.backend import SageMakerBackend, prepare_training, record_outcome
 from launcher.contract import S3_SCHEME
@@ -29,7 +31,6 @@ MAX_NAME_LENGTH = 32
 MAX_PARENTS = 5  # warm start: at most five parent tuning jobs
 RUNNING = ("InProgress", "Stopping")
 # What SageMaker adds to a trial's hyperparameters; not the user's.
-ADDED_PREFIXES = ("_tuning_objective_metric", "sagemaker_")
 
 
 def parameter_range(spec: ParameterRange) -> dict[str, Any]:
@@ -251,7 +252,7 @@ def trial_counts(counters: dict[str, int]) -> str:
 
 def decode_hyperparameters(encoded: dict[str, str]) -> dict[str, Any]:
     """The container's reading of SageMaker's strings (JSON, else the raw string), without SageMaker's own keys."""
-    return {key: contract.decode_value(value) for key, value in encoded.items() if not key.startswith(ADDED_PREFIXES)}
+    return {key: contract.decode_value(value) for key, value in encoded.items() if not is_platform_key(key)}
 
 
 def best_job_record(session: sagemaker_api.Aws, job_name: str, tuning_job: str) -> TrainingJob:

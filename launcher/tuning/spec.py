@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from launcher import metrics
+from imgclf_contract import metrics
 from launcher.backends.base import TrainingSpec
 from launcher.errors import LauncherError
 from launcher.records import TuningRun

@@ -20,7 +20,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from launcher import contract, metrics
+from imgclf_contract import metrics
+from launcher import contract
 from launcher.backends.base import TrainingSpec
 from launcher.contract import MANIFEST_SUFFIX, S3_SCHEME
 from launcher.errors import LauncherError

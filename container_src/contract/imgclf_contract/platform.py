@@ -1,4 +1,4 @@
-"""Names fixed by the SageMaker container contracts, kept in one place."""
+"""Names fixed by the SageMaker container contracts (files, folders, environment variables), kept in one place."""
 
 BASE_DIR_ENV = "SAGEMAKER_BASE_DIR"
 DEFAULT_BASE_DIR = "/opt/ml"

@@ -1,14 +1,15 @@
-"""The metric lines of a training job's log: the one place that names them and holds the regexes that read them.
+"""The metric lines of a training job's log: their names, how the image prints them and the regexes that read them,
+in one place.
 
-The container prints, once per epoch and once at the end (its format strings are in `imgclf.train`):
+The image prints, once per epoch and once at the end (`epoch_line`, `final_line`):
 
     epoch: 3 train loss: 0.412 valid loss: 0.52 valid accuracy: 0.875
     average test loss: 0.25
     test accuracy: 0.9
 
 SageMaker's metric definitions, a tuner's default objective, the local tuner's per-epoch reader and every
-training record's test metrics (read from the log on this machine, by SageMaker on SageMaker) come from here;
-`tests/test_metric_lines.py` formats the container's own lines and matches every regex, so they cannot drift apart.
+training record's test metrics (read from the log on the launcher's machine, by SageMaker on SageMaker) come from
+here; `tests/test_metric_lines.py` reads the lines the image's own trainer prints with every regex.
 """
 
 from __future__ import annotations
@@ -22,6 +23,16 @@ TEST_LOSS = "average test loss"
 TEST_ACCURACY = "test accuracy"
 PER_EPOCH = (TRAIN_LOSS, VALID_LOSS, VALID_ACCURACY)  # what early stopping and Hyperband judge trials by
 NUMBER = r"([0-9.eE+-]+)"  # SageMaker's metric values; "nan" and "inf" are not metric values there
+
+
+def epoch_line(epoch: int, values: dict[str, float]) -> str:
+    """What the image prints after each epoch: the epoch, then each of PER_EPOCH's values in order."""
+    return " ".join([f"epoch: {epoch}", *(f"{name}: {values[name]:.6g}" for name in PER_EPOCH)])
+
+
+def final_line(name: str, value: float) -> str:
+    """What the image prints once at the end for one of the test split's metrics."""
+    return f"{name}: {value:.6g}"
 
 
 def regex(name: str) -> str:
@@ -48,9 +59,9 @@ def per_epoch_judge(direction: str) -> str:
 
 # The final test metrics' names -> the keys of a training record's test_metrics (and of metrics.json's "test").
 TEST_METRIC_KEYS = {TEST_ACCURACY: "accuracy", TEST_LOSS: "loss"}
-# One epoch's line: the epoch, its training loss, validation loss and accuracy (nan or inf where training diverged).
+# One epoch's line (`epoch_line`): the epoch and each PER_EPOCH value (nan or inf where training diverged).
 VALUE = r"([0-9.eE+-]+|nan|inf)"
-EPOCH_LINE = re.compile(rf"epoch: (\d+) {TRAIN_LOSS}: {VALUE} {VALID_LOSS}: {VALUE} {VALID_ACCURACY}: {VALUE}")
+EPOCH_LINE = re.compile(" ".join([r"epoch: (\d+)", *(f"{name}: {VALUE}" for name in PER_EPOCH)]))
 
 
 def final_values(log: str) -> dict[str, float]:
