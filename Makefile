@@ -3,6 +3,7 @@
 #               the sample data, deployed; then all of it: tune -> train -> challenge -> promote -> predict -> stop
 #   make ui     MLflow's UI on what the demo (and every launcher command) tracked
 #   make test   set everything up (the Docker engine and the image too), then lint and run the whole suite
+#   make test-fast  lint and the quick tests (no Docker, no model server, no real training run)
 #   make build  build the train+serve image; make push pushes it to ECR, or to REGISTRY=host:port
 
 PYTHON ?= python3.11
@@ -32,7 +33,7 @@ REGION ?=
 # Without the buildx plugin, BuildKit is unavailable: use the classic builder (the Dockerfile suits both).
 DOCKER_BUILD := $(if $(shell docker buildx version 2>/dev/null),docker build,DOCKER_BUILDKIT=0 docker build)
 
-.PHONY: install system-deps browser demo ui test test-fast test-docker lint format bench bench-gpu torchserve-venv clean wheelhouse base-image build push docker-engine
+.PHONY: install system-deps browser demo ui test test-fast test-shuffled test-docker lint format bench bench-gpu torchserve-venv clean wheelhouse base-image build push docker-engine
 
 install: $(VENV)/.installed
 
@@ -87,9 +88,13 @@ test: install lint browser docker-engine
 test-docker: install docker-engine
 	$(PYTEST_DOCKER)
 
-# Everything but the Docker tests.
-test-fast: install lint browser
-	$(PYTEST_NO_DOCKER)
+# The quick loop: no Docker, no model server, no real training run (tests marked `slow`); a few minutes on 2 cores.
+test-fast: install lint
+	$(BIN)/python -m pytest -m "not docker and not slow" -n $(TEST_WORKERS) --dist loadfile
+
+# The tests without Docker in a random order (pytest-random-order; its seed is printed: SEED=N repeats an order).
+test-shuffled: install lint browser
+	$(PYTEST_NO_DOCKER) -p random_order --random-order-bucket=module $(if $(SEED),--random-order-seed=$(SEED))
 
 # The tests build from the public base where a registry answers, else from the bootstrapped one.
 TEST_BASE = $(shell docker image inspect $(LOCAL_BASE) >/dev/null 2>&1 && echo $(LOCAL_BASE) \

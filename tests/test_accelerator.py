@@ -64,6 +64,7 @@ def test_gpus_hidden_on_purpose_are_the_cpu(tmp_path: Path, monkeypatch: pytest.
     assert accelerator.select_device() == torch.device("cpu")
 
 
+@pytest.mark.slow
 def test_train_stops_before_reading_data_on_unusable_gpus_and_runs_with_allow_cpu(tmp_path: Path, shapes_dataset):
     env = {accelerator.DRIVER_DIR_ENV: str(simulated_host(tmp_path / "driver", 4))}
     refused = run_entry_point("train", make_job(tmp_path / "refused", {"training": shapes_dataset}), env=env)
@@ -90,6 +91,7 @@ def test_a_users_script_is_stopped_too(tmp_path: Path, shapes_dataset: Path):
     assert "driver 470.182.03" in (base / "output" / "failure").read_text()
 
 
+@pytest.mark.slow
 def test_serve_exits_on_unusable_gpus_and_serves_with_allow_cpu(trained_model_dir: Path, tmp_path: Path):
     driver = {accelerator.DRIVER_DIR_ENV: str(simulated_host(tmp_path / "driver", 2))}
     refused = subprocess.run(

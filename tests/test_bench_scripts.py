@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the benchmarks, run small
+
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 

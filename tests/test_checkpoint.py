@@ -17,6 +17,8 @@ import pytest
 import torch
 from conftest import BIN, HOST_RUN_ENV, make_job, run_entry_point, write_split
 
+pytestmark = pytest.mark.slow  # training interrupted and resumed
+
 TRAIN_BATCHES = 12  # 3 classes x 8 images, batches of 2, shared out among the training processes
 HYPERPARAMETERS = {"epochs": "2", "batch_size": "2", "image_size": "48", "num_workers": "1", "learning_rate": "0.01",
                    "pretrained": "false", "debug_hook": "false", "profiler_interval_ms": "0"}  # fmt: skip

@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from conftest import FAST_HYPERPARAMETERS, make_job, run_entry_point
+
+pytestmark = pytest.mark.slow  # the real `train` entry point
 
 NO_SMDEBUG_SCRIPT = """
 import sys

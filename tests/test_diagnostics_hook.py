@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import smdebug.pytorch as smd
 import torch
 import torchvision
@@ -13,6 +14,8 @@ from smdebug.trials import create_trial
 from torch import nn
 
 from imgclf.diagnostics import hook as smdebug_hook
+
+pytestmark = pytest.mark.slow  # real training with smdebug
 
 TRAIN_INTERVAL, EVAL_INTERVAL = 3, 2
 

@@ -18,6 +18,8 @@ from conftest import BIN, HOST_RUN_ENV, make_job, run_entry_point
 from imgclf.distributed import fingerprint
 from launcher.sample_data import write_digits
 
+pytestmark = pytest.mark.slow  # training in several processes
+
 # AdamW converges from scratch in a few epochs, so the two runs' accuracies are not at the mercy of noise.
 HYPERPARAMETERS = {"epochs": "4", "image_size": "32", "pretrained": "false", "optimizer": "adamw",
                    "learning_rate": "0.002", "debug_hook": "false"}  # fmt: skip

@@ -46,6 +46,7 @@ def test_sagemaker_debugger_needs_the_sagemaker_backend(tmp_path, capsys):
     assert "--sagemaker-debugger needs --backend sagemaker" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_process_backend_refuses_an_s3_output(tmp_path, shapes_dataset, capsys):
     work = ["--workdir", str(tmp_path / "work")]
     assert main([*work, "train", "--data", str(shapes_dataset), "--output", "s3://bucket/prefix"]) == 1

@@ -12,6 +12,8 @@ from conftest import draw_shape
 from launcher import hosted
 from launcher.cli import main
 
+pytestmark = pytest.mark.slow  # training and endpoints through the CLI
+
 FAST = ["-H", "epochs=1", "-H", "batch_size=4", "-H", "image_size=32", "-H", "num_workers=0", "-H", "pretrained=false"]
 
 
@@ -82,7 +84,8 @@ def test_failed_job_reports_its_reason(tmp_path: Path, shapes_dataset: Path, cap
 
 def test_what_the_image_would_refuse_starts_no_job(tmp_path: Path, shapes_dataset: Path, capsys: pytest.CaptureFixture):
     """The container's own message, before any job folder or record: the same check as on the sagemaker backend."""
-    from imgclf.hyperparameters import HyperparameterError, Hyperparameters
+    from imgclf_contract.errors import HyperparameterError
+    from imgclf_contract.hyperparameters import Hyperparameters
 
     with pytest.raises(HyperparameterError) as refused:
         Hyperparameters.from_mapping({"model_name": "vgg16"})

@@ -11,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from conftest import BIN, default_sigint, write_split
 
 from launcher.backends.base import TrainingSpec
@@ -19,6 +20,8 @@ from launcher.cli import main
 from launcher.records import RecordStore
 from launcher.tuning.optuna_tuner import OptunaTuner
 from launcher.tuning.spec import ParameterRange, TuningSpec
+
+pytestmark = pytest.mark.slow  # real tuning trials
 
 # Fine-tuning the head of a "pretrained" backbone (conftest's `backbone`): quick, and validation loss at
 # epoch 1 already tells a learning rate of 0 from a useful one.

@@ -24,6 +24,8 @@ from launcher.errors import LauncherError
 from launcher.lineage import dataset_manifest
 from launcher.pipeline import sample_image
 
+pytestmark = pytest.mark.slow  # launcher run end to end
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXED = {"epochs": 1, "batch_size": 6, "image_size": 32, "num_workers": 1, "freeze_backbone": True,
          "profiler_interval_ms": 0}  # fmt: skip

@@ -32,6 +32,8 @@ from launcher.lineage import model_hash
 from launcher.records import Endpoint, Promotion, RecordStore
 from launcher.router import MODEL_HEADER
 
+pytestmark = pytest.mark.slow  # trained models behind real model servers
+
 FIXED = ["-H", "batch_size=6", "-H", "image_size=32", "-H", "num_workers=0", "-H", "freeze_backbone=true",
          "-H", "profiler_interval_ms=0"]  # fmt: skip
 GOOD = ["-H", "epochs=3", "-H", "learning_rate=0.02"]

@@ -15,6 +15,8 @@ from imgclf.diagnostics.report import PALETTE, summary_table, write_report
 from imgclf.diagnostics.trace import TrainingTrace
 from imgclf.diagnostics.training_rules import LossNotDecreasing, Overfit
 
+pytestmark = pytest.mark.slow  # a real training job's report
+
 
 @pytest.fixture(scope="module")
 def short_job_report(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -12,7 +12,10 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 from conftest import COLOURS, make_job, run_entry_point, write_split
+
+pytestmark = pytest.mark.slow  # real training runs with planted faults
 
 GOOD = {"NoIssuesFound", "NotApplicable"}
 # Small and steady: training images in batches of 6, the rules with SageMaker's defaults, the smdebug hook

@@ -23,6 +23,8 @@ from conftest import BIN, draw_shape
 
 from launcher.hosted import free_port
 
+pytestmark = pytest.mark.slow  # real multi-model-servers
+
 
 @dataclass
 class Server:

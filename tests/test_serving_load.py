@@ -10,8 +10,11 @@ import sys
 from pathlib import Path
 
 import psutil
+import pytest
 from conftest import write_split
 from test_serving import start_server, stop_server
+
+pytestmark = pytest.mark.slow  # a model server under load
 
 ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY = 4

@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 from PIL import Image
 from test_serving import Server, request, start_server, stop_server, worker_ids
 
+pytestmark = pytest.mark.slow  # a real model server
+
 MAX_REQUEST_BYTES = 6553500  # the default request limit (SAGEMAKER_MAX_PAYLOAD_IN_MB unset), as MMS's
 
 

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import ClassVar
 
+import pytest
 from conftest import chromium, write_split
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service import utils as mlflow_tracking_utils
@@ -56,6 +57,7 @@ def train_args(work: Path, data: Path, name: str) -> list[str]:
     return ["--workdir", str(work), "train", "--data", str(data), "--job-name", name, *hyperparameters]
 
 
+@pytest.mark.slow
 def test_a_tracking_server_that_does_not_answer_costs_one_warning_not_the_job(tmp_path: Path, monkeypatch, capsys):
     monkeypatch.delenv(tracking.TRACKING_ENV, raising=False)
     data, work = tiny_dataset(tmp_path / "data"), tmp_path / "work"
@@ -69,6 +71,7 @@ def test_a_tracking_server_that_does_not_answer_costs_one_warning_not_the_job(tm
     assert not (work / tracking.STORE_FILE).exists()
 
 
+@pytest.mark.slow
 def test_no_tracking_writes_no_store(tmp_path: Path, monkeypatch):
     monkeypatch.delenv(tracking.TRACKING_ENV, raising=False)
     data, work = tiny_dataset(tmp_path / "data"), tmp_path / "work"
@@ -90,6 +93,7 @@ def _track_one(uri: str, artifacts: str, name: str, start: float) -> None:
     sys.exit(0 if tracker.enabled else 3)
 
 
+@pytest.mark.slow
 def test_launchers_opening_a_new_store_at_once_all_track_and_lose_nothing(tmp_path: Path):
     uri = tracking.default_uri(tmp_path)
     start = time.time() + 3  # after every process has imported MLflow
@@ -112,6 +116,7 @@ def test_launchers_opening_a_new_store_at_once_all_track_and_lose_nothing(tmp_pa
         assert [m.step for m in sorted(history, key=lambda m: m.step)] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_the_ui_shows_the_tuning_run_its_trials_and_the_registered_model(tmp_path: Path, monkeypatch):
     monkeypatch.delenv(tracking.TRACKING_ENV, raising=False)
     work = tmp_path / "work"

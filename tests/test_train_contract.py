@@ -9,6 +9,8 @@ import torch
 import torchvision
 from conftest import FAST_HYPERPARAMETERS, make_job, run_entry_point, write_split
 
+pytestmark = pytest.mark.slow  # the real `train` entry point
+
 # The regexes a tuner uses (docs/launcher.md lists them); each must match the log exactly.
 EPOCH_REGEX = re.compile(
     r"^epoch: (\d+) train loss: ([0-9.eE+-]+) valid loss: ([0-9.eE+-]+) valid accuracy: ([0-9.eE+-]+)$", re.M

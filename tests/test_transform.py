@@ -22,6 +22,8 @@ from launcher import contract
 from launcher.cli import main
 from launcher.records import Evaluation, RecordStore, TransformJob
 
+pytestmark = pytest.mark.slow  # real model servers for batch transform
+
 LINES_BEFORE_SIGINT = 3
 WAIT_SECONDS = 120
 
