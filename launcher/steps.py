@@ -115,11 +115,9 @@ def track_training(backend: Backend, job: TrainingJob, run_id: str, dataset: dic
     log = Path(job.log) if job.log and Path(job.log).is_file() else None
     for epoch, values in metrics.epochs(log.read_text(errors="replace")) if log else []:
         tracker.log_metrics(run_id, values, step=epoch)
-    test = {
-        metrics.TEST_ACCURACY: (job.test_metrics or {}).get("accuracy"),
-        metrics.TEST_LOSS: (job.test_metrics or {}).get("loss"),
-    }
-    tracker.log_metrics(run_id, test)
+    tracker.log_metrics(
+        run_id, {name: (job.test_metrics or {}).get(key) for name, key in metrics.TEST_METRIC_KEYS.items()}
+    )
     tracker.log_dataset(run_id, dataset)
     identity = {
         "imgclf.code_revision": facts.get("code_revision"),

@@ -4,7 +4,13 @@ tests/test_train_contract.py."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 from imgclf_contract import metrics
 
@@ -52,3 +58,64 @@ def test_a_diverged_epoch_still_matches_the_epoch_line():
 
 def test_the_test_metric_keys_are_metric_definitions():
     assert set(metrics.TEST_METRIC_KEYS) <= {d["Name"] for d in metrics.METRIC_DEFINITIONS}
+
+
+def test_a_metric_added_to_the_contract_is_read_and_tracked_with_no_other_change(tmp_path: Path):
+    """The launcher reads and tracks whatever imgclf_contract.metrics declares: a copy of the contract with one more
+    per-epoch and one more test metric, first on the path of a fresh interpreter, is all it takes for the epoch line,
+    SageMaker's metric definitions, a record's test metrics and the job's MLflow run to carry them."""
+    contract = tmp_path / "imgclf_contract"
+    shutil.copytree(Path(metrics.__file__).parent, contract, ignore=shutil.ignore_patterns("__pycache__"))
+    source = (contract / "metrics.py").read_text()
+    source = source.replace(
+        "PER_EPOCH = (TRAIN_LOSS, VALID_LOSS, VALID_ACCURACY)", f"{NEW_EPOCH_METRIC}\n{NEW_PER_EPOCH}"
+    )
+    source = source.replace('TEST_METRIC_KEYS = {TEST_LOSS: "loss", TEST_ACCURACY: "accuracy"}', NEW_TEST_KEYS)
+    assert source.count("top-5") == 2, "the contract's declarations moved: update this test's edit"
+    (contract / "metrics.py").write_text(source)
+    probe = subprocess.run([sys.executable, "-c", PROBE, str(tmp_path)], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "PYTHONPATH": str(tmp_path)})  # fmt: skip
+    assert probe.returncode == 0, probe.stderr
+    seen = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert seen["contract"].startswith(str(tmp_path))
+    assert "valid top-5 accuracy" in seen["definitions"] and "test top-5 accuracy" in seen["definitions"]
+    assert seen["epoch"] == {"train loss": 0.5, "valid loss": 0.4, "valid accuracy": 0.8, "valid top-5 accuracy": 0.95}
+    assert seen["test_metrics"] == {"loss": 0.3, "accuracy": 0.85, "top5": 0.97}
+    assert seen["tracked"]["valid top-5 accuracy"] == 0.95 and seen["tracked"]["test top-5 accuracy"] == 0.97
+
+
+NEW_EPOCH_METRIC = 'VALID_TOP5 = "valid top-5 accuracy"'
+NEW_PER_EPOCH = "PER_EPOCH = (TRAIN_LOSS, VALID_LOSS, VALID_ACCURACY, VALID_TOP5)"
+NEW_TEST_KEYS = 'TEST_METRIC_KEYS = {TEST_LOSS: "loss", TEST_ACCURACY: "accuracy", "test top-5 accuracy": "top5"}'
+# Prints what the launcher made of a job log written through the (changed) contract, and what it tracked in MLflow.
+PROBE = """
+import json, sys
+from pathlib import Path
+from mlflow.tracking import MlflowClient
+import imgclf_contract
+from imgclf_contract import metrics
+from launcher import steps
+from launcher.backends.process import ProcessBackend
+from launcher.records import RecordStore, TrainingJob
+from launcher.tracking import Tracker
+
+work = Path(sys.argv[1]) / "work"
+epoch = {"train loss": 0.5, "valid loss": 0.4, "valid accuracy": 0.8, "valid top-5 accuracy": 0.95}
+final = {"average test loss": 0.3, "test accuracy": 0.85, "test top-5 accuracy": 0.97}
+log = work / "train.log"
+log.parent.mkdir(parents=True)
+log.write_text("\\n".join([metrics.epoch_line(1, epoch), *(metrics.final_line(n, v) for n, v in final.items())]))
+test = metrics.test_metrics(metrics.final_values(log.read_text()))
+uri = f"sqlite:///{work / 'mlflow.db'}"
+backend = ProcessBackend(work, RecordStore(work / "records"), Tracker(uri, "new-metric"))
+job = TrainingJob(name="job", backend="process", log=str(log), status="Failed", test_metrics=test)
+run = backend.tracker.start("job", "training")
+steps.track_training(backend, job, run, {})
+print(json.dumps({
+    "contract": imgclf_contract.__file__,
+    "definitions": [d["Name"] for d in metrics.METRIC_DEFINITIONS],
+    "epoch": metrics.epochs(log.read_text())[0][1],
+    "test_metrics": test,
+    "tracked": MlflowClient(uri).get_run(run).data.metrics,
+}))
+"""

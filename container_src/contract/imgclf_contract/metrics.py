@@ -22,6 +22,9 @@ VALID_ACCURACY = "valid accuracy"
 TEST_LOSS = "average test loss"
 TEST_ACCURACY = "test accuracy"
 PER_EPOCH = (TRAIN_LOSS, VALID_LOSS, VALID_ACCURACY)  # what early stopping and Hyperband judge trials by
+# The test split's metrics, printed once at the end -> their keys in a training record's test_metrics (and in
+# metrics.json's "test").
+TEST_METRIC_KEYS = {TEST_LOSS: "loss", TEST_ACCURACY: "accuracy"}
 NUMBER = r"([0-9.eE+-]+)"  # SageMaker's metric values; "nan" and "inf" are not metric values there
 
 
@@ -40,7 +43,7 @@ def regex(name: str) -> str:
     return f"{name}: {NUMBER}"
 
 
-METRIC_DEFINITIONS = [{"Name": name, "Regex": regex(name)} for name in (*PER_EPOCH, TEST_LOSS, TEST_ACCURACY)]
+METRIC_DEFINITIONS = [{"Name": name, "Regex": regex(name)} for name in (*PER_EPOCH, *TEST_METRIC_KEYS)]
 # Tuning selects on the validation split and the test split judges the chosen model once: the objective is the
 # validation loss, printed every epoch (so SageMaker's Auto early stopping and Hyperband can judge trials by it), and
 # a trial's objective is its last epoch's value — the value SageMaker's tuner keeps (the final one its regex reads),
@@ -57,8 +60,6 @@ def per_epoch_judge(direction: str) -> str:
     return VALID_ACCURACY if direction == "Maximize" else VALID_LOSS
 
 
-# The final test metrics' names -> the keys of a training record's test_metrics (and of metrics.json's "test").
-TEST_METRIC_KEYS = {TEST_ACCURACY: "accuracy", TEST_LOSS: "loss"}
 # One epoch's line (`epoch_line`): the epoch and each PER_EPOCH value (nan or inf where training diverged).
 VALUE = r"([0-9.eE+-]+|nan|inf)"
 EPOCH_LINE = re.compile(" ".join([r"epoch: (\d+)", *(f"{name}: {VALUE}" for name in PER_EPOCH)]))
