@@ -30,8 +30,9 @@ BASE = {
 FINE_TUNE = {**BASE, "epochs": 5, "learning_rate": 0.003, "freeze_backbone": True}
 LOSS_CHART = re.compile(r'<svg[^>]*aria-label="Loss by global step".*?</svg>', re.DOTALL)
 
-# Each batch of 6 takes its worker 3 s to load, so with 2 workers a step waits about 1.5 s minus its compute:
-# waiting dominates even where a step computes for several hundred milliseconds (a loaded 2-core machine).
+# Each batch of 6 takes its worker 6 s to load, so with 2 workers a step waits about 3 s minus its compute:
+# waiting dominates even where a step computes for over a second (a 2-core machine loaded by another test's
+# training: at 0.5 s an image, a CI run measured 49% of the time waiting, just under the rule's 50%).
 SLOW_LOADER_SCRIPT = '''
 """A user's script whose data loading is slow: every image read sleeps first."""
 import time
@@ -41,7 +42,7 @@ from imgclf.environment import TrainingEnv
 from imgclf.train import run
 
 read = data.ImageDataset.__getitem__
-data.ImageDataset.__getitem__ = lambda self, index: (time.sleep(0.5), read(self, index))[1]
+data.ImageDataset.__getitem__ = lambda self, index: (time.sleep(1.0), read(self, index))[1]
 run(TrainingEnv.from_environ())
 '''
 
@@ -146,7 +147,7 @@ def test_few_images_against_another_validation_set_overfit(tmp_path: Path, backb
 
 def test_a_slow_data_loader_is_caught(tmp_path: Path, backbone: Path):
     hps = {**FINE_TUNE, "epochs": 2, "sagemaker_program": "train_model.py"}  # every image read sleeps: 2 epochs
-    channels = {"training": shapes(tmp_path / "d"), "pretrained": backbone}
+    channels = {"training": shapes(tmp_path / "d", train=6), "pretrained": backbone}  # 3 steps an epoch
     result, base, statuses = train(tmp_path, hps, channels, script=SLOW_LOADER_SCRIPT)
     assert result.returncode == 0, result.stdout + result.stderr
     assert fired(statuses) == {"Dataloader"}, result.stdout
