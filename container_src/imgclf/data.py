@@ -6,6 +6,7 @@ import functools
 import itertools
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -87,11 +88,8 @@ def load_image_folders(channels: Mapping[str, Path]) -> ImageFolderData:
     splits = {"train": train, **{name: scan_split(dirs[name], classes)[1] for name in SPLITS[1:]}}
     for name, split in splits.items():
         _log_skipped(name, split)
-    readable = {
-        name: {c: sum(label == i for _, label in split.samples) for i, c in enumerate(classes)}
-        for name, split in splits.items()
-    }
-    layout.check_images(dirs, readable)
+    counts = {name: Counter(label for _, label in split.samples) for name, split in splits.items()}  # one pass each
+    layout.check_images(dirs, {name: {c: counts[name][i] for i, c in enumerate(classes)} for name in splits})
     return ImageFolderData(classes=classes, splits=splits)
 
 
