@@ -11,14 +11,19 @@ from pathlib import Path
 from typing import Any
 
 from launcher import commands, contract, tracking
-from launcher.backends.base import DEFAULT_IMAGE, MAX_RUN_SECONDS, DeploySpec
-from launcher.backends.registry import BACKENDS, DEFAULT_BACKEND
-from launcher.backends.sagemaker.backend import BUCKET_ENV, DEFAULT_ENDPOINT_INSTANCE_TYPE, REGION_ENVS, ROLE_ENV
+from launcher.backends import DEFAULT_BACKEND, DEFAULT_IMAGE, DeploySpec, backend_names
+from launcher.backends.sagemaker import (
+    BUCKET_ENV,
+    DEFAULT_ENDPOINT_INSTANCE_TYPE,
+    MAX_RUN_SECONDS,
+    REGION_ENVS,
+    ROLE_ENV,
+)
 from launcher.commands import IMAGE_ENV, absolute_path
 from launcher.contract import S3_SCHEME
 from launcher.errors import LauncherError
 from launcher.records import RecordStore
-from launcher.tuning.spec import EARLY_STOPPING, STRATEGIES
+from launcher.tuning import EARLY_STOPPING, STRATEGIES
 
 WORKDIR_ENV = "IMGCLF_WORKDIR"
 DEFAULT_WORKDIR = ".imgclf"
@@ -108,7 +113,7 @@ def add_job_options(parser: argparse.ArgumentParser, backend_help: str) -> None:
         help="a job config file (data, image, instances, hyperparameters, tuning, rules; see docs/tuning.md); "
         "the flags below override it",
     )
-    parser.add_argument("--backend", choices=list(BACKENDS), default=DEFAULT_BACKEND, help=backend_help)
+    parser.add_argument("--backend", choices=backend_names(), default=DEFAULT_BACKEND, help=backend_help)
     parser.add_argument(
         "--data",
         help="one 'training' channel holding train/, valid/ (or val/) and test/ class folders "
@@ -155,7 +160,6 @@ def add_job_options(parser: argparse.ArgumentParser, backend_help: str) -> None:
     parser.add_argument(
         "--max-run",
         type=int,
-        default=MAX_RUN_SECONDS,
         metavar="SECONDS",
         help=f"sagemaker backend: the longest the job may run before SageMaker stops it (default {MAX_RUN_SECONDS})",
     )
@@ -201,7 +205,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "split for split, as the data a first model trains on before new data arrives",
     )
 
-    backend_help = f"where to run: {', '.join(BACKENDS)} (default {DEFAULT_BACKEND})"
+    backend_help = f"where to run: {', '.join(backend_names())} (default {DEFAULT_BACKEND})"
     train = commands.add_parser(
         "train",
         help="run a training job",
@@ -238,7 +242,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     deploy.add_argument(
         "model", help="a training job's name, the path of a model.tar.gz, or (sagemaker backend) its s3:// URI"
     )
-    deploy.add_argument("--backend", choices=list(BACKENDS), default=DEFAULT_BACKEND, help=backend_help)
+    deploy.add_argument("--backend", choices=backend_names(), default=DEFAULT_BACKEND, help=backend_help)
     add_image_options(
         deploy,
         image_note=": the training job's image, else",
@@ -377,7 +381,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         "(no failed request), and move the registered model's `champion` alias back to it.",
     )
     rollback.add_argument("endpoint", metavar="NAME", help="the endpoint")
-    rollback.add_argument("--rollback-alarm", action="append", default=[], metavar="ALARM", help=ALARM_HELP)
+    rollback.add_argument(
+        "--rollback-alarm",
+        "--rollback-alarms",
+        action="append",
+        dest="rollback_alarms",
+        metavar="ALARM",
+        help=ALARM_HELP,
+    )
     add_swap_options(rollback)
 
     lineage = commands.add_parser(
@@ -401,7 +412,7 @@ def add_model_options(parser: argparse.ArgumentParser, backend_help: str) -> Non
         help="a training job's name, an endpoint's name (the model it serves), the path of a model.tar.gz, or "
         "(sagemaker backend) its s3:// URI",
     )
-    parser.add_argument("--backend", choices=list(BACKENDS), default=DEFAULT_BACKEND, help=backend_help)
+    parser.add_argument("--backend", choices=backend_names(), default=DEFAULT_BACKEND, help=backend_help)
     add_image_options(
         parser,
         image_note=": the training job's image, else",
@@ -468,7 +479,14 @@ def add_promotion_options(parser: argparse.ArgumentParser, endpoint_help: str, r
         "and its accuracy is not lower (default 0: any lower loss)",
     )
     group.add_argument("--force", action="store_true", help="promote whatever the rule says (and say so)")
-    group.add_argument("--rollback-alarm", action="append", default=[], metavar="ALARM", help=ALARM_HELP)
+    group.add_argument(
+        "--rollback-alarm",
+        "--rollback-alarms",
+        action="append",
+        dest="rollback_alarms",
+        metavar="ALARM",
+        help=ALARM_HELP,
+    )
 
 
 def add_swap_options(parser: argparse.ArgumentParser) -> None:

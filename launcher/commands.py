@@ -9,18 +9,26 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from launcher import promotion, steps, tracking, tracking_ui
-from launcher.backends.base import (
+from launcher.backends import (
     DEFAULT_IMAGE,
-    S3_SCHEME,
-    AwsOptions,
     Backend,
+    BackendOptions,
     DeploySpec,
+    Hosts,
+    SwapsModels,
     TrainingSpec,
+    Trains,
+    Transforms,
     TransformSpec,
+    backend_options,
+    get_backend,
+    option_names,
+    require,
 )
-from launcher.backends.registry import BACKENDS, get_backend
+from launcher.contract import S3_SCHEME
 from launcher.errors import LauncherError
 from launcher.job_config import JobConfig, load_job_config
 from launcher.lineage import chain as lineage_chain
@@ -30,8 +38,7 @@ from launcher.progress import say
 from launcher.records import Endpoint, Promotion, RecordStore, TrainingJob, TuningRun, unique_name
 from launcher.report import show_report
 from launcher.tracking import Tracker
-from launcher.tuning.results import load_best_hyperparameters
-from launcher.tuning.spec import Tuning, TuningSpec
+from launcher.tuning import Tuning, TuningSpec, load_best_hyperparameters
 
 JOB_PREFIX = "imgclf"
 IMAGE_ENV = "IMGCLF_IMAGE"
@@ -42,18 +49,6 @@ Args = argparse.Namespace
 def absolute_path(text: str) -> Path:
     """Jobs run in their own folders, so every local path is made absolute first."""
     return Path(text).expanduser().resolve()
-
-
-def offering(capability: str) -> str:
-    """`--backend NAME [or ...]` for the backends that offer `capability` (a Backend class attribute)."""
-    return " or ".join(f"--backend {name}" for name, cls in BACKENDS.items() if getattr(cls, capability))
-
-
-def require(backend: str, capability: str, flag: str) -> None:
-    """Refuse a flag that asks for what the chosen backend does not offer, naming the backends that do."""
-    if not getattr(BACKENDS[backend], capability):
-        missing = capability.replace("_", " ")
-        raise LauncherError(f"{flag} needs {offering(capability)} (the {backend} backend has no {missing})")
 
 
 def default_image(given: str | None = None) -> str:
@@ -89,9 +84,20 @@ def tracking_uri(args: Args) -> str:
     )
 
 
-def backend_of(args: Args, records: RecordStore, name: str | None = None) -> Backend:
-    """The named backend (default: the one the flags chose), tracking as the flags say."""
-    return get_backend(name or args.backend, args.workdir, records, tracker_of(args))
+def backend_of(args: Args, records: RecordStore, *roles: type[Backend], name: str | None = None) -> Any:
+    """The named backend (default: the one the flags chose), tracking as the flags say; refused unless it has the
+    `roles` the command needs."""
+    name = name or args.backend
+    for role in roles:
+        require(name, role, f"launcher {args.command}")
+    return get_backend(name, args.workdir, records, tracker_of(args))
+
+
+def options_of(args: Args, backend: str, **defaults: Any) -> BackendOptions:
+    """The backend's own options: the flags of their names, else `defaults` (a job config's) where it has them.
+    A flag of another backend's options is refused."""
+    given = {name: getattr(args, name, None) for name in option_names()}
+    return backend_options(backend, given, defaults)
 
 
 def job_config(args: Args) -> JobConfig:
@@ -107,12 +113,6 @@ def job_spec(args: Args, config: JobConfig, job_name: str, base: dict | None = N
         raise LauncherError(
             "no data: give --data DIR (with train/, valid/, test/), --channel train=DIR ..., or a --config with data"
         )
-    if args.spot:
-        require(args.backend, "spot", "--spot")
-    if args.max_wait is not None and not args.spot:
-        raise LauncherError("--max-wait applies to spot training only: add --spot, or leave --max-wait out")
-    if getattr(args, "sagemaker_debugger", False):
-        require(args.backend, "sagemaker_debugger", "--sagemaker-debugger")
     return TrainingSpec(
         job_name=job_name,
         channels=channels,
@@ -121,11 +121,7 @@ def job_spec(args: Args, config: JobConfig, job_name: str, base: dict | None = N
         image=default_image(args.image or config.image),
         instance_type=args.instance_type or config.instance_type or "local",
         instance_count=args.instance_count or config.instance_count or 1,
-        aws=AwsOptions(role=args.role, bucket=args.bucket, region=args.region),
-        sagemaker_debugger=getattr(args, "sagemaker_debugger", False),
-        spot=args.spot,
-        max_run=args.max_run,
-        max_wait=args.max_wait,
+        options=options_of(args, args.backend),
     )
 
 
@@ -149,18 +145,16 @@ def endpoint_spec(
     *,
     image: str,
     instance_type: str,
-    aws: AwsOptions,
     job_name: str | None = None,
     deploy: dict | None = None,
-    rollback_alarms: list[str] | None = None,
 ) -> DeploySpec:
     """How the flags (then the config's deploy section, then DeploySpec's defaults) say to serve a model."""
     deploy = deploy or {}
     chosen = {
         "workers": args.workers or deploy.get("workers"),
         "startup_timeout": args.timeout or deploy.get("timeout"),
-        "inference_ami_version": args.inference_ami_version or deploy.get("inference_ami_version"),
     }
+    own = {key: value for key, value in deploy.items() if key not in ("instance_type", "workers", "timeout")}
     return DeploySpec(
         endpoint_name=name,
         model_data=model_data,
@@ -169,8 +163,7 @@ def endpoint_spec(
         instance_type=deploy.get("instance_type") or instance_type,
         port=args.port,
         listen=args.listen,
-        aws=aws,
-        rollback_alarms=tuple(rollback_alarms or ()),
+        options=options_of(args, args.backend, **own),
         **{key: value for key, value in chosen.items() if value is not None},
     )
 
@@ -211,7 +204,7 @@ def train(args: Args, records: RecordStore) -> None:
     if best:
         say(f"starting from tuning run {args.from_tuning}'s best hyperparameters: {best}")
     spec = job_spec(args, job_config(args), job_name, best)
-    steps.train(backend_of(args, records), spec, tuning)
+    steps.train(backend_of(args, records, Trains), spec, tuning)
 
 
 def tune(args: Args, records: RecordStore) -> None:
@@ -221,7 +214,7 @@ def tune(args: Args, records: RecordStore) -> None:
         raise LauncherError("nothing to tune: give a --config whose `tuning` section has ranges (see docs/tuning.md)")
     name = args.name or unique_name(f"{JOB_PREFIX}-tune")
     spec = TuningSpec.of(tuning, name, job_spec(args, config, name))
-    steps.tune(backend_of(args, records), spec)
+    steps.tune(backend_of(args, records, Trains), spec)
     say(f"train with them: launcher train --from-tuning {name} ...")
 
 
@@ -232,7 +225,6 @@ class ModelSource:
     model_data: str  # a path here or an s3:// URI
     job: TrainingJob | None = None  # the training job that produced it
     image: str | None = None  # the image it trained in, or was served with (an ECR URI for sagemaker)
-    region: str | None = None  # where its S3 copy is
 
     @classmethod
     def of(cls, records: RecordStore, model: str) -> ModelSource:
@@ -246,54 +238,41 @@ class ModelSource:
                 if endpoint.job_name and records.exists(TrainingJob, endpoint.job_name)
                 else None
             )
-            return cls(endpoint.model_data, job, endpoint.image, endpoint.region)
+            return cls(endpoint.model_data, job, endpoint.image)
         try:
             job = records.load(TrainingJob, model)
         except LauncherError as err:
             raise LauncherError(f"{err}; nor an endpoint of that name, nor a model.tar.gz at {model}") from None
         if job.status != "Completed":
             raise LauncherError(f"job {model} is {job.status}, so it has no model")
-        return cls(job.model_data, job, job.image, job.region)
-
-    def check(self, backend: str) -> None:
-        """Refuse an S3 model on a backend that reads models on this machine only."""
-        if self.model_data.startswith(S3_SCHEME) and not BACKENDS[backend].models_in_s3:
-            raise LauncherError(
-                f"the {backend} backend deploys a model.tar.gz on this machine, not {self.model_data}: use "
-                + offering("models_in_s3")
-            )
+        return cls(job.model_data, job, job.image)
 
     def instance_type(self, given: str | None, backend: Backend) -> str:
         return given or backend.default_endpoint_instance_type(self.job.instance_type if self.job else None)
 
-    def aws(self, args: Args) -> AwsOptions:
-        """The AWS options; the region defaults to where the model's S3 copy is."""
-        return AwsOptions(role=args.role, bucket=args.bucket, region=args.region or self.region)
-
 
 def deploy(args: Args, records: RecordStore) -> None:
+    backend = backend_of(args, records, Hosts)
     source = ModelSource.of(records, args.model)
-    source.check(args.backend)
+    backend.check_model_data(source.model_data)
     name = new_name(records, Endpoint, args.endpoint_name, f"{JOB_PREFIX}-ep")
-    backend = backend_of(args, records)
     spec = endpoint_spec(
         args,
         name,
         source.model_data,
         image=default_image(args.image or source.image),
         instance_type=source.instance_type(args.instance_type, backend),
-        aws=source.aws(args),
         job_name=source.job.name if source.job else None,
     )
     endpoint = steps.deploy(backend, spec)
     say(f"predict with: launcher predict --endpoint {endpoint.name} IMAGE")
 
 
-def transform_spec(args: Args, records: RecordStore, name: str, folder: Path) -> tuple[Backend, TransformSpec]:
+def transform_spec(args: Args, records: RecordStore, name: str, folder: Path) -> tuple[Transforms, TransformSpec]:
     """The backend and the transform the flags describe (its input and output filled in by the caller)."""
+    backend = backend_of(args, records, Transforms)
     source = ModelSource.of(records, args.model)
-    source.check(args.backend)
-    backend = backend_of(args, records)
+    backend.check_model_data(source.model_data)
     spec = TransformSpec(
         name=name,
         model_data=source.model_data,
@@ -305,8 +284,7 @@ def transform_spec(args: Args, records: RecordStore, name: str, folder: Path) ->
         top_k=args.top_k,
         concurrency=args.concurrency,
         startup_timeout=args.timeout or TransformSpec.startup_timeout,
-        aws=source.aws(args),
-        ami_version=args.transform_ami_version,
+        options=options_of(args, args.backend),
     )
     return backend, spec
 
@@ -327,13 +305,13 @@ def evaluate(args: Args, records: RecordStore) -> None:
 def predict(args: Args, records: RecordStore) -> None:
     steps.content_type_of(args.image, args.content_type)  # a clear error before looking for the endpoint
     endpoint = endpoint_of(records, args.endpoint)
-    backend = backend_of(args, records, endpoint.backend)
+    backend = backend_of(args, records, Hosts, name=endpoint.backend)
     print(json.dumps(steps.predict(backend, endpoint, args.image, args.content_type), indent=2))
 
 
 def stop(args: Args, records: RecordStore) -> None:
     endpoint = endpoint_of(records, args.endpoint)
-    steps.stop(backend_of(args, records, endpoint.backend), endpoint)
+    steps.stop(backend_of(args, records, Hosts, name=endpoint.backend), endpoint)
     say(f"endpoint {endpoint.name} stopped")
 
 
@@ -343,15 +321,13 @@ def report(args: Args, records: RecordStore) -> None:
 
 
 def run(args: Args, records: RecordStore) -> None:
-    if args.rollback_alarm:
-        require(args.backend, "rollback_alarms", "--rollback-alarm")
     if not args.endpoint and (args.holdout or args.force or args.min_improvement):
         raise LauncherError("--holdout, --min-improvement and --force decide a promotion: give --endpoint NAME too")
     name = args.name or unique_name(f"{JOB_PREFIX}-run")
     config = job_config(args)
     training = job_spec(args, config, f"{name}-train")
     tuning = tuning_of(args, config)
-    backend = backend_of(args, records)
+    backend = backend_of(args, records, Trains, Hosts, Transforms, *([SwapsModels] if args.endpoint else []))
     instance_type = backend.default_endpoint_instance_type(training.instance_type)
     plan = RunPlan(
         name=name,
@@ -363,9 +339,7 @@ def run(args: Args, records: RecordStore) -> None:
             "",
             image=training.image,
             instance_type=instance_type,
-            aws=training.aws,
             deploy=config.deploy,
-            rollback_alarms=args.rollback_alarm,
         ),
         sample_image=sample_image(training.channels, args.sample_image),
         evaluation=TransformSpec(
@@ -375,7 +349,7 @@ def run(args: Args, records: RecordStore) -> None:
             output=args.workdir / "evaluations" / f"{name}-eval",
             image=training.image,
             instance_type=instance_type,
-            aws=training.aws,
+            options=training.options,
         ),
         evaluation_data=test_split(training.channels),
         stop_endpoint=args.stop_endpoint,
@@ -389,16 +363,14 @@ def run(args: Args, records: RecordStore) -> None:
 
 
 def swap_spec(args: Args, backend: Backend, endpoint: Endpoint) -> DeploySpec:
-    """How to serve a model behind an existing endpoint: its own settings, with the flags' AWS options and timeout."""
-    if args.rollback_alarm and not backend.rollback_alarms:
-        require(backend.name, "rollback_alarms", "--rollback-alarm")
+    """How to serve a model behind an existing endpoint: its own settings, with the flags' backend options and
+    timeout."""
     return DeploySpec(
         endpoint_name=endpoint.name,
         model_data="",
         image=endpoint.image or DEFAULT_IMAGE,
         instance_type=endpoint.instance_type or "local",
-        aws=AwsOptions(role=args.role, bucket=args.bucket, region=args.region or endpoint.region),
-        rollback_alarms=tuple(args.rollback_alarm),
+        options=options_of(args, backend.name),
         **({"startup_timeout": args.timeout} if args.timeout else {}),
     )
 
@@ -408,7 +380,7 @@ def promote(args: Args, records: RecordStore) -> None:
     if job.status != "Completed" or not job.model_data:
         raise LauncherError(f"training job {job.name} is {job.status}: only a completed job's model can be promoted")
     endpoint = records.load(Endpoint, args.endpoint) if records.exists(Endpoint, args.endpoint) else None
-    backend = backend_of(args, records, endpoint.backend if endpoint else job.backend)
+    backend = backend_of(args, records, Transforms, SwapsModels, name=endpoint.backend if endpoint else job.backend)
     data = args.holdout or test_split(job.channels)
     if data is None:
         raise LauncherError(f"job {job.name} read no test split on this machine: give --holdout DIR")
@@ -422,7 +394,7 @@ def promote(args: Args, records: RecordStore) -> None:
         output=args.workdir / "evaluations",
         image=champion.image or DEFAULT_IMAGE,
         instance_type=champion.instance_type or "local",
-        aws=AwsOptions(role=args.role, bucket=args.bucket, region=champion.region),
+        options=options_of(args, backend.name),
     )
     promotion.contest(
         backend,
@@ -439,7 +411,7 @@ def promote(args: Args, records: RecordStore) -> None:
 
 def rollback(args: Args, records: RecordStore) -> None:
     endpoint = records.load(Endpoint, args.endpoint)
-    backend = backend_of(args, records, endpoint.backend)
+    backend = backend_of(args, records, SwapsModels, name=endpoint.backend)
     name = new_name(records, Promotion, None, f"{JOB_PREFIX}-rollback")
     promotion.rollback(backend, endpoint, swap_spec(args, backend, endpoint), name)
 

@@ -23,15 +23,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from launcher import contract, lineage, router
 from launcher.errors import LauncherError
 from launcher.progress import say
 from launcher.records import Endpoint, RecordStore
-
-if TYPE_CHECKING:
-    from launcher.backends.base import DeploySpec
+from launcher.specs import DeploySpec
 
 # How a backend starts a model server for `model_data` in `folder`, answering on 127.0.0.1:`port`: its command and
 # environment.

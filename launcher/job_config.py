@@ -40,7 +40,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstr
 from imgclf_contract import metrics
 from launcher.contract import S3_SCHEME
 from launcher.errors import LauncherError
-from launcher.tuning.spec import DIRECTIONS, EARLY_STOPPING, SCALINGS, STRATEGIES, ParameterRange, Tuning
+from launcher.tuning import DIRECTIONS, EARLY_STOPPING, SCALINGS, STRATEGIES, ParameterRange, Tuning
 
 SDK_RANGE_CLASSES = {
     "ContinuousParameter": "continuous",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from launcher import hosted
 from launcher.backends import local_mode
-from launcher.backends.sagemaker.api import Hosting
+from launcher.backends.sagemaker import Hosting
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,15 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from launcher import lineage, promotion, steps
-from launcher.backends.base import Backend, DeploySpec, TrainingSpec, TransformSpec
+from launcher.backends import Backend, DeploySpec, TrainingSpec, TransformSpec
 from launcher.contract import S3_SCHEME
 from launcher.errors import LauncherError
 from launcher.progress import say
 from launcher.records import Endpoint, Evaluation, PipelineRun, Promotion, R, TrainingJob, TuningRun
 from launcher.report import show_report
 from launcher.transform import CONTENT_TYPES
-from launcher.tuning.results import load_best_hyperparameters
-from launcher.tuning.spec import TuningSpec
+from launcher.tuning import TuningSpec, load_best_hyperparameters
 
 # The final job saves the smdebug trace and samples the system, so its report has every rule's evidence.
 FINAL_JOB_HYPERPARAMETERS = {"debug_hook": True}
@@ -79,7 +78,8 @@ def sample_image(channels: dict[str, str], given: Path | None) -> Path:
 
 
 class Pipeline:
-    """Runs a plan's steps on one backend, saving the run record after each."""
+    """Runs a plan's steps on one backend, saving the run record after each. The backend trains, hosts and transforms
+    (`launcher.backends`' roles), and swaps models too where the plan has a challenge."""
 
     def __init__(self, plan: RunPlan, backend: Backend):
         self.plan, self.backend, self.records = plan, backend, backend.records
@@ -136,17 +136,8 @@ class Pipeline:
         if earlier:
             say(f"{name} of {job.name}'s model already decided ({earlier.decision}); reusing it")
             return earlier
-        region = self.plan.evaluation.aws.region or job.region
-        template = dataclasses.replace(
-            self.plan.evaluation,
-            output=self.backend.workdir / "evaluations",
-            aws=dataclasses.replace(self.plan.evaluation.aws, region=region),
-        )
-        deploy = dataclasses.replace(
-            self.plan.endpoint,
-            endpoint_name=champion.name,
-            aws=dataclasses.replace(self.plan.endpoint.aws, region=region),
-        )
+        template = dataclasses.replace(self.plan.evaluation, output=self.backend.workdir / "evaluations")
+        deploy = dataclasses.replace(self.plan.endpoint, endpoint_name=champion.name)
         data = challenge.holdout or self.plan.evaluation_data
         contest = promotion.contest(
             self.backend, champion, job, data, challenge.rule, template, deploy, name, force=challenge.force
@@ -189,14 +180,7 @@ class Pipeline:
         if earlier:
             say(f"endpoint {name} already serves {job.name}; reusing it")
             return earlier
-        region = planned.aws.region or job.region  # a sagemaker job's model is in that region's S3
-        spec = dataclasses.replace(
-            planned,
-            endpoint_name=name,
-            model_data=job.model_data,
-            job_name=job.name,
-            aws=dataclasses.replace(planned.aws, region=region),
-        )
+        spec = dataclasses.replace(planned, endpoint_name=name, model_data=job.model_data, job_name=job.name)
         endpoint = steps.deploy(self.backend, spec)
         self._step("endpoint", name, url=endpoint.url)
         return endpoint
@@ -212,14 +196,8 @@ class Pipeline:
         if earlier:
             say(f"evaluation {name} of {job.name}'s model already done; reusing it")
             return earlier
-        region = planned.aws.region or job.region
         spec = dataclasses.replace(
-            planned,
-            name=name,
-            model_data=job.model_data,
-            job_name=job.name,
-            output=planned.output.parent / name,
-            aws=dataclasses.replace(planned.aws, region=region),
+            planned, name=name, model_data=job.model_data, job_name=job.name, output=planned.output.parent / name
         )
         evaluation = steps.evaluate(self.backend, spec, data)
         self._step("evaluation", name, accuracy=evaluation.metrics["accuracy"], loss=evaluation.metrics["loss"])

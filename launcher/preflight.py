@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 from imgclf_contract import layout, platform
 from imgclf_contract.errors import HyperparameterError, LayoutError
 from imgclf_contract.hyperparameters import SPECS, is_platform_key
-from launcher.backends.base import TrainingSpec
+from launcher.backends import TrainingSpec
 from launcher.contract import S3_SCHEME
 from launcher.errors import LauncherError
 from launcher.progress import say
 
 if TYPE_CHECKING:
-    from launcher.tuning.spec import ParameterRange, TuningSpec
+    from launcher.tuning import ParameterRange, TuningSpec
 
 HYPERPARAMETER_FIX = "change it with -H NAME=VALUE or in the job config's hyperparameters (docs/launcher.md)"
 DATA_FIX = f"{layout.FIX} (docs/launcher.md)"

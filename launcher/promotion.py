@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher import evaluation, hosted, lineage, steps
-from launcher.backends.base import AwsOptions, Backend, DeploySpec, TransformSpec
+from launcher.backends import Backend, DeploySpec, SwapsModels, TransformSpec
 from launcher.contract import S3_SCHEME
 from launcher.errors import LauncherError
 from launcher.progress import say
@@ -76,7 +76,7 @@ def served_endpoint(backend: Backend, name: str, classes: list[str] | None, fold
             + (f", no answer at {endpoint.url}" if endpoint.url else "")
             + "): there is no champion to challenge; deploy a model first"
         )
-    archive = backend.model_archive(endpoint.model_data, AwsOptions(region=endpoint.region), folder)
+    archive = backend.model_archive(endpoint.model_data, folder, backend.Options(), endpoint.job_name)
     served = evaluation.model_classes(archive)
     if classes is not None and sorted(served) != classes:
         raise LauncherError(
@@ -87,7 +87,7 @@ def served_endpoint(backend: Backend, name: str, classes: list[str] | None, fold
 
 
 def contest(
-    backend: Backend,
+    backend: SwapsModels,  # one that Transforms too: the contest evaluates both models
     endpoint: Endpoint,
     challenger: TrainingJob,
     data: Path,
@@ -124,7 +124,7 @@ def contest(
 
 
 def _decide(
-    backend: Backend, record: Promotion, rule: Rule, evaluation: TransformSpec, data: Path, force: bool
+    backend: SwapsModels, record: Promotion, rule: Rule, evaluation: TransformSpec, data: Path, force: bool
 ) -> None:
     """Evaluate both contenders the same way on `data`, then apply the rule; the record says how it went."""
     for role, contender in (("champion", record.champion), ("challenger", record.challenger)):
@@ -147,7 +147,7 @@ def _decide(
     say(f"decision: {'promote' if record.decision == 'promoted' else 'keep the champion'}: {record.reason}")
 
 
-def promote(backend: Backend, endpoint: Endpoint, spec: DeploySpec, reason: str, model_version: str | None) -> None:
+def promote(backend: SwapsModels, endpoint: Endpoint, spec: DeploySpec, reason: str, model_version: str | None) -> None:
     """Serve `spec`'s model behind the endpoint, no request failing; the `champion` alias follows it."""
     replaced = steps.job_record(backend, endpoint.job_name)
     backend.swap_model(endpoint, spec, reason)
@@ -158,7 +158,7 @@ def promote(backend: Backend, endpoint: Endpoint, spec: DeploySpec, reason: str,
     say(f"endpoint {endpoint.name} now serves {spec.job_name or spec.model_data} ({reason})")
 
 
-def rollback(backend: Backend, endpoint: Endpoint, deploy: DeploySpec, name: str) -> Promotion:
+def rollback(backend: SwapsModels, endpoint: Endpoint, deploy: DeploySpec, name: str) -> Promotion:
     """Serve the model the endpoint served before the current one again, the same way (no failed request)."""
     served = endpoint.history or []
     if len(served) < 2:
@@ -201,7 +201,7 @@ def _figures(result: Evaluation) -> dict[str, float]:
     return {key: result.metrics[key] for key in ("accuracy", "loss", "images")}
 
 
-def _ended(backend: Backend, record: Promotion, endpoint: Endpoint, error: BaseException | None = None) -> None:
+def _ended(backend: SwapsModels, record: Promotion, endpoint: Endpoint, error: BaseException | None = None) -> None:
     """Save how the promotion ended and which model serves now; track it in MLflow; tag the challenger's version."""
     serving = backend.records.load(Endpoint, endpoint.name)
     record.extra["serving"] = {

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from launcher.backends.sagemaker import api as sagemaker_api
+from launcher.backends.sagemaker import download
 from launcher.contract import S3_SCHEME
 from launcher.errors import LauncherError
 from launcher.records import TrainingJob
@@ -66,7 +66,7 @@ def archive_on_host(job: TrainingJob, scratch: Path) -> Path:
     if not location:
         raise LauncherError(f"job {job.name} has no output yet (status {job.status})")
     if location.startswith(S3_SCHEME):
-        return sagemaker_api.download(location, scratch / f"{job.name}-output.tar.gz", job.region)
+        return download(location, scratch / f"{job.name}-output.tar.gz", job.region)
     if not Path(location).is_file():
         raise LauncherError(f"job {job.name}'s output {location} is missing")
     return Path(location)

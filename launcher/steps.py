@@ -13,14 +13,21 @@ from typing import Any
 
 from imgclf_contract import metrics
 from launcher import evaluation, evaluation_page, lineage, preflight, report
-from launcher.backends.base import Backend, DeploySpec, TrainingSpec, TransformSpec
+from launcher.backends import (
+    Backend,
+    DeploySpec,
+    Hosts,
+    TrainingSpec,
+    Trains,
+    Transforms,
+    TransformSpec,
+    TunesAsService,
+)
 from launcher.errors import LauncherError
 from launcher.progress import say
 from launcher.records import Endpoint, Evaluation, TrainingJob, TransformJob, TuningRun
 from launcher.transform import CONTENT_TYPES, PREDICTIONS_FILE, SUMMARY_FILE, Predictions, image_files
-from launcher.tuning.optuna_tuner import OptunaTuner
-from launcher.tuning.sagemaker_tuner import tune_on_sagemaker
-from launcher.tuning.spec import TuningSpec
+from launcher.tuning import OptunaTuner, TuningSpec
 
 MATRIX_FILE = "confusion_matrix.png"  # beside an evaluation's page
 
@@ -36,7 +43,7 @@ def record_dataset(backend: Backend, channels: dict[str, str]) -> dict[str, Any]
     return dataset
 
 
-def tune(backend: Backend, spec: TuningSpec) -> TuningRun:
+def tune(backend: Trains, spec: TuningSpec) -> TuningRun:
     """Run a tuning run (an MLflow parent run, its trials children); its record gets the dataset and code it tuned
     on. Fails if no trial completed, or before anything starts if the image would refuse its trials."""
     preflight.check_tuning(spec)
@@ -47,8 +54,8 @@ def tune(backend: Backend, spec: TuningSpec) -> TuningRun:
     )
     with tracker.ending_on_error(parent):
         folder = backend.workdir / "tuning" / spec.name
-        if backend.native_tuner:
-            run = tune_on_sagemaker(spec, backend.records, folder, tracker=tracker, parent_run=parent)
+        if isinstance(backend, TunesAsService):
+            run = backend.tune(spec, folder, parent)
         else:
             run = OptunaTuner(spec, backend, folder, parent).run()
     run.mlflow_run = parent
@@ -71,7 +78,7 @@ def tune(backend: Backend, spec: TuningSpec) -> TuningRun:
     return run
 
 
-def train(backend: Backend, spec: TrainingSpec, tuning: TuningRun | None = None) -> TrainingJob:
+def train(backend: Trains, spec: TrainingSpec, tuning: TuningRun | None = None) -> TrainingJob:
     """Run a training job to completion as an MLflow run; its record gets its lineage, its model a version in the
     model registry. Fails unless the job completed, or before anything starts if the image would refuse it."""
     preflight.check_training(spec)
@@ -146,7 +153,7 @@ def track_training(backend: Backend, job: TrainingJob, run_id: str, dataset: dic
     return version
 
 
-def deploy(backend: Backend, spec: DeploySpec) -> Endpoint:
+def deploy(backend: Hosts, spec: DeploySpec) -> Endpoint:
     """Start an endpoint; its record gets the hash of the model it serves, and the model's MLflow run and version a
     tag saying where it serves."""
     endpoint = backend.deploy(spec)
@@ -158,7 +165,7 @@ def deploy(backend: Backend, spec: DeploySpec) -> Endpoint:
     return endpoint
 
 
-def stop(backend: Backend, endpoint: Endpoint) -> None:
+def stop(backend: Hosts, endpoint: Endpoint) -> None:
     """Stop an endpoint; the model's MLflow run and version say when it stopped serving there."""
     backend.stop(endpoint)
     track_endpoint(backend, endpoint, "stopped")
@@ -193,7 +200,7 @@ def content_type_of(image: Path, given: str | None = None) -> str:
     return content_type
 
 
-def predict(backend: Backend, endpoint: Endpoint, image: Path, content_type: str | None = None) -> Any:
+def predict(backend: Hosts, endpoint: Endpoint, image: Path, content_type: str | None = None) -> Any:
     """Send an image file to an endpoint; return its decoded JSON answer."""
     if not image.is_file():
         raise LauncherError(f"no image file at {image}")
@@ -211,7 +218,7 @@ def use_run(backend: Backend, kind: str, name: str, job_name: str | None, parent
     return backend.tracker.start(name, kind, parent=parent, tags=tags)
 
 
-def transform(backend: Backend, spec: TransformSpec, parent_run: str | None = None) -> TransformJob:
+def transform(backend: Transforms, spec: TransformSpec, parent_run: str | None = None) -> TransformJob:
     """Run a batch transform as an MLflow run; its record gets the model's hash and the input's manifest. Fails if
     nothing was classified."""
     dataset = record_dataset(backend, {"input": spec.input})
@@ -234,7 +241,7 @@ def transform(backend: Backend, spec: TransformSpec, parent_run: str | None = No
     return job
 
 
-def evaluate(backend: Backend, spec: TransformSpec, data: Path) -> Evaluation:
+def evaluate(backend: Transforms, spec: TransformSpec, data: Path) -> Evaluation:
     """Classify the labelled images under `data` (its test/ split, if it has one) with `spec`'s model; write
     `<spec.output>/evaluation.json` and `evaluation.html`; record the evaluation with the model's lineage."""
     tracker = backend.tracker
@@ -248,8 +255,8 @@ def evaluate(backend: Backend, spec: TransformSpec, data: Path) -> Evaluation:
     return record
 
 
-def _evaluate(backend: Backend, spec: TransformSpec, data: Path, run_id: str | None) -> Evaluation:
-    classes = evaluation.model_classes(backend.model_archive(spec.model_data, spec.aws, spec.output))
+def _evaluate(backend: Transforms, spec: TransformSpec, data: Path, run_id: str | None) -> Evaluation:
+    classes = evaluation.model_classes(backend.model_archive(spec.model_data, spec.output, spec.options, spec.job_name))
     root = evaluation.labelled_root(data)
     labels = evaluation.labels_of(image_files(root))
     job = transform(

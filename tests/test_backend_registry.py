@@ -1,11 +1,12 @@
-"""A fourth backend is one class plus its registration: `launcher run` (tuning, training, deploying, predicting,
-stopping) and `launcher lineage` reach it through the Backend interface alone, since nothing outside the
-registry branches on a backend's name. The test backend trains by packing a real job's model and output and
+"""A fourth backend is one class plus its entry point: `launcher run` (tuning, training, deploying, predicting,
+evaluating, stopping) and `launcher lineage` reach it through the backend roles alone, since nothing branches on a
+backend's name. The test backend trains by packing a real job's model and output and
 printing the container's metric lines; its endpoints are the process backend's (a real `serve`)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -14,9 +15,8 @@ from conftest import write_split
 
 from imgclf_contract import metrics
 from launcher import contract
-from launcher.backends.base import TrainingSpec
+from launcher.backends import TrainingSpec, registry
 from launcher.backends.process import ProcessBackend
-from launcher.backends.registry import BACKENDS
 from launcher.cli import main
 from launcher.records import TrainingJob
 
@@ -52,9 +52,19 @@ class ReplayBackend(ProcessBackend):
 
 
 @pytest.fixture
-def replay(monkeypatch: pytest.MonkeyPatch, trained_model_dir: Path) -> None:
-    monkeypatch.setitem(BACKENDS, ReplayBackend.name, ReplayBackend)
+def replay(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, trained_model_dir: Path) -> Iterator[None]:
+    """ReplayBackend registered as a plug-in registers: an entry point in distribution metadata on the path."""
+    dist_info = tmp_path / "site" / "replay-0.dist-info"
+    dist_info.mkdir(parents=True)
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: replay\nVersion: 0\n")
+    (dist_info / "entry_points.txt").write_text(f"[imgclf.backends]\nreplay = {__name__}:ReplayBackend\n")
+    monkeypatch.syspath_prepend(str(dist_info.parent))
     monkeypatch.setattr(ReplayBackend, "trained", trained_model_dir, raising=False)
+    registry.targets.cache_clear()
+    registry.backend_class.cache_clear()
+    yield
+    registry.targets.cache_clear()
+    registry.backend_class.cache_clear()
 
 
 @pytest.mark.usefixtures("replay")

@@ -540,7 +540,7 @@ def test_deploying_an_s3_model_needs_no_bucket_and_other_backends_refuse_it(
     assert deploy(tmp_path, f"{ARTIFACTS}/model.tar.gz", "--role", ROLE, "--region", REGION) == 0
     aws.assert_all_answered()
     assert main(["--workdir", str(tmp_path), "deploy", f"{ARTIFACTS}/model.tar.gz"]) == 1
-    assert "the process backend deploys a model.tar.gz on this machine" in capsys.readouterr().err
+    assert "the process backend reads a model.tar.gz on this machine" in capsys.readouterr().err
 
 
 def save_endpoint(workdir: Path) -> None:
@@ -733,4 +733,6 @@ def test_an_update_that_sagemaker_rolled_back_leaves_the_record_as_it_was(
 def test_rollback_alarms_are_refused_where_there_is_no_blue_green_update(tmp_path: Path, capsys: pytest.CaptureFixture):
     RecordStore(tmp_path / "records").save(Endpoint(name="ep", backend="process", status="InService"))
     assert main(["--workdir", str(tmp_path), "rollback", "ep", "--rollback-alarm", "a"]) == 1
-    assert "--rollback-alarm needs --backend sagemaker" in capsys.readouterr().err
+    assert (
+        "--rollback-alarms is an option of --backend sagemaker, not of the process backend" in capsys.readouterr().err
+    )

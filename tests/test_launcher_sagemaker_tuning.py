@@ -1,4 +1,5 @@
-"""launcher.tuning.sagemaker_tuner against AWS clients answered by botocore's Stubber (see test_launcher_sagemaker.py).
+"""launcher.backends.sagemaker.tuning against AWS clients answered by botocore's Stubber (see
+test_launcher_sagemaker.py).
 
 Covered: the CreateHyperParameterTuningJob request launcher.backends.sagemaker.api builds from a TuningSpec
 (strategy, objective, limits, ranges, early stopping, static hyperparameters, metric definitions, image, warm
@@ -23,11 +24,12 @@ from test_launcher_sagemaker import BUCKET, IMAGE, REGION, ROLE, StubbedAWS, stu
 
 from imgclf_contract import metrics
 from launcher import contract, tracking
-from launcher.backends.base import AwsOptions, TrainingSpec
+from launcher.backends import TrainingSpec
+from launcher.backends.sagemaker import SageMakerOptions
+from launcher.backends.sagemaker.tuning import tune_on_sagemaker
 from launcher.errors import LauncherError
 from launcher.records import RecordStore, TrainingJob, TuningRun
 from launcher.tracking import Tracker
-from launcher.tuning.sagemaker_tuner import tune_on_sagemaker
 from launcher.tuning.spec import ParameterRange, TuningSpec
 
 TUNING = "imgclf-hpo-1"
@@ -59,7 +61,7 @@ def tuning_spec(**fields: Any) -> TuningSpec:
         hyperparameters=fields.pop("hyperparameters", STATIC),
         image=IMAGE,
         instance_type="ml.g4dn.xlarge",
-        aws=AwsOptions(role=ROLE, bucket=BUCKET, region=REGION),
+        options=SageMakerOptions(role=ROLE, bucket=BUCKET, region=REGION),
     )
     return TuningSpec(**{"name": TUNING, "training": training, "ranges": RANGES, "max_jobs": 6, "max_parallel_jobs": 2,
                          **fields})  # fmt: skip
@@ -332,7 +334,9 @@ def test_hyperband_and_warm_start(aws: StubbedAWS, tmp_path: Path):
 def test_spot_trials_share_the_tuning_jobs_checkpoint_prefix(aws: StubbedAWS, tmp_path: Path):
     aws.stub("sagemaker").add_client_error("create_hyper_parameter_tuning_job", "ResourceLimitExceeded", "limit", 400)
     spec = tuning_spec()
-    spec = dataclasses.replace(spec, training=dataclasses.replace(spec.training, spot=True))
+    spec = dataclasses.replace(
+        spec, training=dataclasses.replace(spec.training, options=dataclasses.replace(spec.training.options, spot=True))
+    )
     with pytest.raises(LauncherError, match=f"SageMaker did not start tuning job {TUNING}"):
         tune_on_sagemaker(spec, RecordStore(tmp_path / "records"), tmp_path / "tuning")
     (request,) = aws.sent("CreateHyperParameterTuningJob")

@@ -16,9 +16,10 @@ import pytest
 from botocore.exceptions import EndpointConnectionError
 from test_sagemaker_moto import BUCKET, IMAGE, REGION, ROLE, manifest_files, moto_server  # noqa: F401 (a fixture)
 
-from launcher.backends.base import AwsOptions, TrainingSpec
+from launcher.backends import TrainingSpec
+from launcher.backends.sagemaker import SageMakerOptions
 from launcher.backends.sagemaker import api as sagemaker_api
-from launcher.backends.sagemaker.backend import prepare_training
+from launcher.backends.sagemaker.training import prepare_training
 from launcher.cli import main
 
 
@@ -123,7 +124,8 @@ def test_a_tuning_run_and_its_final_job_share_one_upload(data: Path, monkeypatch
     """What `launcher run --backend sagemaker` prepares: the tuning job's channels, then the final job's."""
     uploads = Uploads(monkeypatch)
     spec = TrainingSpec(job_name="final", channels={"training": str(data)}, hyperparameters={"epochs": 1},
-                        image=IMAGE, instance_type="ml.m5.xlarge", aws=AwsOptions(ROLE, BUCKET, REGION))  # fmt: skip
+                        image=IMAGE, instance_type="ml.m5.xlarge",
+                        options=SageMakerOptions(ROLE, BUCKET, REGION))  # fmt: skip
     tuning = prepare_training(spec, "tuning-run")
     assert len(uploads.take()) == len(files_of(data))
     final = prepare_training(spec, "final")

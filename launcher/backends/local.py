@@ -20,11 +20,12 @@ from typing import Any
 from imgclf_contract import metrics
 from launcher import contract, hosted, transform
 from launcher.backends import local_mode
-from launcher.backends.base import Backend, DeploySpec, TrainingSpec, TransformSpec
-from launcher.backends.sagemaker import api as sagemaker_api
+from launcher.backends.base import StopsTraining, SwapsModels, Transforms
+from launcher.backends.sagemaker import MAX_RUN_SECONDS, Hosting, training_request
 from launcher.errors import LauncherError
 from launcher.progress import muted_stdout, say
 from launcher.records import Endpoint, RecordStore, TrainingJob, TransformJob
+from launcher.specs import DeploySpec, TrainingSpec, TransformSpec
 from launcher.tracking import Tracker
 
 INSTANCE_TYPES = ("local", "local_gpu")
@@ -109,7 +110,7 @@ class ContainerLogs:
                     self.log.flush()
 
 
-class LocalBackend(Backend):
+class LocalBackend(StopsTraining, SwapsModels, Transforms):
     name = "local"
     # Every local-mode job names its hosts algo-1, algo-2, ... on the one `sagemaker-local` network, so two jobs
     # at once would resolve each other's hosts.
@@ -155,7 +156,7 @@ class LocalBackend(Backend):
         container_root, log = self.workdir / "jobs" / job.name, Path(job.log)
         channels = {name: f"file://{path}" for name, path in job.channels.items()}
         output = f"file://{output_dir}"
-        request = sagemaker_api.training_request(spec, job.name, local_mode.LOCAL_ROLE, output, channels)
+        request = training_request(spec, job.name, local_mode.LOCAL_ROLE, output, channels, MAX_RUN_SECONDS)
         say(f"training job {job.name} started in SageMaker local mode ({spec.instance_count} x {spec.image})")
         failure = self._run(request, spec, container_root, log)
         if job.name in self._stopping:
@@ -279,7 +280,7 @@ class LocalBackend(Backend):
             with muted_stdout():  # local mode copies the container's log to stdout
                 model = f"file://{Path(spec.model_data).resolve()}"
                 env, role = spec.serving_environment(), local_mode.LOCAL_ROLE
-                hosting = sagemaker_api.Hosting(spec.image, model, role, env, spec.instance_type)
+                hosting = Hosting(spec.image, model, role, env, spec.instance_type)
                 content_type = transform.job_content_type(files)
                 local_mode.transform(session, spec.name, hosting, f"file://{staged}", f"file://{answers}", content_type)
         finally:

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from launcher.backends.sagemaker.api import Hosting, endpoint_config_request, model_request, transform_request
+from launcher.backends.sagemaker import Hosting, endpoint_config_request, model_request, transform_request
 
 DEFAULT_REGION = "us-east-1"
 # Local mode never calls IAM, but its requests carry a role ARN as SageMaker's do.

@@ -16,10 +16,11 @@ from typing import Any
 
 from imgclf_contract import metrics, platform
 from launcher import contract, hosted, supervisor, transform
-from launcher.backends.base import Backend, DeploySpec, TrainingSpec, TransformSpec
+from launcher.backends.base import StopsTraining, SwapsModels, Transforms
 from launcher.errors import LauncherError
 from launcher.progress import say
 from launcher.records import Endpoint, RecordStore, TrainingJob, TransformJob
+from launcher.specs import DeploySpec, TrainingSpec, TransformSpec
 from launcher.tracking import Tracker
 
 
@@ -45,7 +46,7 @@ def restart_limit() -> int:
     return int(text)
 
 
-class ProcessBackend(Backend):
+class ProcessBackend(StopsTraining, SwapsModels, Transforms):
     name = "process"
 
     def __init__(self, workdir: Path, records: RecordStore, tracker: Tracker | None = None):

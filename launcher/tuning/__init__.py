@@ -1,2 +1,29 @@
-"""Hyperparameter tuning: what a tuning run is (`spec`), Optuna on this machine with each trial a job of the
-backend (`optuna_tuner`), SageMaker's own tuning jobs (`sagemaker_tuner`), and the results both write (`results`)."""
+"""Hyperparameter tuning, whichever backend runs the trials: what a tuning run is (`spec`), Optuna on this machine
+with each trial a training job of the backend (`optuna_tuner`), and the results every tuner writes (`results`). A
+backend that tunes with a service of its own implements `launcher.backends.TunesAsService` instead."""
+
+from launcher.tuning.optuna_tuner import OptunaTuner
+from launcher.tuning.results import TrialRow, load_best_hyperparameters, write_results
+from launcher.tuning.spec import (
+    DIRECTIONS,
+    EARLY_STOPPING,
+    SCALINGS,
+    STRATEGIES,
+    ParameterRange,
+    Tuning,
+    TuningSpec,
+)
+
+__all__ = [
+    "DIRECTIONS",
+    "EARLY_STOPPING",
+    "SCALINGS",
+    "STRATEGIES",
+    "OptunaTuner",
+    "ParameterRange",
+    "TrialRow",
+    "Tuning",
+    "TuningSpec",
+    "load_best_hyperparameters",
+    "write_results",
+]

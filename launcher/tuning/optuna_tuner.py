@@ -19,15 +19,16 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import optuna
 
 from imgclf_contract import metrics
-from launcher.backends.base import Backend, TrainingSpec
 from launcher.errors import LauncherError
 from launcher.progress import say
-from launcher.records import TrainingJob, TuningRun
+from launcher.records import RecordStore, TrainingJob, TuningRun
+from launcher.specs import TrainingSpec
+from launcher.tracking import Tracker
 from launcher.tuning.results import TrialRow, write_results
 from launcher.tuning.spec import ParameterRange, TuningSpec
 
@@ -76,10 +77,38 @@ def suggest(trial: optuna.Trial, r: ParameterRange) -> Any:
     return trial.suggest_float(r.name, r.min_value, r.max_value, log=log)
 
 
+class TrialRunner(Protocol):
+    """What the tuner needs of a backend: its training jobs (`launcher.backends.Trains`)."""
+
+    name: str
+    records: RecordStore
+    tracker: Tracker
+    max_concurrent_jobs: int | None
+
+    def train(self, spec: TrainingSpec) -> TrainingJob: ...
+
+
+@runtime_checkable
+class TrialStopper(Protocol):
+    """A backend that stops a running job early (`launcher.backends.StopsTraining`): needed for early stopping."""
+
+    def stop_training(self, job_name: str) -> None: ...
+
+    def discard_checkpoints(self, job_name: str) -> None: ...
+
+
 class OptunaTuner:
-    def __init__(self, spec: TuningSpec, backend: Backend, folder: Path, parent_run: str | None = None, seed: int = 0):
+    def __init__(
+        self, spec: TuningSpec, backend: TrialRunner, folder: Path, parent_run: str | None = None, seed: int = 0
+    ):
         if spec.warm_start_from:
             raise LauncherError("warm start is available on the sagemaker backend only")
+        self.stopper = backend if isinstance(backend, TrialStopper) else None
+        if spec.early_stopping == "Auto" and self.stopper is None:
+            raise LauncherError(
+                f"early stopping stops trials' jobs early, and the {backend.name} backend cannot stop a running job: "
+                "set early_stopping: Off"
+            )
         self.spec, self.backend, self.folder, self.seed = spec, backend, folder, seed
         self.parent_run = parent_run  # the tuning run's MLflow run: each trial is a child of it
         self.objective_pattern = re.compile(spec.objective_regex)
@@ -160,8 +189,9 @@ class OptunaTuner:
         try:
             pruned_at = self._watch(trial, worker, job_name, run)
         except KeyboardInterrupt:  # stop the trial's job too; the study reruns this trial on resume
-            with contextlib.suppress(LauncherError):
-                self.backend.stop_training(job_name)
+            if self.stopper:
+                with contextlib.suppress(LauncherError):
+                    self.stopper.stop_training(job_name)
             worker.join()
             raise
         worker.join()
@@ -169,7 +199,8 @@ class OptunaTuner:
         if "error" in outcome:
             raise TrialFailed(outcome["error"])
         if pruned_at is not None:
-            self.backend.discard_checkpoints(job_name)  # the study never resumes a pruned trial
+            if self.stopper:  # the study never resumes a pruned trial
+                self.stopper.discard_checkpoints(job_name)
             trial.set_user_attr("stopped_at_epoch", pruned_at)
             say(f"trial {trial.number + 1}: stopped early after epoch {pruned_at} (worse than the median)")
             raise optuna.TrialPruned()
@@ -206,9 +237,9 @@ class OptunaTuner:
                 reported.add(epoch)
                 self.backend.tracker.log_metrics(run, values, step=epoch)
                 trial.report(value, epoch)
-                if epoch < self.epochs and trial.should_prune():
+                if self.stopper and epoch < self.epochs and trial.should_prune():
                     with contextlib.suppress(LauncherError):  # the job ended on its own meanwhile
-                        self.backend.stop_training(job_name)
+                        self.stopper.stop_training(job_name)
                     worker.join()
                     return epoch
         return None

@@ -7,9 +7,9 @@ import dataclasses
 from dataclasses import dataclass
 
 from imgclf_contract import metrics
-from launcher.backends.base import TrainingSpec
 from launcher.errors import LauncherError
 from launcher.records import TuningRun
+from launcher.specs import TrainingSpec
 
 SCALINGS = ("Auto", "Linear", "Logarithmic", "ReverseLogarithmic")
 STRATEGIES = ("Bayesian", "Random", "Hyperband", "Grid")

@@ -1,5 +1,5 @@
 """Every AWS request of the launcher: SageMaker's (training, tuning, endpoints, batch transform), S3's and
-CloudWatch Logs', built here as the service takes them (the tuning job's own in `launcher.tuning.sagemaker_tuner`)
+CloudWatch Logs', built here as the service takes them (the tuning job's own in `tuning`)
 and sent with boto3, whose botocore validates each against AWS's own service model. The same training and model
 requests run in SageMaker local mode (`local_mode`).
 
@@ -22,10 +22,10 @@ from typing import Any
 
 from imgclf_contract import metrics
 from launcher import contract
-from launcher.backends.base import TrainingSpec
 from launcher.contract import MANIFEST_SUFFIX, S3_SCHEME
 from launcher.errors import LauncherError
 from launcher.progress import say
+from launcher.specs import TrainingSpec
 
 POLL_SECONDS = 30.0  # between Describe* calls while waiting for a job or an endpoint
 CHECKPOINT_DIR = "/opt/ml/checkpoints"  # what SageMaker syncs with a spot job's checkpoint S3 URI
@@ -126,10 +126,11 @@ def training_request(
     role: str,
     output_path: str,
     channels: dict[str, str],
+    max_run: int,
     spot: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """CreateTrainingJob for `spec`'s image, hosts and hyperparameters, the job called `name`, its channels as
-    `channels` say; metric definitions let SageMaker chart the metric lines of the log.
+    `channels` say, stopped after `max_run` seconds; metric definitions let SageMaker chart the metric lines of the log.
 
     Hyperparameters are JSON-encoded, as the container expects (SageMaker passes strings through). `spot`: managed
     spot training's `max_wait` and `checkpoint_s3_uri`, which SageMaker syncs with CHECKPOINT_DIR so that a trainer
@@ -151,7 +152,7 @@ def training_request(
             "InstanceCount": spec.instance_count,
             "VolumeSizeInGB": VOLUME_SIZE_GB,
         },
-        "StoppingCondition": {"MaxRuntimeInSeconds": spec.max_run},
+        "StoppingCondition": {"MaxRuntimeInSeconds": max_run},
     }
     if spot:
         request["EnableManagedSpotTraining"] = True
@@ -456,7 +457,7 @@ def delete_endpoint(aws: Aws, *, endpoint_name: str, config_names: list[str], mo
     return gone
 
 
-# -- tuning jobs (their request: launcher.tuning.sagemaker_tuner) ---------------------------------------------
+# -- tuning jobs (their request: tuning) ------------------------------------------------------------------------
 def start_tuning_job(aws: Aws, request: dict[str, Any]) -> None:
     """CreateHyperParameterTuningJob, without waiting for it."""
     with aws_errors(f"SageMaker did not start tuning job {request['HyperParameterTuningJobName']}"):

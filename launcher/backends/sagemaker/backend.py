@@ -7,27 +7,37 @@ the endpoint's name.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from launcher import contract, lineage, transform
-from launcher.backends.base import AwsOptions, Backend, DeploySpec, TrainingSpec, TransformSpec
-from launcher.backends.sagemaker import api, datasets
+from launcher.backends import (
+    BackendOptions,
+    DeploySpec,
+    SwapsModels,
+    TrainingSpec,
+    Transforms,
+    TransformSpec,
+    TunesAsService,
+)
+from launcher.backends.sagemaker import api, datasets, tuning
+from launcher.backends.sagemaker.options import NAME, AwsSettings, SageMakerOptions
+from launcher.backends.sagemaker.training import (
+    S3_PREFIX,
+    check_gpu_generation,
+    check_image_and_instance,
+    prepare_training,
+    record_outcome,
+)
 from launcher.contract import S3_SCHEME
 from launcher.errors import LauncherError
 from launcher.progress import say
-from launcher.records import Endpoint, TrainingJob, TransformJob
+from launcher.records import Endpoint, TrainingJob, TransformJob, TuningRun
+from launcher.tuning import TuningSpec
 
-ROLE_ENV = "IMGCLF_SAGEMAKER_ROLE"
-BUCKET_ENV = "IMGCLF_S3_BUCKET"
-REGION_ENVS = ("AWS_REGION", "AWS_DEFAULT_REGION")
-S3_PREFIX = "imgclf"  # default artifacts: s3://<bucket>/imgclf/<job>/output/; uploads: .../<job>/input/<channel>
 DEFAULT_ENDPOINT_INSTANCE_TYPE = "ml.m5.large"
 ENDPOINT_BUSY = ("Creating", "Updating", "SystemUpdating", "RollingBack")  # DescribeEndpoint's busy statuses
 BLUE_GREEN_BAKING_SECONDS = 300  # a promotion keeps the old fleet this long, for alarms to act
@@ -35,63 +45,6 @@ BLUE_GREEN_BAKING_SECONDS = 300  # a promotion keeps the old fleet this long, fo
 # config asks for this AMI. "auto" asks for it on GPU instance types only; "none" leaves SageMaker's default.
 GPU_INFERENCE_AMI = "al2023-ami-sagemaker-inference-gpu-4-1"
 GPU_FAMILIES = ("ml.g", "ml.p")
-# GPUs without kernels in the image's torch build (sm_75 and newer): K80 (ml.p2) and V100 (ml.p3).
-UNSUPPORTED_GPU_FAMILIES = ("ml.p2.", "ml.p3.", "ml.p3dn.")
-
-
-@dataclass(frozen=True)
-class AwsSettings:
-    role: str
-    bucket: str  # "" where nothing is uploaded (deploying a model already in S3)
-    region: str
-
-    @classmethod
-    def resolve(
-        cls,
-        options: AwsOptions,
-        environ: Mapping[str, str] = os.environ,
-        *,
-        needs_bucket: bool = True,
-        needs_role: bool = True,
-    ) -> AwsSettings:
-        """The command line's values, else the environment's; a LauncherError names whatever is missing."""
-        role = options.role or environ.get(ROLE_ENV)
-        bucket = options.bucket or environ.get(BUCKET_ENV)
-        region = options.region or next((environ[name] for name in REGION_ENVS if environ.get(name)), None)
-        needs = (
-            (role or not needs_role, f"an IAM role for the job (--role ARN or ${ROLE_ENV})"),
-            (
-                bucket or not needs_bucket,
-                f"an S3 bucket for artifacts and uploaded data (--bucket NAME or ${BUCKET_ENV})",
-            ),
-            (region, f"an AWS region (--region NAME or ${' or $'.join(REGION_ENVS)})"),
-        )
-        missing = [need for value, need in needs if not value]
-        if missing:
-            raise LauncherError("the sagemaker backend needs " + "; ".join(missing))
-        return cls(role=role or "", bucket=bucket or "", region=region)
-
-
-def check_image_and_instance(image: str, instance_type: str) -> None:
-    """SageMaker runs ml.* instances with an image from ECR; say so before anything is sent."""
-    if not instance_type.startswith("ml."):
-        raise LauncherError(
-            f"the sagemaker backend needs a SageMaker instance type such as ml.g4dn.xlarge (GPU) or ml.m5.xlarge "
-            f"(CPU), not {instance_type!r}: pass --instance-type"
-        )
-    if ".dkr.ecr." not in image:
-        raise LauncherError(
-            f"SageMaker pulls images from ECR, not {image!r}: push the image with `make push` and "
-            "pass --image <account>.dkr.ecr.<region>.amazonaws.com/imgclf:<tag>"
-        )
-
-
-def check_gpu_generation(instance_type: str) -> None:
-    if instance_type.startswith(UNSUPPORTED_GPU_FAMILIES):
-        raise LauncherError(
-            f"{instance_type} has K80 or V100 GPUs, which the image's torch (CUDA 13: T4 and newer) cannot run; "
-            "use ml.g4dn, ml.g5, ml.g6, ml.p4d or ml.p5 instances, or a CPU type"
-        )
 
 
 def endpoint_ami_version(instance_type: str, requested: str) -> str | None:
@@ -108,77 +61,6 @@ def endpoint_ami_version(instance_type: str, requested: str) -> str | None:
             f"unknown inference AMI version {requested!r}; SageMaker knows auto, none, {', '.join(known)}"
         )
     return requested
-
-
-def check_training_spec(spec: TrainingSpec) -> None:
-    """Refuse what SageMaker would refuse, or the image could not use, before anything is uploaded."""
-    check_image_and_instance(spec.image, spec.instance_type)
-    check_gpu_generation(spec.instance_type)
-    if spec.output_path is not None and not spec.output_path.startswith(S3_SCHEME):
-        raise LauncherError(
-            f"the sagemaker backend writes artifacts to S3: give --output an s3:// URI, not {spec.output_path}"
-        )
-    if spec.max_run < 1:
-        raise LauncherError(f"--max-run must be at least 1 second, not {spec.max_run}")
-    if spec.spot and spec.max_wait is not None and spec.max_wait < spec.max_run:
-        raise LauncherError(
-            f"--max-wait ({spec.max_wait} s) must be at least --max-run ({spec.max_run} s): it is the time to wait "
-            "for spot capacity plus the time to run"
-        )
-
-
-def upload_host_channels(session: api.Aws, bucket: str, job_name: str, channels: dict[str, str]) -> dict[str, str]:
-    """Every channel as an S3 URI: s3:// ones as they are, folders or files of this machine as the ManifestFile of
-    their dataset version, uploading only what S3 does not hold yet (`datasets`; all checked first)."""
-    local = {name: Path(source).resolve() for name, source in channels.items() if not source.startswith(S3_SCHEME)}
-    for name, path in local.items():
-        if not path.exists():
-            raise LauncherError(f"channel {name!r}: {path} does not exist (give a local path or an s3:// URI)")
-    uploaded = {name: datasets.store_channel(session, bucket, name, path) for name, path in local.items()}
-    return {name: uploaded.get(name, source) for name, source in channels.items()}
-
-
-@dataclass(frozen=True)
-class PreparedTraining:
-    """A training job's CreateTrainingJob request, ready to send, and where its inputs and outputs are."""
-
-    aws: AwsSettings
-    session: api.Aws
-    request: dict[str, Any]
-    channels: dict[str, str]  # every channel as an S3 URI
-    output_path: str
-    spot: dict[str, Any] | None  # spot training's max_wait and checkpoint_s3_uri; None: on-demand
-
-
-def prepare_training(spec: TrainingSpec, name: str) -> PreparedTraining:
-    """Check `spec`, upload its local channels to s3://<bucket>/imgclf/<name>/input/ and build its request.
-
-    `name` is the training job's, or the tuning job's whose trials all run this job.
-    """
-    check_training_spec(spec)
-    aws = AwsSettings.resolve(spec.aws)
-    output_path = (spec.output_path or f"{S3_SCHEME}{aws.bucket}/{S3_PREFIX}").rstrip("/")
-    session = api.Aws(aws.region)
-    channels = upload_host_channels(session, aws.bucket, name, spec.channels)
-    spot = None
-    if spec.spot:
-        spot = {
-            "max_wait": spec.max_wait or 2 * spec.max_run,
-            "checkpoint_s3_uri": f"{S3_SCHEME}{aws.bucket}/{S3_PREFIX}/{name}/checkpoints",
-        }
-    request = api.training_request(spec, name, aws.role, output_path, channels, spot)
-    request.update(api.debugger_request(spec.sagemaker_debugger, aws.region, output_path))
-    return PreparedTraining(aws, session, request, channels, output_path, spot)
-
-
-def record_outcome(job: TrainingJob, description: dict[str, Any]) -> dict[str, float]:
-    """A finished job's status and failure reason into its record, from DescribeTrainingJob; returns its final
-    metric values (SageMaker read them from its log by the metric definitions)."""
-    job.status = description["TrainingJobStatus"]
-    job.failure_reason = description.get("FailureReason")
-    ended = description.get("TrainingEndTime")
-    job.ended = ended.timestamp() if ended else None
-    return {m["MetricName"]: m["Value"] for m in description.get("FinalMetricDataList", [])}
 
 
 def model_data_in_s3(session: api.Aws, model_data: str, bucket: str, key_prefix: str) -> str:
@@ -246,13 +128,21 @@ def collect_outputs(
     transform.add_out_files(list(entries), read, keep_logits, predictions, progress, missing)
 
 
-class SageMakerBackend(Backend):
-    name = "sagemaker"
-    spot = True
-    sagemaker_debugger = True
-    models_in_s3 = True
-    rollback_alarms = True
-    native_tuner = True
+class SageMakerBackend(SwapsModels, Transforms, TunesAsService):
+    name = NAME
+    Options = SageMakerOptions
+
+    def settings(
+        self, options: BackendOptions, job_name: str | None = None, near: str | None = None, **needs: bool
+    ) -> AwsSettings:
+        """The AWS settings for a spec: its options, else the region of the model's training job (or `near`), else
+        the environment's."""
+        job = (
+            self.records.load(TrainingJob, job_name)
+            if job_name and self.records.exists(TrainingJob, job_name)
+            else None
+        )
+        return AwsSettings.resolve(SageMakerOptions.of(options), region=near or (job.region if job else None), **needs)
 
     def default_endpoint_instance_type(self, training_instance_type: str | None) -> str:
         return DEFAULT_ENDPOINT_INSTANCE_TYPE  # a training GPU is rarely what an endpoint needs
@@ -268,8 +158,8 @@ class SageMakerBackend(Backend):
             region=prepared.aws.region,
             role=prepared.aws.role,
             channels=prepared.channels,
-            sagemaker_debugger=spec.sagemaker_debugger,
-            max_run=spec.max_run,
+            sagemaker_debugger=SageMakerOptions.of(spec.options).sagemaker_debugger,
+            max_run=SageMakerOptions.of(spec.options).max_run,
             spot=prepared.spot,
             model_data=f"{artifacts}/{contract.MODEL_ARTIFACT}",
             output_data=f"{artifacts}/{contract.OUTPUT_ARTIFACT}",
@@ -288,8 +178,9 @@ class SageMakerBackend(Backend):
 
     def deploy(self, spec: DeploySpec) -> Endpoint:
         check_image_and_instance(spec.image, spec.instance_type)
-        ami_version = endpoint_ami_version(spec.instance_type, spec.inference_ami_version)
-        aws = AwsSettings.resolve(spec.aws, needs_bucket=not spec.model_data.startswith(S3_SCHEME))
+        options = SageMakerOptions.of(spec.options)
+        ami_version = endpoint_ami_version(spec.instance_type, options.inference_ami_version)
+        aws = self.settings(options, spec.job_name, needs_bucket=not spec.model_data.startswith(S3_SCHEME))
         session = api.Aws(aws.region)
         model_data = model_data_in_s3(session, spec.model_data, aws.bucket, f"{S3_PREFIX}/{spec.endpoint_name}")
         record = spec.record(
@@ -331,15 +222,13 @@ class SageMakerBackend(Backend):
         return record
 
     def swap_model(self, endpoint: Endpoint, spec: DeploySpec, reason: str) -> Endpoint:
-        """UpdateEndpoint to a new endpoint config as a blue/green deployment (`api.update_endpoint`),
-        with `spec.rollback_alarms` feeding its auto-rollback. SageMaker keeps the old fleet serving until the new one
+        """UpdateEndpoint to a new endpoint config as a blue/green deployment (`api.update_endpoint`), with the
+        options' `rollback_alarms` feeding its auto-rollback. SageMaker keeps the old fleet serving until the new one
         passes its health checks, so no request fails; a rollback or failure leaves the old model serving, and says
         so."""
-        model_data, job_name, alarms = spec.model_data, spec.job_name, list(spec.rollback_alarms)
-        aws = AwsSettings.resolve(
-            dataclasses.replace(spec.aws, region=spec.aws.region or endpoint.region),
-            needs_bucket=not model_data.startswith(S3_SCHEME),
-        )
+        model_data, job_name = spec.model_data, spec.job_name
+        alarms = list(SageMakerOptions.of(spec.options).rollback_alarms)
+        aws = self.settings(spec.options, near=endpoint.region, needs_bucket=not model_data.startswith(S3_SCHEME))
         session = api.Aws(aws.region)
         generation = (endpoint.generation or 1) + 1
         name = f"{endpoint.endpoint_name}-{generation}"[-63:]
@@ -393,18 +282,23 @@ class SageMakerBackend(Backend):
         )
 
     # -- batch transform ------------------------------------------------------------------------------------
-    def model_archive(self, model_data: str, aws: AwsOptions, folder: Path) -> Path:
+    def check_model_data(self, model_data: str) -> None:
+        """A model here or in S3: both are served."""
+
+    def model_archive(
+        self, model_data: str, folder: Path, options: BackendOptions, job_name: str | None = None
+    ) -> Path:
         if not model_data.startswith(S3_SCHEME):
             return Path(model_data)
         folder.mkdir(parents=True, exist_ok=True)
-        region = AwsSettings.resolve(aws, needs_bucket=False, needs_role=False).region
+        region = self.settings(options, job_name, needs_bucket=False, needs_role=False).region
         return api.download(model_data, folder / contract.MODEL_ARTIFACT, region)
 
     def transform_inputs(self, spec: TransformSpec) -> list[str]:
         """A local folder's images, or those under an s3:// prefix (by extension, any depth)."""
         if not spec.input.startswith(S3_SCHEME):
             return super().transform_inputs(spec)
-        aws = AwsSettings.resolve(spec.aws, needs_bucket=False)
+        aws = self.settings(spec.options, spec.job_name, needs_bucket=False)
         bucket, prefix = split_s3_uri(spec.input.rstrip("/") + "/")
         keys = api.s3_keys(api.Aws(aws.region), bucket, prefix)
         images = (key for key in keys if os.path.splitext(key)[1].lower() in transform.CONTENT_TYPES)
@@ -424,9 +318,10 @@ class SageMakerBackend(Backend):
         """A SageMaker batch transform job over a manifest of `files`, one image per request; then each file's
         `.out` object read back into `predictions`."""
         check_image_and_instance(spec.image, spec.instance_type)
-        ami_version = transform_ami_version(spec.instance_type, spec.ami_version)
+        ami_version = transform_ami_version(spec.instance_type, SageMakerOptions.of(spec.options).transform_ami_version)
         input_on_host = not spec.input.startswith(S3_SCHEME)
-        aws = AwsSettings.resolve(spec.aws, needs_bucket=input_on_host or not spec.model_data.startswith(S3_SCHEME))
+        needs_bucket = input_on_host or not spec.model_data.startswith(S3_SCHEME)
+        aws = self.settings(spec.options, spec.job_name, needs_bucket=needs_bucket)
         session = api.Aws(aws.region)
         name = f"{spec.name[:56]}-{time.strftime('%H%M%S')}"  # a new SageMaker job (and model) for each run
         model_data = model_data_in_s3(session, spec.model_data, aws.bucket, f"{S3_PREFIX}/{spec.name}")
@@ -464,6 +359,11 @@ class SageMakerBackend(Backend):
             lambda description: description["TransformJobStatus"],
             lambda description: say(f"transform job {name}: {description['TransformJobStatus']}"),
         )
+
+    # -- tuning ---------------------------------------------------------------------------------------------------
+    def tune(self, spec: TuningSpec, folder: Path, parent_run: str | None) -> TuningRun:
+        """A SageMaker tuning job (`tuning`), followed to its end."""
+        return tuning.tune_on_sagemaker(spec, self.records, folder, tracker=self.tracker, parent_run=parent_run)
 
     def predict(self, endpoint: Endpoint, body: bytes, content_type: str) -> Any:
         session = api.Aws(endpoint.region)

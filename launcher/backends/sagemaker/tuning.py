@@ -17,14 +17,14 @@ from imgclf_contract import metrics
 from imgclf_contract.hyperparameters import is_platform_key
 from launcher import contract
 from launcher.backends.sagemaker import api as sagemaker_api
-from launcher.backends.sagemaker.backend import SageMakerBackend, prepare_training, record_outcome
+from launcher.backends.sagemaker.options import NAME, SageMakerOptions
+from launcher.backends.sagemaker.training import prepare_training, record_outcome
 from launcher.contract import S3_SCHEME
 from launcher.errors import LauncherError
 from launcher.progress import say
 from launcher.records import RecordStore, TrainingJob, TuningRun
 from launcher.tracking import Tracker
-from launcher.tuning.results import TrialRow, write_results
-from launcher.tuning.spec import ParameterRange, TuningSpec
+from launcher.tuning import ParameterRange, TrialRow, TuningSpec, write_results
 
 NAME_PATTERN = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,31}")  # CreateHyperParameterTuningJob's
 MAX_NAME_LENGTH = 32
@@ -110,7 +110,7 @@ def check_tuning_spec(spec: TuningSpec) -> int | None:
         )
     if not spec.ranges:
         raise LauncherError(f"tuning job {spec.name} has no hyperparameter ranges to tune")
-    if spec.training.sagemaker_debugger:
+    if SageMakerOptions.of(spec.training.options).sagemaker_debugger:
         raise LauncherError("SageMaker tuning jobs take no Debugger configuration: leave out --sagemaker-debugger")
     if len(spec.warm_start_from) > MAX_PARENTS:
         raise LauncherError(
@@ -158,7 +158,7 @@ def tune_on_sagemaker(
     prepared = prepare_training(spec.training, spec.name)
     request = tuning_request(prepared.request, spec, hyperband_max_epochs)
     sagemaker_api.start_tuning_job(prepared.session, request)
-    run = spec.record(SageMakerBackend.name, region=prepared.aws.region)
+    run = spec.record(NAME, region=prepared.aws.region)
     run.channels = prepared.channels
     records.save(run)
     say(f"tuning job {spec.name} started on SageMaker in {prepared.aws.region}")
@@ -198,7 +198,7 @@ def tune_on_sagemaker(
 def track_trials(tracker: Tracker, parent_run: str | None, spec: TuningSpec, rows: list[TrialRow]) -> None:
     """The trials as MLflow runs, from what SageMaker kept of them: hyperparameters, objective and end."""
     for row in rows:
-        run = tracker.trial(parent_run, row.trial, row.job_name, row.hyperparameters, SageMakerBackend.name)
+        run = tracker.trial(parent_run, row.trial, row.job_name, row.hyperparameters, NAME)
         if row.objective is not None:
             tracker.log_metrics(run, {spec.objective_metric: row.objective, "objective": row.objective})
         tracker.end(run, row.status, stopped_early="yes" if row.stopped_early else None)
@@ -262,7 +262,7 @@ def best_job_record(session: sagemaker_api.Aws, job_name: str, tuning_job: str) 
     resources = description["ResourceConfig"]
     job = TrainingJob(
         name=job_name,
-        backend=SageMakerBackend.name,
+        backend=NAME,
         tuning_job=tuning_job,
         created=description["CreationTime"].timestamp(),
         region=session.region,
