@@ -19,7 +19,7 @@ from endpoints import photo_jpegs, write_model
 from http_load import run_load
 
 from launcher import contract
-from launcher.backends.base import DeploySpec
+from launcher.backends import DeploySpec
 from launcher.backends.process import ProcessBackend
 from launcher.records import RecordStore
 

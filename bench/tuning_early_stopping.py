@@ -20,12 +20,11 @@ from pathlib import Path
 import optuna
 
 from imgclf_contract.metrics import DEFAULT_OBJECTIVE
-from launcher.backends.base import TrainingSpec
+from launcher.backends import TrainingSpec
 from launcher.backends.process import ProcessBackend
 from launcher.records import RecordStore
 from launcher.sample_data import write_digits
-from launcher.tuning.optuna_tuner import OptunaTuner
-from launcher.tuning.spec import ParameterRange, TuningSpec
+from launcher.tuning import OptunaTuner, ParameterRange, TuningSpec
 
 
 def main() -> None:

@@ -5,13 +5,22 @@ This module defines the command line and dispatches to `launcher.commands`."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from launcher import commands, contract, tracking
-from launcher.backends import DEFAULT_BACKEND, DEFAULT_IMAGE, DeploySpec, backend_names
+from launcher.backends import (
+    BUILT_IN,
+    DEFAULT_BACKEND,
+    DEFAULT_IMAGE,
+    DeploySpec,
+    backend_class,
+    backend_names,
+    option_names,
+)
 from launcher.backends.sagemaker import (
     BUCKET_ENV,
     DEFAULT_ENDPOINT_INSTANCE_TYPE,
@@ -94,6 +103,8 @@ def add_tracking_options(parser: argparse.ArgumentParser, off: bool = True) -> N
     )
     group.add_argument(
         "--experiment",
+        dest="tracking.experiment",
+        metavar="NAME",
         help="the MLflow experiment (default: the job config's tracking.experiment, else the config file's name, "
         f"else {tracking.DEFAULT_EXPERIMENT})",
     )
@@ -122,8 +133,8 @@ def add_job_options(parser: argparse.ArgumentParser, backend_help: str) -> None:
     parser.add_argument(
         "--channel",
         action="append",
+        dest="channels",
         type=parse_key_value,
-        default=[],
         metavar="NAME=PATH",
         help="an input channel, repeatable: train=, valid=, test= folders, or pretrained= a torchvision "
         "state_dict file to start from",
@@ -132,8 +143,8 @@ def add_job_options(parser: argparse.ArgumentParser, backend_help: str) -> None:
         "-H",
         "--hyperparameter",
         action="append",
+        dest="hyperparameters",
         type=parse_hyperparameter,
-        default=[],
         metavar="NAME=VALUE",
         help="a hyperparameter, repeatable, e.g. -H epochs=3 -H learning_rate=0.01 (the list: docs/launcher.md)",
     )
@@ -400,7 +411,33 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     lineage.add_argument("name", metavar="NAME", help="an endpoint, training job, tuning run or `launcher run` name")
     lineage.add_argument("--json", action="store_true", help="print the chain as JSON")
+    for command in (train, tune, run, deploy, transform, evaluate, promote, rollback):
+        add_plugin_options(command)
     return parser
+
+
+def add_plugin_options(parser: argparse.ArgumentParser) -> None:
+    """A flag for each option of a plug-in backend that the flags above do not set: `--NAME` for a field NAME of its
+    `Options`, typed by the field's default, explained by its metadata's `help`."""
+    for name, owners in option_names().items():
+        if set(owners) & set(BUILT_IN):  # the built-in backends' options have flags of their own above
+            continue
+        option = next(f for f in dataclasses.fields(backend_class(owners[0]).Options) if f.name == name)
+        default = option.default if option.default is not dataclasses.MISSING else None
+        how: dict[str, Any] = (
+            {"action": "store_true"}
+            if isinstance(default, bool)
+            else {"action": "append"}
+            if isinstance(default, tuple)
+            else {"type": type(default) if isinstance(default, int | float) else str}
+        )
+        where = " or ".join(owners)
+        try:
+            parser.add_argument(
+                f"--{name.replace('_', '-')}", **how, help=f"{where} backend: {option.metadata.get('help', name)}"
+            )
+        except argparse.ArgumentError:  # a flag above sets it already
+            continue
 
 
 def add_model_options(parser: argparse.ArgumentParser, backend_help: str) -> None:
@@ -498,13 +535,29 @@ def add_swap_options(parser: argparse.ArgumentParser) -> None:
 
 def add_tuning_options(parser: argparse.ArgumentParser) -> None:
     """Overrides of the --config file's tuning section, for `tune` and `run`."""
-    parser.add_argument("--strategy", choices=STRATEGIES, help="search strategy (default: the config's, or Bayesian)")
-    parser.add_argument("--max-jobs", type=int, help="number of trials (default: the config's, or 10)")
     parser.add_argument(
-        "--max-parallel-jobs", type=int, help="trials at once (default: the config's, or 1; here at most cores/2)"
+        "--strategy",
+        dest="tuning.strategy",
+        choices=STRATEGIES,
+        help="search strategy (default: the config's, or Bayesian)",
+    )
+    parser.add_argument(
+        "--max-jobs",
+        dest="tuning.max_jobs",
+        type=int,
+        metavar="N",
+        help="number of trials (default: the config's, or 10)",
+    )
+    parser.add_argument(
+        "--max-parallel-jobs",
+        dest="tuning.max_parallel_jobs",
+        type=int,
+        metavar="N",
+        help="trials at once (default: the config's, or 1; here at most cores/2)",
     )
     parser.add_argument(
         "--early-stopping",
+        dest="tuning.early_stopping",
         choices=EARLY_STOPPING,
         help="Auto: stop trials worse than the median of earlier ones at the same epoch (default: the config's, "
         "or Off)",
@@ -523,10 +576,18 @@ def add_endpoint_options(parser: argparse.ArgumentParser, config_note: str = " (
         help="process and local backends: the address the endpoint listens on (default 127.0.0.1: this machine only; "
         "0.0.0.0 opens it to the network)",
     )
-    parser.add_argument("--workers", type=int, help=f"model server worker processes{config_note}the server's choice)")
+    parser.add_argument(
+        "--workers",
+        dest="deploy.workers",
+        type=int,
+        metavar="N",
+        help=f"model server worker processes{config_note}the server's choice)",
+    )
     parser.add_argument(
         "--timeout",
+        dest="deploy.timeout",
         type=float,
+        metavar="SECONDS",
         help="process and local backends: seconds to wait for the endpoint to become healthy"
         f"{config_note}{STARTUP_TIMEOUT:.0f}); SageMaker applies its own limit",
     )

@@ -30,7 +30,7 @@ from launcher.backends import (
 )
 from launcher.contract import S3_SCHEME
 from launcher.errors import LauncherError
-from launcher.job_config import JobConfig, load_job_config
+from launcher.job_config import JobConfig, job_options, setting_paths
 from launcher.lineage import chain as lineage_chain
 from launcher.lineage import format_chain
 from launcher.pipeline import Challenge, Pipeline, RunPlan, sample_image, test_split
@@ -38,7 +38,7 @@ from launcher.progress import say
 from launcher.records import Endpoint, Promotion, RecordStore, TrainingJob, TuningRun, unique_name
 from launcher.report import show_report
 from launcher.tracking import Tracker
-from launcher.tuning import Tuning, TuningSpec, load_best_hyperparameters
+from launcher.tuning import TuningSpec, load_best_hyperparameters
 
 JOB_PREFIX = "imgclf"
 IMAGE_ENV = "IMGCLF_IMAGE"
@@ -60,10 +60,10 @@ def tracker_of(args: Args) -> Tracker:
     store; the experiment: --experiment, the job config's, its file's name, or imgclf."""
     if getattr(args, "no_tracking", False):
         return Tracker.off()
-    config = job_config(args) if getattr(args, "config", None) else JobConfig()
+    config = job_options(args.config) if getattr(args, "config", None) else JobConfig()
     uri = tracking_uri(args)
     experiment = (
-        getattr(args, "experiment", None)
+        getattr(args, "tracking.experiment", None)
         or config.tracking.get("experiment")
         or (args.config.stem if getattr(args, "config", None) else tracking.DEFAULT_EXPERIMENT)
     )
@@ -100,42 +100,38 @@ def options_of(args: Args, backend: str, **defaults: Any) -> BackendOptions:
     return backend_options(backend, given, defaults)
 
 
-def job_config(args: Args) -> JobConfig:
-    return load_job_config(args.config) if args.config else JobConfig()
+def setting_flags(args: Args, under: str = "") -> dict[str, Any]:
+    """The flags that set a key of the job config (their destination is its path: `tuning.max_jobs`), as given;
+    `under`: those under one key only. Repeated NAME=VALUE flags are mappings."""
+    paths = setting_paths()
+    return {
+        dest: dict(value) if isinstance(value, list) else value
+        for dest, value in vars(args).items()
+        if dest in paths and dest.startswith(under) and value not in (None, [])
+    }
 
 
-def job_spec(args: Args, config: JobConfig, job_name: str, base: dict | None = None) -> TrainingSpec:
-    """The training job the flags and the job config describe (flags win); `base` hyperparameters go first."""
-    channels = {**config.channels, **dict(args.channel)}
-    if args.data:
-        channels["training"] = args.data
-    if not channels:
+def job_config(args: Args, beneath: dict[str, Any] | None = None) -> JobConfig:
+    """The job's options: the --config file, `beneath` over it, the flags over both (`job_config.job_options`)."""
+    return job_options(args.config, setting_flags(args), beneath)
+
+
+def job_spec(args: Args, config: JobConfig, job_name: str) -> TrainingSpec:
+    """The training job the job's options describe, on the chosen backend."""
+    if not config.channels:
         raise LauncherError(
             "no data: give --data DIR (with train/, valid/, test/), --channel train=DIR ..., or a --config with data"
         )
     return TrainingSpec(
         job_name=job_name,
-        channels=channels,
-        hyperparameters={**config.hyperparameters, **(base or {}), **dict(args.hyperparameter)},
-        output_path=args.output or config.output,
-        image=default_image(args.image or config.image),
-        instance_type=args.instance_type or config.instance_type or "local",
-        instance_count=args.instance_count or config.instance_count or 1,
+        channels=config.channels,
+        hyperparameters=config.hyperparameters,
+        output_path=config.output,
+        image=default_image(config.image),
+        instance_type=config.instance_type or "local",
+        instance_count=config.instance_count or 1,
         options=options_of(args, args.backend),
     )
-
-
-def tuning_of(args: Args, config: JobConfig) -> Tuning | None:
-    """The config's tuning section with the command line's overrides; None if it has none."""
-    if config.tuning is None:
-        return None
-    overrides = {
-        "strategy": args.strategy,
-        "max_jobs": args.max_jobs,
-        "max_parallel_jobs": args.max_parallel_jobs,
-        "early_stopping": args.early_stopping,
-    }
-    return dataclasses.replace(config.tuning, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def endpoint_spec(
@@ -146,14 +142,11 @@ def endpoint_spec(
     image: str,
     instance_type: str,
     job_name: str | None = None,
-    deploy: dict | None = None,
+    deploy: dict,
 ) -> DeploySpec:
-    """How the flags (then the config's deploy section, then DeploySpec's defaults) say to serve a model."""
-    deploy = deploy or {}
-    chosen = {
-        "workers": args.workers or deploy.get("workers"),
-        "startup_timeout": args.timeout or deploy.get("timeout"),
-    }
+    """How the job options' deploy section (its flags over its file, then DeploySpec's defaults) says to serve a
+    model."""
+    chosen = {"workers": deploy.get("workers"), "startup_timeout": deploy.get("timeout")}
     own = {key: value for key, value in deploy.items() if key not in ("instance_type", "workers", "timeout")}
     return DeploySpec(
         endpoint_name=name,
@@ -203,17 +196,16 @@ def train(args: Args, records: RecordStore) -> None:
     best = load_best_hyperparameters(tuning) if tuning else None
     if best:
         say(f"starting from tuning run {args.from_tuning}'s best hyperparameters: {best}")
-    spec = job_spec(args, job_config(args), job_name, best)
+    spec = job_spec(args, job_config(args, {"hyperparameters": best or {}}), job_name)
     steps.train(backend_of(args, records, Trains), spec, tuning)
 
 
 def tune(args: Args, records: RecordStore) -> None:
     config = job_config(args)
-    tuning = tuning_of(args, config)
-    if tuning is None:
+    if config.tuning is None:
         raise LauncherError("nothing to tune: give a --config whose `tuning` section has ranges (see docs/tuning.md)")
     name = args.name or unique_name(f"{JOB_PREFIX}-tune")
-    spec = TuningSpec.of(tuning, name, job_spec(args, config, name))
+    spec = TuningSpec.of(config.tuning, name, job_spec(args, config, name))
     steps.tune(backend_of(args, records, Trains), spec)
     say(f"train with them: launcher train --from-tuning {name} ...")
 
@@ -263,6 +255,7 @@ def deploy(args: Args, records: RecordStore) -> None:
         image=default_image(args.image or source.image),
         instance_type=source.instance_type(args.instance_type, backend),
         job_name=source.job.name if source.job else None,
+        deploy=job_options(None, setting_flags(args, "deploy.")).deploy,
     )
     endpoint = steps.deploy(backend, spec)
     say(f"predict with: launcher predict --endpoint {endpoint.name} IMAGE")
@@ -326,7 +319,7 @@ def run(args: Args, records: RecordStore) -> None:
     name = args.name or unique_name(f"{JOB_PREFIX}-run")
     config = job_config(args)
     training = job_spec(args, config, f"{name}-train")
-    tuning = tuning_of(args, config)
+    tuning = config.tuning
     backend = backend_of(args, records, Trains, Hosts, Transforms, *([SwapsModels] if args.endpoint else []))
     instance_type = backend.default_endpoint_instance_type(training.instance_type)
     plan = RunPlan(
@@ -418,7 +411,7 @@ def rollback(args: Args, records: RecordStore) -> None:
 
 def ui(args: Args, _records: RecordStore) -> None:
     tracker = tracker_of(args)
-    experiment = tracker.find_experiment(args.experiment)
+    experiment = tracker.find_experiment(getattr(args, "tracking.experiment"))
     tracking_ui.serve(tracker.uri, args.port, tracker.artifact_root, args.workdir / "mlflow-ui.log", experiment)
 
 

@@ -21,18 +21,19 @@ Example (the original project's tuning, verbatim ranges included):
     tracking: {experiment: dogs, registered_model: dog-breeds}      # MLflow names (default: the file's name)
 
 The file's layout is a tree of pydantic models (`ConfigFile`): types, bounds and unknown keys are checked there,
-and each error names its key.
+and each error names its key. It is also the layout of the command line's job flags: a flag whose destination is a
+key path (`--max-jobs` sets `tuning.max_jobs`) overrides the file in one merge (`job_options`), and the merged
+whole is validated as the file is, so a flag's error is the file's error, naming the flag.
 """
 
 from __future__ import annotations
 
 import ast
-import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError, model_validator
@@ -157,9 +158,9 @@ class Range(Section):
 
 
 class Objective(Section):
-    metric: str = metrics.DEFAULT_OBJECTIVE
+    metric: str = Tuning.objective_metric
     regex: str | None = None  # default: the metric as the container prints it, `<metric>: <number>`
-    direction: Direction = "Minimize"
+    direction: Direction = Tuning.direction
 
     @model_validator(mode="after")
     def one_group(self) -> Objective:
@@ -177,26 +178,26 @@ class Objective(Section):
 
 
 class TuningSection(Section):
+    """A `Tuning` as the file writes it (ranges by name, the objective as a mapping); its defaults are Tuning's."""
+
     ranges: Annotated[dict[str, Annotated[Range, BeforeValidator(sdk_call)]], Field(min_length=1)]
     objective: Objective = Objective()
-    strategy: Strategy = "Bayesian"
-    max_jobs: Annotated[int, Field(ge=1)] = 10
-    max_parallel_jobs: Annotated[int, Field(ge=1)] = 1
-    early_stopping: EarlyStopping = "Off"
-    warm_start_from: list[str] = []
+    strategy: Strategy = Tuning.strategy
+    max_jobs: Annotated[int, Field(ge=1)] = Tuning.max_jobs
+    max_parallel_jobs: Annotated[int, Field(ge=1)] = Tuning.max_parallel_jobs
+    early_stopping: EarlyStopping = Tuning.early_stopping
+    warm_start_from: list[str] = list(Tuning.warm_start_from)
 
     def tuning(self) -> Tuning:
+        same = {name: getattr(self, name) for name in self.model_fields if name not in ("ranges", "objective")}
+        same["warm_start_from"] = tuple(self.warm_start_from)
         try:
             return Tuning(
                 ranges=tuple(spec.parameter_range(name) for name, spec in self.ranges.items()),
                 objective_metric=self.objective.metric,
                 objective_regex=self.objective.pattern,
                 direction=self.objective.direction,
-                strategy=self.strategy,
-                max_jobs=self.max_jobs,
-                max_parallel_jobs=self.max_parallel_jobs,
-                early_stopping=self.early_stopping,
-                warm_start_from=tuple(self.warm_start_from),
+                **same,
             )
         except LauncherError as err:
             raise ConfigError(f"tuning: {err}") from None
@@ -237,30 +238,85 @@ class ConfigFile(Section):
     tracking: Tracking = Tracking()
 
 
-def load_job_config(path: Path) -> JobConfig:
-    """Read and validate a job config; every error names the file and the offending key. Local data paths are
-    relative to the file's folder."""
+def setting_paths(model: type[Section] = ConfigFile, prefix: str = "") -> set[str]:
+    """Every key path of the file: `image`, `tuning`, `tuning.max_jobs`, ..."""
+    paths = set()
+    for name, declared in model.model_fields.items():
+        paths.add(prefix + name)
+        for inner in (declared.annotation, *get_args(declared.annotation)):
+            if isinstance(inner, type) and issubclass(inner, Section):
+                paths |= setting_paths(inner, f"{prefix}{name}.")
+    return paths
+
+
+def merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """`over` laid on `base`: mappings merged key by key, anything else replaced."""
+    result = dict(base)
+    for key, value in over.items():
+        both = isinstance(value, Mapping) and isinstance(result.get(key), Mapping)
+        result[key] = merged(result[key], value) if both else value
+    return result
+
+
+def nested(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """`{"tuning.max_jobs": 3}` as `{"tuning": {"max_jobs": 3}}`."""
+    tree: dict[str, Any] = {}
+    for path, value in flat.items():
+        *parents, key = path.split(".")
+        node = tree
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[key] = value
+    return tree
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    """The file's mapping, its local data paths made absolute (they are relative to the file's folder)."""
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
         raise ConfigError(f"cannot read job config {path}: {err}") from err
+    if not isinstance(raw, Mapping):
+        return raw
+
+    def local(source: Any) -> Any:
+        on_host = isinstance(source, str) and not source.startswith(S3_SCHEME)
+        return str((path.parent / source).resolve()) if on_host else source
+
+    found = dict(raw)
+    if "data" in found:
+        found["data"] = local(found["data"])
+    if isinstance(found.get("channels"), Mapping):
+        found["channels"] = {name: local(source) for name, source in found["channels"].items()}
+    return found
+
+
+def job_options(
+    path: Path | None, flags: Mapping[str, Any] | None = None, beneath: Mapping[str, Any] | None = None
+) -> JobConfig:
+    """The job's options: the file at `path` (if any), `beneath` laid over it (a tuning run's best hyperparameters),
+    then `flags` (values by key path, `tuning.max_jobs`), validated as one. Every error names the file's key, or the
+    flag that set it."""
+    flags = flags or {}
+    raw = merged(merged(read_file(path) if path else {}, beneath or {}), nested(flags))
     try:
-        config = parse_job_config(raw)
+        return parse_job_config(raw, {key: "--" + key.rsplit(".", 1)[-1].replace("_", "-") for key in flags})
     except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
-    folder = path.parent
-    channels = {
-        name: source if source.startswith(S3_SCHEME) else str((folder / source).resolve())
-        for name, source in config.channels.items()
-    }
-    return dataclasses.replace(config, channels=channels)
+        raise ConfigError(f"{path}: {err}" if path else str(err)) from None
 
 
-def parse_job_config(raw: Any) -> JobConfig:
+def load_job_config(path: Path) -> JobConfig:
+    """Read and validate a job config; every error names the file and the offending key. Local data paths are
+    relative to the file's folder."""
+    return job_options(path)
+
+
+def parse_job_config(raw: Any, flags: Mapping[str, str] | None = None) -> JobConfig:
+    """`flags`: the key paths the command line set, and the flags that set them, for the errors."""
     try:
         config = ConfigFile.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError("; ".join(map(explain, err.errors(include_url=False)))) from None
+        raise ConfigError("; ".join(explain(e, flags or {}) for e in err.errors(include_url=False))) from None
     hyperparameters = dict(config.hyperparameters)
     if config.rules is not None:
         hyperparameters["rules"] = config.rules
@@ -279,9 +335,10 @@ def parse_job_config(raw: Any) -> JobConfig:
     )
 
 
-def explain(error: Mapping[str, Any]) -> str:
-    """One of pydantic's errors in the file's words: the key's path, then what is wrong with it."""
+def explain(error: Mapping[str, Any], flags: Mapping[str, str]) -> str:
+    """One of pydantic's errors in the file's words: the key's path (or the flag that set it), then what is wrong."""
     where = ".".join(str(part) for part in error["loc"]) or "the file"
+    where = f"{flags[where]} ({where})" if where in flags else where
     if error["type"] in ("model_type", "dict_type", "model_attributes_type"):
         return f"{where} must be a mapping of names to values, got {error['input']!r}"
     problem = str(error["ctx"]["error"]) if error["type"] == "value_error" else error["msg"]

@@ -2,7 +2,8 @@
 distribution (its metadata on the path, as pip leaves it), `tests/plugins/fake_backend.py` is driven through the
 real command line in fresh interpreters — train, deploy, predict, stop — with no launcher file changed. What it
 does not implement (batch transform, model swaps) and the options of other backends are refused, naming the
-backends that have them. Not covered: installing with pip itself (the metadata is written as pip writes it)."""
+backends that have them; its own option gets a flag. Not covered: installing with pip itself (the metadata is
+written as pip writes it)."""
 
 from __future__ import annotations
 
@@ -51,17 +52,23 @@ def test_a_plugin_backend_trains_deploys_predicts_and_stops_through_the_cli(plug
     assert (job["backend"], job["status"]) == ("fake", "Completed")
     assert job["test_metrics"] == {"loss": 1.0, "accuracy": pytest.approx(1 / 3)}  # read from its metric lines
 
-    deployed = launcher(plugin_path, work, "deploy", "j", "--backend", "fake", "--endpoint-name", "ep", "--no-tracking")
-    assert deployed.returncode == 0, deployed.stderr
+    deploy = ["deploy", "j", "--backend", "fake", "--no-tracking"]
+    assert launcher(plugin_path, work, *deploy, "--endpoint-name", "ep").returncode == 0
+    told = launcher(plugin_path, work, *deploy, "--endpoint-name", "told", "--answer", "square")  # its own option
+    assert told.returncode == 0, told.stderr
     image = next((data / "test").rglob("*.jpg"))
-    predicted = launcher(plugin_path, work, "predict", str(image), "--endpoint", "ep")
-    assert predicted.returncode == 0, predicted.stderr
-    answer = json.loads(predicted.stdout)
-    assert answer["served_by"] == "fake" and answer["top"][0]["label"] in {"circle", "square", "triangle"}
+    answers = {}
+    for endpoint in ("ep", "told"):
+        predicted = launcher(plugin_path, work, "predict", str(image), "--endpoint", endpoint)
+        assert predicted.returncode == 0, predicted.stderr
+        answers[endpoint] = json.loads(predicted.stdout)
+    assert answers["ep"]["served_by"] == "fake" and answers["ep"]["top"][0]["label"] == "circle"  # the first class
+    assert answers["told"]["top"][0]["label"] == "square"
 
-    stopped = launcher(plugin_path, work, "stop", "ep", "--no-tracking")
-    assert stopped.returncode == 0, stopped.stderr
-    assert json.loads((records / "endpoints" / "ep.json").read_text())["status"] == "Deleted"
+    for endpoint in ("ep", "told"):
+        stopped = launcher(plugin_path, work, "stop", endpoint, "--no-tracking")
+        assert stopped.returncode == 0, stopped.stderr
+        assert json.loads((records / "endpoints" / f"{endpoint}.json").read_text())["status"] == "Deleted"
 
 
 def test_what_a_plugin_backend_lacks_is_refused_by_naming_who_has_it(plugin_path: str, tmp_path: Path):
@@ -76,6 +83,9 @@ def test_what_a_plugin_backend_lacks_is_refused_by_naming_who_has_it(plugin_path
     spot = launcher(plugin_path, work, "train", "--backend", "fake", "--data", str(tmp_path), "--spot")
     assert spot.returncode == 1
     assert "--spot is an option of --backend sagemaker, not of the fake backend" in spot.stderr
+    answer = launcher(plugin_path, work, "train", "--data", str(tmp_path), "--answer", "square")
+    assert answer.returncode == 1
+    assert "--answer is an option of --backend fake, not of the process backend" in answer.stderr
 
 
 def test_a_plugin_cannot_take_a_built_in_name(plugin_path: str, tmp_path: Path):

@@ -27,8 +27,7 @@ from conftest import FAST_HYPERPARAMETERS, Clients, compose_containers, docker, 
 
 from imgclf.distributed import fingerprint
 from launcher import contract, promotion
-from launcher.backends import local_mode
-from launcher.backends.base import DeploySpec
+from launcher.backends import DeploySpec, local_mode
 from launcher.backends.local import FIND_CONTAINERS_SECONDS, ContainerLogs, LocalBackend
 from launcher.cli import main
 from launcher.hosted import free_port, model_ready

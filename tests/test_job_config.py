@@ -1,15 +1,16 @@
-"""The YAML job config: the original project's ranges verbatim, the mapping form, and clear errors."""
+"""The YAML job config: the original project's ranges verbatim, the mapping form, clear errors, and the command
+line's job flags as keys of the same model, merged over the file once."""
 
 from __future__ import annotations
 
-import dataclasses
+import argparse
 from pathlib import Path
 
 import pytest
 
-from launcher.errors import LauncherError
-from launcher.job_config import ConfigError, load_job_config, parse_job_config
-from launcher.tuning.spec import ParameterRange
+from launcher.cli import get_args_parser
+from launcher.job_config import ConfigError, job_options, load_job_config, parse_job_config, setting_paths
+from launcher.tuning import ParameterRange
 
 ORIGINAL = """
 data: data/dogs
@@ -110,7 +111,49 @@ def test_a_file_error_names_the_file(tmp_path: Path):
         load_job_config(path)
 
 
-def test_a_command_line_override_is_checked_as_the_config_is():
-    config = parse_job_config({"tuning": {"ranges": {"lr": "ContinuousParameter(0.001, 0.1)"}}})
-    with pytest.raises(LauncherError, match="the Grid strategy searches categorical ranges only"):
-        dataclasses.replace(config.tuning, strategy="Grid")  # what `launcher tune --strategy Grid` does
+def test_flags_override_the_file_in_one_merge_and_their_errors_name_them(tmp_path: Path):
+    path = tmp_path / "job.yaml"
+    path.write_text(ORIGINAL)
+    flags = {"tuning.max_jobs": 7, "hyperparameters": {"epochs": 2}, "data": "/elsewhere", "deploy.workers": 3}
+    best = {"hyperparameters": {"learning_rate": 0.5, "epochs": 9}}  # `train --from-tuning`: under the flags
+    config = job_options(path, flags, beneath=best)
+    assert (config.tuning.max_jobs, config.tuning.strategy, config.tuning.max_parallel_jobs) == (7, "Bayesian", 2)
+    assert config.hyperparameters == {
+        "epochs": 2,
+        "model_name": "resnet50",
+        "learning_rate": 0.5,
+        "rules": {"Overfit": {"patience": 2}},
+        "profiler_interval_ms": 500,
+    }
+    assert config.channels == {"training": "/elsewhere"}
+    assert config.deploy == {"workers": 3}
+    with pytest.raises(ConfigError, match=r"job.yaml: --max-jobs \(tuning.max_jobs\): Input should be greater"):
+        job_options(path, {"tuning.max_jobs": 0})
+    with pytest.raises(ConfigError, match="the Grid strategy searches categorical ranges only"):
+        job_options(path, {"tuning.strategy": "Grid"})  # what `launcher tune --strategy Grid` does
+    with pytest.raises(ConfigError, match=r"^--workers \(deploy.workers\): Input should be greater"):
+        job_options(None, {"deploy.workers": 0})  # `launcher deploy --workers 0`: no file
+
+
+def test_the_job_flags_are_keys_of_the_job_config():
+    """A flag of `train`, `tune` or `run` that sets a job option has its key path as destination; the keys without a
+    flag are these, so that a new key of the file gets a flag or a place here."""
+    commands = next(a for a in get_args_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    flagged = {action.dest for name in ("train", "tune", "run") for action in commands[name]._actions}
+    assert setting_paths() - flagged == {
+        "rules",
+        "profiler",
+        "profiler.interval_ms",
+        "tuning",
+        "tuning.ranges",
+        "tuning.objective",
+        "tuning.objective.metric",
+        "tuning.objective.regex",
+        "tuning.objective.direction",
+        "tuning.warm_start_from",
+        "deploy",
+        "deploy.instance_type",
+        "deploy.inference_ami_version",  # the sagemaker backend's option --inference-ami-version
+        "tracking",
+        "tracking.registered_model",
+    }

@@ -30,7 +30,7 @@ from launcher.backends.sagemaker.tuning import tune_on_sagemaker
 from launcher.errors import LauncherError
 from launcher.records import RecordStore, TrainingJob, TuningRun
 from launcher.tracking import Tracker
-from launcher.tuning.spec import ParameterRange, TuningSpec
+from launcher.tuning import ParameterRange, TuningSpec
 
 TUNING = "imgclf-hpo-1"
 DATA = f"s3://{BUCKET}/shapes"

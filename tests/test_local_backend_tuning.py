@@ -18,13 +18,13 @@ from mlflow.tracking import MlflowClient
 
 from imgclf_contract.metrics import EPOCH_LINE
 from launcher import steps, tracking
-from launcher.backends.base import TrainingSpec
+from launcher.backends import TrainingSpec
 from launcher.backends.local import LocalBackend
 from launcher.backends.local_mode import containers as local_mode_containers
 from launcher.errors import LauncherError
 from launcher.records import RecordStore, TrainingJob
 from launcher.tracking import Tracker
-from launcher.tuning.spec import ParameterRange, TuningSpec
+from launcher.tuning import ParameterRange, TuningSpec
 
 pytestmark = pytest.mark.docker
 OBJECTIVE = re.compile(r"valid loss: ([0-9.eE+-]+)")  # the default objective: the last epoch's validation loss

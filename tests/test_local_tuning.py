@@ -14,12 +14,11 @@ from pathlib import Path
 import pytest
 from conftest import BIN, default_sigint, write_split
 
-from launcher.backends.base import TrainingSpec
+from launcher.backends import TrainingSpec
 from launcher.backends.process import ProcessBackend
 from launcher.cli import main
 from launcher.records import RecordStore
-from launcher.tuning.optuna_tuner import OptunaTuner
-from launcher.tuning.spec import ParameterRange, TuningSpec
+from launcher.tuning import OptunaTuner, ParameterRange, TuningSpec
 
 pytestmark = pytest.mark.slow  # real tuning trials
 

@@ -13,9 +13,9 @@ import pytest
 from imgclf.data import load_image_folders
 from imgclf_contract.errors import ContractError
 from launcher import preflight
-from launcher.backends.base import TrainingSpec
+from launcher.backends import TrainingSpec
 from launcher.errors import LauncherError
-from launcher.tuning.spec import ParameterRange, Tuning, TuningSpec
+from launcher.tuning import ParameterRange, Tuning, TuningSpec
 
 
 def container_refusal(channels: dict[str, Path]) -> str:

@@ -24,7 +24,7 @@ from conftest import Clients, write_split
 from mlflow.tracking import MlflowClient
 
 from launcher import promotion
-from launcher.backends.base import DeploySpec
+from launcher.backends import DeploySpec
 from launcher.backends.process import ProcessBackend
 from launcher.cli import main
 from launcher.errors import LauncherError

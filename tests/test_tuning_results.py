@@ -7,10 +7,9 @@ import re
 from pathlib import Path
 from xml.etree import ElementTree
 
-from launcher.backends.base import TrainingSpec
+from launcher.backends import TrainingSpec
 from launcher.records import TuningRun
-from launcher.tuning.results import TrialRow, write_results
-from launcher.tuning.spec import ParameterRange, TuningSpec
+from launcher.tuning import ParameterRange, TrialRow, TuningSpec, write_results
 
 # The original project's ranges: a 100x learning-rate range and the batch size as categories.
 RANGES = (

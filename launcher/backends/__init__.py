@@ -4,6 +4,7 @@ SageMaker local mode (`local`) and SageMaker (`sagemaker`), each imported when f
 
 from launcher.backends.base import Backend, Hosts, StopsTraining, SwapsModels, Trains, Transforms, TunesAsService
 from launcher.backends.registry import (
+    BUILT_IN,
     DEFAULT_BACKEND,
     ENTRY_POINT_GROUP,
     backend_class,
@@ -17,6 +18,7 @@ from launcher.backends.registry import (
 from launcher.specs import DEFAULT_IMAGE, BackendOptions, DeploySpec, TrainingSpec, TransformSpec
 
 __all__ = [
+    "BUILT_IN",
     "DEFAULT_BACKEND",
     "DEFAULT_IMAGE",
     "ENTRY_POINT_GROUP",

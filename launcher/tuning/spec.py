@@ -82,17 +82,14 @@ class TuningSpec(Tuning):
         }
 
     def record(self, backend: str, **fields: object) -> TuningRun:
-        """The run's record as it starts; `fields`: what the backend adds."""
+        """The run's record as it starts: the tuning's settings the record keeps, the trials' image, instance and
+        channels; `fields`: what the backend adds."""
+        kept = {f.name for f in dataclasses.fields(Tuning)} & {f.name for f in dataclasses.fields(TuningRun)}
+        settings = {name: getattr(self, name) for name in kept}
         return TuningRun(
             name=self.name,
             backend=backend,
-            objective_metric=self.objective_metric,
-            direction=self.direction,
-            strategy=self.strategy,
-            early_stopping=self.early_stopping,
-            max_jobs=self.max_jobs,
-            max_parallel_jobs=self.max_parallel_jobs,
-            warm_start_from=list(self.warm_start_from),
+            **{**settings, "warm_start_from": list(self.warm_start_from)},
             image=self.training.image,
             instance_type=self.training.instance_type,
             channels=dict(self.training.channels),
