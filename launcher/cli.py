@@ -619,8 +619,8 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
     try:
+        args = get_args_parser().parse_args(argv)
         COMMANDS[args.command](args, RecordStore(args.workdir / "records"))
     except LauncherError as err:
         print(f"launcher: error: {err}", file=sys.stderr)

@@ -96,3 +96,18 @@ def test_a_plugin_cannot_take_a_built_in_name(plugin_path: str, tmp_path: Path):
     refused = launcher(plugin_path, tmp_path / "work", "train", "--help")
     assert refused.returncode == 1
     assert "takes the name 'process' of a built-in backend" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_a_plugin_that_cannot_load_is_named_and_the_others_still_work(plugin_path: str, tmp_path: Path):
+    site = Path(plugin_path.split(os.pathsep)[0])
+    (site / "imgclf_fake_backend-0.1.dist-info" / "entry_points.txt").write_text(
+        "[imgclf.backends]\nbroken = no_such_module:Backend\n"
+    )
+    work = tmp_path / "work"
+    listed = launcher(plugin_path, work, "sample-data", str(tmp_path / "data"), "--fraction", "0.05")
+    assert listed.returncode == 0, listed.stderr
+    assert "backend 'broken': cannot load no_such_module:Backend" in listed.stderr  # a warning, once
+    chosen = launcher(plugin_path, work, "train", "--backend", "broken", "--data", str(tmp_path / "data"))
+    assert chosen.returncode == 1 and "Traceback" not in chosen.stderr
+    assert "launcher: error: backend 'broken': cannot load no_such_module:Backend: No module named" in chosen.stderr

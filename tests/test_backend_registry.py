@@ -60,11 +60,12 @@ def replay(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, trained_model_dir: P
     (dist_info / "entry_points.txt").write_text(f"[imgclf.backends]\nreplay = {__name__}:ReplayBackend\n")
     monkeypatch.syspath_prepend(str(dist_info.parent))
     monkeypatch.setattr(ReplayBackend, "trained", trained_model_dir, raising=False)
-    registry.targets.cache_clear()
-    registry.backend_class.cache_clear()
+    forget = (registry.targets, registry.backend_class, registry.loadable)
+    for found in forget:
+        found.cache_clear()
     yield
-    registry.targets.cache_clear()
-    registry.backend_class.cache_clear()
+    for found in forget:
+        found.cache_clear()
 
 
 @pytest.mark.usefixtures("replay")

@@ -13,6 +13,7 @@ from typing import Any
 
 from launcher.backends.base import Backend
 from launcher.errors import LauncherError
+from launcher.progress import say
 from launcher.records import RecordStore
 from launcher.specs import BackendOptions
 from launcher.tracking import Tracker
@@ -65,9 +66,22 @@ def get_backend(name: str, workdir: Path, records: RecordStore, tracker: Tracker
     return backend_class(name)(workdir, records, tracker)
 
 
+@cache
+def loadable() -> dict[str, type[Backend]]:
+    """Every backend that can be loaded, by name; a plug-in that cannot is left out with a warning (choosing it
+    with --backend says why)."""
+    found = {}
+    for name in backend_names():
+        try:
+            found[name] = backend_class(name)
+        except LauncherError as err:
+            say(f"warning: {err}; left out")
+    return found
+
+
 def offering(role: type[Backend]) -> str:
     """`--backend A or --backend B`: the backends that implement `role`."""
-    having = [name for name in backend_names() if issubclass(backend_class(name), role)]
+    having = [name for name, cls in loadable().items() if issubclass(cls, role)]
     return " or ".join(f"--backend {name}" for name in having) or "a backend that has it (none is installed)"
 
 
@@ -80,8 +94,8 @@ def require(name: str, role: type[Backend], asked: str) -> None:
 def option_names() -> dict[str, list[str]]:
     """Each backend option's name, and the backends whose `Options` have it."""
     owners: dict[str, list[str]] = {}
-    for name in backend_names():
-        for option in dataclasses.fields(backend_class(name).Options):
+    for name, cls in loadable().items():
+        for option in dataclasses.fields(cls.Options):
             owners.setdefault(option.name, []).append(name)
     return owners
 
