@@ -392,14 +392,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "(no failed request), and move the registered model's `champion` alias back to it.",
     )
     rollback.add_argument("endpoint", metavar="NAME", help="the endpoint")
-    rollback.add_argument(
-        "--rollback-alarm",
-        "--rollback-alarms",
-        action="append",
-        dest="rollback_alarms",
-        metavar="ALARM",
-        help=ALARM_HELP,
-    )
+    add_rollback_alarm_option(rollback)
     add_swap_options(rollback)
 
     lineage = commands.add_parser(
@@ -490,10 +483,17 @@ def add_debugger_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-ALARM_HELP = (
-    "sagemaker backend, repeatable: a CloudWatch alarm that rolls the update back if it fires while the old fleet "
-    "is still kept (blue/green auto-rollback)"
-)
+def add_rollback_alarm_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--rollback-alarm (the sagemaker backend's `rollback_alarms` option), for `run`, `promote` and `rollback`."""
+    parser.add_argument(
+        "--rollback-alarm",
+        "--rollback-alarms",
+        action="append",
+        dest="rollback_alarms",
+        metavar="ALARM",
+        help="sagemaker backend, repeatable: a CloudWatch alarm that rolls the update back if it fires while the old "
+        "fleet is still kept (blue/green auto-rollback)",
+    )
 
 
 def add_promotion_options(parser: argparse.ArgumentParser, endpoint_help: str, required: bool = False) -> None:
@@ -516,14 +516,7 @@ def add_promotion_options(parser: argparse.ArgumentParser, endpoint_help: str, r
         "and its accuracy is not lower (default 0: any lower loss)",
     )
     group.add_argument("--force", action="store_true", help="promote whatever the rule says (and say so)")
-    group.add_argument(
-        "--rollback-alarm",
-        "--rollback-alarms",
-        action="append",
-        dest="rollback_alarms",
-        metavar="ALARM",
-        help=ALARM_HELP,
-    )
+    add_rollback_alarm_option(group)
 
 
 def add_swap_options(parser: argparse.ArgumentParser) -> None:
