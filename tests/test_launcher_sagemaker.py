@@ -386,7 +386,7 @@ def test_spot_limits_are_checked_before_any_call(
 ):
     assert train(tmp_path, *AWS_FLAGS, "--data", f"s3://{BUCKET}/shapes", *extra) == 1
     assert message in capsys.readouterr().err
-    assert aws.calls == []
+    assert aws.calls == [] and not any(tmp_path.iterdir())  # refused before anything is written
 
 
 def test_without_spot_the_run_limit_is_sent_alone(aws: StubbedAWS, tmp_path: Path):

@@ -33,6 +33,18 @@ class SageMakerOptions(BackendOptions):
     rollback_alarms: tuple[str, ...] = ()  # CloudWatch alarms that roll a model swap back
     transform_ami_version: str | None = None  # TransformAmiVersion (the batch hosts' NVIDIA driver)
 
+    def __post_init__(self) -> None:
+        """Refuse run limits SageMaker would refuse, when the options are made: before any upload or record."""
+        if self.max_wait is not None and not self.spot:
+            raise LauncherError("--max-wait applies to spot training only: add --spot, or leave --max-wait out")
+        if self.max_run < 1:
+            raise LauncherError(f"--max-run must be at least 1 second, not {self.max_run}")
+        if self.spot and self.max_wait is not None and self.max_wait < self.max_run:
+            raise LauncherError(
+                f"--max-wait ({self.max_wait} s) must be at least --max-run ({self.max_run} s): it is the time to "
+                "wait for spot capacity plus the time to run"
+            )
+
     @classmethod
     def of(cls, options: BackendOptions) -> SageMakerOptions:
         """A spec's options as this backend's (the defaults where the spec carries none)."""

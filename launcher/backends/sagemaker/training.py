@@ -41,22 +41,13 @@ def check_gpu_generation(instance_type: str) -> None:
         )
 
 
-def check_training_spec(spec: TrainingSpec, options: SageMakerOptions) -> None:
+def check_training_spec(spec: TrainingSpec) -> None:
     """Refuse what SageMaker would refuse, or the image could not use, before anything is uploaded."""
     check_image_and_instance(spec.image, spec.instance_type)
     check_gpu_generation(spec.instance_type)
     if spec.output_path is not None and not spec.output_path.startswith(S3_SCHEME):
         raise LauncherError(
             f"the sagemaker backend writes artifacts to S3: give --output an s3:// URI, not {spec.output_path}"
-        )
-    if options.max_wait is not None and not options.spot:
-        raise LauncherError("--max-wait applies to spot training only: add --spot, or leave --max-wait out")
-    if options.max_run < 1:
-        raise LauncherError(f"--max-run must be at least 1 second, not {options.max_run}")
-    if options.spot and options.max_wait is not None and options.max_wait < options.max_run:
-        raise LauncherError(
-            f"--max-wait ({options.max_wait} s) must be at least --max-run ({options.max_run} s): it is the time to "
-            "wait for spot capacity plus the time to run"
         )
 
 
@@ -89,7 +80,7 @@ def prepare_training(spec: TrainingSpec, name: str) -> PreparedTraining:
     `name` is the training job's, or the tuning job's whose trials all run this job.
     """
     options = SageMakerOptions.of(spec.options)
-    check_training_spec(spec, options)
+    check_training_spec(spec)
     aws = AwsSettings.resolve(options)
     output_path = (spec.output_path or f"{S3_SCHEME}{aws.bucket}/{S3_PREFIX}").rstrip("/")
     session = api.Aws(aws.region)
