@@ -24,7 +24,7 @@ from launcher.backends import TrainingSpec
 from launcher.backends.process import ProcessBackend
 from launcher.records import RecordStore
 from launcher.sample_data import write_digits
-from launcher.tuning import OptunaTuner, ParameterRange, TuningSpec
+from launcher.tuning import OptunaTuner, TuningSpec
 
 
 def main() -> None:
@@ -36,10 +36,10 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    ranges = (  # the original project's ranges, with batch sizes a 2-core machine can take
-        ParameterRange("learning_rate", "continuous", 0.001, 0.1),
-        ParameterRange("batch_size", "categorical", values=(32, 64)),
-    )
+    ranges = {  # the original project's ranges, with batch sizes a 2-core machine can take
+        "learning_rate": "ContinuousParameter(0.001, 0.1)",
+        "batch_size": "CategoricalParameter([32, 64])",
+    }
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_digits(root / "digits", size=args.image_size)

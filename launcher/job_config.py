@@ -28,26 +28,18 @@ whole is validated as the file is, so a flag's error is the file's error, naming
 
 from __future__ import annotations
 
-import ast
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, get_args
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import Field, StringConstraints, ValidationError
 
-from imgclf_contract import metrics
 from launcher.contract import S3_SCHEME
 from launcher.errors import LauncherError
-from launcher.tuning import DIRECTIONS, EARLY_STOPPING, SCALINGS, STRATEGIES, ParameterRange, Tuning
-
-SDK_RANGE_CLASSES = {
-    "ContinuousParameter": "continuous",
-    "IntegerParameter": "integer",
-    "CategoricalParameter": "categorical",
-}
+from launcher.schema import Number, Section
+from launcher.tuning import Tuning
 
 
 class ConfigError(LauncherError):
@@ -67,140 +59,7 @@ class JobConfig:
     tracking: dict[str, str] = field(default_factory=dict)  # MLflow experiment and registered model names
 
 
-def one_of(*choices: str) -> Any:
-    """A string among `choices`, in any case, given back as written there."""
-    folded = {choice.lower(): choice for choice in choices}
-
-    def pick(value: Any) -> str:
-        if str(value).lower() not in folded:
-            raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}")
-        return folded[str(value).lower()]
-
-    return Annotated[str, BeforeValidator(pick)]
-
-
-Number = int | float
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
-RangeKind, Scaling = one_of(*SDK_RANGE_CLASSES.values()), one_of(*SCALINGS)
-Direction, Strategy, EarlyStopping = one_of(*DIRECTIONS), one_of(*STRATEGIES), one_of(*EARLY_STOPPING)
-
-
-class Section(BaseModel):
-    """A mapping of the file: its keys are the fields, typed strictly (no "5" for 5), nothing else."""
-
-    model_config = ConfigDict(strict=True, frozen=True, allow_inf_nan=False)
-
-    @model_validator(mode="before")
-    @classmethod
-    def known_keys(cls, data: Any) -> Any:
-        unknown = sorted(map(str, set(data) - set(cls.model_fields))) if isinstance(data, Mapping) else []
-        if unknown:
-            raise ValueError(f"unknown keys {', '.join(unknown)}; known: {', '.join(cls.model_fields)}")
-        return data
-
-
-def sdk_call(text: Any) -> Any:
-    """`ContinuousParameter(0.001, 0.1, scaling_type="Logarithmic")` as the mapping form, parsed without running
-    code; anything but a string is left as it is."""
-    if not isinstance(text, str):
-        return text
-    try:
-        call = ast.parse(text.strip(), mode="eval").body
-        if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name):
-            raise ValueError
-        kind = SDK_RANGE_CLASSES[call.func.id]
-        args = [ast.literal_eval(arg) for arg in call.args]
-        keywords = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
-    except (SyntaxError, ValueError, KeyError):
-        raise ValueError(
-            f"{text!r} is not ContinuousParameter(min, max), IntegerParameter(min, max) or "
-            "CategoricalParameter([values]) (with an optional scaling_type=...)"
-        ) from None
-    names = ["values"] if kind == "categorical" else ["min", "max"]
-    spec: dict[str, Any] = {"type": kind, **dict(zip(names, args, strict=False))}
-    for key, value in keywords.items():
-        spec[{"min_value": "min", "max_value": "max", "scaling_type": "scaling"}.get(key, key)] = value
-    return spec
-
-
-class Range(Section):
-    """`{type: continuous, min: 0.001, max: 0.1, scaling: Logarithmic}`, `{type: categorical, values: [32, 64]}`."""
-
-    type: RangeKind
-    min: Number | None = None
-    max: Number | None = None
-    values: list[Any] | None = None
-    scaling: Scaling = "Auto"
-
-    @model_validator(mode="after")
-    def consistent(self) -> Range:
-        if self.type == "categorical":
-            if not self.values or self.min is not None or self.max is not None:
-                raise ValueError("a categorical range needs a non-empty list of values, and no min or max")
-            return self
-        low, high = self.min, self.max
-        if low is None or high is None or self.values is not None:
-            raise ValueError(f"a {self.type} range needs min and max, and no values")
-        if self.type == "integer" and not (float(low).is_integer() and float(high).is_integer()):
-            raise ValueError("an integer range needs integer min and max")
-        if low >= high:
-            raise ValueError(f"min ({low}) must be below max ({high})")
-        if self.scaling in ("Logarithmic", "ReverseLogarithmic") and low <= 0:
-            raise ValueError(f"{self.scaling} scaling needs min > 0")
-        if self.scaling == "ReverseLogarithmic" and high >= 1:
-            raise ValueError("ReverseLogarithmic scaling needs max < 1")
-        return self
-
-    def parameter_range(self, name: str) -> ParameterRange:
-        if self.type == "categorical":
-            return ParameterRange(name, self.type, values=tuple(self.values or ()))
-        return ParameterRange(name, self.type, self.min, self.max, scaling=self.scaling)
-
-
-class Objective(Section):
-    metric: str = Tuning.objective_metric
-    regex: str | None = None  # default: the metric as the container prints it, `<metric>: <number>`
-    direction: Direction = Tuning.direction
-
-    @model_validator(mode="after")
-    def one_group(self) -> Objective:
-        try:
-            groups = re.compile(self.pattern).groups
-        except re.error as err:
-            raise ValueError(f"regex is not a regular expression: {err}") from None
-        if groups != 1:
-            raise ValueError("regex must have exactly one group: the number")
-        return self
-
-    @property
-    def pattern(self) -> str:
-        return metrics.regex(self.metric) if self.regex is None else self.regex
-
-
-class TuningSection(Section):
-    """A `Tuning` as the file writes it (ranges by name, the objective as a mapping); its defaults are Tuning's."""
-
-    ranges: Annotated[dict[str, Annotated[Range, BeforeValidator(sdk_call)]], Field(min_length=1)]
-    objective: Objective = Objective()
-    strategy: Strategy = Tuning.strategy
-    max_jobs: Annotated[int, Field(ge=1)] = Tuning.max_jobs
-    max_parallel_jobs: Annotated[int, Field(ge=1)] = Tuning.max_parallel_jobs
-    early_stopping: EarlyStopping = Tuning.early_stopping
-    warm_start_from: list[str] = list(Tuning.warm_start_from)
-
-    def tuning(self) -> Tuning:
-        same = {name: getattr(self, name) for name in self.model_fields if name not in ("ranges", "objective")}
-        same["warm_start_from"] = tuple(self.warm_start_from)
-        try:
-            return Tuning(
-                ranges=tuple(spec.parameter_range(name) for name, spec in self.ranges.items()),
-                objective_metric=self.objective.metric,
-                objective_regex=self.objective.pattern,
-                direction=self.objective.direction,
-                **same,
-            )
-        except LauncherError as err:
-            raise ConfigError(f"tuning: {err}") from None
 
 
 class Profiler(Section):
@@ -225,14 +84,14 @@ class Tracking(Section):
 
 class ConfigFile(Section):
     data: str | None = None  # the "training" channel
-    channels: dict[str, str] = {}
+    channels: dict[str, str] = Field(default_factory=dict)
     image: str | None = None
     instance_type: str | None = None
     instance_count: Annotated[int, Field(ge=1)] | None = None
-    hyperparameters: dict[str, Any] = {}
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
     rules: dict[str, Any] | None = None
     profiler: Profiler = Profiler()
-    tuning: TuningSection | None = None
+    tuning: Tuning | None = None
     deploy: Deploy = Deploy()
     output: str | None = None
     tracking: Tracking = Tracking()
@@ -329,7 +188,7 @@ def parse_job_config(raw: Any, flags: Mapping[str, str] | None = None) -> JobCon
         instance_count=config.instance_count,
         output=config.output,
         hyperparameters=hyperparameters,
-        tuning=config.tuning.tuning() if config.tuning else None,
+        tuning=config.tuning,
         deploy=config.deploy.model_dump(exclude_none=True),
         tracking=config.tracking.model_dump(exclude_none=True),
     )

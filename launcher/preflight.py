@@ -21,7 +21,7 @@ from launcher.errors import LauncherError
 from launcher.progress import say
 
 if TYPE_CHECKING:
-    from launcher.tuning import ParameterRange, TuningSpec
+    from launcher.tuning import Range, TuningSpec
 
 HYPERPARAMETER_FIX = "change it with -H NAME=VALUE or in the job config's hyperparameters (docs/launcher.md)"
 DATA_FIX = f"{layout.FIX} (docs/launcher.md)"
@@ -41,7 +41,7 @@ def check_tuning(spec: TuningSpec) -> None:
     if platform.USER_PROGRAM_HYPERPARAMETER in spec.training.hyperparameters:
         return
     problems = hyperparameter_problems(spec.training.hyperparameters)
-    problems += [problem for r in spec.ranges for problem in range_problems(r)]
+    problems += [problem for name, r in spec.ranges.items() for problem in range_problems(name, r)]
     _refuse(problems, f"{HYPERPARAMETER_FIX}; tuning ranges: in the job config's `tuning` section (docs/tuning.md)")
     _refuse(data_problems(spec.training.channels), DATA_FIX)
 
@@ -83,25 +83,25 @@ def warn_unknown(name: str) -> None:
     say(f"warning: the image's built-in trainer ignores unknown hyperparameter {name!r}; {hint}")
 
 
-def range_problems(spec: ParameterRange) -> list[str]:
+def range_problems(name: str, spec: Range) -> list[str]:
     """What the image would refuse among the values a tuning range reaches: its ends, or its choices."""
-    declared = SPECS.get(spec.name)
+    declared = SPECS.get(name)
     if declared is None:
-        warn_unknown(spec.name)
+        warn_unknown(name)
         return []
-    where = f"tuning range {spec.name!r}"
-    if spec.kind == "categorical":
-        values = [("choice", value) for value in spec.values]
+    where = f"tuning range {name!r}"
+    if spec.type == "categorical":
+        values = [("choice", value) for value in spec.values or ()]
     elif declared.kind in ("integer", "number"):
-        if declared.kind == "integer" and spec.kind == "continuous":
-            return [f"{where}: hyperparameter {spec.name!r} takes integers; give it an integer range (or choices)"]
-        values = [("minimum", spec.min_value), ("maximum", spec.max_value)]
+        if declared.kind == "integer" and spec.type == "continuous":
+            return [f"{where}: hyperparameter {name!r} takes integers; give it an integer range (or choices)"]
+        values = [("minimum", spec.min), ("maximum", spec.max)]
     else:
         choices = ", ".join(declared.named()) if declared.kind != "rules" else "its values"
-        return [f"{where}: hyperparameter {spec.name!r} is not a number; tune it with categorical values ({choices})"]
+        return [f"{where}: hyperparameter {name!r} is not a number; tune it with categorical values ({choices})"]
     problems = []
     for end, value in values:
-        problem = value_problem(spec.name, value)
+        problem = value_problem(name, value)
         if problem:
             problems.append(f"{where}, {end} {value!r}: {problem}")
     return problems

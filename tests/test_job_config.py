@@ -10,7 +10,7 @@ import pytest
 
 from launcher.cli import get_args_parser
 from launcher.job_config import ConfigError, job_options, load_job_config, parse_job_config, setting_paths
-from launcher.tuning import ParameterRange
+from launcher.tuning import Range
 
 ORIGINAL = """
 data: data/dogs
@@ -42,10 +42,10 @@ def test_the_original_ranges_are_read_verbatim(tmp_path: Path):
         "rules": {"Overfit": {"patience": 2}},
         "profiler_interval_ms": 500,
     }
-    assert config.tuning.ranges == (
-        ParameterRange("learning_rate", "continuous", 0.001, 0.1),
-        ParameterRange("batch_size", "categorical", values=(32, 64, 128, 256, 512)),
-    )
+    assert config.tuning.ranges == {
+        "learning_rate": Range(type="continuous", min=0.001, max=0.1),
+        "batch_size": Range(type="categorical", values=[32, 64, 128, 256, 512]),
+    }
     assert (config.tuning.strategy, config.tuning.max_jobs, config.tuning.early_stopping) == ("Bayesian", 4, "Auto")
     assert config.tuning.objective_regex == r"average test loss: ([0-9.eE+-]+)"
 
@@ -56,9 +56,9 @@ def test_the_mapping_form_and_sdk_keywords():
         "epochs": 'IntegerParameter(1, 4, scaling_type="Linear")',
         "momentum": {"type": "continuous", "min": 0.5, "max": 0.99, "scaling": "ReverseLogarithmic"},
     }}})  # fmt: skip
-    lr, epochs, momentum = config.tuning.ranges
-    assert (lr.kind, lr.scaling, lr.min_value) == ("continuous", "Logarithmic", 1e-4)
-    assert (epochs.kind, epochs.min_value, epochs.max_value, epochs.scaling) == ("integer", 1, 4, "Linear")
+    lr, epochs, momentum = config.tuning.ranges.values()
+    assert (lr.type, lr.scaling, lr.min) == ("continuous", "Logarithmic", 1e-4)
+    assert (epochs.type, epochs.min, epochs.max, epochs.scaling) == ("integer", 1, 4, "Linear")
     assert momentum.scaling == "ReverseLogarithmic"
 
 

@@ -30,7 +30,7 @@ from launcher.backends.sagemaker.tuning import tune_on_sagemaker
 from launcher.errors import LauncherError
 from launcher.records import RecordStore, TrainingJob, TuningRun
 from launcher.tracking import Tracker
-from launcher.tuning import ParameterRange, TuningSpec
+from launcher.tuning import TuningSpec
 
 TUNING = "imgclf-hpo-1"
 DATA = f"s3://{BUCKET}/shapes"
@@ -41,12 +41,12 @@ STARTED = datetime.datetime(2026, 3, 1, 12, 0, tzinfo=datetime.UTC)
 ENDED = datetime.datetime(2026, 3, 1, 12, 40, tzinfo=datetime.UTC)
 STATIC = {"epochs": 3, "model_name": "resnet50", "pretrained": False}
 # The original project's ranges, plus one integer and one string-valued range.
-RANGES = (
-    ParameterRange("learning_rate", "continuous", min_value=0.001, max_value=0.1, scaling="Logarithmic"),
-    ParameterRange("batch_size", "categorical", values=(32, 64, 128, 256, 512)),
-    ParameterRange("optimizer", "categorical", values=("sgd", "adam")),
-    ParameterRange("image_size", "integer", min_value=64, max_value=224),
-)
+RANGES = {
+    "learning_rate": {"type": "continuous", "min": 0.001, "max": 0.1, "scaling": "Logarithmic"},
+    "batch_size": "CategoricalParameter([32, 64, 128, 256, 512])",
+    "optimizer": {"type": "categorical", "values": ["sgd", "adam"]},
+    "image_size": "IntegerParameter(64, 224)",
+}
 
 
 @pytest.fixture
@@ -308,10 +308,8 @@ def test_hyperband_and_warm_start(aws: StubbedAWS, tmp_path: Path):
     )
     spec = tuning_spec(
         strategy="Hyperband",
-        objective_metric="valid accuracy",
-        objective_regex=r"valid accuracy: ([0-9.eE+-]+)",
-        direction="Maximize",
-        warm_start_from=("imgclf-hpo-0", "imgclf-hpo-00"),
+        objective={"metric": "valid accuracy", "regex": r"valid accuracy: ([0-9.eE+-]+)", "direction": "Maximize"},
+        warm_start_from=["imgclf-hpo-0", "imgclf-hpo-00"],
     )
     record = tune_on_sagemaker(spec, RecordStore(tmp_path / "records"), tmp_path / "tuning", wait=False).to_json()
     aws.assert_all_answered()
@@ -334,8 +332,12 @@ def test_hyperband_and_warm_start(aws: StubbedAWS, tmp_path: Path):
 def test_spot_trials_share_the_tuning_jobs_checkpoint_prefix(aws: StubbedAWS, tmp_path: Path):
     aws.stub("sagemaker").add_client_error("create_hyper_parameter_tuning_job", "ResourceLimitExceeded", "limit", 400)
     spec = tuning_spec()
-    spec = dataclasses.replace(
-        spec, training=dataclasses.replace(spec.training, options=dataclasses.replace(spec.training.options, spot=True))
+    spec = spec.model_copy(
+        update={
+            "training": dataclasses.replace(
+                spec.training, options=SageMakerOptions(role=ROLE, bucket=BUCKET, region=REGION, spot=True)
+            )
+        }
     )
     with pytest.raises(LauncherError, match=f"SageMaker did not start tuning job {TUNING}"):
         tune_on_sagemaker(spec, RecordStore(tmp_path / "records"), tmp_path / "tuning")
@@ -354,9 +356,7 @@ def test_spot_trials_share_the_tuning_jobs_checkpoint_prefix(aws: StubbedAWS, tm
         ({"name": "imgclf-hpo-2026-01-01-00-00-00-000"}, "SageMaker allows 1 to 32 letters, digits and hyphens"),
         ({"strategy": "Hyperband", "early_stopping": "Auto"}, "Hyperband strategy stops trials itself"),
         ({"strategy": "Hyperband", "hyperparameters": {"model_name": "resnet50"}}, "fix epochs as a whole number"),
-        ({"strategy": "Grid"}, "the Grid strategy searches categorical ranges only"),
-        ({"ranges": ()}, "has no hyperparameter ranges"),
-        ({"warm_start_from": tuple(f"p{i}" for i in range(6))}, "at most 5 parent tuning jobs"),
+        ({"warm_start_from": [f"p{i}" for i in range(6)]}, "at most 5 parent tuning jobs"),
     ],
 )
 def test_what_sagemaker_would_refuse_is_refused_before_any_call(

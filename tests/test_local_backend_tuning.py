@@ -24,7 +24,7 @@ from launcher.backends.local_mode import containers as local_mode_containers
 from launcher.errors import LauncherError
 from launcher.records import RecordStore, TrainingJob
 from launcher.tracking import Tracker
-from launcher.tuning import ParameterRange, TuningSpec
+from launcher.tuning import TuningSpec
 
 pytestmark = pytest.mark.docker
 OBJECTIVE = re.compile(r"valid loss: ([0-9.eE+-]+)")  # the default objective: the last epoch's validation loss
@@ -42,7 +42,7 @@ def test_tuning_on_the_local_backend_reads_each_trials_log_and_keeps_the_console
     capfd: pytest.CaptureFixture,
 ):
     training = TrainingSpec("unused", {"training": str(shapes_dataset)}, FIXED, image=image)
-    ranges = (ParameterRange("batch_size", "categorical", values=(2, 4)),)
+    ranges = {"batch_size": "CategoricalParameter([2, 4])"}
     spec = TuningSpec(name="lt-1", training=training, ranges=ranges, strategy="Grid", max_jobs=2, max_parallel_jobs=1)
     workdir = tmp_path / "work"
     uri = tracking.default_uri(workdir)

@@ -18,7 +18,7 @@ from launcher.backends import TrainingSpec
 from launcher.backends.process import ProcessBackend
 from launcher.cli import main
 from launcher.records import RecordStore
-from launcher.tuning import OptunaTuner, ParameterRange, TuningSpec
+from launcher.tuning import OptunaTuner, TuningSpec
 
 pytestmark = pytest.mark.slow  # real tuning trials
 
@@ -44,10 +44,10 @@ def tuning(tmp_path: Path, backbone: Path, **options) -> TuningSpec:
 def test_tuning_with_early_stopping_stops_the_bad_trials(tmp_path: Path, backbone: Path, capsys):
     # Six grid points, two of them useless (learning rate 0). The median rule starts judging at the third trial
     # and must stop every useless trial from there (others may be stopped too: slower learners are below median).
-    ranges = (
-        ParameterRange("learning_rate", "categorical", values=(0.0, 0.002, 0.004)),
-        ParameterRange("batch_size", "categorical", values=(4, 6)),
-    )
+    ranges = {
+        "learning_rate": "CategoricalParameter([0.0, 0.002, 0.004])",
+        "batch_size": "CategoricalParameter([4, 6])",
+    }
     spec = tuning(tmp_path, backbone, ranges=ranges, strategy="Grid", max_jobs=6, early_stopping="Auto")
     workdir = tmp_path / "work"
     backend = ProcessBackend(workdir, RecordStore(workdir / "records"))

@@ -15,7 +15,7 @@ from imgclf_contract.errors import ContractError
 from launcher import preflight
 from launcher.backends import TrainingSpec
 from launcher.errors import LauncherError
-from launcher.tuning import ParameterRange, Tuning, TuningSpec
+from launcher.tuning import Tuning, TuningSpec
 
 
 def container_refusal(channels: dict[str, Path]) -> str:
@@ -99,21 +99,21 @@ def test_script_mode_keeps_its_freedom(tmp_path: Path):
     preflight.check_training(spec({"training": str(tmp_path)}, sagemaker_program="train.py", batch_size="many"))
 
 
-def tuning(shapes_dataset: Path, *ranges: ParameterRange, **fixed: object) -> TuningSpec:
+def tuning(shapes_dataset: Path, ranges: dict[str, str], **fixed: object) -> TuningSpec:
     return TuningSpec.of(Tuning(ranges=ranges), "t", spec({"training": str(shapes_dataset)}, **fixed))
 
 
 @pytest.mark.parametrize(
     ("tuned", "expected"),
     [
-        (ParameterRange("batch_size", "integer", 0, 64),
+        ({"batch_size": "IntegerParameter(0, 64)"},
          "tuning range 'batch_size', minimum 0: hyperparameter 'batch_size' must be an integer >= 1, got 0"),
-        (ParameterRange("momentum", "continuous", 0.5, 1.0),
+        ({"momentum": "ContinuousParameter(0.5, 1.0)"},
          "tuning range 'momentum', maximum 1.0: hyperparameter 'momentum' must be a number >= 0.0 and < 1.0"),
-        (ParameterRange("optimizer", "categorical", values=("sgd", "lamb")),
+        ({"optimizer": 'CategoricalParameter(["sgd", "lamb"])'},
          "tuning range 'optimizer', choice 'lamb': hyperparameter 'optimizer' must be one of sgd, adam, adamw"),
-        (ParameterRange("epochs", "continuous", 1, 3), "hyperparameter 'epochs' takes integers"),
-        (ParameterRange("optimizer", "integer", 1, 3), "hyperparameter 'optimizer' is not a number"),
+        ({"epochs": "ContinuousParameter(1, 3)"}, "hyperparameter 'epochs' takes integers"),
+        ({"optimizer": "IntegerParameter(1, 3)"}, "hyperparameter 'optimizer' is not a number"),
     ],
 )  # fmt: skip
 def test_tuning_ranges_reaching_refused_values_are_refused(shapes_dataset: Path, tuned, expected):
@@ -123,5 +123,5 @@ def test_tuning_ranges_reaching_refused_values_are_refused(shapes_dataset: Path,
 
 
 def test_good_tuning_passes(shapes_dataset: Path):
-    preflight.check_tuning(tuning(shapes_dataset, ParameterRange("batch_size", "integer", 1, 64),
-                                  ParameterRange("learning_rate", "continuous", 0.001, 0.1), epochs=1))  # fmt: skip
+    ranges = {"batch_size": "IntegerParameter(1, 64)", "learning_rate": "ContinuousParameter(0.001, 0.1)"}
+    preflight.check_tuning(tuning(shapes_dataset, ranges, epochs=1))

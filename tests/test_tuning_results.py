@@ -9,14 +9,14 @@ from xml.etree import ElementTree
 
 from launcher.backends import TrainingSpec
 from launcher.records import TuningRun
-from launcher.tuning import ParameterRange, TrialRow, TuningSpec, write_results
+from launcher.tuning import TrialRow, TuningSpec, write_results
 
 # The original project's ranges: a 100x learning-rate range and the batch size as categories.
-RANGES = (
-    ParameterRange("learning_rate", "continuous", 0.001, 0.1),
-    ParameterRange("batch_size", "categorical", values=("32", "64", "128", "256", "512")),
-    ParameterRange("epochs", "integer", 1, 9, scaling="Linear"),
-)
+RANGES = {
+    "learning_rate": "ContinuousParameter(0.001, 0.1)",
+    "batch_size": 'CategoricalParameter(["32", "64", "128", "256", "512"])',
+    "epochs": 'IntegerParameter(1, 9, scaling_type="Linear")',
+}
 SVG = "{http://www.w3.org/2000/svg}"
 TRIED = [(0.002, 64, 3, 1.2), (0.03, 128, 4, 0.8), (0.05, 32, 7, 0.9), (0.09, 512, 2, 1.1), (0.01, 64, 5, 1.0)]
 

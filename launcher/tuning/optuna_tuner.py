@@ -30,7 +30,7 @@ from launcher.records import RecordStore, TrainingJob, TuningRun
 from launcher.specs import TrainingSpec
 from launcher.tracking import Tracker
 from launcher.tuning.results import TrialRow, write_results
-from launcher.tuning.spec import ParameterRange, TuningSpec
+from launcher.tuning.spec import Range, TuningSpec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the tuner says what each trial does; Optuna need not
 POLL_SECONDS = 0.5
@@ -51,7 +51,8 @@ def make_sampler(spec: TuningSpec, seed: int) -> optuna.samplers.BaseSampler:
     if spec.strategy == "Random":
         return optuna.samplers.RandomSampler(seed=seed)
     if spec.strategy == "Grid":
-        return optuna.samplers.GridSampler({r.name: list(r.values) for r in spec.ranges}, seed=seed)  # categorical
+        grid = {name: list(r.values or ()) for name, r in spec.ranges.items()}  # categorical ranges only
+        return optuna.samplers.GridSampler(grid, seed=seed)
     return optuna.samplers.TPESampler(seed=seed)
 
 
@@ -63,18 +64,17 @@ def make_pruner(spec: TuningSpec, epochs: int) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def suggest(trial: optuna.Trial, r: ParameterRange) -> Any:
+def suggest(trial: optuna.Trial, name: str, r: Range) -> Any:
     """A value for one range. Auto scaling is logarithmic when the range spans a factor of 10 or more above 0."""
-    log = r.scaling == "Logarithmic" or (
-        r.scaling == "Auto" and r.kind != "categorical" and r.min_value > 0 and r.max_value / r.min_value >= 10
-    )
-    if r.kind == "categorical":
-        return trial.suggest_categorical(r.name, list(r.values))
-    if r.kind == "integer":
-        return trial.suggest_int(r.name, int(r.min_value), int(r.max_value), log=log)
+    if r.type == "categorical":
+        return trial.suggest_categorical(name, list(r.values or ()))
+    low, high = r.min, r.max
+    log = r.scaling == "Logarithmic" or (r.scaling == "Auto" and low > 0 and high / low >= 10)
+    if r.type == "integer":
+        return trial.suggest_int(name, int(low), int(high), log=log)
     if r.scaling == "ReverseLogarithmic":  # dense near 1: sample 1 - value on a log scale
-        return 1 - trial.suggest_float(f"1-{r.name}", 1 - r.max_value, 1 - r.min_value, log=True)
-    return trial.suggest_float(r.name, r.min_value, r.max_value, log=log)
+        return 1 - trial.suggest_float(f"1-{name}", 1 - high, 1 - low, log=True)
+    return trial.suggest_float(name, low, high, log=log)
 
 
 class TrialRunner(Protocol):
@@ -147,7 +147,7 @@ class OptunaTuner:
         return [t for t in study.trials if t.state.is_finished() and "duration" in t.user_attrs]
 
     def _objective(self, trial: optuna.Trial) -> float:
-        tuned = {r.name: suggest(trial, r) for r in self.spec.ranges}
+        tuned = {name: suggest(trial, name, r) for name, r in self.spec.ranges.items()}
         job_name = f"{self.spec.name}-{trial.number + 1:03d}"
         trial.set_user_attr("job", job_name)
         trial.set_user_attr("hyperparameters", tuned)

@@ -17,7 +17,7 @@ from launcher import charts
 from launcher.errors import LauncherError
 from launcher.progress import text_table
 from launcher.records import TuningRun
-from launcher.tuning.spec import ParameterRange, TuningSpec
+from launcher.tuning.spec import Range, TuningSpec
 
 BEST_FILE = "best.json"
 
@@ -127,26 +127,26 @@ class Axis:
         return self.categories.index(value) if self.categories else value
 
 
-def hyperparameter_axis(name: str, declared: ParameterRange | None, values: list[Any]) -> Axis:
+def hyperparameter_axis(name: str, declared: Range | None, values: list[Any]) -> Axis:
     """The declared range's kind and scaling decide; a value with no declared range is judged by what it took."""
-    if declared is not None and declared.kind == "categorical":  # every value the search could take, in order
-        categories = _typed(declared.values, values)
+    if declared is not None and declared.type == "categorical":  # every value the search could take, in order
+        categories = _typed(declared.values or [], values)
         return Axis(name, categories=categories + tuple(sorted(set(values) - set(categories), key=str)))
     if values and not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
         return Axis(name, categories=tuple(sorted(set(values), key=str)))
-    low, high = (declared.min_value, declared.max_value) if declared else (min(values), max(values))
+    low, high = (declared.min, declared.max) if declared else (min(values), max(values))
     wide = low is not None and high is not None and low > 0 and high / low >= WIDE_RANGE
     log = declared.scaling == "Logarithmic" if declared and declared.scaling != "Auto" else wide
-    integer = (declared.kind == "integer") if declared else all(isinstance(v, int) for v in values)
+    integer = (declared.type == "integer") if declared else all(isinstance(v, int) for v in values)
     return Axis(name, log=log, integer=integer)
 
 
-def _typed(declared: tuple[Any, ...], taken: list[Any]) -> tuple[Any, ...]:
+def _typed(declared: list[Any], taken: list[Any]) -> tuple[Any, ...]:
     """A categorical range's values as the trials report them (a config's "32" is the trial's 32)."""
     kinds = {type(v) for v in taken}
     if len(kinds) == 1 and (kind := kinds.pop()) in (int, float):
         return tuple(kind(v) for v in declared)
-    return declared
+    return tuple(declared)
 
 
 def _scatter(title: str, axis: Axis, y_label: str, points: list[tuple[Any, float]]) -> str:
@@ -195,10 +195,9 @@ def _plots(spec: TuningSpec, rows: list[TrialRow], names: list[str]) -> str:
     drawn = [_scatter(f"{objective} by trial", trial_axis, objective, [(r.trial, r.objective) for r in scored])]
     judge = metrics.per_epoch_judge(spec.direction)
     drawn.append(_curves(f"{judge} by epoch, each trial", judge, rows))
-    ranges = {r.name: r for r in spec.ranges}
     for name in names:
         tried = [r for r in scored if r.hyperparameters.get(name) is not None]
-        axis = hyperparameter_axis(name, ranges.get(name), [r.hyperparameters[name] for r in tried])
+        axis = hyperparameter_axis(name, spec.ranges.get(name), [r.hyperparameters[name] for r in tried])
         points = [(r.hyperparameters[name], r.objective) for r in tried]
         drawn.append(_scatter(f"{objective} by {name}", axis, objective, points))
     return (

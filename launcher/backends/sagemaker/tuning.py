@@ -24,7 +24,7 @@ from launcher.errors import LauncherError
 from launcher.progress import say
 from launcher.records import RecordStore, TrainingJob, TuningRun
 from launcher.tracking import Tracker
-from launcher.tuning import ParameterRange, TrialRow, TuningSpec, write_results
+from launcher.tuning import Range, TrialRow, TuningSpec, write_results
 
 NAME_PATTERN = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,31}")  # CreateHyperParameterTuningJob's
 MAX_NAME_LENGTH = 32
@@ -33,15 +33,13 @@ RUNNING = ("InProgress", "Stopping")
 # What SageMaker adds to a trial's hyperparameters; not the user's.
 
 
-def parameter_range(spec: ParameterRange) -> dict[str, Any]:
+def parameter_range(name: str, spec: Range) -> dict[str, Any]:
     """A continuous, integer or categorical range as SageMaker takes it: numbers as strings, and categorical values
     JSON-encoded as static hyperparameters are (so True reaches the container as `true`)."""
-    if spec.kind == "categorical":
-        return {"Name": spec.name, "Values": [json.dumps(value) for value in spec.values]}
-    low, high = (
-        (spec.min_value, spec.max_value) if spec.kind == "continuous" else (int(spec.min_value), int(spec.max_value))
-    )
-    return {"Name": spec.name, "MinValue": str(low), "MaxValue": str(high), "ScalingType": spec.scaling}
+    if spec.type == "categorical":
+        return {"Name": name, "Values": [json.dumps(value) for value in spec.values or ()]}
+    low, high = (spec.min, spec.max) if spec.type == "continuous" else (int(spec.min), int(spec.max))
+    return {"Name": name, "MinValue": str(low), "MaxValue": str(high), "ScalingType": spec.scaling}
 
 
 def tuning_metric_definitions(objective_metric: str, objective_regex: str) -> list[dict[str, str]]:
@@ -62,9 +60,9 @@ def tuning_request(training: dict[str, Any], spec: TuningSpec, hyperband_max_epo
         "categorical": "CategoricalParameterRanges",
     }
     ranges: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds.values()}
-    for parameter in spec.ranges:
-        ranges[kinds[parameter.kind]].append(parameter_range(parameter))
-    tuned = {parameter.name for parameter in spec.ranges}
+    for name, parameter in spec.ranges.items():
+        ranges[kinds[parameter.type]].append(parameter_range(name, parameter))
+    tuned = set(spec.ranges)
     resources = training["ResourceConfig"]
     definition = {
         "StaticHyperParameters": {k: v for k, v in training["HyperParameters"].items() if k not in tuned},
@@ -108,8 +106,6 @@ def check_tuning_spec(spec: TuningSpec) -> int | None:
             f"tuning job name {spec.name!r}: SageMaker allows 1 to 32 letters, digits and hyphens, starting with a "
             "letter or digit"
         )
-    if not spec.ranges:
-        raise LauncherError(f"tuning job {spec.name} has no hyperparameter ranges to tune")
     if SageMakerOptions.of(spec.training.options).sagemaker_debugger:
         raise LauncherError("SageMaker tuning jobs take no Debugger configuration: leave out --sagemaker-debugger")
     if len(spec.warm_start_from) > MAX_PARENTS:
@@ -135,7 +131,7 @@ def check_tuning_spec(spec: TuningSpec) -> int | None:
     if spec.early_stopping != "Off":
         raise LauncherError("the Hyperband strategy stops trials itself: set early stopping to Off")
     epochs = spec.training.hyperparameters.get("epochs")
-    if not isinstance(epochs, int) or epochs < 1 or any(r.name == "epochs" for r in spec.ranges):
+    if not isinstance(epochs, int) or epochs < 1 or "epochs" in spec.ranges:
         raise LauncherError(
             "the Hyperband strategy gives each trial 1 to `epochs` epochs: fix epochs as a whole number (-H epochs=N), "
             "not a tuned one"
