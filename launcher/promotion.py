@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imgclf_contract import metrics
 from launcher import evaluation, hosted, lineage, steps
 from launcher.backends import Backend, DeploySpec, SwapsModels, TransformSpec
 from launcher.contract import S3_SCHEME
@@ -189,12 +190,29 @@ def rollback(backend: SwapsModels, endpoint: Endpoint, deploy: DeploySpec, name:
 
 
 def _contender(job_name: str | None, model_data: str, job: TrainingJob | None) -> dict[str, Any]:
+    """A model in a promotion record; `reported`: what its image printed of its own test split (every test metric
+    of imgclf_contract.metrics), shown beside the evaluation that decides."""
     return {
         "job_name": job_name,
         "model_data": model_data,
         "model_sha256": lineage.model_hash(model_data),
         "model_version": job.model_version if job else None,
+        "reported": job.test_metrics if job else None,
     }
+
+
+def compared_figures(record: Promotion) -> dict[str, float]:
+    """Both models' figures side by side, as the promotion's MLflow run logs them: `champion loss`, `challenger
+    accuracy`, ... from the evaluation on one test split, and `champion average test loss`, ... as each image
+    reported them when it trained."""
+    figures = {}
+    for role in ("champion", "challenger"):
+        contender = getattr(record, role)
+        figures.update({f"{role} {key}": value for key, value in (contender.get("metrics") or {}).items()})
+        reported = contender.get("reported") or {}
+        named = {name: key for name, key in metrics.TEST_METRIC_KEYS.items() if key in reported}
+        figures.update({f"{role} {name}": reported[key] for name, key in named.items()})
+    return figures
 
 
 def _figures(result: Evaluation) -> dict[str, float]:
@@ -232,12 +250,7 @@ def _ended(backend: SwapsModels, record: Promotion, endpoint: Endpoint, error: B
         "imgclf.serving_job": serving.job_name,
     }
     run_id = tracker.start(record.name, "promotion", params={"rule": record.rule, "forced": record.forced}, tags=tags)
-    figures = {
-        f"{role} {key}": value
-        for role in ("champion", "challenger")
-        for key, value in (getattr(record, role).get("metrics") or {}).items()
-    }
-    tracker.log_metrics(run_id, figures)
+    tracker.log_metrics(run_id, compared_figures(record))
     tracker.end(run_id, record.status, record.failure_reason)
     outcome = {"imgclf.promotion": f"{record.name}: {record.decision} on {endpoint.name}: {record.reason}"}
     tracker.tag_model_version(record.challenger.get("model_version"), outcome)

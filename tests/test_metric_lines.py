@@ -61,9 +61,10 @@ def test_the_test_metric_keys_are_metric_definitions():
 
 
 def test_a_metric_added_to_the_contract_is_read_and_tracked_with_no_other_change(tmp_path: Path):
-    """The launcher reads and tracks whatever imgclf_contract.metrics declares: a copy of the contract with one more
-    per-epoch and one more test metric, first on the path of a fresh interpreter, is all it takes for the epoch line,
-    SageMaker's metric definitions, a record's test metrics and the job's MLflow run to carry them."""
+    """The launcher reads, tracks, plots and compares whatever imgclf_contract.metrics declares: a copy of the contract
+    with one more per-epoch and one more test metric, first on the path of a fresh interpreter, is all it takes for
+    the epoch line, SageMaker's metric definitions, a record's test metrics, the job's MLflow run (each epoch's value
+    a step of the metric's curve) and a promotion's side-by-side figures to carry them."""
     contract = tmp_path / "imgclf_contract"
     shutil.copytree(Path(metrics.__file__).parent, contract, ignore=shutil.ignore_patterns("__pycache__"))
     source = (contract / "metrics.py").read_text()
@@ -81,7 +82,10 @@ def test_a_metric_added_to_the_contract_is_read_and_tracked_with_no_other_change
     assert "valid top-5 accuracy" in seen["definitions"] and "test top-5 accuracy" in seen["definitions"]
     assert seen["epoch"] == {"train loss": 0.5, "valid loss": 0.4, "valid accuracy": 0.8, "valid top-5 accuracy": 0.95}
     assert seen["test_metrics"] == {"loss": 0.3, "accuracy": 0.85, "top5": 0.97}
-    assert seen["tracked"]["valid top-5 accuracy"] == 0.95 and seen["tracked"]["test top-5 accuracy"] == 0.97
+    assert seen["tracked"]["valid top-5 accuracy"] == 0.96 and seen["tracked"]["test top-5 accuracy"] == 0.97
+    assert seen["curve"] == [[1, 0.95], [2, 0.96]]
+    assert seen["compared"]["champion test top-5 accuracy"] == 0.97
+    assert seen["compared"]["challenger test top-5 accuracy"] == 0.98
 
 
 NEW_EPOCH_METRIC = 'VALID_TOP5 = "valid top-5 accuracy"'
@@ -94,9 +98,9 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 import imgclf_contract
 from imgclf_contract import metrics
-from launcher import steps
+from launcher import promotion, steps
 from launcher.backends.process import ProcessBackend
-from launcher.records import RecordStore, TrainingJob
+from launcher.records import Promotion, RecordStore, TrainingJob
 from launcher.tracking import Tracker
 
 work = Path(sys.argv[1]) / "work"
@@ -104,18 +108,25 @@ epoch = {"train loss": 0.5, "valid loss": 0.4, "valid accuracy": 0.8, "valid top
 final = {"average test loss": 0.3, "test accuracy": 0.85, "test top-5 accuracy": 0.97}
 log = work / "train.log"
 log.parent.mkdir(parents=True)
-log.write_text("\\n".join([metrics.epoch_line(1, epoch), *(metrics.final_line(n, v) for n, v in final.items())]))
+epochs = [metrics.epoch_line(1, epoch), metrics.epoch_line(2, {**epoch, "valid top-5 accuracy": 0.96})]
+log.write_text("\\n".join([*epochs, *(metrics.final_line(n, v) for n, v in final.items())]))
 test = metrics.test_metrics(metrics.final_values(log.read_text()))
 uri = f"sqlite:///{work / 'mlflow.db'}"
 backend = ProcessBackend(work, RecordStore(work / "records"), Tracker(uri, "new-metric"))
 job = TrainingJob(name="job", backend="process", log=str(log), status="Failed", test_metrics=test)
 run = backend.tracker.start("job", "training")
 steps.track_training(backend, job, run, {})
+challenger = TrainingJob(name="new", backend="process", test_metrics={**test, "top5": 0.98})
+contest = Promotion(name="p", backend="process", endpoint="ep")
+contest.champion = promotion._contender(job.name, "model.tar.gz", job)
+contest.challenger = promotion._contender(challenger.name, "new/model.tar.gz", challenger)
 print(json.dumps({
     "contract": imgclf_contract.__file__,
     "definitions": [d["Name"] for d in metrics.METRIC_DEFINITIONS],
     "epoch": metrics.epochs(log.read_text())[0][1],
     "test_metrics": test,
     "tracked": MlflowClient(uri).get_run(run).data.metrics,
+    "curve": [[m.step, m.value] for m in MlflowClient(uri).get_metric_history(run, "valid top-5 accuracy")],
+    "compared": promotion.compared_figures(contest),
 }))
 """
