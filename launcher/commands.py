@@ -4,7 +4,6 @@ config (flags win; the defaults live with the specs in `launcher.backends.base`)
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -16,12 +15,13 @@ from launcher.backends import (
     DEFAULT_IMAGE,
     Backend,
     BackendOptions,
-    DeploySpec,
+    EndpointSettings,
     Hosts,
     SwapsModels,
     TrainingSpec,
     Trains,
     Transforms,
+    TransformSettings,
     TransformSpec,
     backend_options,
     get_backend,
@@ -134,24 +134,12 @@ def job_spec(args: Args, config: JobConfig, job_name: str) -> TrainingSpec:
     )
 
 
-def endpoint_spec(
-    args: Args,
-    name: str,
-    model_data: str,
-    *,
-    image: str,
-    instance_type: str,
-    job_name: str | None = None,
-    deploy: dict,
-) -> DeploySpec:
-    """How the job options' deploy section (its flags over its file, then DeploySpec's defaults) says to serve a
+def endpoint_settings(args: Args, *, image: str, instance_type: str, deploy: dict) -> EndpointSettings:
+    """How the job options' deploy section (its flags over its file, then the settings' defaults) says to serve a
     model."""
     chosen = {"workers": deploy.get("workers"), "startup_timeout": deploy.get("timeout")}
     own = {key: value for key, value in deploy.items() if key not in ("instance_type", "workers", "timeout")}
-    return DeploySpec(
-        endpoint_name=name,
-        model_data=model_data,
-        job_name=job_name,
+    return EndpointSettings(
         image=image,
         instance_type=deploy.get("instance_type") or instance_type,
         port=args.port,
@@ -248,51 +236,47 @@ def deploy(args: Args, records: RecordStore) -> None:
     source = ModelSource.of(records, args.model)
     backend.check_model_data(source.model_data)
     name = new_name(records, Endpoint, args.endpoint_name, f"{JOB_PREFIX}-ep")
-    spec = endpoint_spec(
+    settings = endpoint_settings(
         args,
-        name,
-        source.model_data,
         image=default_image(args.image or source.image),
         instance_type=source.instance_type(args.instance_type, backend),
-        job_name=source.job.name if source.job else None,
         deploy=job_options(None, setting_flags(args, "deploy.")).deploy,
     )
-    endpoint = steps.deploy(backend, spec)
+    endpoint = steps.deploy(backend, settings.serve(name, source.model_data, source.job.name if source.job else None))
     say(f"predict with: launcher predict --endpoint {endpoint.name} IMAGE")
 
 
-def transform_spec(args: Args, records: RecordStore, name: str, folder: Path) -> tuple[Transforms, TransformSpec]:
-    """The backend and the transform the flags describe (its input and output filled in by the caller)."""
+def transform_spec(
+    args: Args, records: RecordStore, name: str, input: str, output: Path, logits: bool = False
+) -> tuple[Transforms, TransformSpec]:
+    """The backend, and the transform of the images under `input` into `output` that the flags describe."""
     backend = backend_of(args, records, Transforms)
     source = ModelSource.of(records, args.model)
     backend.check_model_data(source.model_data)
-    spec = TransformSpec(
-        name=name,
-        model_data=source.model_data,
-        input="",
-        output=folder,
-        job_name=source.job.name if source.job else None,
+    settings = TransformSettings(
         image=default_image(args.image or source.image),
         instance_type=source.instance_type(args.instance_type, backend),
         top_k=args.top_k,
         concurrency=args.concurrency,
-        startup_timeout=args.timeout or TransformSpec.startup_timeout,
+        startup_timeout=args.timeout or TransformSettings.startup_timeout,
         options=options_of(args, args.backend),
     )
-    return backend, spec
+    job_name = source.job.name if source.job else None
+    return backend, settings.classify(name, source.model_data, input, output, job_name, logits)
 
 
 def transform(args: Args, records: RecordStore) -> None:
     name = args.name or unique_name(f"{JOB_PREFIX}-transform")
-    backend, spec = transform_spec(args, records, name, args.output or args.workdir / "transforms" / name / "output")
     source = args.input if args.input.startswith(S3_SCHEME) else str(absolute_path(args.input))
-    steps.transform(backend, dataclasses.replace(spec, input=source, logits=args.logits))
+    output = args.output or args.workdir / "transforms" / name / "output"
+    steps.transform(*transform_spec(args, records, name, source, output, args.logits))
 
 
 def evaluate(args: Args, records: RecordStore) -> None:
     name = args.name or unique_name(f"{JOB_PREFIX}-eval")
-    backend, spec = transform_spec(args, records, name, args.output or args.workdir / "evaluations" / name)
-    steps.evaluate(backend, spec, args.data)
+    steps.evaluate(
+        *transform_spec(args, records, name, str(args.data), args.output or args.workdir / "evaluations" / name)
+    )
 
 
 def predict(args: Args, records: RecordStore) -> None:
@@ -326,24 +310,9 @@ def run(args: Args, records: RecordStore) -> None:
         name=name,
         training=training,
         tuning=TuningSpec.of(tuning, f"{name}-tune", training) if tuning else None,
-        endpoint=endpoint_spec(
-            args,
-            f"{name}-ep",
-            "",
-            image=training.image,
-            instance_type=instance_type,
-            deploy=config.deploy,
-        ),
+        endpoint=endpoint_settings(args, image=training.image, instance_type=instance_type, deploy=config.deploy),
         sample_image=sample_image(training.channels, args.sample_image),
-        evaluation=TransformSpec(
-            name=f"{name}-eval",
-            model_data="",
-            input="",
-            output=args.workdir / "evaluations" / f"{name}-eval",
-            image=training.image,
-            instance_type=instance_type,
-            options=training.options,
-        ),
+        evaluation=TransformSettings(image=training.image, instance_type=instance_type, options=training.options),
         evaluation_data=test_split(training.channels),
         stop_endpoint=args.stop_endpoint,
         challenge=Challenge(args.endpoint, promotion.Rule(args.min_improvement), args.holdout, args.force)
@@ -355,12 +324,10 @@ def run(args: Args, records: RecordStore) -> None:
         say(f"the endpoint stays in service: launcher predict --endpoint {endpoint} IMAGE; launcher stop {endpoint}")
 
 
-def swap_spec(args: Args, backend: Backend, endpoint: Endpoint) -> DeploySpec:
+def swap_settings(args: Args, backend: Backend, endpoint: Endpoint) -> EndpointSettings:
     """How to serve a model behind an existing endpoint: its own settings, with the flags' backend options and
     timeout."""
-    return DeploySpec(
-        endpoint_name=endpoint.name,
-        model_data="",
+    return EndpointSettings(
         image=endpoint.image or DEFAULT_IMAGE,
         instance_type=endpoint.instance_type or "local",
         options=options_of(args, backend.name),
@@ -380,11 +347,7 @@ def promote(args: Args, records: RecordStore) -> None:
     name = new_name(records, Promotion, None, f"{JOB_PREFIX}-promotion")
     folder = args.workdir / "promotions" / name
     champion = promotion.served_endpoint(backend, args.endpoint, promotion.dataset_classes(data), folder)
-    evaluation = TransformSpec(
-        name=name,
-        model_data="",
-        input="",
-        output=args.workdir / "evaluations",
+    evaluation = TransformSettings(
         image=champion.image or DEFAULT_IMAGE,
         instance_type=champion.instance_type or "local",
         options=options_of(args, backend.name),
@@ -396,7 +359,7 @@ def promote(args: Args, records: RecordStore) -> None:
         data,
         promotion.Rule(args.min_improvement),
         evaluation,
-        swap_spec(args, backend, champion),
+        swap_settings(args, backend, champion),
         name,
         force=args.force,
     )
@@ -406,7 +369,7 @@ def rollback(args: Args, records: RecordStore) -> None:
     endpoint = records.load(Endpoint, args.endpoint)
     backend = backend_of(args, records, SwapsModels, name=endpoint.backend)
     name = new_name(records, Promotion, None, f"{JOB_PREFIX}-rollback")
-    promotion.rollback(backend, endpoint, swap_spec(args, backend, endpoint), name)
+    promotion.rollback(backend, endpoint, swap_settings(args, backend, endpoint), name)
 
 
 def ui(args: Args, _records: RecordStore) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher import lineage, promotion, steps
-from launcher.backends import Backend, DeploySpec, TrainingSpec, TransformSpec
+from launcher.backends import Backend, EndpointSettings, TrainingSpec, TransformSettings
 from launcher.contract import S3_SCHEME
 from launcher.errors import LauncherError
 from launcher.progress import say
@@ -48,9 +48,9 @@ class RunPlan:
     name: str
     training: TrainingSpec  # the job to train; its hyperparameters are the base the best trial's override
     tuning: TuningSpec | None  # None: no tuning section, train as given
-    endpoint: DeploySpec  # model_data is filled in once the job has finished
+    endpoint: EndpointSettings  # how the new model is served (behind <name>-ep, or the champion's endpoint)
     sample_image: Path
-    evaluation: TransformSpec | None = None  # its model, once the job has finished; None: no local test split
+    evaluation: TransformSettings | None = None  # how a model is scored on the test split; None: no local test split
     evaluation_data: Path | None = None
     stop_endpoint: bool = False
     challenge: Challenge | None = None
@@ -136,11 +136,17 @@ class Pipeline:
         if earlier:
             say(f"{name} of {job.name}'s model already decided ({earlier.decision}); reusing it")
             return earlier
-        template = dataclasses.replace(self.plan.evaluation, output=self.backend.workdir / "evaluations")
-        deploy = dataclasses.replace(self.plan.endpoint, endpoint_name=champion.name)
         data = challenge.holdout or self.plan.evaluation_data
         contest = promotion.contest(
-            self.backend, champion, job, data, challenge.rule, template, deploy, name, force=challenge.force
+            self.backend,
+            champion,
+            job,
+            data,
+            challenge.rule,
+            self.plan.evaluation,
+            self.plan.endpoint,
+            name,
+            force=challenge.force,
         )
         self._step("promotion", name, decision=contest.decision, reason=contest.reason)
         return contest
@@ -173,33 +179,29 @@ class Pipeline:
         return job
 
     def _deploy(self, job: TrainingJob) -> Endpoint:
-        planned = self.plan.endpoint
         earlier, name = self._earlier(
-            Endpoint, planned.endpoint_name, lambda ep: ep.status == "InService" and ep.job_name == job.name
+            Endpoint, f"{self.plan.name}-ep", lambda ep: ep.status == "InService" and ep.job_name == job.name
         )
         if earlier:
             say(f"endpoint {name} already serves {job.name}; reusing it")
             return earlier
-        spec = dataclasses.replace(planned, endpoint_name=name, model_data=job.model_data, job_name=job.name)
-        endpoint = steps.deploy(self.backend, spec)
+        endpoint = steps.deploy(self.backend, self.plan.endpoint.serve(name, job.model_data, job.name))
         self._step("endpoint", name, url=endpoint.url)
         return endpoint
 
     def _evaluate(self, job: TrainingJob) -> Evaluation | None:
-        planned, data = self.plan.evaluation, self.plan.evaluation_data
-        if planned is None or data is None:
+        settings, data = self.plan.evaluation, self.plan.evaluation_data
+        if settings is None or data is None:
             say("no test split on this machine to evaluate the model on; skipping the evaluation")
             return None
         earlier, name = self._earlier(
-            Evaluation, planned.name, lambda e: e.status == "Completed" and e.model_data == job.model_data
+            Evaluation, f"{self.plan.name}-eval", lambda e: e.status == "Completed" and e.model_data == job.model_data
         )
         if earlier:
             say(f"evaluation {name} of {job.name}'s model already done; reusing it")
             return earlier
-        spec = dataclasses.replace(
-            planned, name=name, model_data=job.model_data, job_name=job.name, output=planned.output.parent / name
-        )
-        evaluation = steps.evaluate(self.backend, spec, data)
+        output = self.backend.workdir / "evaluations" / name
+        evaluation = steps.evaluate(self.backend, settings.classify(name, job.model_data, str(data), output, job.name))
         self._step("evaluation", name, accuracy=evaluation.metrics["accuracy"], loss=evaluation.metrics["loss"])
         return evaluation
 

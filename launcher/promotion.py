@@ -17,7 +17,7 @@ from typing import Any
 
 from imgclf_contract import metrics
 from launcher import evaluation, hosted, lineage, steps
-from launcher.backends import Backend, DeploySpec, SwapsModels, TransformSpec
+from launcher.backends import Backend, DeploySpec, EndpointSettings, SwapsModels, TransformSettings
 from launcher.contract import S3_SCHEME
 from launcher.errors import LauncherError
 from launcher.progress import say
@@ -93,14 +93,14 @@ def contest(
     challenger: TrainingJob,
     data: Path,
     rule: Rule,
-    evaluation: TransformSpec,
-    deploy: DeploySpec,
+    evaluation: TransformSettings,
+    serving: EndpointSettings,
     name: str,
     force: bool = False,
 ) -> Promotion:
     """Evaluate the champion and the challenger on the labelled images under `data`, decide by `rule` (or promote
-    anyway with `force`), and promote the challenger if it won. `evaluation` and `deploy` are the templates of the
-    evaluations and of the swap; the record is saved as each step ends."""
+    anyway with `force`), and promote the challenger if it won. `evaluation`: how both are scored; `serving`: how the
+    winner is served behind the endpoint. The record is saved as each step ends."""
     champion_job = steps.job_record(backend, endpoint.job_name)
     record = Promotion(
         name=name, backend=backend.name, endpoint=endpoint.name, rule=str(rule), data=str(data), forced=force
@@ -115,7 +115,7 @@ def contest(
     try:
         _decide(backend, record, rule, evaluation, data, force)
         if record.decision == "promoted":
-            spec = dataclasses.replace(deploy, model_data=challenger.model_data, job_name=challenger.name)
+            spec = serving.serve(endpoint.name, challenger.model_data, challenger.name)
             promote(backend, endpoint, spec, f"promoted by {name}", challenger.model_version)
     except BaseException as err:
         _ended(backend, record, endpoint, err)
@@ -125,19 +125,14 @@ def contest(
 
 
 def _decide(
-    backend: SwapsModels, record: Promotion, rule: Rule, evaluation: TransformSpec, data: Path, force: bool
+    backend: SwapsModels, record: Promotion, rule: Rule, evaluation: TransformSettings, data: Path, force: bool
 ) -> None:
     """Evaluate both contenders the same way on `data`, then apply the rule; the record says how it went."""
     for role, contender in (("champion", record.champion), ("challenger", record.challenger)):
         name = f"{record.name}-{role}"
-        spec = dataclasses.replace(
-            evaluation,
-            name=name,
-            model_data=contender["model_data"],
-            job_name=contender["job_name"],
-            output=evaluation.output / name,
-        )
-        result = steps.evaluate(backend, spec, data)
+        output = backend.workdir / "evaluations" / name
+        spec = evaluation.classify(name, contender["model_data"], str(data), output, contender["job_name"])
+        result = steps.evaluate(backend, spec)
         contender.update(evaluation=result.name, metrics=_figures(result))
         backend.records.save(record)
     wins, why = rule.verdict(record.champion["metrics"], record.challenger["metrics"])
@@ -159,7 +154,7 @@ def promote(backend: SwapsModels, endpoint: Endpoint, spec: DeploySpec, reason: 
     say(f"endpoint {endpoint.name} now serves {spec.job_name or spec.model_data} ({reason})")
 
 
-def rollback(backend: SwapsModels, endpoint: Endpoint, deploy: DeploySpec, name: str) -> Promotion:
+def rollback(backend: SwapsModels, endpoint: Endpoint, serving: EndpointSettings, name: str) -> Promotion:
     """Serve the model the endpoint served before the current one again, the same way (no failed request)."""
     served = endpoint.history or []
     if len(served) < 2:
@@ -179,7 +174,7 @@ def rollback(backend: SwapsModels, endpoint: Endpoint, deploy: DeploySpec, name:
         current.get("job_name"), current["model_data"], steps.job_record(backend, current.get("job_name"))
     )
     backend.records.save(record)
-    spec = dataclasses.replace(deploy, model_data=previous["model_data"], job_name=previous.get("job_name"))
+    spec = serving.serve(endpoint.name, previous["model_data"], previous.get("job_name"))
     try:
         promote(backend, endpoint, spec, f"rolled back by {name}", previous_job.model_version if previous_job else None)
     except BaseException as err:

@@ -1,9 +1,11 @@
 """What the commands hand a backend: a training job, an endpoint, a batch transform. Neutral: what only one backend
-understands travels in `options`, an object of that backend's own `Options` class."""
+understands travels in `options`, an object of that backend's own `Options` class. How a model is served
+(`EndpointSettings`, `TransformSettings`) is known before which model is: a loop plans with the settings and
+completes them into a spec once it has the model."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +47,10 @@ class TrainingSpec:
         )
 
 
-@dataclass(frozen=True)
-class DeploySpec:
-    endpoint_name: str
-    model_data: str  # a model.tar.gz
-    job_name: str | None = None  # the job that produced it, if known
+@dataclass(frozen=True, kw_only=True)
+class EndpointSettings:
+    """How a model is served behind an endpoint, whichever model: what `serve` completes into a DeploySpec."""
+
     image: str = DEFAULT_IMAGE
     instance_type: str = "local"
     port: int = 0  # 0: any free port
@@ -59,10 +60,21 @@ class DeploySpec:
     environment: dict[str, str] = field(default_factory=dict)
     options: BackendOptions = field(default_factory=BackendOptions)
 
+    def serve(self, endpoint_name: str, model_data: str, job_name: str | None = None) -> DeploySpec:
+        """The endpoint `endpoint_name` serving `model_data` (of training job `job_name`, if known) this way."""
+        return DeploySpec(endpoint_name=endpoint_name, model_data=model_data, job_name=job_name, **_own(self))
+
     def serving_environment(self) -> dict[str, str]:
         """The serving container's variables: the given ones, and the worker count if one was chosen."""
         workers = {platform.MODEL_SERVER_WORKERS_ENV: str(self.workers)} if self.workers else {}
         return {**self.environment, **workers}
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeploySpec(EndpointSettings):
+    endpoint_name: str
+    model_data: str  # a model.tar.gz
+    job_name: str | None = None  # the job that produced it, if known
 
     def record(self, backend: str, **fields: Any) -> Endpoint:
         """The endpoint's record as it starts; `fields`: what the backend adds."""
@@ -77,25 +89,39 @@ class DeploySpec:
         )
 
 
-@dataclass(frozen=True)
-class TransformSpec:
-    name: str
-    model_data: str  # a model.tar.gz (a path here, or an s3:// URI)
-    input: str  # a folder of images (any depth), or an s3:// prefix on backends that read S3
-    output: Path  # this machine's folder for predictions.jsonl and summary.json
-    job_name: str | None = None  # the training job that produced the model, if known
+@dataclass(frozen=True, kw_only=True)
+class TransformSettings:
+    """How a batch transform serves its model, whichever model and images: what `classify` completes into a
+    TransformSpec."""
+
     image: str = DEFAULT_IMAGE
     instance_type: str = "local"
-    logits: bool = False  # keep every class's logit in each line
     top_k: int = 5
     concurrency: int | None = None  # requests at once; None: what the model server asks for (/execution-parameters)
     startup_timeout: float = 240.0
     options: BackendOptions = field(default_factory=BackendOptions)
 
+    def classify(
+        self, name: str, model_data: str, input: str, output: Path, job_name: str | None = None, logits: bool = False
+    ) -> TransformSpec:
+        """The transform `name` classifying the images under `input` with `model_data` this way, into `output`."""
+        spec = {"model_data": model_data, "input": input, "output": output, "job_name": job_name, "logits": logits}
+        return TransformSpec(name=name, **spec, **_own(self))
+
     def serving_environment(self) -> dict[str, str]:
         """The model server's variables for a transform: how many classes to answer, and bad images answered as
         records (200 with the error), so that one bad file does not fail a SageMaker transform job."""
         return {"IMGCLF_TOP_K": str(self.top_k), "IMGCLF_ERRORS_AS_RECORDS": "true"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransformSpec(TransformSettings):
+    name: str
+    model_data: str  # a model.tar.gz (a path here, or an s3:// URI)
+    input: str  # a folder of images (any depth), or an s3:// prefix on backends that read S3
+    output: Path  # this machine's folder for predictions.jsonl and summary.json
+    job_name: str | None = None  # the training job that produced the model, if known
+    logits: bool = False  # keep every class's logit in each line
 
     def record(self, backend: str, **fields: Any) -> TransformJob:
         return TransformJob(
@@ -109,3 +135,9 @@ class TransformSpec:
             output=str(self.output),
             **fields,
         )
+
+
+def _own(settings: EndpointSettings | TransformSettings) -> dict[str, Any]:
+    """The settings' own fields (a spec's, those of the settings it extends), as they are."""
+    kind = EndpointSettings if isinstance(settings, EndpointSettings) else TransformSettings
+    return {f.name: getattr(settings, f.name) for f in fields(kind)}

@@ -241,13 +241,13 @@ def transform(backend: Transforms, spec: TransformSpec, parent_run: str | None =
     return job
 
 
-def evaluate(backend: Transforms, spec: TransformSpec, data: Path) -> Evaluation:
-    """Classify the labelled images under `data` (its test/ split, if it has one) with `spec`'s model; write
+def evaluate(backend: Transforms, spec: TransformSpec) -> Evaluation:
+    """Classify the labelled images under `spec.input` (its test/ split, if it has one) with `spec`'s model; write
     `<spec.output>/evaluation.json` and `evaluation.html`; record the evaluation with the model's lineage."""
     tracker = backend.tracker
     run_id = use_run(backend, "evaluation", spec.name, spec.job_name)
     with tracker.ending_on_error(run_id):
-        record = _evaluate(backend, spec, data, run_id)
+        record = _evaluate(backend, spec, run_id)
     tracker.log_metrics(run_id, {k: v for k, v in record.metrics.items() if isinstance(v, int | float)})
     tracker.log_dataset(run_id, (record.lineage or {}).get("dataset") or {})
     tracker.log_artifacts(run_id, [Path(record.page), Path(record.report), Path(record.page).with_name(MATRIX_FILE)])
@@ -255,9 +255,9 @@ def evaluate(backend: Transforms, spec: TransformSpec, data: Path) -> Evaluation
     return record
 
 
-def _evaluate(backend: Transforms, spec: TransformSpec, data: Path, run_id: str | None) -> Evaluation:
+def _evaluate(backend: Transforms, spec: TransformSpec, run_id: str | None) -> Evaluation:
     classes = evaluation.model_classes(backend.model_archive(spec.model_data, spec.output, spec.options, spec.job_name))
-    root = evaluation.labelled_root(data)
+    root = evaluation.labelled_root(Path(spec.input))
     labels = evaluation.labels_of(image_files(root))
     job = transform(
         backend, dataclasses.replace(spec, input=str(root), logits=True, output=spec.output / "transform"), run_id

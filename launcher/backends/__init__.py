@@ -15,7 +15,15 @@ from launcher.backends.registry import (
     option_names,
     require,
 )
-from launcher.specs import DEFAULT_IMAGE, BackendOptions, DeploySpec, TrainingSpec, TransformSpec
+from launcher.specs import (
+    DEFAULT_IMAGE,
+    BackendOptions,
+    DeploySpec,
+    EndpointSettings,
+    TrainingSpec,
+    TransformSettings,
+    TransformSpec,
+)
 
 __all__ = [
     "BUILT_IN",
@@ -25,11 +33,13 @@ __all__ = [
     "Backend",
     "BackendOptions",
     "DeploySpec",
+    "EndpointSettings",
     "Hosts",
     "StopsTraining",
     "SwapsModels",
     "TrainingSpec",
     "Trains",
+    "TransformSettings",
     "TransformSpec",
     "Transforms",
     "TunesAsService",
