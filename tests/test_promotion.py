@@ -121,7 +121,8 @@ def test_promotion_and_rollback_fail_no_request_and_a_worse_challenger_is_kept(l
     assert [entry["job_name"] for entry in promoted["history"]] == ["worse", "good"]
     assert len(serving_groups(promoted)) == 1  # the old model server is gone
 
-    decided = loop.record("promotions", next((loop.work / "records" / "promotions").glob("*.json")).stem)
+    promotions = [json.loads(f.read_text()) for f in (loop.work / "records" / "promotions").glob("*.json")]
+    (decided,) = [p for p in promotions if p["endpoint"] == loop.endpoint]
     assert decided["decision"] == "promoted" and decided["status"] == "Completed"
     assert decided["challenger"]["metrics"]["loss"] < decided["champion"]["metrics"]["loss"]
     assert decided["data"] == str(loop.data / "test")
@@ -178,13 +179,24 @@ def test_a_challenger_that_cannot_start_leaves_the_champion_serving(loop: Loop, 
     assert len(serving_groups(after.to_json())) == 1
 
 
-def test_an_interrupted_promotion_leaves_one_model_serving_and_says_which(loop: Loop):
+@pytest.fixture
+def second_endpoint(loop: Loop) -> Iterator[str]:
+    """An endpoint of its own that served the worse model and now serves the good one: a model to roll back to,
+    whatever the other tests did to the module's endpoint."""
+    name = "ep-2"
+    assert loop.cli("deploy", "worse", "--endpoint-name", name, "--workers", "1") == 0
+    try:
+        assert loop.cli("promote", "good", "--endpoint", name) == 0
+        yield name
+    finally:
+        loop.cli("stop", name)
+
+
+def test_an_interrupted_promotion_leaves_one_model_serving_and_says_which(loop: Loop, second_endpoint: str):
     records = RecordStore(loop.work / "records")
-    if len(records.load(Endpoint, loop.endpoint).history) < 2:  # run on its own: a model to roll back to
-        assert loop.cli("promote", "good", "--endpoint", loop.endpoint) == 0
-    before = records.load(Endpoint, loop.endpoint)
+    before = records.load(Endpoint, second_endpoint)
     launcher = subprocess.Popen([sys.executable, "-m", "launcher.cli", "--workdir", str(loop.work), "rollback",
-                                 loop.endpoint], stderr=subprocess.PIPE, text=True)  # fmt: skip
+                                 second_endpoint], stderr=subprocess.PIPE, text=True)  # fmt: skip
     folders = set(Path(before.endpoint_dir).glob("model-*"))
     deadline = time.monotonic() + 120
     while not any((f / "serve.log").is_file() for f in set(Path(before.endpoint_dir).glob("model-*")) - folders):
@@ -193,11 +205,13 @@ def test_an_interrupted_promotion_leaves_one_model_serving_and_says_which(loop: 
     launcher.send_signal(signal.SIGTERM)  # while the new model server starts
     _, err = launcher.communicate(timeout=120)
     assert launcher.returncode == 130, err
-    after = records.load(Endpoint, loop.endpoint)
+    after = records.load(Endpoint, second_endpoint)
     assert after.pid == before.pid and after.generation == before.generation
     assert len(serving_groups(after.to_json())) == 1
     answer = requests.get(f"{after.url}/ping", timeout=10)
     assert answer.status_code == 200 and answer.headers[MODEL_HEADER] == before.lineage["model_sha256"]
-    stopped = [records.load(type(r), r.name) for r in records.find(Promotion, status="Stopped")]
+    stopped = [
+        records.load(type(r), r.name) for r in records.find(Promotion, status="Stopped", endpoint=second_endpoint)
+    ]
     assert stopped and stopped[-1].extra["serving"]["model_sha256"] == before.lineage["model_sha256"]
     assert collections.Counter(p.status for p in stopped) == {"Stopped": len(stopped)}
