@@ -1,6 +1,6 @@
 # imgclf: train and serve a torchvision ResNet through the SageMaker container contract.
 #   make demo   set everything up, then two cycles of the retrain loop on the process backend: a first model on half
-#               the sample data, deployed; then all of it: tune -> train -> challenge -> promote -> predict -> stop
+#               the sample data, deployed; then all of it: tune -> challenge -> promote -> predict -> stop
 #   make ui     MLflow's UI on what the demo (and every launcher command) tracked
 #   make test   set everything up (the Docker engine and the image too), then lint and run the whole suite
 #   make test-fast  lint and the quick tests (no Docker, no model server, no real training run)
@@ -58,7 +58,7 @@ $(VENV)/.installed: container_src/requirements.txt launcher/requirements.txt req
 	touch $@
 
 # Two cycles of the retrain loop: a first model on half of the data, deployed; then all of it (the "new data"):
-# tune, train, challenge the deployed model on the same test split, promote or keep it, predict, stop.
+# tune, challenge the deployed model with the best trial's on the same test split, promote or keep it, predict, stop.
 demo: install
 	@[ -d $(DEMO_DATA)/test ] || $(LAUNCHER) sample-data $(DEMO_DATA)
 	@[ -d $(DEMO_DATA)-first/test ] || $(LAUNCHER) sample-data $(DEMO_DATA)-first --fraction 0.5
@@ -66,7 +66,7 @@ demo: install
 	trap '$(LAUNCHER) stop $$run-1-ep >/dev/null 2>&1 || true' EXIT; \
 	echo "== cycle 1: a first model on half of the data, deployed as $$run-1-ep"; \
 	$(LAUNCHER) run --config $(DEMO_FIRST_CONFIG) --data $(DEMO_DATA)-first --name $$run-1; \
-	echo "== cycle 2: new data arrives; tune and train on all of it, challenge the model $$run-1-ep serves"; \
+	echo "== cycle 2: new data arrives; tune on all of it, challenge the model $$run-1-ep serves"; \
 	$(LAUNCHER) run --config $(DEMO_CONFIG) --data $(DEMO_DATA) --name $$run-2 --endpoint $$run-1-ep --stop-endpoint
 
 # MLflow's UI on the work folder's tracking store (the full mlflow package; the launcher needs only mlflow-skinny).

@@ -342,16 +342,23 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "run",
-        help="the whole pipeline: tune, train the best, deploy, predict a sample image",
-        description="Tune with the config's tuning section (skipped if it has none), train the best trial's "
-        "hyperparameters with the smdebug hook, rules and profiler on, deploy the model, send the endpoint a sample "
-        "image, then print where every artifact is, the rule report and the lineage chain. Steps are named "
-        "NAME-tune, NAME-train and NAME-ep; the same command with the same --name goes on after an "
-        "interruption, reusing what already finished.",
+        help="the retrain loop from this terminal: tune, deploy the best trial's model, predict a sample image",
+        description="Tune with the config's tuning section, every trial with the smdebug hook, rules and profiler "
+        "on, and take the best trial's model (no second training of a configuration already trained; "
+        "--retrain-best trains it once more; without a tuning section the config's hyperparameters are trained as "
+        "given), deploy it, send the endpoint a sample image, then print where every artifact is, the rule report "
+        "and the lineage chain. Steps are named NAME-tune (its trials NAME-tune-001, ...), NAME-train and NAME-ep; "
+        "the same command with the same --name goes on after an interruption, reusing what already finished.",
     )
     add_job_options(run, backend_help)
     run.add_argument("--name", help="run name (default: imgclf-run-<timestamp>-<random>)")
     add_tuning_options(run)
+    run.add_argument(
+        "--retrain-best",
+        action="store_true",
+        help="train the best trial's hyperparameters once more as job NAME-train, and take that model instead of "
+        "the best trial's (e.g. with a channel that adds the valid split to the training data)",
+    )
     run.add_argument(
         "--sample-image",
         type=absolute_path,
@@ -398,7 +405,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     lineage = commands.add_parser(
         "lineage",
         help="trace an endpoint or job back to its data, code and configuration",
-        description="Print the chain behind an endpoint, training job, tuning run or pipeline run: the endpoint "
+        description="Print the chain behind an endpoint, training job, tuning run or `launcher run`: the endpoint "
         "and the model hash it serves, the training job (hyperparameters, code revision, image, model hash), "
         "the tuning run and its best trial, and the dataset manifest (every input file's SHA-256).",
     )

@@ -33,7 +33,7 @@ from launcher.errors import LauncherError
 from launcher.job_config import JobConfig, job_options, setting_paths
 from launcher.lineage import chain as lineage_chain
 from launcher.lineage import format_chain
-from launcher.pipeline import Challenge, Pipeline, RunPlan, sample_image, test_split
+from launcher.loop import DIAGNOSTICS, Challenge, RunPlan, TerminalLoop, sample_image, test_split
 from launcher.progress import say
 from launcher.records import Endpoint, Promotion, RecordStore, TrainingJob, TuningRun, unique_name
 from launcher.report import show_report
@@ -116,8 +116,10 @@ def job_config(args: Args, beneath: dict[str, Any] | None = None) -> JobConfig:
     return job_options(args.config, setting_flags(args), beneath)
 
 
-def job_spec(args: Args, config: JobConfig, job_name: str) -> TrainingSpec:
-    """The training job the job's options describe, on the chosen backend."""
+def job_spec(
+    args: Args, config: JobConfig, job_name: str, hyperparameters: dict[str, Any] | None = None
+) -> TrainingSpec:
+    """The training job the job's options describe, on the chosen backend; `hyperparameters` over the config's."""
     if not config.channels:
         raise LauncherError(
             "no data: give --data DIR (with train/, valid/, test/), --channel train=DIR ..., or a --config with data"
@@ -125,7 +127,7 @@ def job_spec(args: Args, config: JobConfig, job_name: str) -> TrainingSpec:
     return TrainingSpec(
         job_name=job_name,
         channels=config.channels,
-        hyperparameters=config.hyperparameters,
+        hyperparameters={**config.hyperparameters, **(hyperparameters or {})},
         output_path=config.output,
         image=default_image(config.image),
         instance_type=config.instance_type or "local",
@@ -302,14 +304,14 @@ def run(args: Args, records: RecordStore) -> None:
         raise LauncherError("--holdout, --min-improvement and --force decide a promotion: give --endpoint NAME too")
     name = args.name or unique_name(f"{JOB_PREFIX}-run")
     config = job_config(args)
-    training = job_spec(args, config, f"{name}-train")
-    tuning = config.tuning
+    training = job_spec(args, config, f"{name}-train", DIAGNOSTICS)  # the trials' too: one may be the model
     backend = backend_of(args, records, Trains, Hosts, Transforms, *([SwapsModels] if args.endpoint else []))
     instance_type = backend.default_endpoint_instance_type(training.instance_type)
     plan = RunPlan(
         name=name,
         training=training,
-        tuning=TuningSpec.of(tuning, f"{name}-tune", training) if tuning else None,
+        tuning=TuningSpec.of(config.tuning, f"{name}-tune", training) if config.tuning else None,
+        retrain_best=args.retrain_best,
         endpoint=endpoint_settings(args, image=training.image, instance_type=instance_type, deploy=config.deploy),
         sample_image=sample_image(training.channels, args.sample_image),
         evaluation=TransformSettings(image=training.image, instance_type=instance_type, options=training.options),
@@ -319,7 +321,7 @@ def run(args: Args, records: RecordStore) -> None:
         if args.endpoint
         else None,
     )
-    endpoint = Pipeline(plan, backend).run().endpoint
+    endpoint = TerminalLoop(plan, backend).run().endpoint
     if not args.stop_endpoint:
         say(f"the endpoint stays in service: launcher predict --endpoint {endpoint} IMAGE; launcher stop {endpoint}")
 

@@ -23,7 +23,7 @@ from launcher.progress import text_table
 from launcher.records import (
     Endpoint,
     Evaluation,
-    PipelineRun,
+    LoopRun,
     Promotion,
     Record,
     RecordStore,
@@ -126,17 +126,17 @@ def training_lineage(
 
 
 # -- the chain, for `launcher lineage` ------------------------------------------------------------------------
-TRACED = (Endpoint, TrainingJob, TuningRun, PipelineRun, Evaluation, TransformJob, Promotion)  # in this order
+TRACED = (Endpoint, TrainingJob, TuningRun, LoopRun, Evaluation, TransformJob, Promotion)  # in this order
 USES_OF_A_MODEL = (Endpoint, Evaluation, TransformJob)  # records of what a trained model was used for
 
 
 def find_record(records: RecordStore, name: str) -> Record:
-    """The endpoint, job, tuning run, pipeline run, evaluation, transform or promotion of that name (that order)."""
+    """The endpoint, job, tuning run, run, evaluation, transform or promotion of that name (that order)."""
     for kind in TRACED:
         if records.exists(kind, name):
             return records.load(kind, name)
     raise LauncherError(
-        f"no endpoint, training job, tuning run, pipeline run, evaluation, transform or promotion named {name!r} in "
+        f"no endpoint, training job, tuning run, run, evaluation, transform or promotion named {name!r} in "
         f"{records.root}"
     )
 
@@ -145,11 +145,11 @@ def chain(records: RecordStore, name: str) -> list[tuple[str, dict[str, Any]]]:
     """(step, facts) from what serves predictions back to the data: endpoint, training job, tuning, dataset."""
     record = find_record(records, name)
     steps: list[tuple[str, dict[str, Any]]] = []
-    if isinstance(record, PipelineRun):
+    if isinstance(record, LoopRun):
         promoted = records.load(Promotion, record.promotion) if record.promotion else None
         last = record.endpoint or (promoted.endpoint if promoted else None) or record.training_job or record.tuning_run
         if last is None:
-            raise LauncherError(f"pipeline run {name} ended ({record.status}) before any step finished")
+            raise LauncherError(f"run {name} ended ({record.status}) before any step finished")
         record = find_record(records, last)
     if isinstance(record, Promotion):
         steps.append(("promotion", promotion_facts(record)))

@@ -160,9 +160,9 @@ class TuningRun(Record):
 
 
 @dataclass(kw_only=True)
-class PipelineRun(Record):
+class LoopRun(Record):
     kind = "runs"
-    noun = "pipeline run"
+    noun = "run"
 
     steps: list[dict[str, Any]] = field(default_factory=list)  # each finished step: step, name, ended, facts
     tuning_run: str | None = None  # the names of its parts, once each has finished

@@ -1,4 +1,4 @@
-"""The pipeline's steps — tune, train, deploy, predict, transform, evaluate — each recording its lineage; the
+"""The retrain loop's steps — tune, train, deploy, predict, transform, evaluate — each recording its lineage; the
 `launcher` commands and `launcher run` both call these."""
 
 from __future__ import annotations
@@ -83,18 +83,53 @@ def train(backend: Trains, spec: TrainingSpec, tuning: TuningRun | None = None) 
     model registry. Fails unless the job completed, or before anything starts if the image would refuse it."""
     preflight.check_training(spec)
     dataset = record_dataset(backend, spec.channels)
-    tracker = backend.tracker
+    run_id = start_training_run(backend, spec.job_name, spec.instance_type, spec.hyperparameters, tuning)
+    with backend.tracker.ending_on_error(run_id):
+        job = backend.train(spec)
+    return record_model(backend, job, run_id, dataset, backend.image_identity(spec.image), tuning)
+
+
+def take_best_trial(backend: Trains, tuning: TuningRun) -> TrainingJob:
+    """The tuning run's best trial as the model, recorded as `train` records a job's (lineage, MLflow run,
+    registered version): a configuration already trained is not trained a second time."""
+    job = backend.records.load(TrainingJob, tuning.best["job_name"])
+    say(f"the model: best trial {job.name}'s (trained with {tuning.best['tuned_hyperparameters']})")
+    trials = tuning.lineage or {}  # the dataset and image the trials ran on
+    dataset = trials.get("dataset") or record_dataset(backend, job.channels)
+    image = trials.get("image") or backend.image_identity(job.image or tuning.image or "")
+    run_id = start_training_run(backend, job.name, job.instance_type, job.hyperparameters, tuning)
+    return record_model(backend, job, run_id, dataset, image, tuning)
+
+
+def start_training_run(
+    backend: Trains,
+    job_name: str,
+    instance_type: str | None,
+    hyperparameters: dict[str, Any],
+    tuning: TuningRun | None,
+) -> str | None:
+    """The MLflow run of a job whose model the launcher keeps; its id."""
     tags = {
         "imgclf.backend": backend.name,
-        "imgclf.job_name": spec.job_name,
-        "imgclf.instance_type": spec.instance_type,
+        "imgclf.job_name": job_name,
+        "imgclf.instance_type": instance_type,
         "imgclf.tuning_run": tuning.name if tuning else None,
         "imgclf.tuning_mlflow_run": tuning.mlflow_run if tuning else None,
     }
-    run_id = tracker.start(spec.job_name, "training", params=spec.hyperparameters, tags=tags)
-    with tracker.ending_on_error(run_id):
-        job = backend.train(spec)
-    job.lineage = lineage.training_lineage(dataset, backend.image_identity(spec.image), tuning, job.model_data)
+    return backend.tracker.start(job_name, "training", params=hyperparameters, tags=tags)
+
+
+def record_model(
+    backend: Trains,
+    job: TrainingJob,
+    run_id: str | None,
+    dataset: dict[str, Any],
+    image: dict[str, Any],
+    tuning: TuningRun | None,
+) -> TrainingJob:
+    """A job that ended: its lineage (`image`: the backend's identity of its image) and MLflow run recorded, its
+    model registered; fails unless it completed."""
+    job.lineage = lineage.training_lineage(dataset, image, tuning, job.model_data)
     job.mlflow_run = run_id
     backend.records.save(job)
     if run_id:

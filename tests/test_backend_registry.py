@@ -88,10 +88,10 @@ def test_a_registered_backend_runs_the_whole_pipeline(tmp_path: Path, capsys: py
     tuning = json.loads((records / "tuning" / "r-tune.json").read_text())
     assert tuning["backend"] == "replay" and tuning["best"]["tuned_hyperparameters"] == {"learning_rate": BEST_RATE}
     assert (tmp_path / "work" / "tuning" / "r-tune" / "results.csv").is_file()
-    job = json.loads((records / "jobs" / "r-train.json").read_text())
-    assert job["backend"] == "replay" and job["hyperparameters"]["learning_rate"] == BEST_RATE
     run = json.loads((records / "runs" / "r.json").read_text())
-    assert run["status"] == "Completed"
+    assert run["status"] == "Completed" and run["training_job"] == tuning["best"]["job_name"]  # the best trial's model
+    job = json.loads((records / "jobs" / f"{run['training_job']}.json").read_text())
+    assert job["backend"] == "replay" and job["hyperparameters"]["learning_rate"] == BEST_RATE
     assert run["steps"][-2]["top"][0]["label"] in {"circle", "square", "triangle"}  # a real endpoint answered
     assert run["steps"][-1]["step"] == "evaluation"  # by a real model server of the backend's transform
     endpoint = json.loads((records / "endpoints" / "r-ep.json").read_text())

@@ -16,10 +16,10 @@ import pytest
 
 from launcher.cli import main
 from launcher.errors import LauncherError
-from launcher.records import SCHEMA_VERSION, Endpoint, PipelineRun, RecordStore, TrainingJob, TuningRun
+from launcher.records import SCHEMA_VERSION, Endpoint, LoopRun, RecordStore, TrainingJob, TuningRun
 
 FIXTURE = Path(__file__).parent / "fixtures" / "workdir-v0"
-KINDS = {kind.kind: kind for kind in (TrainingJob, Endpoint, TuningRun, PipelineRun)}
+KINDS = {kind.kind: kind for kind in (TrainingJob, Endpoint, TuningRun, LoopRun)}
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ managed MLflow ARN goes through the real sagemaker-mlflow plugin, whose SigV4-si
 stand-in (not covered: a real SageMaker tracking server, which needs an AWS account).
 
 What a whole `launcher run` tracks (trials, job, dataset, evaluation, registered model) is asserted in
-tests/test_pipeline.py; the sagemaker backend's runs in tests/test_sagemaker_moto.py."""
+tests/test_terminal_loop.py; the sagemaker backend's runs in tests/test_sagemaker_moto.py."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""`launcher run` on the process backend: real tuning trials, the best configuration trained with the hook on,
-a real endpoint answering a real JPEG, a retry that reuses what finished, and `launcher lineage` leading from
-the endpoint back to every input file's hash."""
+"""`launcher run` on the process backend: real tuning trials with the hook on, the best trial's model taken (or its
+configuration trained once more), a real endpoint answering a real JPEG, a retry that reuses what finished, and
+`launcher lineage` leading from the endpoint back to every input file's hash."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from launcher.cli import main
 from launcher.errors import LauncherError
 from launcher.lineage import dataset_manifest
-from launcher.pipeline import sample_image
+from launcher.loop import sample_image
 
 pytestmark = pytest.mark.slow  # launcher run end to end
 
@@ -82,12 +82,15 @@ def test_run_tunes_trains_deploys_predicts_traces_back_and_tracks(tmp_path: Path
     assert load(work, "endpoints", "r1-ep")["status"] == "Failed"
     capsys.readouterr()
 
-    # Second try: tuning and training are reused, a new endpoint answers the sample image, then it is stopped.
+    # Second try: the tuning run and its best trial's model are reused (the configuration is trained once, as a
+    # trial), a new endpoint answers the sample image, then it is stopped.
+    tuning = load(work, "tuning", "r1-tune")
+    best = tuning["best"]["job_name"]
+    assert failed["training_job"] == best
     assert main([*run, "--stop-endpoint"]) == 0
     out, err = capsys.readouterr()
-    assert "tuning run r1-tune already finished" in err and "training job r1-train already completed" in err
-    assert sorted(p.stem for p in (work / "records" / "jobs").glob("*.json")) == ["r1-train", "r1-tune-001",
-                                                                                  "r1-tune-002"]  # fmt: skip
+    assert "tuning run r1-tune already finished" in err and f"best trial {best}'s model already taken" in err
+    assert sorted(p.stem for p in (work / "records" / "jobs").glob("*.json")) == ["r1-tune-001", "r1-tune-002"]
     record = load(work, "runs", "r1")
     assert record["status"] == "Completed" and record["endpoint"] == "r1-ep-2"
     assert [s["step"] for s in record["steps"]] == ["tuning_run", "training_job", "endpoint", "prediction",
@@ -96,21 +99,21 @@ def test_run_tunes_trains_deploys_predicts_traces_back_and_tracks(tmp_path: Path
     assert top["label"] in {"circle", "square", "triangle"} and 0 <= top["probability"] <= 1
     assert load(work, "endpoints", "r1-ep-2")["status"] == "Deleted"
 
-    tuning, job = load(work, "tuning", "r1-tune"), load(work, "jobs", "r1-train")
+    job = load(work, "jobs", best)
     assert job["hyperparameters"]["learning_rate"] == tuning["best"]["tuned_hyperparameters"]["learning_rate"]
     assert job["hyperparameters"]["debug_hook"] is True
-    report = work / "reports" / "r1-train" / "report.html"
+    report = work / "reports" / best / "report.html"
     assert f"HTML report: {report}" in out and report.is_file()
 
     assert main(["--workdir", str(work), "lineage", "r1", "--json"]) == 0
     chain = {step.pop("step"): step for step in json.loads(capsys.readouterr().out)}
     assert list(chain) == ["endpoint", "training job", "tuning", "dataset"]
-    model = work / "output" / "r1-train" / "output" / "model.tar.gz"
+    model = work / "output" / best / "output" / "model.tar.gz"
     assert chain["endpoint"]["model_sha256"] == chain["training job"]["model_sha256"] == sha256(model)
     assert chain["training job"]["hyperparameters"] == job["hyperparameters"]
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
     assert chain["training job"]["code_revision"].startswith(head.strip())
-    assert chain["tuning"]["best_job"] in {"r1-tune-001", "r1-tune-002"}
+    assert chain["tuning"]["best_job"] == best
     expected = dataset_manifest({"training": str(data), "pretrained": str(backbone)}, tmp_path / "check")
     assert chain["dataset"]["digest"] == expected["digest"]
     assert chain["dataset"]["files"] == len([p for p in data.rglob("*") if p.is_file()]) + 1  # and the backbone
@@ -124,11 +127,14 @@ def test_run_tunes_trains_deploys_predicts_traces_back_and_tracks(tmp_path: Path
     uri = f"sqlite:///{work / 'mlflow.db'}"
     client = MlflowClient(uri, registry_uri=uri)
     experiment = client.get_experiment_by_name("job").experiment_id
-    runs = {run.info.run_name: run for run in client.search_runs([experiment])}
-    parent, trained = runs["r1-tune"], runs["r1-train"]
+    runs = {(run.info.run_name, run.data.tags["imgclf.kind"]): run for run in client.search_runs([experiment])}
+    parent, trained = runs["r1-tune", "tuning"], runs[best, "training"]  # the best trial has a training run too
     assert parent.info.run_id == tuning["mlflow_run"] and parent.info.status == "FINISHED"
     trials = [run for run in runs.values() if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert sorted(run.info.run_name for run in trials) == ["r1-tune-001", "r1-tune-002"]
+    assert sorted((run.info.run_name, run.data.tags["imgclf.kind"]) for run in trials) == [
+        ("r1-tune-001", "trial"),
+        ("r1-tune-002", "trial"),
+    ]
     for trial in trials:
         history = client.get_metric_history(trial.info.run_id, "valid loss")
         assert [m.step for m in history] == [1] and trial.info.status == "FINISHED"  # one point per epoch
@@ -141,7 +147,7 @@ def test_run_tunes_trains_deploys_predicts_traces_back_and_tracks(tmp_path: Path
     artifacts = {a.path for a in client.list_artifacts(trained.info.run_id)}
     assert {"report.html", "metrics.json", "train.log", "model"} <= artifacts
     assert {"imgclf.endpoint.r1-ep-2.deployed", "imgclf.endpoint.r1-ep-2.stopped"} <= trained.data.tags.keys()
-    evaluation = runs["r1-eval"]
+    evaluation = runs["r1-eval", "evaluation"]
     assert evaluation.data.tags["imgclf.training_run"] == job["mlflow_run"]
     assert evaluation.data.metrics["accuracy"] == load(work, "evaluations", "r1-eval")["metrics"]["accuracy"]
     assert {"evaluation.html", "confusion_matrix.png"} <= {
@@ -156,6 +162,27 @@ def test_run_tunes_trains_deploys_predicts_traces_back_and_tracks(tmp_path: Path
     (tmp_path / "registry").mkdir()
     downloaded = ModelsArtifactRepository("models:/job/1").download_artifacts("", str(tmp_path / "registry"))
     assert sha256(Path(downloaded) / "model.tar.gz") == sha256(model)
+
+
+def test_retrain_best_trains_the_best_configuration_once_more(tmp_path: Path, backbone: Path, capsys):
+    data = tmp_path / "data"
+    for split, count in (("train", 4), ("valid", 1), ("test", 1)):
+        write_split(data / split, per_class=count)
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        f"channels: {{training: {data}, pretrained: {backbone}}}\n"
+        f"hyperparameters: {json.dumps(FIXED)}\n"
+        "tuning: {ranges: {learning_rate: 'CategoricalParameter([0.01])'}, strategy: Grid, max_jobs: 1}\n"
+    )
+    work = tmp_path / "work"
+    run = ["--workdir", str(work), "run", "--no-tracking", "--config", str(config), "--name", "rb"]
+    assert main([*run, "--retrain-best", "--stop-endpoint"]) == 0
+    capsys.readouterr()
+
+    record, trial, job = load(work, "runs", "rb"), load(work, "jobs", "rb-tune-001"), load(work, "jobs", "rb-train")
+    assert record["training_job"] == "rb-train" and job["status"] == "Completed"
+    assert job["hyperparameters"] == trial["hyperparameters"]  # the best trial's, hook included
+    assert job["lineage"]["tuning"]["best_job"] == "rb-tune-001" and trial.get("lineage") is None
 
 
 def test_the_sample_image_is_the_first_of_the_local_test_split_or_a_clear_error(tmp_path: Path):

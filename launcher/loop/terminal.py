@@ -1,13 +1,15 @@
-"""`launcher run`: tune, train the best configuration with rules and profiler, deploy, predict a sample image, and
+"""`launcher run`: tune (every trial with rules and profiler), take the best trial's model (or train its configuration
+once more, `retrain_best`; or, without tuning, train the config as given), deploy, predict a sample image, and
 evaluate the model on the test split. With a champion endpoint (`--endpoint NAME`), the new model does not get an
 endpoint of its own: it challenges the model that endpoint serves, on the same test split, and replaces it only if
 it wins (launcher.promotion).
 
 The run's record (`records/runs/<name>.json`) lists each step as it ends; its parts are named after the run
-(`<name>-tune`, `<name>-train`, `<name>-ep`, `<name>-eval`, `<name>-promotion`), so running the same command again
-after an interruption goes on from where it stopped: a finished tuning run, a completed training job, an endpoint
-serving its model, an evaluation of it and a decided promotion are reused, an unfinished local study resumes, and
-a job or endpoint that failed is kept while the retry gets the next name (`<name>-train-2`).
+(`<name>-tune` and its trials `<name>-tune-001`..., `<name>-train`, `<name>-ep`, `<name>-eval`,
+`<name>-promotion`), so running the same command again after an interruption goes on from where it stopped: a
+finished tuning run, a taken model, a completed training job, an endpoint serving its model, an evaluation of it
+and a decided promotion are reused, an unfinished local study resumes, and a job or endpoint that failed is kept
+while the retry gets the next name (`<name>-train-2`).
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ from launcher.backends import Backend, EndpointSettings, TrainingSpec, Transform
 from launcher.contract import S3_SCHEME
 from launcher.errors import LauncherError
 from launcher.progress import say
-from launcher.records import Endpoint, Evaluation, PipelineRun, Promotion, R, TrainingJob, TuningRun
+from launcher.records import Endpoint, Evaluation, LoopRun, Promotion, R, TrainingJob, TuningRun
 from launcher.report import show_report
 from launcher.transform import CONTENT_TYPES
 from launcher.tuning import TuningSpec, load_best_hyperparameters
 
-# The final job saves the smdebug trace and samples the system, so its report has every rule's evidence.
-FINAL_JOB_HYPERPARAMETERS = {"debug_hook": True}
+# The run's jobs (the trials too, one of which becomes the model) save the smdebug trace and sample the system, so
+# the model's report has every rule's evidence.
+DIAGNOSTICS = {"debug_hook": True}
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class RunPlan:
     evaluation_data: Path | None = None
     stop_endpoint: bool = False
     challenge: Challenge | None = None
+    retrain_best: bool = False  # train the best trial's configuration once more, and take that model
 
 
 def test_split(channels: dict[str, str]) -> Path | None:
@@ -77,24 +81,24 @@ def sample_image(channels: dict[str, str], given: Path | None) -> Path:
     return found[0]
 
 
-class Pipeline:
+class TerminalLoop:
     """Runs a plan's steps on one backend, saving the run record after each. The backend trains, hosts and transforms
     (`launcher.backends`' roles), and swaps models too where the plan has a challenge."""
 
     def __init__(self, plan: RunPlan, backend: Backend):
         self.plan, self.backend, self.records = plan, backend, backend.records
         self.record = (
-            self.records.load(PipelineRun, plan.name)
-            if self.records.exists(PipelineRun, plan.name)
-            else PipelineRun(name=plan.name, backend=backend.name)
+            self.records.load(LoopRun, plan.name)
+            if self.records.exists(LoopRun, plan.name)
+            else LoopRun(name=plan.name, backend=backend.name)
         )
 
-    def run(self) -> PipelineRun:
+    def run(self) -> LoopRun:
         self._update(status="InProgress", failure_reason=None, ended=None)
         try:
             champion = self._champion()
             tuning = self._tune()
-            job = self._train(tuning)
+            job = self._best_trial(tuning) if tuning and not self.plan.retrain_best else self._train(tuning)
             contest = self._contest(job, champion) if champion else None
             endpoint = self.records.load(Endpoint, champion.name) if champion else self._deploy(job)
             try:
@@ -170,12 +174,20 @@ class Pipeline:
         if earlier:
             say(f"training job {name} already completed; reusing its model")
             return earlier
-        best = load_best_hyperparameters(tuning) if tuning else {}
-        hyperparameters = {**spec.hyperparameters, **best, **FINAL_JOB_HYPERPARAMETERS}
+        hyperparameters = {**spec.hyperparameters, **(load_best_hyperparameters(tuning) if tuning else {})}
         job = steps.train(
             self.backend, dataclasses.replace(spec, job_name=name, hyperparameters=hyperparameters), tuning
         )
         self._step("training_job", name, model_data=job.model_data)
+        return job
+
+    def _best_trial(self, tuning: TuningRun) -> TrainingJob:
+        job = self.records.load(TrainingJob, tuning.best["job_name"])
+        if job.lineage:
+            say(f"best trial {job.name}'s model already taken; reusing it")
+            return job
+        job = steps.take_best_trial(self.backend, tuning)
+        self._step("training_job", job.name, model_data=job.model_data, best_trial_of=tuning.name)
         return job
 
     def _deploy(self, job: TrainingJob) -> Endpoint:
