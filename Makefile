@@ -139,6 +139,7 @@ bench: install
 	$(BIN)/python bench/cold_start.py
 	$(BIN)/python bench/tuning_early_stopping.py
 	$(BIN)/python bench/tracking_overhead.py
+	$(BIN)/python bench/dataset_store.py
 	$(BIN)/python bench/router.py
 
 # TorchServe 0.12 for bench/serve.py's comparison, in a virtualenv of its own (its model-archiver package clashes

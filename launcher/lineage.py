@@ -13,12 +13,12 @@ import hashlib
 import json
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from launcher.contract import MANIFEST_SUFFIX, S3_SCHEME
 from launcher.errors import LauncherError
+from launcher.file_hashes import file_sha256, folder_files
 from launcher.progress import text_table
 from launcher.records import (
     Endpoint,
@@ -32,26 +32,12 @@ from launcher.records import (
     TuningRun,
 )
 
-CHUNK = 1 << 20
 REPOSITORY = Path(__file__).resolve().parent.parent  # the checkout the launcher and container_src come from
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _files(folder: Path) -> Iterator[Path]:
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            yield path
-
-
 def channel_manifest(source: str) -> dict[str, Any]:
-    """One channel's files (relative path, bytes, SHA-256); an s3:// channel is named, not listed."""
+    """One channel's files (relative path, bytes, SHA-256; unchanged files are not read again, see
+    `launcher.file_hashes`); an s3:// channel is named, not listed."""
     if source.startswith(S3_SCHEME):
         return {"source": source, "files": None}
     root = Path(source)
@@ -60,10 +46,7 @@ def channel_manifest(source: str) -> dict[str, Any]:
             "source": str(root),
             "files": [{"path": root.name, "bytes": root.stat().st_size, "sha256": file_sha256(root)}],
         }
-    files = [
-        {"path": str(p.relative_to(root)), "bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in _files(root)
-    ]
-    return {"source": str(root), "files": files}
+    return {"source": str(root), "files": folder_files(root)}
 
 
 def dataset_manifest(channels: dict[str, str], store: Path) -> dict[str, Any]:

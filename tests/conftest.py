@@ -51,6 +51,7 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ[SESSION_ENV] = uuid.uuid4().hex
     os.environ["TMPDIR"] = tempfile.mkdtemp(prefix="imgclf-tests-")  # short: model servers put sockets there
     config.stash[SESSION_TMP] = Path(os.environ["TMPDIR"])
+    os.environ["IMGCLF_HASH_CACHE"] = str(Path(os.environ["TMPDIR"]) / "file-hashes.sqlite")  # not the user's
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -27,6 +27,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
         ("cold_start.py", ["--rounds", "1", "--models", "resnet18"], "serve -> model ready"),
         ("transform.py", ["--images", "8", "--rounds", "1", "--seconds", "1"], "transform / endpoint c8"),
         ("tracking_overhead.py", ["--rounds", "1"], "closed port"),
+        ("dataset_store.py", ["--files", "30", "--rounds", "1"], "cached / every file read"),
         ("router.py", ["--images", "2", "--rounds", "1", "--seconds", "0.5", "--concurrency", "1"],
          "router_over_direct_throughput"),
         ("serve.py", ["--images", "4", "--seconds", "1", "--warm-up", "0.5", "--max-batch", "2", "--concurrency", "1",
