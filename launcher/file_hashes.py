@@ -39,32 +39,40 @@ def cache_path() -> Path:
 
 
 def folder_files(root: Path) -> list[dict[str, str | int]]:
-    """Every file under `root` (relative path, bytes, SHA-256), sorted by path; only new or changed files are read."""
-    paths = sorted(p for p in root.rglob("*") if p.is_file())
+    """Every file under `root` (relative path, bytes, SHA-256), in path order; only new or changed files are read."""
+    base = str(root.resolve()).rstrip("/") + "/"
     with _cache() as cache:
-        known = _known(cache, root) if cache else {}
+        known = _known(cache, base) if cache else {}
         files, learned = [], []
         settled = time.time() - SETTLE_SECONDS
-        for path in paths:
-            stat = path.stat()
-            key = str(path.resolve())
+        for relative, stat in sorted(_walk(root, ""), key=lambda found: found[0].split("/")):
             entry = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
-            remembered = known.get(key)
+            remembered = known.get(base + relative)
             sha256 = remembered[1] if remembered and remembered[0] == entry else None
             if sha256 is None:
-                sha256 = file_sha256(path)
+                sha256 = file_sha256(root / relative)
                 if stat.st_mtime_ns / 1e9 < settled:
-                    learned.append((key, *entry, sha256))
-            files.append({"path": str(path.relative_to(root)), "bytes": stat.st_size, "sha256": sha256})
+                    learned.append((base + relative, *entry, sha256))
+            files.append({"path": relative, "bytes": stat.st_size, "sha256": sha256})
         if cache and learned:
             with contextlib.suppress(sqlite3.Error), cache:  # a cache that cannot be written is only slower
                 cache.executemany("INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?)", learned)
     return files
 
 
-def _known(cache: sqlite3.Connection, root: Path) -> dict[str, tuple[tuple[int, int, int], str]]:
-    """The remembered files under `root`: path -> ((size, mtime_ns, inode), sha256)."""
-    prefix = str(root.resolve()).rstrip("/") + "/"
+def _walk(folder: Path, prefix: str) -> Iterator[tuple[str, os.stat_result]]:
+    """(path relative to the walk's root, stat) of every file, one directory listing per folder (what `rglob` and
+    `is_file` see: symbolic links to files are followed, those to folders are not)."""
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                yield from _walk(Path(entry.path), f"{prefix}{entry.name}/")
+            elif entry.is_file():
+                yield f"{prefix}{entry.name}", entry.stat()
+
+
+def _known(cache: sqlite3.Connection, prefix: str) -> dict[str, tuple[tuple[int, int, int], str]]:
+    """The remembered files under the folder `prefix` (ending in /): path -> ((size, mtime_ns, inode), sha256)."""
     try:
         rows = cache.execute(
             "SELECT path, size, mtime_ns, inode, sha256 FROM hashes WHERE path >= ? AND path < ?",
