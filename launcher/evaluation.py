@@ -1,5 +1,6 @@
 """A model judged on a labelled folder: from the logits a transform wrote for every image, the accuracy, top-5
-accuracy and average loss (the training job's own test metrics, computed the same way), per-class precision,
+accuracy and average loss (`imgclf_contract.judging`, as the training job's test metrics and the image's `evaluate`
+compute them), per-class precision,
 recall, F1 and support, the confusion matrix, the most confused pairs and the most confident mistakes.
 
 The labelled folder holds one subfolder per class (a training data folder's `test/` split is taken when the
@@ -17,10 +18,10 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+from imgclf_contract import judging
 from launcher.errors import LauncherError
 
 CONFIG_FILE = "model_config.json"
-TOP_K = 5
 MOST_CONFUSED = 10
 WORST_MISTAKES = 12
 
@@ -104,21 +105,15 @@ def evaluate(classes: list[str], scored: Scored, left_out: dict) -> dict[str, An
         if left_out["unknown_classes"]:
             reasons.append(f"the model does not know the classes {', '.join(left_out['unknown_classes'])}")
         raise LauncherError(f"no image could be scored: {'; '.join(reasons) or 'none found'}")
-    n, k = len(scored.files), min(TOP_K, len(classes))
     log_p = log_softmax(scored.logits)
     predicted = log_p.argmax(axis=1)
-    top_k = np.argsort(-log_p, axis=1, kind="stable")[:, :k]
     labels = list(range(len(classes)))
     precision, recall, f1, support = precision_recall_fscore_support(
         scored.truth, predicted, labels=labels, zero_division=0
     )
     matrix = confusion_matrix(scored.truth, predicted, labels=labels)
     return {
-        "images": n,
-        "accuracy": float((predicted == scored.truth).mean()),
-        "top_k": k,
-        "top_k_accuracy": float((top_k == scored.truth[:, None]).any(axis=1).mean()),
-        "loss": float(-log_p[np.arange(n), scored.truth].mean()),
+        **judging.headline(scored.truth.tolist(), scored.logits.tolist(), len(classes)),  # as the image's `evaluate`
         "classes": classes,
         "per_class": [
             {"class": name, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}

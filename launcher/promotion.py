@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from imgclf_contract import metrics
+from imgclf_contract.judging import Rule
 from launcher import evaluation, hosted, lineage, steps
 from launcher.backends import Backend, DeploySpec, EndpointSettings, SwapsModels, TransformSettings
 from launcher.contract import S3_SCHEME
@@ -24,30 +24,6 @@ from launcher.progress import say
 from launcher.records import Endpoint, Evaluation, Promotion, TrainingJob
 
 CHAMPION_ALIAS = "champion"  # the registered model's alias for the version in service
-
-
-@dataclass(frozen=True)
-class Rule:
-    """Promote when the challenger's average test loss is lower than the champion's by at least `min_improvement`
-    and its accuracy is not lower."""
-
-    min_improvement: float = 0.0
-
-    def __str__(self) -> str:
-        return (
-            f"promote if the challenger's average test loss is lower than the champion's by at least "
-            f"{self.min_improvement:g} and its test accuracy is not lower"
-        )
-
-    def verdict(self, champion: dict[str, Any], challenger: dict[str, Any]) -> tuple[bool, str]:
-        """Whether the challenger wins, and why, in figures."""
-        loss = f"average test loss {challenger['loss']:.6f} against {champion['loss']:.6f}"
-        accuracy = f"test accuracy {challenger['accuracy']:.4f} against {champion['accuracy']:.4f}"
-        if champion["loss"] - challenger["loss"] < self.min_improvement or challenger["loss"] >= champion["loss"]:
-            return False, f"{loss}: not lower by at least {self.min_improvement:g}"
-        if challenger["accuracy"] < champion["accuracy"]:
-            return False, f"{accuracy}: lower ({loss})"
-        return True, f"{loss}, {accuracy}"
 
 
 def dataset_classes(data: Path) -> list[str] | None:

@@ -104,6 +104,15 @@ def test_train_then_serve_in_the_image(image: str, tmp_path: Path, shapes_datase
     assert (base / "model" / "model.pth").is_file() and (base / "output" / "success").is_file()
     assert "rule summary:" in result.stdout and (base / "output" / "data" / "report" / "report.html").is_file()
 
+    # The image's `evaluate` (a retrain loop's evaluation step) reproduces the job's own test figures.
+    scored = docker("run", "--rm", "-v", f"{base}:/opt/ml", "-v", f"{shapes_dataset}:/data:ro", image, "evaluate",
+                    "--data", "/data", "--model", "challenger=/opt/ml/model",
+                    "--output", "/opt/ml/evaluation.json")  # fmt: skip
+    assert scored.returncode == 0, scored.stdout[-3000:] + scored.stderr[-3000:]
+    figures = json.loads((base / "evaluation.json").read_text())["models"]["challenger"]
+    job = json.loads((base / "output" / "data" / "metrics.json").read_text())["test"]
+    assert figures["images"] == job["images"] and abs(figures["loss"] - job["loss"]) < 1e-4
+
     container = serving(base / "model")
     status, answer = post_jpeg(container.url, next((shapes_dataset / "test" / "circle").iterdir()))
     assert status == 200 and len(answer["logits"]) == 3

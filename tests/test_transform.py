@@ -186,6 +186,63 @@ def test_evaluate_reproduces_the_jobs_test_metrics(model: Path, trained_model_di
     assert record.metrics["accuracy"] == result["accuracy"] and record.lineage["model_sha256"]
 
 
+def test_the_images_evaluate_gives_launcher_evaluates_figures_and_the_rules_decision(
+    model: Path, trained_model_dir: Path, tmp_path: Path
+):
+    """The image's `evaluate` (a retrain loop's evaluation step) and `launcher evaluate` (the model served, its logits
+    scored on this machine) agree on the same files: mistakes, a class the model does not know, a broken file."""
+    data = tmp_path / "labelled"
+    write_split(data, per_class=3)
+    for i in range(2):
+        draw_shape("circle", seed=i).save(data / "square" / f"really_a_circle_{i}.jpg")
+    (data / "hexagon").mkdir()
+    Image.new("RGB", (40, 40), "orange").save(data / "hexagon" / "h.jpg")
+    (data / "circle" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    work = tmp_path / "work"
+    assert main(["--workdir", str(work), "evaluate", str(model), "--data", str(data), "--name", "e4"]) == 0
+    launcher = json.loads((work / "evaluations" / "e4" / "evaluation.json").read_text())
+
+    out = tmp_path / "out" / "evaluation.json"
+    done = subprocess.run([str(Path(sys.executable).parent / "evaluate"), "--data", str(data), "--model",
+                           f"challenger={model}", "--model", f"champion={trained_model_dir}", "--output", str(out)],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    image = json.loads(out.read_text())
+    assert image["files"] == 13 and set(image["models"]) == {"champion", "challenger"}
+    for figures in image["models"].values():  # the same model twice: a .tar.gz and its folder
+        assert figures["images"] == launcher["images"] == 11
+        assert figures["unknown_classes"] == launcher["unknown_classes"] == {"hexagon": 1}
+        failed = [f["file"] for f in figures["failed"]]
+        assert failed == [f["file"] for f in launcher["failed"]] == ["circle/broken.jpg"]
+        for key in ("accuracy", "top_k_accuracy", "loss"):
+            assert abs(figures[key] - launcher[key]) < 1e-4, key
+    assert image["decision"] == {"promote": False, "min_improvement": 0.0,
+                                 "reason": image["decision"]["reason"]}  # fmt: skip
+    assert "not lower by at least 0" in image["decision"]["reason"]  # a model does not beat itself
+
+    first = subprocess.run([str(Path(sys.executable).parent / "evaluate"), "--data", str(data), "--model",
+                            f"challenger={model}", "--output", str(out)],
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert first.returncode == 0 and json.loads(out.read_text())["decision"]["promote"] is True  # no champion yet
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "winner=m.tar.gz"], "give ROLE=PATH with ROLE one of champion, challenger"),
+        (["--model", "challenger={tmp}/missing.tar.gz"], "no model at"),
+        (["--model", "challenger={tmp}/labelled/circle/circle_0.jpg"], "cannot read"),
+    ],
+)
+def test_the_images_evaluate_refuses_what_it_cannot_use(tmp_path: Path, args: list[str], message: str):
+    write_split(tmp_path / "labelled", per_class=1)
+    done = subprocess.run([str(Path(sys.executable).parent / "evaluate"), "--data", str(tmp_path / "labelled"),
+                           "--output", str(tmp_path / "e.json"), *[a.format(tmp=tmp_path) for a in args]],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 1 and message in done.stdout + done.stderr
+    assert not (tmp_path / "e.json").exists()
+
+
 def test_the_evaluation_page_shows_its_matrix_and_mistakes(model: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
     """Circles filed under `square` are mistakes the model makes with confidence; hexagons it does not know."""
     data = tmp_path / "labelled"

@@ -1,13 +1,16 @@
-"""The image's two executables, `train` and `serve`, as SageMaker invokes them."""
+"""The image's executables: `train` and `serve`, as SageMaker invokes them, and `evaluate`, a retrain loop's
+evaluation step."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import signal
 import sys
+import tempfile
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -197,3 +200,43 @@ def serve(argv: list[str] | None = None) -> None:
     if args.config_dir is None and os.path.exists(model_server.REQUIREMENTS_PATH):
         model_server._install_requirements()  # in the image, as the toolkit does: the model's code/requirements.txt
     sys.exit(endpoint.run(Path(environment.model_dir), settings, args.host, args.config_dir))
+
+
+def evaluate(argv: list[str] | None = None) -> None:
+    """Score a challenger (and a champion) on one labelled test split; write the figures and the decision."""
+    parser = argparse.ArgumentParser(
+        prog="evaluate",
+        description="Score models on a labelled test split (DATA/test, else DATA; one subfolder per class) through "
+        "their own inference hooks and write OUTPUT: each model's accuracy, top-5 accuracy and average loss, and "
+        "with a challenger the promotion rule's decision (against the champion; without one, promote). The figures "
+        "are those `launcher evaluate` computes. Exits 1 with the reason on input it cannot use.",
+    )
+    parser.add_argument("--data", type=Path, required=True, help="the labelled folder (or a dataset with test/)")
+    parser.add_argument("--model", action="append", required=True, metavar="ROLE=PATH",
+                        help="challenger=PATH, and champion=PATH where a model is in service: a model.tar.gz or its "
+                        "extracted folder")  # fmt: skip
+    parser.add_argument("--min-improvement", type=float, default=0.0,
+                        help="the rule's least drop of the average test loss (default 0)")  # fmt: skip
+    parser.add_argument("--output", type=Path, required=True, help="the evaluation file to write (JSON)")
+    args = parser.parse_args(argv)
+    _configure_logging()
+    from imgclf import evaluate as evaluation
+    from imgclf_contract.judging import Rule
+
+    try:
+        models = dict(evaluation.role_and_path(text) for text in args.model)
+        with tempfile.TemporaryDirectory() as scratch:
+            result = evaluation.evaluate(args.data, models, Rule(args.min_improvement), Path(scratch))
+    except evaluation.EvaluationError as err:
+        log.error("cannot evaluate: %s", err)
+        sys.exit(EXIT_USER_ERROR)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=1))
+    for role, figures in result["models"].items():
+        log.info("%s: accuracy %.4f, average loss %.4f on %d images", role, figures["accuracy"], figures["loss"],
+                 figures["images"])  # fmt: skip
+    if "decision" in result:
+        log.info(
+            "decision: %s (%s)", "promote" if result["decision"]["promote"] else "keep", result["decision"]["reason"]
+        )
+    log.info("evaluation written to %s", args.output)
