@@ -62,8 +62,13 @@ def folder_files(root: Path) -> list[dict[str, str | int]]:
 
 def _walk(folder: Path, prefix: str) -> Iterator[tuple[str, os.stat_result]]:
     """(path relative to the walk's root, stat) of every file, one directory listing per folder (what `rglob` and
-    `is_file` see: symbolic links to files are followed, those to folders are not)."""
-    with os.scandir(folder) as entries:
+    `is_file` see: symbolic links to files are followed, those to folders are not; a folder that is missing or
+    cannot be listed has no files)."""
+    try:
+        listing = os.scandir(folder)
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return
+    with listing as entries:
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
                 yield from _walk(Path(entry.path), f"{prefix}{entry.name}/")

@@ -70,3 +70,9 @@ def test_without_a_usable_cache_every_file_is_read(tmp_path: Path, reads: list[P
     write(tmp_path / "data" / "y.jpg", b"y")
     assert folder_files(tmp_path / "data")[0]["sha256"] == hashlib.sha256(b"y").hexdigest()
     assert folder_files(tmp_path / "data") and len(reads) == 2
+
+
+def test_a_missing_folder_has_no_files_as_rglob_says(tmp_path: Path, reads: list[Path]):
+    assert folder_files(tmp_path / "nowhere") == []  # the caller says what is missing, as before the cache
+    (tmp_path / "file.jpg").write_bytes(b"x")
+    assert folder_files(tmp_path / "file.jpg") == [] and reads == []

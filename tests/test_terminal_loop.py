@@ -39,6 +39,19 @@ def load(work: Path, kind: str, name: str) -> dict:
     return json.loads((work / "records" / kind / f"{name}.json").read_text())
 
 
+def tuned_job(tmp_path: Path, backbone: Path, per_class: tuple[int, int, int], tuning: str) -> Path:
+    """A job config: shapes in `tmp_path/data` (`per_class` images per class in train, valid, test), the backbone,
+    the FIXED hyperparameters, and `tuning` (the rest of the file: its tuning section and more)."""
+    for split, count in zip(("train", "valid", "test"), per_class, strict=True):
+        write_split(tmp_path / "data" / split, per_class=count)
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        f"channels: {{training: {tmp_path / 'data'}, pretrained: {backbone}}}\n"
+        f"hyperparameters: {json.dumps(FIXED)}\n{tuning}"
+    )
+    return config
+
+
 def test_dataset_digest_follows_content_not_location(tmp_path: Path):
     data = write_split(tmp_path / "a" / "train", per_class=2).parent
     first = dataset_manifest({"training": str(data)}, tmp_path / "manifests")
@@ -60,17 +73,15 @@ def test_dataset_digest_follows_content_not_location(tmp_path: Path):
 def test_run_tunes_trains_deploys_predicts_traces_back_and_tracks(tmp_path: Path, backbone: Path, capsys, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the default: the work folder's store
     data = tmp_path / "data"
-    for split, count in (("train", 8), ("valid", 2), ("test", 2)):
-        write_split(data / split, per_class=count)
-    config = tmp_path / "job.yaml"
-    config.write_text(
-        f"channels: {{training: {data}, pretrained: {backbone}}}\n"
-        f"hyperparameters: {json.dumps(FIXED)}\n"
+    config = tuned_job(
+        tmp_path,
+        backbone,
+        (8, 2, 2),
         "tuning:\n"
         "  ranges: {learning_rate: 'CategoricalParameter([0.002, 0.02])'}\n"
         "  strategy: Grid\n"
         "  max_jobs: 2\n"
-        "deploy: {workers: 1}\n"
+        "deploy: {workers: 1}\n",
     )
     work = tmp_path / "work"
     run = ["--workdir", str(work), "run", "--config", str(config), "--name", "r1"]
@@ -165,15 +176,8 @@ def test_run_tunes_trains_deploys_predicts_traces_back_and_tracks(tmp_path: Path
 
 
 def test_retrain_best_trains_the_best_configuration_once_more(tmp_path: Path, backbone: Path, capsys):
-    data = tmp_path / "data"
-    for split, count in (("train", 4), ("valid", 1), ("test", 1)):
-        write_split(data / split, per_class=count)
-    config = tmp_path / "job.yaml"
-    config.write_text(
-        f"channels: {{training: {data}, pretrained: {backbone}}}\n"
-        f"hyperparameters: {json.dumps(FIXED)}\n"
-        "tuning: {ranges: {learning_rate: 'CategoricalParameter([0.01])'}, strategy: Grid, max_jobs: 1}\n"
-    )
+    tuning = "tuning: {ranges: {learning_rate: 'CategoricalParameter([0.01])'}, strategy: Grid, max_jobs: 1}\n"
+    config = tuned_job(tmp_path, backbone, (4, 1, 1), tuning)
     work = tmp_path / "work"
     run = ["--workdir", str(work), "run", "--no-tracking", "--config", str(config), "--name", "rb"]
     assert main([*run, "--retrain-best", "--stop-endpoint"]) == 0

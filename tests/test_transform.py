@@ -34,6 +34,16 @@ def model(trained_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return contract.pack(trained_model_dir, tmp_path_factory.mktemp("model") / "model.tar.gz")
 
 
+def labelled_with_mistakes(data: Path, circles_as_squares: int) -> Path:
+    """Three shapes' images, 3 per class, plus circles filed under `square` and a hexagon no model knows."""
+    write_split(data, per_class=3)
+    for i in range(circles_as_squares):
+        draw_shape("circle", seed=i).save(data / "square" / f"really_a_circle_{i}.jpg")
+    (data / "hexagon").mkdir()
+    Image.new("RGB", (40, 40), "orange").save(data / "hexagon" / "h.jpg")
+    return data
+
+
 def job_test_metrics(trained_model_dir: Path) -> dict:
     return json.loads((trained_model_dir.parent / "output" / "data" / "metrics.json").read_text())["test"]
 
@@ -191,12 +201,7 @@ def test_the_images_evaluate_gives_launcher_evaluates_figures_and_the_rules_deci
 ):
     """The image's `evaluate` (a retrain loop's evaluation step) and `launcher evaluate` (the model served, its logits
     scored on this machine) agree on the same files: mistakes, a class the model does not know, a broken file."""
-    data = tmp_path / "labelled"
-    write_split(data, per_class=3)
-    for i in range(2):
-        draw_shape("circle", seed=i).save(data / "square" / f"really_a_circle_{i}.jpg")
-    (data / "hexagon").mkdir()
-    Image.new("RGB", (40, 40), "orange").save(data / "hexagon" / "h.jpg")
+    data = labelled_with_mistakes(tmp_path / "labelled", circles_as_squares=2)
     (data / "circle" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     work = tmp_path / "work"
     assert main(["--workdir", str(work), "evaluate", str(model), "--data", str(data), "--name", "e4"]) == 0
@@ -245,12 +250,7 @@ def test_the_images_evaluate_refuses_what_it_cannot_use(tmp_path: Path, args: li
 
 def test_the_evaluation_page_shows_its_matrix_and_mistakes(model: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
     """Circles filed under `square` are mistakes the model makes with confidence; hexagons it does not know."""
-    data = tmp_path / "labelled"
-    write_split(data, per_class=3)
-    for i in range(3):
-        draw_shape("circle", seed=i).save(data / "square" / f"really_a_circle_{i}.jpg")
-    (data / "hexagon").mkdir()
-    Image.new("RGB", (40, 40), "orange").save(data / "hexagon" / "h.jpg")
+    data = labelled_with_mistakes(tmp_path / "labelled", circles_as_squares=3)
     work = tmp_path / "work"
     assert main(["--workdir", str(work), "evaluate", str(model), "--data", str(data), "--name", "e2"]) == 0
     assert "classes the model does not know: {'hexagon': 1}" in capsys.readouterr().err
