@@ -26,9 +26,9 @@ class EvaluationError(Exception):
     """Input the evaluation cannot use; the message says what to give instead."""
 
 
-def labelled_files(data: Path) -> list[tuple[str, str]]:
-    """(path relative to the labelled root, class) of every image: under `data/test` where there is one, else
-    `data`, one subfolder per class."""
+def labelled_files(data: Path) -> tuple[Path, list[tuple[str, str]]]:
+    """The labelled root (`data/test` where there is one, else `data`, one subfolder per class) and (path relative
+    to it, class) of every image under it."""
     root = data / "test" if (data / "test").is_dir() else data
     if not root.is_dir():
         raise EvaluationError(f"no folder at {data}: give a folder with one subfolder per class (or a test/ split)")
@@ -41,7 +41,7 @@ def labelled_files(data: Path) -> list[tuple[str, str]]:
             else f"{len(loose)} image(s) of {root} lie "
             f"outside any class folder (e.g. {loose[0]}): give one subfolder per class"
         )
-    return [(f, f.split("/", 1)[0]) for f in files]
+    return root, [(f, f.split("/", 1)[0]) for f in files]
 
 
 def safe_members(archive: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
@@ -109,8 +109,7 @@ def score(model_dir: Path, root: Path, files: list[tuple[str, str]]) -> dict[str
 
 def evaluate(data: Path, models: dict[str, Path], rule: Rule, scratch: Path) -> dict[str, Any]:
     """The evaluation file: each model's figures on the same files and, with a challenger, the decision."""
-    files = labelled_files(data)
-    root = data / "test" if (data / "test").is_dir() else data
+    root, files = labelled_files(data)
     figures = {role: score(model_folder(path, scratch), root, files) for role, path in models.items()}
     result: dict[str, Any] = {"data": str(root), "files": len(files), "models": figures, "rule": str(rule)}
     if "challenger" in figures:
