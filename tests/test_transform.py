@@ -18,6 +18,7 @@ import pytest
 from conftest import chromium, default_sigint, draw_shape, write_split
 from PIL import Image
 
+from imgclf_contract.judging import NO_MODEL
 from launcher import contract
 from launcher.cli import main
 from launcher.records import Evaluation, RecordStore, TransformJob
@@ -225,10 +226,25 @@ def test_the_images_evaluate_gives_launcher_evaluates_figures_and_the_rules_deci
                                  "reason": image["decision"]["reason"]}  # fmt: skip
     assert "not lower by at least 0" in image["decision"]["reason"]  # a model does not beat itself
 
-    first = subprocess.run([str(Path(sys.executable).parent / "evaluate"), "--data", str(data), "--model",
-                            f"challenger={model}", "--output", str(out)],
+    # A Pipeline's first cycle, laid out as its Processing job's inputs are: the dataset version's files under
+    # test/<class>/<sha256:16>/, the challenger's model.tar.gz alone in a folder, the champion's folder saying none.
+    pipeline = tmp_path / "processing"
+    for file in data.rglob("*.jpg"):
+        copied = pipeline / "data" / "test" / file.parent.name / "0123456789abcdef" / file.name
+        copied.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(file, copied)
+    (pipeline / "challenger").mkdir()
+    shutil.copy(model, pipeline / "challenger" / "model.tar.gz")
+    (pipeline / "champion").mkdir()
+    (pipeline / "champion" / NO_MODEL).write_text("none yet")
+    first = subprocess.run([str(Path(sys.executable).parent / "evaluate"), "--data", str(pipeline / "data"),
+                            "--model", f"challenger={pipeline / 'challenger'}", "--model",
+                            f"champion={pipeline / 'champion'}", "--output", str(out)],
                            capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert first.returncode == 0 and json.loads(out.read_text())["decision"]["promote"] is True  # no champion yet
+    assert first.returncode == 0, first.stdout + first.stderr
+    result = json.loads(out.read_text())
+    assert set(result["models"]) == {"challenger"} and result["decision"]["promote"] is True  # no champion yet
+    assert result["models"]["challenger"]["loss"] == pytest.approx(image["models"]["challenger"]["loss"], abs=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -237,10 +253,13 @@ def test_the_images_evaluate_gives_launcher_evaluates_figures_and_the_rules_deci
         (["--model", "winner=m.tar.gz"], "give ROLE=PATH with ROLE one of champion, challenger"),
         (["--model", "challenger={tmp}/missing.tar.gz"], "no model at"),
         (["--model", "challenger={tmp}/labelled/circle/circle_0.jpg"], "cannot read"),
+        (["--model", "challenger={tmp}/none"], "nothing to judge"),
     ],
 )
 def test_the_images_evaluate_refuses_what_it_cannot_use(tmp_path: Path, args: list[str], message: str):
     write_split(tmp_path / "labelled", per_class=1)
+    (tmp_path / "none").mkdir()
+    (tmp_path / "none" / NO_MODEL).touch()
     done = subprocess.run([str(Path(sys.executable).parent / "evaluate"), "--data", str(tmp_path / "labelled"),
                            "--output", str(tmp_path / "e.json"), *[a.format(tmp=tmp_path) for a in args]],
                           capture_output=True, text=True, timeout=120)  # fmt: skip

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from imgclf.errors import EXIT_INTERNAL_ERROR, EXIT_STOPPED, EXIT_USER_ERROR, Preempted, WorkersFailed
 from imgclf_contract import platform
 from imgclf_contract.errors import ContractError, HyperparameterError
+from imgclf_contract.judging import NO_MODEL
 
 if TYPE_CHECKING:
     from imgclf.environment import TrainingEnv
@@ -213,8 +214,9 @@ def evaluate(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--data", type=Path, required=True, help="the labelled folder (or a dataset with test/)")
     parser.add_argument("--model", action="append", required=True, metavar="ROLE=PATH",
-                        help="challenger=PATH, and champion=PATH where a model is in service: a model.tar.gz or its "
-                        "extracted folder")  # fmt: skip
+                        help="challenger=PATH, and champion=PATH where a model is in service: a model.tar.gz, a "
+                        "folder holding one, or its extracted folder; a folder holding only a file named "
+                        f"{NO_MODEL!r} means none")  # fmt: skip
     parser.add_argument("--min-improvement", type=float, default=0.0,
                         help="the rule's least drop of the average test loss (default 0)")  # fmt: skip
     parser.add_argument("--output", type=Path, required=True, help="the evaluation file to write (JSON)")

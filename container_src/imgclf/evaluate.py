@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from imgclf import inference
-from imgclf_contract.judging import IMAGE_SUFFIXES, Rule, headline
+from imgclf_contract.judging import IMAGE_SUFFIXES, MODEL_ARCHIVE, NO_MODEL, Rule, headline
 
 BATCH = 32
 ROLES = ("champion", "challenger")
@@ -54,10 +54,16 @@ def safe_members(archive: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
         yield member
 
 
-def model_folder(model: Path, scratch: Path) -> Path:
-    """A model's folder: as given, or a model.tar.gz extracted under `scratch`."""
+def model_folder(model: Path, scratch: Path) -> Path | None:
+    """A model's folder: as given, or a model.tar.gz (given, or alone in the given folder, as a Processing job's input
+    places it) extracted under `scratch`; None where the folder holds the NO_MODEL file only."""
     if model.is_dir():
-        return model
+        held = sorted(p.name for p in model.iterdir())
+        if held == [NO_MODEL]:
+            return None
+        if held != [MODEL_ARCHIVE]:
+            return model
+        model = model / MODEL_ARCHIVE
     if not model.is_file():
         raise EvaluationError(f"no model at {model}: give a model.tar.gz or its extracted folder")
     folder = Path(tempfile.mkdtemp(dir=scratch))
@@ -110,7 +116,10 @@ def score(model_dir: Path, root: Path, files: list[tuple[str, str]]) -> dict[str
 def evaluate(data: Path, models: dict[str, Path], rule: Rule, scratch: Path) -> dict[str, Any]:
     """The evaluation file: each model's figures on the same files and, with a challenger, the decision."""
     root, files = labelled_files(data)
-    figures = {role: score(model_folder(path, scratch), root, files) for role, path in models.items()}
+    folders = {role: model_folder(path, scratch) for role, path in models.items()}
+    if "challenger" in folders and folders["challenger"] is None:
+        raise EvaluationError(f"the challenger's folder {models['challenger']} says {NO_MODEL}: nothing to judge")
+    figures = {role: score(folder, root, files) for role, folder in folders.items() if folder is not None}
     result: dict[str, Any] = {"data": str(root), "files": len(files), "models": figures, "rule": str(rule)}
     if "challenger" in figures:
         if "champion" in figures:

@@ -10,6 +10,10 @@ from typing import Any
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # the files of a labelled folder that are scored
 TOP_K = 5
+# A file of this name alone in a model's folder says there is no such model (a SageMaker Pipeline's first cycle has
+# no champion, and a Processing input cannot be left out at run time).
+NO_MODEL = "no-model"
+MODEL_ARCHIVE = "model.tar.gz"
 
 
 def log_softmax(logits: list[float]) -> list[float]:
