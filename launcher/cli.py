@@ -139,6 +139,11 @@ def add_job_options(parser: argparse.ArgumentParser, backend_help: str) -> None:
         help="an input channel, repeatable: train=, valid=, test= folders, or pretrained= a torchvision "
         "state_dict file to start from",
     )
+    add_trial_options(parser)
+
+
+def add_trial_options(parser: argparse.ArgumentParser) -> None:
+    """What each training job runs with, whatever its data: hyperparameters, output, image, instances, AWS."""
     parser.add_argument(
         "-H",
         "--hyperparameter",
@@ -411,9 +416,91 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     lineage.add_argument("name", metavar="NAME", help="an endpoint, training job, tuning run or `launcher run` name")
     lineage.add_argument("--json", action="store_true", help="print the chain as JSON")
+    add_pipeline_commands(commands)
     for command in (train, tune, run, deploy, transform, evaluate, promote, rollback):
         add_plugin_options(command)
     return parser
+
+
+def add_pipeline_commands(commands: argparse._SubParsersAction) -> None:
+    """`launcher pipeline put|start|status|stop`: the retrain loop as a SageMaker Pipeline."""
+    pipeline = commands.add_parser(
+        "pipeline",
+        help="the retrain loop as a SageMaker Pipeline: put, start, status, stop (sagemaker backend)",
+        description="The retrain loop run by SageMaker instead of a terminal: a SageMaker Pipeline per endpoint that "
+        "tunes on a dataset version, evaluates the best trial's model against the endpoint's champion on that "
+        "version's test split (the image's `evaluate`, the rule `launcher promote` uses) and registers it in the "
+        "model package group named after the endpoint, Approved if it wins, Rejected if not. See docs/pipelines.md.",
+    )
+    actions = pipeline.add_subparsers(dest="pipeline_command", required=True, metavar="ACTION")
+    put = actions.add_parser(
+        "put",
+        help="create or update the pipeline",
+        description="Create (or update) pipeline NAME from the job config: its tuning section is the Tune step, its "
+        "image, instances and hyperparameters every trial's (with the smdebug hook, rules and profiler, as `launcher "
+        "run`), and it serves --endpoint. The definition is also written to <workdir>/pipelines/NAME/"
+        "definition.json. The data is not part of it: each execution gets its own (`launcher pipeline start`).",
+    )
+    put.add_argument("name", metavar="NAME", help="the pipeline's name")
+    put.add_argument(
+        "--config",
+        type=absolute_path,
+        metavar="YAML",
+        help="a job config file with a tuning section (see docs/tuning.md); its data is not used: give it to `start`",
+    )
+    put.add_argument(
+        "--endpoint", required=True, metavar="NAME", help="the endpoint whose model each execution challenges"
+    )
+    add_trial_options(put)
+    add_tuning_options(put)
+    put.add_argument(
+        "--min-improvement",
+        type=float,
+        default=0.0,
+        metavar="LOSS",
+        help="the rule's least drop of the average test loss for a promotion (default 0); a start may override it",
+    )
+    put.add_argument(
+        "--evaluation-instance-type",
+        default="ml.m5.xlarge",
+        help="the Evaluate step's instance (default ml.m5.xlarge)",
+    )
+    put.add_argument(
+        "--endpoint-instance-type",
+        help="the instance type the registered models are for (default: the config's deploy.instance_type, else "
+        "ml.m5.xlarge)",
+    )
+    start = actions.add_parser(
+        "start",
+        help="start an execution on a dataset version, and return",
+        description="Store the data once (a folder of this machine becomes a dataset version: a ManifestFile of "
+        "content-addressed objects, uploading only what S3 lacks) and start an execution on it against the "
+        "endpoint's champion (its group's latest Approved model, else the model it serves, else none). Prints the "
+        "execution's ARN and returns, unless --wait. One execution at a time: refused while one runs.",
+    )
+    start.add_argument("name", metavar="NAME", help="the pipeline")
+    start.add_argument(
+        "--data",
+        required=True,
+        type=folder_or_s3_uri,
+        help="a dataset folder with train/, valid/, test/, or a dataset version's s3:// ManifestFile or prefix",
+    )
+    start.add_argument("--min-improvement", type=float, metavar="LOSS", help="override the pipeline's rule")
+    start.add_argument("--wait", action="store_true", help="follow the execution to its end")
+    add_aws_options(start, "a local --data folder (default: the pipeline's own bucket)")
+    status = actions.add_parser(
+        "status",
+        help="list the executions; the newest one's steps and decision",
+        description="List the pipeline's executions, newest first, and for the newest (or --execution) its dataset, "
+        "champion, each step's status (the tuning job's best trial and objective, the condition's outcome, the "
+        "registered model package, failure reasons) and the decision with both models' figures.",
+    )
+    status.add_argument("name", metavar="NAME", help="the pipeline")
+    status.add_argument("--execution", metavar="ID", help="an execution's ID or ARN (default: the newest)")
+    add_aws_options(status)
+    stop = actions.add_parser("stop", help="stop the running execution", description="Stop the running execution.")
+    stop.add_argument("name", metavar="NAME", help="the pipeline")
+    add_aws_options(stop)
 
 
 def add_plugin_options(parser: argparse.ArgumentParser) -> None:
@@ -615,6 +702,7 @@ COMMANDS = {
     "ui": commands.ui,
     "promote": commands.promote,
     "rollback": commands.rollback,
+    "pipeline": commands.pipeline,
 }
 
 

@@ -386,3 +386,53 @@ def lineage(args: Args, records: RecordStore) -> None:
         print(json.dumps([{"step": step, **facts} for step, facts in chain], indent=2, default=str))
     else:
         print(format_chain(chain))
+
+
+def pipeline(args: Args, _records: RecordStore) -> None:
+    """`launcher pipeline ACTION`: the retrain loop as a SageMaker Pipeline (launcher.loop.sagemaker_pipeline)."""
+    from launcher.backends.sagemaker import NAME, Aws, AwsSettings, SageMakerOptions
+    from launcher.lineage import code_revision
+    from launcher.loop import PipelinePlan, sagemaker_pipeline
+
+    options = SageMakerOptions.of(options_of(args, NAME))
+    putting = args.pipeline_command == "put"
+    aws_settings = AwsSettings.resolve(options, needs_bucket=putting, needs_role=putting)
+    aws = Aws(aws_settings.region)
+    if args.pipeline_command == "start":
+        arn = sagemaker_pipeline.start(aws, args.name, args.data, options.bucket, args.min_improvement)
+        if args.wait:
+            sagemaker_pipeline.wait(aws, arn)
+            sagemaker_pipeline.status(aws, args.name, arn)
+        else:
+            say(f"follow it: launcher pipeline status {args.name} --region {aws.region}")
+    elif args.pipeline_command == "status":
+        sagemaker_pipeline.status(aws, args.name, args.execution)
+    elif args.pipeline_command == "stop":
+        sagemaker_pipeline.stop(aws, args.name)
+    else:
+        config = job_config(args)
+        if config.tuning is None:
+            raise LauncherError("a pipeline tunes: give a --config whose `tuning` section has ranges (docs/tuning.md)")
+        output = (config.output or f"{S3_SCHEME}{aws_settings.bucket}/{JOB_PREFIX}").rstrip("/")
+        training = TrainingSpec(
+            job_name=args.name,
+            channels=config.channels,
+            hyperparameters={**config.hyperparameters, **DIAGNOSTICS},
+            output_path=output,
+            image=default_image(config.image),
+            instance_type=config.instance_type or "ml.m5.xlarge",
+            instance_count=config.instance_count or 1,
+            options=options,
+        )
+        plan = PipelinePlan(
+            name=args.name,
+            endpoint=args.endpoint,
+            tuning=TuningSpec.of(config.tuning, args.name, training),
+            role=aws_settings.role,
+            output_path=output,
+            evaluation_instance_type=args.evaluation_instance_type,
+            endpoint_instance_type=args.endpoint_instance_type or config.deploy.get("instance_type") or "ml.m5.xlarge",
+            min_improvement=args.min_improvement,
+            code_revision=code_revision(),
+        )
+        sagemaker_pipeline.put(aws, plan, args.workdir)

@@ -1,0 +1,188 @@
+"""A SageMaker Pipeline's requests: put its definition, start, follow, list and stop its executions, and find the
+champion an execution is to challenge (the model package group's latest Approved package, else the model the
+endpoint serves)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from launcher.backends.sagemaker.api import (
+    Aws,
+    aws_errors,
+    describe_tuning_job,
+    error_code,
+    get_object,
+    poll,
+    put_object,
+    s3_keys,
+)
+from launcher.contract import S3_SCHEME
+
+RUNNING = ("Executing", "Stopping")
+MISSING = ("ResourceNotFound", "ValidationException")  # what Describe* answer for a name that does not exist
+
+
+def describe_pipeline(aws: Aws, name: str) -> dict[str, Any] | None:
+    """DescribePipeline, or None where there is no pipeline of that name."""
+    from botocore.exceptions import ClientError
+
+    try:
+        return aws.sagemaker.describe_pipeline(PipelineName=name)
+    except ClientError as err:
+        if error_code(err) in MISSING:
+            return None
+        with aws_errors(f"describing pipeline {name}"):
+            raise
+
+
+def put_pipeline(aws: Aws, name: str, definition: dict[str, Any], role: str, description: str) -> tuple[str, bool]:
+    """Create the pipeline, or update it to `definition`; its ARN and whether it was created."""
+    request = {
+        "PipelineName": name,
+        "PipelineDefinition": json.dumps(definition),
+        "PipelineDescription": description,
+        "RoleArn": role,
+    }
+    if describe_pipeline(aws, name) is None:
+        with aws_errors(f"SageMaker did not create pipeline {name}"):
+            return aws.sagemaker.create_pipeline(**request, ClientRequestToken=str(uuid.uuid4()))["PipelineArn"], True
+    with aws_errors(f"SageMaker did not update pipeline {name}"):
+        return aws.sagemaker.update_pipeline(**request)["PipelineArn"], False
+
+
+def ensure_model_package_group(aws: Aws, group: str, description: str) -> bool:
+    """The model package group, created where it does not exist; whether it was."""
+    from botocore.exceptions import ClientError
+
+    try:
+        aws.sagemaker.describe_model_package_group(ModelPackageGroupName=group)
+        return False
+    except ClientError as err:
+        if error_code(err) not in MISSING:
+            with aws_errors(f"describing model package group {group}"):
+                raise
+    with aws_errors(f"SageMaker did not create model package group {group}"):
+        aws.sagemaker.create_model_package_group(ModelPackageGroupName=group, ModelPackageGroupDescription=description)
+    return True
+
+
+def approved_model(aws: Aws, group: str) -> str | None:
+    """The model.tar.gz of the group's latest Approved package; None where there is none (or no group)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        listed = aws.sagemaker.list_model_packages(
+            ModelPackageGroupName=group,
+            ModelApprovalStatus="Approved",
+            SortBy="CreationTime",
+            SortOrder="Descending",
+            MaxResults=1,
+        )["ModelPackageSummaryList"]
+    except ClientError as err:
+        if error_code(err) in MISSING:
+            return None
+        with aws_errors(f"listing the model packages of {group}"):
+            raise
+    if not listed:
+        return None
+    with aws_errors(f"describing model package {listed[0]['ModelPackageArn']}"):
+        package = aws.sagemaker.describe_model_package(ModelPackageName=listed[0]["ModelPackageArn"])
+    return package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]
+
+
+def served_model(aws: Aws, endpoint: str) -> str | None:
+    """The model.tar.gz the endpoint's first variant serves; None where there is no such endpoint."""
+    from botocore.exceptions import ClientError
+
+    try:
+        config_name = aws.sagemaker.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"]
+    except ClientError as err:
+        if error_code(err) in MISSING:
+            return None
+        with aws_errors(f"describing endpoint {endpoint}"):
+            raise
+    with aws_errors(f"reading what endpoint {endpoint} serves"):
+        config = aws.sagemaker.describe_endpoint_config(EndpointConfigName=config_name)
+        model = aws.sagemaker.describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
+    return model["PrimaryContainer"]["ModelDataUrl"]
+
+
+def executions(aws: Aws, name: str) -> list[dict[str, Any]]:
+    """The pipeline's executions, newest first (ListPipelineExecutions, all pages)."""
+    with aws_errors(f"listing the executions of pipeline {name}"):
+        pages = aws.sagemaker.get_paginator("list_pipeline_executions").paginate(
+            PipelineName=name, SortBy="CreationTime", SortOrder="Descending"
+        )
+        return [summary for page in pages for summary in page["PipelineExecutionSummaries"]]
+
+
+def start_execution(aws: Aws, name: str, parameters: dict[str, str], description: str) -> str:
+    """StartPipelineExecution with `parameters`; its ARN, without waiting."""
+    with aws_errors(f"SageMaker did not start pipeline {name}"):
+        return aws.sagemaker.start_pipeline_execution(
+            PipelineName=name,
+            PipelineParameters=[{"Name": key, "Value": value} for key, value in parameters.items()],
+            PipelineExecutionDescription=description,
+            ClientRequestToken=str(uuid.uuid4()),
+        )["PipelineExecutionArn"]
+
+
+def describe_execution(aws: Aws, arn: str) -> dict[str, Any]:
+    with aws_errors(f"describing pipeline execution {arn}"):
+        return aws.sagemaker.describe_pipeline_execution(PipelineExecutionArn=arn)
+
+
+def execution_steps(aws: Aws, arn: str) -> list[dict[str, Any]]:
+    """An execution's steps in the order they started (ListPipelineExecutionSteps, all pages)."""
+    with aws_errors(f"listing the steps of pipeline execution {arn}"):
+        pages = aws.sagemaker.get_paginator("list_pipeline_execution_steps").paginate(
+            PipelineExecutionArn=arn, SortOrder="Ascending"
+        )
+        return [step for page in pages for step in page["PipelineExecutionSteps"]]
+
+
+def execution_parameters(aws: Aws, arn: str) -> dict[str, str]:
+    """The parameters an execution was started with."""
+    with aws_errors(f"listing the parameters of pipeline execution {arn}"):
+        pages = aws.sagemaker.get_paginator("list_pipeline_parameters_for_execution").paginate(PipelineExecutionArn=arn)
+        return {p["Name"]: p["Value"] for page in pages for p in page["PipelineParameters"]}
+
+
+def stop_execution(aws: Aws, arn: str) -> None:
+    with aws_errors(f"SageMaker did not stop pipeline execution {arn}"):
+        aws.sagemaker.stop_pipeline_execution(PipelineExecutionArn=arn, ClientRequestToken=str(uuid.uuid4()))
+
+
+def follow_execution(aws: Aws, arn: str, changed: Callable[[dict[str, Any], list[dict[str, Any]]], None]) -> dict:
+    """Poll the execution until it ends; `changed` sees its description and steps whenever a status changes."""
+    last: list[dict[str, Any]] = []
+
+    def describe() -> dict[str, Any]:
+        last[:] = execution_steps(aws, arn)
+        return describe_execution(aws, arn)
+
+    def state(description: dict[str, Any]) -> str:
+        return description["PipelineExecutionStatus"] + "".join(f"|{s['StepName']}:{s['StepStatus']}" for s in last)
+
+    return poll(describe, lambda d: d["PipelineExecutionStatus"] in RUNNING, state, lambda d: changed(d, last))
+
+
+def best_trial(aws: Aws, tuning_job_arn: str) -> dict[str, Any]:
+    """The tuning job's BestTrainingJob ({} before it has one)."""
+    return describe_tuning_job(aws, tuning_job_arn.rsplit("/", 1)[-1]).get("BestTrainingJob", {})
+
+
+def write_object(aws: Aws, uri: str, body: bytes) -> None:
+    bucket, _, key = uri.removeprefix(S3_SCHEME).partition("/")
+    put_object(aws, bucket, key, body)
+
+
+def read_json(aws: Aws, uri: str) -> dict[str, Any] | None:
+    """The JSON object at `uri`; None where there is none."""
+    bucket, _, key = uri.removeprefix(S3_SCHEME).partition("/")
+    if key not in s3_keys(aws, bucket, key):
+        return None
+    return json.loads(get_object(aws, bucket, key))

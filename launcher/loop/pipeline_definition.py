@@ -1,0 +1,282 @@
+"""The retrain loop as a SageMaker Pipeline: its definition JSON, built from the same specs and requests as
+`launcher run --backend sagemaker` sends, so that no one's machine has to stay up for a cycle.
+
+Steps: **Tune** (the config's tuning job; its best trial's model is the challenger, not trained again) →
+**Evaluate** (a Processing job of the same image: `evaluate` scores the challenger and the champion on the test
+split of the same dataset version and writes the decision of `imgclf_contract.judging.Rule`, the rule
+`launcher promote` uses, as the property file `Evaluation`) → **Decide** (promote if `decision.promote` is true) →
+**RegisterChampion** (an Approved model package in the group named after the endpoint) or **RegisterRejected**
+(the same evidence, Rejected). Every execution reads the dataset version it was started with (`DatasetVersion`, a
+ManifestFile of the content-addressed store, never rewritten) and the model the endpoint served when it started
+(`ChampionModel`; the group's NO_MODEL file on the first cycle).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from imgclf_contract.judging import MODEL_ARCHIVE, NO_MODEL
+from launcher.backends.sagemaker import (
+    VOLUME_SIZE_GB,
+    SageMakerOptions,
+    check_training_spec,
+    check_tuning_spec,
+    training_request,
+    tuning_request,
+)
+from launcher.contract import MANIFEST_SUFFIX, S3_SCHEME
+from launcher.errors import LauncherError
+from launcher.transform import CONTENT_TYPES
+from launcher.tuning import TuningSpec
+
+VERSION = "2020-12-01"  # the only pipeline definition version SageMaker takes
+ENTRYPOINT = "/usr/local/bin/imgclf-entrypoint"  # the image's (docker/Dockerfile)
+TRAINING_CHANNEL = "training"  # the dataset version's channel: train/, valid/, test/ under it
+PROCESSING = "/opt/ml/processing"
+EVALUATION_FILE = "evaluation.json"
+EVALUATION_MAX_RUN = 3600
+JSON = "application/json"
+TUNE, EVALUATE, DECIDE, REGISTER, REJECT = "Tune", "Evaluate", "Decide", "RegisterChampion", "RegisterRejected"
+
+
+def get(path: str) -> dict[str, str]:
+    """A value SageMaker fills in when the execution runs: `Parameters.X`, `Steps.S.Property`, `Execution.X`."""
+    return {"Get": path}
+
+
+def join(*values: Any, on: str = "") -> dict[str, Any]:
+    return {"Std:Join": {"On": on, "Values": list(values)}}
+
+
+def json_get(step: str, property_file: str, path: str) -> dict[str, Any]:
+    """A value of a step's JSON property file."""
+    return {"Std:JsonGet": {"PropertyFile": get(f"Steps.{step}.PropertyFiles.{property_file}"), "Path": path}}
+
+
+@dataclass(frozen=True)
+class PipelinePlan:
+    """One endpoint's retrain loop on SageMaker."""
+
+    name: str  # the pipeline's
+    endpoint: str  # the endpoint it challenges and updates; its model package group has its name
+    tuning: TuningSpec  # the trials' job (image, instance, fixed hyperparameters, options) and the search
+    role: str  # the role the pipeline and its jobs run as
+    output_path: str  # s3://bucket/prefix: <output>/<trial>/output/model.tar.gz, <output>/pipelines/<name>/...
+    evaluation_instance_type: str
+    endpoint_instance_type: str
+    min_improvement: float = 0.0
+    code_revision: str = "unknown"
+
+    @property
+    def folder(self) -> str:
+        """The pipeline's own S3 prefix: its NO_MODEL file and each execution's evaluation."""
+        return f"{self.output_path}/pipelines/{self.name}"
+
+    @property
+    def no_model(self) -> str:
+        return f"{self.folder}/{NO_MODEL}"
+
+
+def parameters(plan: PipelinePlan) -> list[dict[str, Any]]:
+    """What each execution may set (`launcher pipeline start` sets the data and the champion)."""
+    training = plan.tuning.training
+
+    def string(name: str, default: str) -> dict[str, Any]:
+        return {"Name": name, "Type": "String", "DefaultValue": default}
+
+    return [
+        string("DatasetVersion", ""),
+        string("DatasetType", "ManifestFile"),
+        string("ChampionModel", plan.no_model),
+        {"Name": "MinImprovement", "Type": "Float", "DefaultValue": plan.min_improvement},
+        string("TrainingInstanceType", training.instance_type),
+        {"Name": "TrainingInstanceCount", "Type": "Integer", "DefaultValue": training.instance_count},
+        string("EvaluationInstanceType", plan.evaluation_instance_type),
+    ]
+
+
+def data_channel() -> dict[str, Any]:
+    source = {
+        "S3DataType": get("Parameters.DatasetType"),
+        "S3Uri": get("Parameters.DatasetVersion"),
+        "S3DataDistributionType": "FullyReplicated",
+    }
+    return {"ChannelName": TRAINING_CHANNEL, "DataSource": {"S3DataSource": source}}
+
+
+def tune_step(plan: PipelinePlan) -> dict[str, Any]:
+    """The tuning job `launcher tune --backend sagemaker` would send, its data and trial instances parameters."""
+    spec = plan.tuning
+    check_training_spec(spec.training)
+    hyperband_max_epochs = check_tuning_spec(spec)
+    options = SageMakerOptions.of(spec.training.options)
+    others = {name: uri for name, uri in spec.training.channels.items() if name != TRAINING_CHANNEL}
+    local = [name for name, uri in others.items() if not uri.startswith(S3_SCHEME)]
+    if local:
+        raise LauncherError(
+            f"a pipeline reads its channels from S3: give channel(s) {', '.join(local)} as s3:// URIs (the dataset "
+            f"itself is the {TRAINING_CHANNEL!r} channel, given to `launcher pipeline start --data`)"
+        )
+    spot = None
+    if options.spot:
+        spot = {"max_wait": options.max_wait or 2 * options.max_run, "checkpoint_s3_uri": f"{plan.folder}/checkpoints"}
+    name, role = spec.name, plan.role
+    training = training_request(spec.training, name, role, plan.output_path, others, options.max_run, spot)
+    training["InputDataConfig"] = [data_channel(), *training["InputDataConfig"]]
+    training["ResourceConfig"].update(
+        InstanceType=get("Parameters.TrainingInstanceType"), InstanceCount=get("Parameters.TrainingInstanceCount")
+    )
+    request = tuning_request(training, spec, hyperband_max_epochs)
+    del request["HyperParameterTuningJobName"]  # SageMaker names each execution's
+    return {"Name": TUNE, "Type": "Tuning", "Arguments": request}
+
+
+def challenger_model(plan: PipelinePlan) -> dict[str, Any]:
+    """The best trial's model.tar.gz."""
+    return join(plan.output_path, get(f"Steps.{TUNE}.BestTrainingJob.TrainingJobName"), "output", MODEL_ARCHIVE, on="/")
+
+
+def evaluation_folder(plan: PipelinePlan) -> dict[str, Any]:
+    return join(plan.folder, get("Execution.PipelineExecutionId"), "evaluation", on="/")
+
+
+def processing_input(name: str, uri: Any, data_type: Any = "S3Prefix") -> dict[str, Any]:
+    source = {
+        "S3Uri": uri,
+        "LocalPath": f"{PROCESSING}/{name}",
+        "S3DataType": data_type,
+        "S3InputMode": "File",
+        "S3DataDistributionType": "FullyReplicated",
+    }
+    return {"InputName": name, "S3Input": source}
+
+
+def evaluate_step(plan: PipelinePlan) -> dict[str, Any]:
+    """The image's `evaluate` as a Processing job: both models on the dataset version's test split."""
+    arguments = ["--data", f"{PROCESSING}/data"]
+    for role in ("challenger", "champion"):
+        arguments += ["--model", f"{role}={PROCESSING}/{role}"]
+    arguments += ["--min-improvement", join(get("Parameters.MinImprovement"))]
+    local = f"{PROCESSING}/evaluation"
+    arguments += ["--output", f"{local}/{EVALUATION_FILE}"]
+    destination = {"S3Uri": evaluation_folder(plan), "LocalPath": local, "S3UploadMode": "EndOfJob"}
+    output = {"OutputName": "evaluation", "S3Output": destination}
+    request = {
+        "ProcessingResources": {
+            "ClusterConfig": {
+                "InstanceType": get("Parameters.EvaluationInstanceType"),
+                "InstanceCount": 1,
+                "VolumeSizeInGB": VOLUME_SIZE_GB,
+            }
+        },
+        "AppSpecification": {
+            "ImageUri": plan.tuning.training.image,
+            "ContainerEntrypoint": [ENTRYPOINT, "evaluate"],
+            "ContainerArguments": arguments,
+        },
+        "RoleArn": plan.role,
+        "ProcessingInputs": [
+            processing_input("data", get("Parameters.DatasetVersion"), get("Parameters.DatasetType")),
+            processing_input("challenger", challenger_model(plan)),
+            processing_input("champion", get("Parameters.ChampionModel")),
+        ],
+        "ProcessingOutputConfig": {"Outputs": [output]},
+        "StoppingCondition": {"MaxRuntimeInSeconds": EVALUATION_MAX_RUN},
+    }
+    return {
+        "Name": EVALUATE,
+        "Type": "Processing",
+        "Arguments": request,
+        "PropertyFiles": [{"PropertyFileName": "Evaluation", "OutputName": "evaluation", "FilePath": EVALUATION_FILE}],
+    }
+
+
+def register_step(plan: PipelinePlan, name: str, status: str) -> dict[str, Any]:
+    """The challenger as a model package of the endpoint's group, with the evaluation as its model metrics and where
+    it came from as its metadata."""
+    image = plan.tuning.training.image
+    request = {
+        "ModelPackageGroupName": plan.endpoint,
+        "ModelPackageDescription": join("pipeline ", plan.name, ", execution ", get("Execution.PipelineExecutionId")),
+        "ModelApprovalStatus": status,
+        "InferenceSpecification": {
+            "Containers": [{"Image": image, "ModelDataUrl": challenger_model(plan)}],
+            "SupportedContentTypes": sorted(set(CONTENT_TYPES.values())),
+            "SupportedResponseMIMETypes": [JSON],
+            "SupportedRealtimeInferenceInstanceTypes": [plan.endpoint_instance_type],
+        },
+        "ModelMetrics": {
+            "ModelQuality": {
+                "Statistics": {
+                    "ContentType": JSON,
+                    "S3Uri": join(evaluation_folder(plan), EVALUATION_FILE, on="/"),
+                }
+            }
+        },
+        "CustomerMetadataProperties": {
+            "dataset_version": get("Parameters.DatasetVersion"),
+            "tuning_job": get(f"Steps.{TUNE}.HyperParameterTuningJobName"),
+            "training_job": get(f"Steps.{TUNE}.BestTrainingJob.TrainingJobName"),
+            "champion_model": get("Parameters.ChampionModel"),
+            "code_revision": plan.code_revision,
+            "pipeline": plan.name,
+        },
+    }
+    return {"Name": name, "Type": "RegisterModel", "Arguments": request}
+
+
+def decide_step(plan: PipelinePlan) -> dict[str, Any]:
+    promote = {"Type": "Equals", "LeftValue": json_get(EVALUATE, "Evaluation", "decision.promote"), "RightValue": True}
+    return {
+        "Name": DECIDE,
+        "Type": "Condition",
+        "Arguments": {
+            "Conditions": [promote],
+            "IfSteps": [register_step(plan, REGISTER, "Approved")],
+            "ElseSteps": [register_step(plan, REJECT, "Rejected")],
+        },
+    }
+
+
+def definition(plan: PipelinePlan) -> dict[str, Any]:
+    """The pipeline definition (CreatePipeline's PipelineDefinition, as JSON)."""
+    return {
+        "Version": VERSION,
+        "Metadata": {},
+        "Parameters": parameters(plan),
+        "PipelineExperimentConfig": {
+            "ExperimentName": get("Execution.PipelineName"),
+            "TrialName": get("Execution.PipelineExecutionId"),
+        },
+        "Steps": [tune_step(plan), evaluate_step(plan), decide_step(plan)],
+    }
+
+
+def dataset_type(uri: str) -> str:
+    """The S3DataType of a dataset version's URI: a store's ManifestFile, or a prefix laid out as train/valid/test."""
+    return "ManifestFile" if uri.endswith(MANIFEST_SUFFIX) else "S3Prefix"
+
+
+@dataclass(frozen=True)
+class PutPipeline:
+    """What a definition `definition()` built says of itself: the endpoint it serves and its S3 folder."""
+
+    endpoint: str
+    folder: str
+
+    @property
+    def no_model(self) -> str:
+        return f"{self.folder}/{NO_MODEL}"
+
+    @classmethod
+    def of(cls, name: str, definition: dict[str, Any]) -> PutPipeline:
+        try:
+            decide = next(step for step in definition["Steps"] if step["Name"] == DECIDE)
+            endpoint = decide["Arguments"]["IfSteps"][0]["Arguments"]["ModelPackageGroupName"]
+            champion = next(p for p in definition["Parameters"] if p["Name"] == "ChampionModel")["DefaultValue"]
+        except (KeyError, IndexError, StopIteration, TypeError) as err:
+            raise LauncherError(
+                f"pipeline {name} was not made by `launcher pipeline put` (its definition has no {err}): put it again"
+            ) from None
+        return cls(endpoint=endpoint, folder=champion.removesuffix(f"/{NO_MODEL}"))

@@ -1,0 +1,206 @@
+"""`launcher pipeline`: the retrain loop as a SageMaker Pipeline (`pipeline_definition`) — put it, start it on a
+dataset version, see its executions and stop one. Nothing is kept on this machine but a copy of the definition:
+what a pipeline is and did is read from SageMaker, so any checkout with the same AWS account sees the same."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from launcher.backends.sagemaker import Aws, pipelines, split_s3_uri, store_channel
+from launcher.contract import S3_SCHEME
+from launcher.errors import LauncherError
+from launcher.loop.pipeline_definition import (
+    EVALUATION_FILE,
+    TRAINING_CHANNEL,
+    PipelinePlan,
+    PutPipeline,
+    dataset_type,
+    definition,
+)
+from launcher.progress import say
+
+DEFINITION_FILE = "definition.json"
+# What `launcher pipeline put` and `start` need, and what the pipeline's role needs to run the steps.
+PERMISSIONS = """\
+permissions the pipeline needs:
+  you (put, start, status, stop): sagemaker:CreatePipeline, UpdatePipeline, DescribePipeline, StartPipelineExecution,
+    ListPipelineExecutions, DescribePipelineExecution, ListPipelineExecutionSteps, ListPipelineParametersForExecution,
+    StopPipelineExecution, CreateModelPackageGroup, DescribeModelPackageGroup, ListModelPackages, DescribeModelPackage,
+    DescribeEndpoint, DescribeEndpointConfig, DescribeModel, DescribeHyperParameterTuningJob; iam:PassRole on the
+    role; s3:ListBucket, GetObject, PutObject on the bucket
+  the role (trust: sagemaker.amazonaws.com): sagemaker:CreateHyperParameterTuningJob, DescribeHyperParameterTuningJob,
+    ListTrainingJobsForHyperParameterTuningJob, CreateTrainingJob, DescribeTrainingJob, CreateProcessingJob,
+    DescribeProcessingJob, CreateModelPackage, AddTags; iam:PassRole on itself; s3:GetObject, PutObject, ListBucket
+    on the bucket; ecr:GetAuthorizationToken, BatchGetImage, GetDownloadUrlForLayer on the image's repository;
+    logs:CreateLogStream, PutLogEvents, CreateLogGroup"""
+
+
+def put(aws: Aws, plan: PipelinePlan, workdir: Path) -> str:
+    """Create or update the pipeline of `plan` (and its endpoint's model package group); its ARN."""
+    built = definition(plan)
+    folder = workdir / "pipelines" / plan.name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / DEFINITION_FILE).write_text(json.dumps(built, indent=1) + "\n")
+    pipelines.write_object(aws, plan.no_model, b"no model: the endpoint had no champion when this execution started\n")
+    if pipelines.ensure_model_package_group(aws, plan.endpoint, f"models of endpoint {plan.endpoint}"):
+        say(f"model package group {plan.endpoint} created: the endpoint's champions and the challengers they beat")
+    arn, created = pipelines.put_pipeline(
+        aws, plan.name, built, plan.role, f"retrain loop of endpoint {plan.endpoint}: tune, evaluate, register"
+    )
+    say(f"pipeline {plan.name} {'created' if created else 'updated'}: {arn}")
+    say(f"its definition: {folder / DEFINITION_FILE}")
+    say(PERMISSIONS)
+    say(f"start it: launcher pipeline start {plan.name} --data DIR|s3://... --region {aws.region}")
+    return arn
+
+
+def pipeline_of(aws: Aws, name: str) -> PutPipeline:
+    described = pipelines.describe_pipeline(aws, name)
+    if described is None:
+        raise LauncherError(f"no pipeline {name} in {aws.region}: make it with `launcher pipeline put {name} ...`")
+    return PutPipeline.of(name, json.loads(described["PipelineDefinition"]))
+
+
+def dataset_version(aws: Aws, data: str, bucket: str) -> str:
+    """`data` as a dataset version: an s3:// URI as it is, a folder of this machine stored (once) as a ManifestFile."""
+    if data.startswith(S3_SCHEME):
+        return data
+    path = Path(data).resolve()
+    missing = [split for split in ("train", "test") if not (path / split).is_dir()]
+    if missing:
+        raise LauncherError(f"{path} has no {' or '.join(missing)}/ folder: give a dataset with train/, valid/, test/")
+    return store_channel(aws, bucket, TRAINING_CHANNEL, path)
+
+
+def start(aws: Aws, name: str, data: str, bucket: str | None = None, min_improvement: float | None = None) -> str:
+    """Start an execution on `data`'s dataset version against the endpoint's champion; its ARN. Refused while an
+    execution runs: one at a time."""
+    pipeline = pipeline_of(aws, name)
+    running = [e for e in pipelines.executions(aws, name) if e["PipelineExecutionStatus"] in pipelines.RUNNING]
+    if running:
+        raise LauncherError(
+            f"pipeline {name} runs one execution at a time and {running[0]['PipelineExecutionArn']} is "
+            f"{running[0]['PipelineExecutionStatus']}: wait for it (launcher pipeline status {name}) or stop it "
+            f"(launcher pipeline stop {name})"
+        )
+    version = dataset_version(aws, data, bucket or split_s3_uri(pipeline.folder)[0])
+    champion = pipelines.approved_model(aws, pipeline.endpoint) or pipelines.served_model(aws, pipeline.endpoint)
+    parameters = {
+        "DatasetVersion": version,
+        "DatasetType": dataset_type(version),
+        "ChampionModel": champion or pipeline.no_model,
+    }
+    if min_improvement is not None:
+        parameters["MinImprovement"] = str(min_improvement)
+    arn = pipelines.start_execution(aws, name, parameters, f"dataset {version}; champion {champion or 'none'}")
+    say(f"pipeline {name} started on dataset {version}, against {champion or 'no champion (first cycle)'}")
+    print(arn)  # alone on stdout, for scripts
+    return arn
+
+
+def follow(aws: Aws, arn: str) -> dict[str, Any]:
+    """Poll the execution until it ends, saying each step's status as it changes; its last description."""
+
+    def changed(description: dict[str, Any], steps: list[dict[str, Any]]) -> None:
+        listed = ", ".join(f"{step['StepName']} {step['StepStatus']}" for step in steps)
+        say(
+            f"execution {execution_id(arn)}: {description['PipelineExecutionStatus']}" + (f" ({listed})" * bool(listed))
+        )
+
+    return pipelines.follow_execution(aws, arn, changed)
+
+
+def execution_id(arn: str) -> str:
+    return arn.rsplit("/", 1)[-1]
+
+
+def step_note(aws: Aws, step: dict[str, Any]) -> str:
+    """What a step did, from its metadata: the tuning job and its best objective, the processing job, the
+    condition's outcome, the registered package."""
+    metadata = step.get("Metadata", {})
+    if "TuningJob" in metadata:
+        name = metadata["TuningJob"]["Arn"].rsplit("/", 1)[-1]
+        best = pipelines.best_trial(aws, metadata["TuningJob"]["Arn"])
+        if not best:
+            return f"tuning job {name}"
+        objective = best.get("FinalHyperParameterTuningJobObjectiveMetric", {})
+        return f"tuning job {name}; best trial {best['TrainingJobName']}: {objective.get('MetricName')} " + str(
+            objective.get("Value")
+        )
+    if "ProcessingJob" in metadata:
+        return f"processing job {metadata['ProcessingJob']['Arn'].rsplit('/', 1)[-1]}"
+    if "Condition" in metadata:
+        return f"promote: {metadata['Condition'].get('Outcome', '?').lower()}"
+    if "RegisterModel" in metadata:
+        return f"model package {metadata['RegisterModel']['Arn']}"
+    return ""
+
+
+def decision(aws: Aws, pipeline: PutPipeline, arn: str) -> dict[str, Any] | None:
+    """The execution's evaluation file, where its Evaluate step wrote one."""
+    return pipelines.read_json(aws, f"{pipeline.folder}/{execution_id(arn)}/evaluation/{EVALUATION_FILE}")
+
+
+def status(aws: Aws, name: str, execution: str | None = None) -> None:
+    """Print the pipeline's executions and, for the newest (or `execution`), its steps and decision."""
+    pipeline = pipeline_of(aws, name)
+    listed = pipelines.executions(aws, name)
+    print(f"pipeline {name}: retrain loop of endpoint {pipeline.endpoint}; {len(listed)} execution(s), newest first")
+    for summary in listed:
+        started = summary.get("StartTime")
+        when = started.strftime("%Y-%m-%d %H:%M:%S %Z") if started else "?"
+        print(f"  {execution_id(summary['PipelineExecutionArn'])}  {summary['PipelineExecutionStatus']:<10} {when}")
+    arns = [summary["PipelineExecutionArn"] for summary in listed]
+    chosen = next((arn for arn in arns if execution in (None, arn, execution_id(arn))), None)
+    if chosen is None:
+        if execution:
+            raise LauncherError(f"pipeline {name} has no execution {execution}")
+        return
+    described = pipelines.describe_execution(aws, chosen)
+    reason = described.get("FailureReason")
+    print(
+        f"execution {execution_id(chosen)}: {described['PipelineExecutionStatus']}" + (f": {reason}" if reason else "")
+    )
+    parameters = pipelines.execution_parameters(aws, chosen)
+    print(f"  dataset {parameters.get('DatasetVersion', '?')}; champion {parameters.get('ChampionModel', '?')}")
+    for step in pipelines.execution_steps(aws, chosen):
+        failure = f"; {step['FailureReason']}" if step.get("FailureReason") else ""
+        print(f"  {step['StepName']:<17} {step['StepStatus']:<10} {step_note(aws, step)}{failure}")
+    evaluation = decision(aws, pipeline, chosen)
+    if evaluation and "decision" in evaluation:
+        verdict = evaluation["decision"]
+        print(f"decision: {'promote' if verdict['promote'] else 'keep'} ({verdict['reason']})")
+        for role, figures in evaluation["models"].items():
+            accuracy, loss, images = figures["accuracy"], figures["loss"], figures["images"]
+            print(f"  {role}: accuracy {accuracy:.4f}, average loss {loss:.4f} on {images} images")
+
+
+def stop(aws: Aws, name: str) -> list[str]:
+    """Stop the pipeline's running execution; the ARNs stopped."""
+    pipeline_of(aws, name)
+    running = [
+        e["PipelineExecutionArn"]
+        for e in pipelines.executions(aws, name)
+        if e["PipelineExecutionStatus"] == "Executing"
+    ]
+    if not running:
+        say(f"pipeline {name} has no running execution")
+    for arn in running:
+        pipelines.stop_execution(aws, arn)
+        say(f"stopping execution {arn}: its running step is stopped (a tuning job stops its trials)")
+    return running
+
+
+def wait(aws: Aws, arn: str) -> None:
+    """Follow an execution to its end; a LauncherError unless it succeeded."""
+    try:
+        described = follow(aws, arn)
+    except KeyboardInterrupt:
+        say(f"execution {arn} keeps running on SageMaker; stop it with `launcher pipeline stop`")
+        raise
+    if described["PipelineExecutionStatus"] != "Succeeded":
+        raise LauncherError(
+            f"execution {arn} ended {described['PipelineExecutionStatus']}: {described.get('FailureReason') or ''}"
+        )

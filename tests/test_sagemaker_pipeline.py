@@ -1,0 +1,384 @@
+"""The retrain loop as a SageMaker Pipeline: its definition, and `launcher pipeline put/start/status/stop`.
+
+Covered: every step's Arguments, once the values SageMaker fills in at run time are replaced by values of their
+type, validated against botocore's SageMaker model as the request the step makes (CreateHyperParameterTuningJob,
+CreateProcessingJob, CreateModelPackage); every `Get` naming a declared parameter or an earlier step and every
+property file a step writes; the Tune step being the tuning job `launcher tune --backend sagemaker` sends; put,
+start (the data stored once, the champion found in the model registry) against a moto server, from a second work
+folder too; status and stop, and a refused request, against botocore's Stubber (moto has no
+ListPipelineExecutionSteps or StopPipelineExecution).
+Not covered: SageMaker running the definition (moto stores it and marks every execution Succeeded); whether
+SageMaker's own validation takes what botocore's model takes (expressions where strings go, Std:JsonGet).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.session
+import pytest
+from botocore.validate import ParamValidator
+from conftest import write_split
+from test_launcher_sagemaker import REGION as STUBBED_REGION
+from test_launcher_sagemaker import StubbedAWS, stub_aws
+from test_sagemaker_moto import moto_server  # noqa: F401  (a fixture)
+
+from imgclf_contract.judging import NO_MODEL
+from launcher.backends import TrainingSpec
+from launcher.backends.sagemaker import SageMakerOptions
+from launcher.backends.sagemaker.api import training_request
+from launcher.backends.sagemaker.tuning import tuning_request
+from launcher.cli import main
+from launcher.errors import LauncherError
+from launcher.loop.pipeline_definition import DECIDE, EVALUATE, TUNE, PipelinePlan, definition
+from launcher.tuning import TuningSpec
+
+REGION = "us-east-1"
+BUCKET = "imgclf-pipelines"
+ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
+IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/imgclf:test"
+PIPELINE, ENDPOINT = "shapes-loop", "shapes-ep"
+ARN = f"arn:aws:sagemaker:{REGION}:123456789012"
+RANGES = {"learning_rate": {"type": "continuous", "min": 0.001, "max": 0.1, "scaling": "Logarithmic"}}
+CONFIG = f"""\
+image: {IMAGE}
+instance_type: ml.g4dn.xlarge
+hyperparameters: {{epochs: 2, model_name: resnet18, pretrained: false}}
+tuning:
+  max_jobs: 4
+  max_parallel_jobs: 2
+  ranges:
+    learning_rate: {{type: continuous, min: 0.001, max: 0.1, scaling: Logarithmic}}
+    batch_size: CategoricalParameter([16, 32])
+"""
+OPERATIONS = {  # each step type: the request it makes, and the name SageMaker gives it
+    "Tuning": ("CreateHyperParameterTuningJob", {"HyperParameterTuningJobName": "pipelines-abc-Tune-1"}),
+    "Processing": ("CreateProcessingJob", {"ProcessingJobName": "pipelines-abc-Evaluate-1"}),
+    "RegisterModel": ("CreateModelPackage", {}),
+}
+
+
+def plan(**fields: Any) -> PipelinePlan:
+    training = TrainingSpec(
+        job_name=PIPELINE,
+        channels={},
+        hyperparameters={"epochs": 2, "model_name": "resnet18", "debug_hook": True},
+        output_path=f"s3://{BUCKET}/imgclf",
+        image=IMAGE,
+        instance_type="ml.g4dn.xlarge",
+        options=SageMakerOptions(role=ROLE, bucket=BUCKET, region=REGION),
+    )
+    tuning = TuningSpec(name=PIPELINE, training=training, ranges=RANGES, max_jobs=4, max_parallel_jobs=2)
+    return PipelinePlan(**{"name": PIPELINE, "endpoint": ENDPOINT, "tuning": tuning, "role": ROLE,
+                           "output_path": f"s3://{BUCKET}/imgclf", "evaluation_instance_type": "ml.m5.xlarge",
+                           "endpoint_instance_type": "ml.m5.xlarge", "code_revision": "abc123", **fields})  # fmt: skip
+
+
+def all_steps(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The steps in order, a condition's branches after it."""
+    found = []
+    for step in steps:
+        found.append(step)
+        if step["Type"] == "Condition":
+            found += all_steps(step["Arguments"].get("IfSteps", []) + step["Arguments"].get("ElseSteps", []))
+    return found
+
+
+class Resolver:
+    """Replaces each expression by a value of its type, and checks what it refers to exists before it is used."""
+
+    def __init__(self, built: dict[str, Any]):
+        sample = {"String": "s3://bucket/imgclf/datasets/abc.manifest", "Integer": 1, "Float": 0.0}
+        self.parameters = {p["Name"]: p.get("DefaultValue") or sample[p["Type"]] for p in built["Parameters"]}
+        self.earlier: set[str] = set()
+        self.property_files: set[str] = set()
+        self.seen: list[str] = []
+
+    def __call__(self, value: Any) -> Any:
+        if isinstance(value, dict) and set(value) == {"Get"}:
+            path = value["Get"]
+            self.seen.append(path)
+            kind, name, *rest = path.split(".")
+            if kind == "Parameters":
+                assert name in self.parameters, path
+                return self.parameters[name]
+            if kind == "Steps":
+                assert name in self.earlier, f"{path}: step {name} does not run before"
+                if rest[0] == "PropertyFiles":
+                    assert f"{name}.{rest[1]}" in self.property_files, path
+                return "pipelines-abc-Tune-1-004-1a2b3c4d"
+            assert kind == "Execution" and name in ("PipelineExecutionId", "PipelineName"), path
+            return "execution-id"
+        if isinstance(value, dict) and set(value) == {"Std:Join"}:
+            return value["Std:Join"]["On"].join(str(self(v)) for v in value["Std:Join"]["Values"])
+        if isinstance(value, dict) and set(value) == {"Std:JsonGet"}:
+            return self(value["Std:JsonGet"]["PropertyFile"]) and True
+        if isinstance(value, dict):
+            return {k: self(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self(v) for v in value]
+        return value
+
+
+def test_every_step_is_a_request_sagemaker_takes():
+    built = definition(plan())
+    json.dumps(built)  # the definition is JSON
+    model = botocore.session.get_session().get_service_model("sagemaker")
+    validator = ParamValidator()
+    create = {"PipelineName": PIPELINE, "PipelineDefinition": json.dumps(built), "RoleArn": ROLE,
+              "ClientRequestToken": "x" * 32}  # fmt: skip
+    assert not validator.validate(create, model.operation_model("CreatePipeline").input_shape).has_errors()
+    resolve = Resolver(built)
+    steps = all_steps(built["Steps"])
+    assert len({step["Name"] for step in steps}) == len(steps) == 5
+    for step in steps:
+        if step["Type"] == "Condition":
+            (condition,) = step["Arguments"]["Conditions"]
+            assert resolve(condition["LeftValue"]) is True and condition["RightValue"] is True
+        else:
+            operation, name = OPERATIONS[step["Type"]]
+            request = {**resolve(step["Arguments"]), **name}
+            report = validator.validate(request, model.operation_model(operation).input_shape)
+            assert not report.has_errors(), f"{step['Name']}: {report.generate_report()}"
+        resolve.earlier.add(step["Name"])
+        resolve.property_files |= {f"{step['Name']}.{p['PropertyFileName']}" for p in step.get("PropertyFiles", [])}
+    assert "Steps.Evaluate.PropertyFiles.Evaluation" in resolve.seen
+    assert {"Parameters.DatasetVersion", "Parameters.ChampionModel", "Parameters.MinImprovement"} <= set(resolve.seen)
+
+
+def test_the_tune_step_is_the_tuning_job_launcher_tune_sends():
+    """Same search, same trials (hyperparameters with the diagnostics, image, metric definitions), the data and the
+    instances left to each execution."""
+    built, spec = definition(plan()), plan().tuning
+    tune = built["Steps"][0]
+    assert tune["Name"] == TUNE
+    sent = tuning_request(training_request(spec.training, PIPELINE, ROLE, f"s3://{BUCKET}/imgclf", {}, 86400), spec)
+    assert tune["Arguments"]["HyperParameterTuningJobConfig"] == sent["HyperParameterTuningJobConfig"]
+    ours, theirs = tune["Arguments"]["TrainingJobDefinition"], sent["TrainingJobDefinition"]
+    assert ours["StaticHyperParameters"] == theirs["StaticHyperParameters"]
+    assert ours["StaticHyperParameters"]["debug_hook"] == "true"
+    assert ours["AlgorithmSpecification"] == theirs["AlgorithmSpecification"]
+    (channel,) = ours["InputDataConfig"]
+    assert channel["DataSource"]["S3DataSource"]["S3Uri"] == {"Get": "Parameters.DatasetVersion"}
+    resources = ours["HyperParameterTuningResourceConfig"]
+    assert resources["InstanceType"] == {"Get": "Parameters.TrainingInstanceType"}
+    defaults = {p["Name"]: p["DefaultValue"] for p in built["Parameters"]}
+    assert defaults["TrainingInstanceType"] == "ml.g4dn.xlarge" and defaults["MinImprovement"] == 0.0
+
+
+def test_the_decision_is_the_evaluation_files_and_both_branches_keep_the_evidence():
+    built = definition(plan(min_improvement=0.05))
+    evaluate, decide = built["Steps"][1:]
+    assert evaluate["Name"] == EVALUATE and decide["Name"] == DECIDE
+    arguments = evaluate["Arguments"]["AppSpecification"]["ContainerArguments"]
+    assert arguments[arguments.index("--min-improvement") + 1] == {
+        "Std:Join": {"On": "", "Values": [{"Get": "Parameters.MinImprovement"}]}
+    }
+    (condition,) = decide["Arguments"]["Conditions"]
+    assert condition["LeftValue"]["Std:JsonGet"]["Path"] == "decision.promote"
+    (approved,), (rejected,) = decide["Arguments"]["IfSteps"], decide["Arguments"]["ElseSteps"]
+    assert approved["Arguments"]["ModelApprovalStatus"] == "Approved"
+    assert rejected["Arguments"]["ModelApprovalStatus"] == "Rejected"
+    for step in (approved, rejected):
+        assert step["Arguments"]["ModelPackageGroupName"] == ENDPOINT
+        same = {k: v for k, v in step["Arguments"].items() if k != "ModelApprovalStatus"}
+        assert same == {k: v for k, v in approved["Arguments"].items() if k != "ModelApprovalStatus"}
+    assert approved["Arguments"]["CustomerMetadataProperties"]["code_revision"] == "abc123"
+    champion = {p["Name"]: p for p in built["Parameters"]}["ChampionModel"]
+    assert champion["DefaultValue"] == f"s3://{BUCKET}/imgclf/pipelines/{PIPELINE}/{NO_MODEL}"
+
+
+def test_what_sagemaker_would_refuse_is_refused_before_any_call():
+    with pytest.raises(LauncherError, match="ECR"):
+        unpushed = TrainingSpec(job_name=PIPELINE, channels={}, hyperparameters={}, image="imgclf:latest",
+                                instance_type="ml.m5.xlarge")  # fmt: skip
+        definition(plan(tuning=plan().tuning.model_copy(update={"training": unpushed})))
+    local = TrainingSpec(job_name=PIPELINE, channels={"pretrained": "/tmp/weights.pth"}, hyperparameters={},
+                         image=IMAGE, instance_type="ml.m5.xlarge")  # fmt: skip
+    with pytest.raises(LauncherError, match="pretrained"):
+        definition(plan(tuning=plan().tuning.model_copy(update={"training": local})))
+
+
+# -- the commands against a moto server -------------------------------------------------------------------------
+def put_args(workdir: Path, config: Path, region: str = REGION) -> list[str]:
+    return ["--workdir", str(workdir), "pipeline", "put", PIPELINE, "--config", str(config), "--endpoint", ENDPOINT,
+            "--role", ROLE, "--bucket", BUCKET, "--region", region]  # fmt: skip
+
+
+def test_put_and_start_against_sagemaker_and_s3(moto_server: str, tmp_path: Path, capsys: pytest.CaptureFixture):  # noqa: F811
+    boto3.client("s3").create_bucket(Bucket=BUCKET)
+    config = tmp_path / "job.yaml"
+    config.write_text(CONFIG)
+    assert main(put_args(tmp_path / "work", config)) == 0
+    assert "pipeline shapes-loop created" in capsys.readouterr().err
+    sagemaker = boto3.client("sagemaker")
+    stored = json.loads(sagemaker.describe_pipeline(PipelineName=PIPELINE)["PipelineDefinition"])
+    saved = json.loads((tmp_path / "work" / "pipelines" / PIPELINE / "definition.json").read_text())
+    assert stored == saved and stored["Steps"][0]["Arguments"]["HyperParameterTuningJobConfig"]["ResourceLimits"] == {
+        "MaxNumberOfTrainingJobs": 4, "MaxParallelTrainingJobs": 2}  # fmt: skip
+    assert sagemaker.describe_model_package_group(ModelPackageGroupName=ENDPOINT)["ModelPackageGroupName"] == ENDPOINT
+    s3 = boto3.client("s3")
+    assert s3.get_object(Bucket=BUCKET, Key=f"imgclf/pipelines/{PIPELINE}/{NO_MODEL}")["Body"].read()
+    assert main(put_args(tmp_path / "work", config)) == 0
+    assert "pipeline shapes-loop updated" in capsys.readouterr().err
+
+    data = tmp_path / "shapes"
+    for split in ("train", "valid", "test"):
+        write_split(data / split, per_class=2)
+    other_checkout = tmp_path / "empty-work"  # nothing of the pipeline on this machine: all is read from AWS
+    start = ["--workdir", str(other_checkout), "pipeline", "start", PIPELINE, "--data", str(data), "--region", REGION]
+    assert main(start) == 0
+    printed = capsys.readouterr()
+    assert "against no champion (first cycle)" in printed.err
+    (first,) = sagemaker.list_pipeline_executions(PipelineName=PIPELINE)["PipelineExecutionSummaries"]
+    assert printed.out == f"{first['PipelineExecutionArn']}\n"  # the ARN alone on stdout
+    parameters = {p["Name"]: p["Value"] for p in sagemaker.list_pipeline_parameters_for_execution(
+        PipelineExecutionArn=first["PipelineExecutionArn"])["PipelineParameters"]}  # fmt: skip
+    version = parameters["DatasetVersion"]
+    assert version.startswith(f"s3://{BUCKET}/imgclf/datasets/") and version.endswith(".manifest")
+    assert parameters["DatasetType"] == "ManifestFile"
+    assert parameters["ChampionModel"] == f"s3://{BUCKET}/imgclf/pipelines/{PIPELINE}/{NO_MODEL}"
+    entries = json.loads(s3.get_object(Bucket=BUCKET, Key=version.split("/", 3)[3])["Body"].read())[1:]
+    assert sorted({entry.split("/")[0] for entry in entries}) == ["test", "train", "valid"]
+
+    # What the RegisterChampion step of that execution would have left: an Approved package, now the champion.
+    champion = f"s3://{BUCKET}/imgclf/{PIPELINE}-tune-003/output/model.tar.gz"
+    sagemaker.create_model_package(
+        ModelPackageGroupName=ENDPOINT,
+        ModelApprovalStatus="Approved",
+        InferenceSpecification={"Containers": [{"Image": IMAGE, "ModelDataUrl": champion}],
+                                "SupportedContentTypes": ["image/jpeg"],
+                                "SupportedResponseMIMETypes": ["application/json"]},
+    )  # fmt: skip
+    assert main([*start, "--min-improvement", "0.02"]) == 0
+    assert f"against {champion}" in capsys.readouterr().err
+    newest = sagemaker.list_pipeline_executions(PipelineName=PIPELINE)["PipelineExecutionSummaries"]
+    assert len(newest) == 2
+    second = next(e for e in newest if e["PipelineExecutionArn"] != first["PipelineExecutionArn"])
+    parameters = {p["Name"]: p["Value"] for p in sagemaker.list_pipeline_parameters_for_execution(
+        PipelineExecutionArn=second["PipelineExecutionArn"])["PipelineParameters"]}  # fmt: skip
+    assert parameters["DatasetVersion"] == version  # the same data: stored once, the same version
+    assert parameters["ChampionModel"] == champion and parameters["MinImprovement"] == "0.02"
+
+
+def test_start_refuses_a_data_folder_without_its_splits_and_an_unknown_pipeline(
+    moto_server: str,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+):
+    boto3.client("s3").create_bucket(Bucket=BUCKET)
+    start = ["--workdir", str(tmp_path), "pipeline", "start", "no-such", "--data", str(tmp_path), "--region", REGION]
+    assert main(start) == 1
+    assert "no pipeline no-such in us-east-1: make it with `launcher pipeline put no-such" in capsys.readouterr().err
+    config = tmp_path / "job.yaml"
+    config.write_text(CONFIG)
+    assert main(put_args(tmp_path / "work", config)) == 0
+    write_split(tmp_path / "flat" / "train", per_class=1)
+    start = ["--workdir", str(tmp_path), "pipeline", "start", PIPELINE, "--data", str(tmp_path / "flat")]
+    assert main(start) == 1
+    assert "has no test/ folder" in capsys.readouterr().err
+    assert not boto3.client("sagemaker").list_pipeline_executions(PipelineName=PIPELINE)["PipelineExecutionSummaries"]
+
+
+# -- status, stop and refusals against the Stubber -------------------------------------------------------------
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> StubbedAWS:
+    return stub_aws(monkeypatch, tmp_path)
+
+
+EXECUTION = f"{ARN}:pipeline/{PIPELINE}/execution/abc123def456"
+STARTED = datetime.datetime(2026, 12, 8, 3, 0, tzinfo=datetime.UTC)
+
+
+def expect_pipeline(aws: StubbedAWS, *executions: tuple[str, str]) -> None:
+    sagemaker = aws.stub("sagemaker")
+    sagemaker.add_response("describe_pipeline", {"PipelineName": PIPELINE,
+                                                 "PipelineDefinition": json.dumps(definition(plan()))})  # fmt: skip
+    summaries = [{"PipelineExecutionArn": arn, "PipelineExecutionStatus": state, "StartTime": STARTED}
+                 for arn, state in executions]  # fmt: skip
+    sagemaker.add_response("list_pipeline_executions", {"PipelineExecutionSummaries": summaries})
+
+
+def test_status_shows_the_steps_the_best_trial_and_the_decision(aws: StubbedAWS, capsys: pytest.CaptureFixture):
+    expect_pipeline(aws, (EXECUTION, "Succeeded"))
+    sagemaker, s3 = aws.stub("sagemaker"), aws.stub("s3")
+    sagemaker.add_response("describe_pipeline_execution", {"PipelineExecutionArn": EXECUTION,
+                                                           "PipelineExecutionStatus": "Succeeded"})  # fmt: skip
+    sagemaker.add_response("list_pipeline_parameters_for_execution", {"PipelineParameters": [
+        {"Name": "DatasetVersion", "Value": f"s3://{BUCKET}/imgclf/datasets/abc.manifest"},
+        {"Name": "ChampionModel", "Value": "s3://b/old/model.tar.gz"}]})  # fmt: skip
+    tuning = f"{ARN}:hyper-parameter-tuning-job/pipelines-abc-tune"
+    package = f"{ARN}:model-package/{ENDPOINT}/2"
+    sagemaker.add_response("list_pipeline_execution_steps", {"PipelineExecutionSteps": [
+        {"StepName": TUNE, "StepStatus": "Succeeded", "Metadata": {"TuningJob": {"Arn": tuning}}},
+        {"StepName": EVALUATE, "StepStatus": "Succeeded",
+         "Metadata": {"ProcessingJob": {"Arn": f"{ARN}:processing-job/pipelines-abc-evaluate"}}},
+        {"StepName": DECIDE, "StepStatus": "Succeeded", "Metadata": {"Condition": {"Outcome": "True"}}},
+        {"StepName": "RegisterChampion", "StepStatus": "Succeeded", "Metadata": {"RegisterModel": {"Arn": package}}},
+    ]})  # fmt: skip
+    sagemaker.add_response("describe_hyper_parameter_tuning_job", {
+        "HyperParameterTuningJobName": "pipelines-abc-tune", "HyperParameterTuningJobArn": tuning,
+        "HyperParameterTuningJobConfig": {"Strategy": "Bayesian", "ResourceLimits": {"MaxParallelTrainingJobs": 2}},
+        "HyperParameterTuningJobStatus": "Completed", "CreationTime": STARTED,
+        "TrainingJobStatusCounters": {}, "ObjectiveStatusCounters": {},
+        "BestTrainingJob": {"TrainingJobName": "pipelines-abc-tune-003-1a2b", "TrainingJobArn": f"{ARN}:training-job/x",
+                            "CreationTime": STARTED, "TrainingJobStatus": "Completed", "TunedHyperParameters": {},
+                            "FinalHyperParameterTuningJobObjectiveMetric": {"MetricName": "valid_loss", "Value": 0.4}},
+    })  # fmt: skip
+    key = f"imgclf/pipelines/{PIPELINE}/abc123def456/evaluation/evaluation.json"
+    s3.add_response("list_objects_v2", {"Contents": [{"Key": key}], "KeyCount": 1})
+    figures = {"accuracy": 0.9, "loss": 0.3, "images": 40}
+    evaluation = {"models": {"challenger": figures, "champion": {**figures, "loss": 0.5, "accuracy": 0.8}},
+                  "decision": {"promote": True, "reason": "loss 0.3000 < 0.5000", "min_improvement": 0.0}}  # fmt: skip
+    s3.add_response("get_object", {"Body": _body(json.dumps(evaluation).encode())})
+    assert main(["pipeline", "status", PIPELINE, "--region", STUBBED_REGION]) == 0
+    out = capsys.readouterr().out
+    assert f"retrain loop of endpoint {ENDPOINT}; 1 execution(s)" in out
+    assert "best trial pipelines-abc-tune-003-1a2b: valid_loss 0.4" in out
+    assert "promote: true" in out and package in out
+    assert "decision: promote (loss 0.3000 < 0.5000)" in out and "champion: accuracy 0.8000" in out
+    aws.assert_all_answered()
+
+
+def _body(data: bytes) -> Any:
+    import io
+
+    from botocore.response import StreamingBody
+
+    return StreamingBody(io.BytesIO(data), len(data))
+
+
+def test_stop_stops_the_running_execution(aws: StubbedAWS, capsys: pytest.CaptureFixture):
+    expect_pipeline(aws, (EXECUTION, "Executing"), (EXECUTION.replace("abc", "old"), "Succeeded"))
+    aws.stub("sagemaker").add_response("stop_pipeline_execution", {"PipelineExecutionArn": EXECUTION})
+    assert main(["pipeline", "stop", PIPELINE, "--region", STUBBED_REGION]) == 0
+    assert [call["PipelineExecutionArn"] for call in aws.sent("StopPipelineExecution")] == [EXECUTION]
+    aws.assert_all_answered()
+
+
+def test_a_second_start_while_one_runs_is_refused_and_says_which(aws: StubbedAWS, capsys: pytest.CaptureFixture):
+    expect_pipeline(aws, (EXECUTION, "Executing"))
+    assert main(["pipeline", "start", PIPELINE, "--data", f"s3://{BUCKET}/shapes/", "--region", STUBBED_REGION]) == 1
+    err = capsys.readouterr().err
+    assert f"one execution at a time and {EXECUTION} is Executing" in err
+    assert not aws.sent("StartPipelineExecution")
+
+
+def test_a_refused_request_names_what_was_refused(aws: StubbedAWS, tmp_path: Path, capsys: pytest.CaptureFixture):
+    config = tmp_path / "job.yaml"
+    config.write_text(CONFIG)
+    aws.stub("s3").add_response("put_object", {})
+    sagemaker = aws.stub("sagemaker")
+    sagemaker.add_response("describe_model_package_group", {
+        "ModelPackageGroupName": ENDPOINT, "ModelPackageGroupArn": f"{ARN}:model-package-group/{ENDPOINT}",
+        "CreationTime": STARTED, "CreatedBy": {}, "ModelPackageGroupStatus": "Completed"})  # fmt: skip
+    sagemaker.add_client_error("describe_pipeline", "ResourceNotFound", "no such pipeline")
+    sagemaker.add_client_error("create_pipeline", "AccessDeniedException", "not authorized: sagemaker:CreatePipeline")
+    assert main(put_args(tmp_path / "work", config, STUBBED_REGION)) == 1
+    err = capsys.readouterr().err
+    assert "SageMaker did not create pipeline shapes-loop" in err and "sagemaker:CreatePipeline" in err
+    assert "Traceback" not in err
