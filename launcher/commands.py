@@ -434,5 +434,7 @@ def pipeline(args: Args, _records: RecordStore) -> None:
             endpoint_instance_type=args.endpoint_instance_type or config.deploy.get("instance_type") or "ml.m5.xlarge",
             min_improvement=args.min_improvement,
             code_revision=code_revision(),
+            inference_ami_version=options.inference_ami_version,
+            serving_environment=EndpointSettings(workers=config.deploy.get("workers")).serving_environment(),
         )
         sagemaker_pipeline.put(aws, plan, args.workdir)

@@ -34,7 +34,17 @@ from launcher.backends.sagemaker.api import training_request
 from launcher.backends.sagemaker.tuning import tuning_request
 from launcher.cli import main
 from launcher.errors import LauncherError
-from launcher.loop.pipeline_definition import DECIDE, EVALUATE, TUNE, PipelinePlan, definition
+from launcher.loop.pipeline_definition import (
+    DECIDE,
+    DEPLOY,
+    ENDPOINT_CONFIG,
+    EVALUATE,
+    MODEL,
+    REGISTER,
+    TUNE,
+    PipelinePlan,
+    definition,
+)
 from launcher.tuning import TuningSpec
 
 REGION = "us-east-1"
@@ -59,6 +69,9 @@ OPERATIONS = {  # each step type: the request it makes, and the name SageMaker g
     "Tuning": ("CreateHyperParameterTuningJob", {"HyperParameterTuningJobName": "pipelines-abc-Tune-1"}),
     "Processing": ("CreateProcessingJob", {"ProcessingJobName": "pipelines-abc-Evaluate-1"}),
     "RegisterModel": ("CreateModelPackage", {}),
+    "Model": ("CreateModel", {}),
+    "EndpointConfig": ("CreateEndpointConfig", {}),
+    "Endpoint": ("CreateEndpoint", {}),
 }
 
 
@@ -134,8 +147,9 @@ def test_every_step_is_a_request_sagemaker_takes():
     assert not validator.validate(create, model.operation_model("CreatePipeline").input_shape).has_errors()
     resolve = Resolver(built)
     steps = all_steps(built["Steps"])
-    assert len({step["Name"] for step in steps}) == len(steps) == 5
+    assert len({step["Name"] for step in steps}) == len(steps) == 8
     for step in steps:
+        assert all(earlier in resolve.earlier for earlier in step.get("DependsOn", [])), step["Name"]
         if step["Type"] == "Condition":
             (condition,) = step["Arguments"]["Conditions"]
             assert resolve(condition["LeftValue"]) is True and condition["RightValue"] is True
@@ -180,7 +194,19 @@ def test_the_decision_is_the_evaluation_files_and_both_branches_keep_the_evidenc
     }
     (condition,) = decide["Arguments"]["Conditions"]
     assert condition["LeftValue"]["Std:JsonGet"]["Path"] == "decision.promote"
-    (approved,), (rejected,) = decide["Arguments"]["IfSteps"], decide["Arguments"]["ElseSteps"]
+    (approved, model, config, deploy), (rejected,) = decide["Arguments"]["IfSteps"], decide["Arguments"]["ElseSteps"]
+    assert [approved["Name"], model["Name"], config["Name"], deploy["Name"]] == [
+        REGISTER,
+        MODEL,
+        ENDPOINT_CONFIG,
+        DEPLOY,
+    ]
+    assert model["DependsOn"] == [REGISTER]  # served only once registered as the champion
+    assert model["Arguments"]["PrimaryContainer"]["ModelDataUrl"] == approved["Arguments"]["InferenceSpecification"][
+        "Containers"][0]["ModelDataUrl"]  # fmt: skip
+    assert deploy["Arguments"]["EndpointName"] == ENDPOINT and "DeploymentConfig" not in deploy["Arguments"]
+    (variant,) = config["Arguments"]["ProductionVariants"]
+    assert variant["InstanceType"] == "ml.m5.xlarge" and "InferenceAmiVersion" not in variant  # a CPU type: none
     assert approved["Arguments"]["ModelApprovalStatus"] == "Approved"
     assert rejected["Arguments"]["ModelApprovalStatus"] == "Rejected"
     for step in (approved, rejected):

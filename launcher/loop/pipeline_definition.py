@@ -5,23 +5,29 @@ Steps: **Tune** (the config's tuning job; its best trial's model is the challeng
 **Evaluate** (a Processing job of the same image: `evaluate` scores the challenger and the champion on the test
 split of the same dataset version and writes the decision of `imgclf_contract.judging.Rule`, the rule
 `launcher promote` uses, as the property file `Evaluation`) → **Decide** (promote if `decision.promote` is true) →
-**RegisterChampion** (an Approved model package in the group named after the endpoint) or **RegisterRejected**
-(the same evidence, Rejected). Every execution reads the dataset version it was started with (`DatasetVersion`, a
+**RegisterChampion** (an Approved model package in the group named after the endpoint), then **Model**,
+**EndpointConfig** and **Deploy** (the endpoint created, or updated to the new model: SageMaker starts the new fleet
+and shifts the traffic once it is healthy, with no availability loss), or **RegisterRejected** (the same evidence,
+Rejected). Every execution reads the dataset version it was started with (`DatasetVersion`, a
 ManifestFile of the content-addressed store, never rewritten) and the model the endpoint served when it started
 (`ChampionModel`; the group's NO_MODEL file on the first cycle).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from imgclf_contract.judging import MODEL_ARCHIVE, NO_MODEL
 from launcher.backends.sagemaker import (
     VOLUME_SIZE_GB,
+    Hosting,
     SageMakerOptions,
     check_training_spec,
     check_tuning_spec,
+    endpoint_ami_version,
+    endpoint_config_request,
+    model_request,
     training_request,
     tuning_request,
 )
@@ -38,6 +44,8 @@ EVALUATION_FILE = "evaluation.json"
 EVALUATION_MAX_RUN = 3600
 JSON = "application/json"
 TUNE, EVALUATE, DECIDE, REGISTER, REJECT = "Tune", "Evaluate", "Decide", "RegisterChampion", "RegisterRejected"
+MODEL, ENDPOINT_CONFIG, DEPLOY = "Model", "EndpointConfig", "Deploy"
+NAME_ROOM = 63 - 13  # SageMaker's names take 63 characters: the endpoint's, "-" and the execution's 12-character ID
 
 
 def get(path: str) -> dict[str, str]:
@@ -67,6 +75,8 @@ class PipelinePlan:
     endpoint_instance_type: str
     min_improvement: float = 0.0
     code_revision: str = "unknown"
+    inference_ami_version: str = "auto"  # as `launcher deploy --inference-ami-version`
+    serving_environment: dict[str, str] = field(default_factory=dict)  # the model server's variables
 
     @property
     def folder(self) -> str:
@@ -226,6 +236,32 @@ def register_step(plan: PipelinePlan, name: str, status: str) -> dict[str, Any]:
     return {"Name": name, "Type": "RegisterModel", "Arguments": request}
 
 
+def deploy_steps(plan: PipelinePlan) -> list[dict[str, Any]]:
+    """The challenger behind the endpoint: a model and an endpoint config named after the endpoint and the
+    execution, then the endpoint created or updated to that config. SageMaker's Endpoint step takes no
+    DeploymentConfig: the update is SageMaker's own (the new fleet takes the traffic once healthy, the old one is
+    then removed), without the rollback alarms `launcher promote --rollback-alarm` sets."""
+    name = join(plan.endpoint[:NAME_ROOM], get("Execution.PipelineExecutionId"), on="-")
+    hosting = Hosting(
+        image=plan.tuning.training.image,
+        model_data=challenger_model(plan),  # a value SageMaker fills in, where Hosting takes a URI
+        role=plan.role,
+        env=plan.serving_environment,
+        instance_type=plan.endpoint_instance_type,
+        ami_version=endpoint_ami_version(plan.endpoint_instance_type, plan.inference_ami_version),
+    )
+    config = endpoint_config_request("", hosting)
+    config["EndpointConfigName"] = name
+    config["ProductionVariants"][0]["ModelName"] = get(f"Steps.{MODEL}.ModelName")
+    return [
+        {"Name": MODEL, "Type": "Model", "Arguments": {**model_request("", hosting), "ModelName": name},
+         "DependsOn": [REGISTER]},
+        {"Name": ENDPOINT_CONFIG, "Type": "EndpointConfig", "Arguments": config},
+        {"Name": DEPLOY, "Type": "Endpoint", "Arguments": {
+            "EndpointName": plan.endpoint, "EndpointConfigName": get(f"Steps.{ENDPOINT_CONFIG}.EndpointConfigName")}},
+    ]  # fmt: skip
+
+
 def decide_step(plan: PipelinePlan) -> dict[str, Any]:
     promote = {"Type": "Equals", "LeftValue": json_get(EVALUATE, "Evaluation", "decision.promote"), "RightValue": True}
     return {
@@ -233,7 +269,7 @@ def decide_step(plan: PipelinePlan) -> dict[str, Any]:
         "Type": "Condition",
         "Arguments": {
             "Conditions": [promote],
-            "IfSteps": [register_step(plan, REGISTER, "Approved")],
+            "IfSteps": [register_step(plan, REGISTER, "Approved"), *deploy_steps(plan)],
             "ElseSteps": [register_step(plan, REJECT, "Rejected")],
         },
     }

@@ -16,7 +16,12 @@ from launcher.backends.sagemaker.api import (
     training_request,
     transform_request,
 )
-from launcher.backends.sagemaker.backend import DEFAULT_ENDPOINT_INSTANCE_TYPE, SageMakerBackend, split_s3_uri
+from launcher.backends.sagemaker.backend import (
+    DEFAULT_ENDPOINT_INSTANCE_TYPE,
+    SageMakerBackend,
+    endpoint_ami_version,
+    split_s3_uri,
+)
 from launcher.backends.sagemaker.datasets import store_channel
 from launcher.backends.sagemaker.options import (
     BUCKET_ENV,
@@ -46,6 +51,7 @@ __all__ = [
     "check_training_spec",
     "check_tuning_spec",
     "download",
+    "endpoint_ami_version",
     "endpoint_config_request",
     "model_request",
     "pipelines",
