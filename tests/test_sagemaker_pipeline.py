@@ -408,3 +408,38 @@ def test_a_refused_request_names_what_was_refused(aws: StubbedAWS, tmp_path: Pat
     err = capsys.readouterr().err
     assert "SageMaker did not create pipeline shapes-loop" in err and "sagemaker:CreatePipeline" in err
     assert "Traceback" not in err
+
+
+def test_a_failed_step_is_shown_with_its_reason_and_wait_says_the_execution_failed(
+    aws: StubbedAWS, capsys: pytest.CaptureFixture
+):
+    """A failed tuning ends the execution before anything is registered or deployed; --wait follows it there."""
+    from launcher.backends.sagemaker import Aws
+    from launcher.loop import sagemaker_pipeline
+
+    sagemaker = aws.stub("sagemaker")
+    failed = {"StepName": TUNE, "StepStatus": "Failed", "FailureReason": "ClientError: image not found"}
+    sagemaker.add_response("list_pipeline_execution_steps", {"PipelineExecutionSteps": [
+        {"StepName": TUNE, "StepStatus": "Executing"}]})  # fmt: skip
+    sagemaker.add_response("describe_pipeline_execution", {"PipelineExecutionArn": EXECUTION,
+                                                           "PipelineExecutionStatus": "Executing"})  # fmt: skip
+    sagemaker.add_response("list_pipeline_execution_steps", {"PipelineExecutionSteps": [failed]})
+    sagemaker.add_response("describe_pipeline_execution", {"PipelineExecutionArn": EXECUTION,
+                                                           "PipelineExecutionStatus": "Failed",
+                                                           "FailureReason": "Step failure: Tune"})  # fmt: skip
+    with pytest.raises(LauncherError, match="ended Failed: Step failure: Tune"):
+        sagemaker_pipeline.wait(Aws(STUBBED_REGION), EXECUTION)
+    assert "Tune Executing" in capsys.readouterr().err
+
+    expect_pipeline(aws, (EXECUTION, "Failed"))
+    sagemaker.add_response("describe_pipeline_execution", {"PipelineExecutionArn": EXECUTION,
+                                                           "PipelineExecutionStatus": "Failed",
+                                                           "FailureReason": "Step failure: Tune"})  # fmt: skip
+    sagemaker.add_response("list_pipeline_parameters_for_execution", {"PipelineParameters": []})
+    sagemaker.add_response("list_pipeline_execution_steps", {"PipelineExecutionSteps": [failed]})
+    aws.stub("s3").add_response("list_objects_v2", {"KeyCount": 0})  # no evaluation was written
+    assert main(["pipeline", "status", PIPELINE, "--region", STUBBED_REGION, "--execution", "abc123def456"]) == 0
+    out = capsys.readouterr().out
+    assert "execution abc123def456: Failed: Step failure: Tune" in out
+    assert "ClientError: image not found" in out and "decision" not in out
+    aws.assert_all_answered()
