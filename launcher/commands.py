@@ -390,7 +390,7 @@ def lineage(args: Args, records: RecordStore) -> None:
 
 def pipeline(args: Args, _records: RecordStore) -> None:
     """`launcher pipeline ACTION`: the retrain loop as a SageMaker Pipeline (launcher.loop.sagemaker_pipeline)."""
-    from launcher.backends.sagemaker import NAME, Aws, AwsSettings, SageMakerOptions
+    from launcher.backends.sagemaker import MANIFEST_PREFIX, NAME, Aws, AwsSettings, SageMakerOptions
     from launcher.lineage import code_revision
     from launcher.loop import PipelinePlan, sagemaker_pipeline
 
@@ -430,6 +430,7 @@ def pipeline(args: Args, _records: RecordStore) -> None:
             tuning=TuningSpec.of(config.tuning, args.name, training),
             role=aws_settings.role,
             output_path=output,
+            datasets=f"{S3_SCHEME}{aws_settings.bucket}/{MANIFEST_PREFIX}/",
             evaluation_instance_type=args.evaluation_instance_type,
             endpoint_instance_type=args.endpoint_instance_type or config.deploy.get("instance_type") or "ml.m5.xlarge",
             min_improvement=args.min_improvement,

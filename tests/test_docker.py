@@ -112,6 +112,10 @@ def test_train_then_serve_in_the_image(image: str, tmp_path: Path, shapes_datase
     figures = json.loads((base / "evaluation.json").read_text())["models"]["challenger"]
     job = json.loads((base / "output" / "data" / "metrics.json").read_text())["test"]
     assert figures["images"] == job["images"] and abs(figures["loss"] - job["loss"]) < 1e-4
+    # The pipeline's Resolve step command is there too, with the AWS client it needs.
+    resolve = docker("run", "--rm", image, "resolve", "--help")
+    assert resolve.returncode == 0 and "--model-package-group" in resolve.stdout
+    assert docker("run", "--rm", "--entrypoint", "/opt/venv/bin/python", image, "-c", "import boto3").returncode == 0
 
     container = serving(base / "model")
     status, answer = post_jpeg(container.url, next((shapes_dataset / "test" / "circle").iterdir()))

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import datetime
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,7 @@ from launcher.loop.pipeline_definition import (
     TUNE,
     PipelinePlan,
     definition,
+    every_step,
 )
 from launcher.tuning import TuningSpec
 
@@ -73,6 +76,14 @@ OPERATIONS = {  # each step type: the request it makes, and the name SageMaker g
     "EndpointConfig": ("CreateEndpointConfig", {}),
     "Endpoint": ("CreateEndpoint", {}),
 }
+RESOLVED = {  # what the image's `resolve` and `evaluate` write, by JSON path
+    "dataset_version": f"s3://{BUCKET}/imgclf/datasets/abc.manifest",
+    "dataset_type": "ManifestFile",
+    "champion_model": f"s3://{BUCKET}/imgclf/old/output/model.tar.gz",
+    "proceed": True,
+    "reason": "",
+    "decision.promote": True,
+}
 
 
 def plan(**fields: Any) -> PipelinePlan:
@@ -87,18 +98,13 @@ def plan(**fields: Any) -> PipelinePlan:
     )
     tuning = TuningSpec(name=PIPELINE, training=training, ranges=RANGES, max_jobs=4, max_parallel_jobs=2)
     return PipelinePlan(**{"name": PIPELINE, "endpoint": ENDPOINT, "tuning": tuning, "role": ROLE,
-                           "output_path": f"s3://{BUCKET}/imgclf", "evaluation_instance_type": "ml.m5.xlarge",
+                           "output_path": f"s3://{BUCKET}/imgclf", "datasets": f"s3://{BUCKET}/imgclf/datasets/",
+                           "evaluation_instance_type": "ml.m5.xlarge",
                            "endpoint_instance_type": "ml.m5.xlarge", "code_revision": "abc123", **fields})  # fmt: skip
 
 
-def all_steps(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The steps in order, a condition's branches after it."""
-    found = []
-    for step in steps:
-        found.append(step)
-        if step["Type"] == "Condition":
-            found += all_steps(step["Arguments"].get("IfSteps", []) + step["Arguments"].get("ElseSteps", []))
-    return found
+def steps_of(built: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {step["Name"]: step for step in every_step(built["Steps"])}
 
 
 class Resolver:
@@ -124,12 +130,13 @@ class Resolver:
                 if rest[0] == "PropertyFiles":
                     assert f"{name}.{rest[1]}" in self.property_files, path
                 return "pipelines-abc-Tune-1-004-1a2b3c4d"
-            assert kind == "Execution" and name in ("PipelineExecutionId", "PipelineName"), path
+            assert kind == "Execution" and name in ("PipelineExecutionId", "PipelineExecutionArn", "PipelineName"), path
             return "execution-id"
         if isinstance(value, dict) and set(value) == {"Std:Join"}:
             return value["Std:Join"]["On"].join(str(self(v)) for v in value["Std:Join"]["Values"])
         if isinstance(value, dict) and set(value) == {"Std:JsonGet"}:
-            return self(value["Std:JsonGet"]["PropertyFile"]) and True
+            self(value["Std:JsonGet"]["PropertyFile"])
+            return RESOLVED[value["Std:JsonGet"]["Path"]]
         if isinstance(value, dict):
             return {k: self(v) for k, v in value.items()}
         if isinstance(value, list):
@@ -146,13 +153,15 @@ def test_every_step_is_a_request_sagemaker_takes():
               "ClientRequestToken": "x" * 32}  # fmt: skip
     assert not validator.validate(create, model.operation_model("CreatePipeline").input_shape).has_errors()
     resolve = Resolver(built)
-    steps = all_steps(built["Steps"])
-    assert len({step["Name"] for step in steps}) == len(steps) == 8
+    steps = every_step(built["Steps"])
+    assert len({step["Name"] for step in steps}) == len(steps) == 11
     for step in steps:
         assert all(earlier in resolve.earlier for earlier in step.get("DependsOn", [])), step["Name"]
         if step["Type"] == "Condition":
             (condition,) = step["Arguments"]["Conditions"]
             assert resolve(condition["LeftValue"]) is True and condition["RightValue"] is True
+        elif step["Type"] == "Fail":
+            assert isinstance(resolve(step["Arguments"]["ErrorMessage"]), str)
         else:
             operation, name = OPERATIONS[step["Type"]]
             request = {**resolve(step["Arguments"]), **name}
@@ -160,16 +169,15 @@ def test_every_step_is_a_request_sagemaker_takes():
             assert not report.has_errors(), f"{step['Name']}: {report.generate_report()}"
         resolve.earlier.add(step["Name"])
         resolve.property_files |= {f"{step['Name']}.{p['PropertyFileName']}" for p in step.get("PropertyFiles", [])}
-    assert "Steps.Evaluate.PropertyFiles.Evaluation" in resolve.seen
-    assert {"Parameters.DatasetVersion", "Parameters.ChampionModel", "Parameters.MinImprovement"} <= set(resolve.seen)
+    assert {"Parameters.DatasetVersion", "Parameters.MinImprovement", "Steps.Resolve.PropertyFiles.Resolved",
+            "Steps.Evaluate.PropertyFiles.Evaluation"} <= set(resolve.seen)  # fmt: skip
 
 
 def test_the_tune_step_is_the_tuning_job_launcher_tune_sends():
     """Same search, same trials (hyperparameters with the diagnostics, image, metric definitions), the data and the
     instances left to each execution."""
     built, spec = definition(plan()), plan().tuning
-    tune = built["Steps"][0]
-    assert tune["Name"] == TUNE
+    tune = steps_of(built)[TUNE]
     sent = tuning_request(training_request(spec.training, PIPELINE, ROLE, f"s3://{BUCKET}/imgclf", {}, 86400), spec)
     assert tune["Arguments"]["HyperParameterTuningJobConfig"] == sent["HyperParameterTuningJobConfig"]
     ours, theirs = tune["Arguments"]["TrainingJobDefinition"], sent["TrainingJobDefinition"]
@@ -177,7 +185,8 @@ def test_the_tune_step_is_the_tuning_job_launcher_tune_sends():
     assert ours["StaticHyperParameters"]["debug_hook"] == "true"
     assert ours["AlgorithmSpecification"] == theirs["AlgorithmSpecification"]
     (channel,) = ours["InputDataConfig"]
-    assert channel["DataSource"]["S3DataSource"]["S3Uri"] == {"Get": "Parameters.DatasetVersion"}
+    assert channel["DataSource"]["S3DataSource"]["S3Uri"] == {"Std:JsonGet": {
+        "PropertyFile": {"Get": "Steps.Resolve.PropertyFiles.Resolved"}, "Path": "dataset_version"}}  # fmt: skip
     resources = ours["HyperParameterTuningResourceConfig"]
     assert resources["InstanceType"] == {"Get": "Parameters.TrainingInstanceType"}
     defaults = {p["Name"]: p["DefaultValue"] for p in built["Parameters"]}
@@ -186,8 +195,7 @@ def test_the_tune_step_is_the_tuning_job_launcher_tune_sends():
 
 def test_the_decision_is_the_evaluation_files_and_both_branches_keep_the_evidence():
     built = definition(plan(min_improvement=0.05))
-    evaluate, decide = built["Steps"][1:]
-    assert evaluate["Name"] == EVALUATE and decide["Name"] == DECIDE
+    evaluate, decide = steps_of(built)[EVALUATE], steps_of(built)[DECIDE]
     arguments = evaluate["Arguments"]["AppSpecification"]["ContainerArguments"]
     assert arguments[arguments.index("--min-improvement") + 1] == {
         "Std:Join": {"On": "", "Values": [{"Get": "Parameters.MinImprovement"}]}
@@ -214,8 +222,9 @@ def test_the_decision_is_the_evaluation_files_and_both_branches_keep_the_evidenc
         same = {k: v for k, v in step["Arguments"].items() if k != "ModelApprovalStatus"}
         assert same == {k: v for k, v in approved["Arguments"].items() if k != "ModelApprovalStatus"}
     assert approved["Arguments"]["CustomerMetadataProperties"]["code_revision"] == "abc123"
-    champion = {p["Name"]: p for p in built["Parameters"]}["ChampionModel"]
-    assert champion["DefaultValue"] == f"s3://{BUCKET}/imgclf/pipelines/{PIPELINE}/{NO_MODEL}"
+    resolve = steps_of(built)["Resolve"]["Arguments"]["AppSpecification"]["ContainerArguments"]
+    assert resolve[resolve.index("--no-model") + 1] == f"s3://{BUCKET}/imgclf/pipelines/{PIPELINE}/{NO_MODEL}"
+    assert {p["Name"]: p for p in built["Parameters"]}["DatasetVersion"]["DefaultValue"] == "newest"
 
 
 def test_what_sagemaker_would_refuse_is_refused_before_any_call():
@@ -244,8 +253,8 @@ def test_put_and_start_against_sagemaker_and_s3(moto_server: str, tmp_path: Path
     sagemaker = boto3.client("sagemaker")
     stored = json.loads(sagemaker.describe_pipeline(PipelineName=PIPELINE)["PipelineDefinition"])
     saved = json.loads((tmp_path / "work" / "pipelines" / PIPELINE / "definition.json").read_text())
-    assert stored == saved and stored["Steps"][0]["Arguments"]["HyperParameterTuningJobConfig"]["ResourceLimits"] == {
-        "MaxNumberOfTrainingJobs": 4, "MaxParallelTrainingJobs": 2}  # fmt: skip
+    limits = steps_of(stored)[TUNE]["Arguments"]["HyperParameterTuningJobConfig"]["ResourceLimits"]
+    assert stored == saved and limits == {"MaxNumberOfTrainingJobs": 4, "MaxParallelTrainingJobs": 2}
     assert sagemaker.describe_model_package_group(ModelPackageGroupName=ENDPOINT)["ModelPackageGroupName"] == ENDPOINT
     s3 = boto3.client("s3")
     assert s3.get_object(Bucket=BUCKET, Key=f"imgclf/pipelines/{PIPELINE}/{NO_MODEL}")["Body"].read()
@@ -259,17 +268,19 @@ def test_put_and_start_against_sagemaker_and_s3(moto_server: str, tmp_path: Path
     start = ["--workdir", str(other_checkout), "pipeline", "start", PIPELINE, "--data", str(data), "--region", REGION]
     assert main(start) == 0
     printed = capsys.readouterr()
-    assert "against no champion (first cycle)" in printed.err
+    assert f"against the champion of endpoint {ENDPOINT}" in printed.err
     (first,) = sagemaker.list_pipeline_executions(PipelineName=PIPELINE)["PipelineExecutionSummaries"]
     assert printed.out == f"{first['PipelineExecutionArn']}\n"  # the ARN alone on stdout
-    parameters = {p["Name"]: p["Value"] for p in sagemaker.list_pipeline_parameters_for_execution(
-        PipelineExecutionArn=first["PipelineExecutionArn"])["PipelineParameters"]}  # fmt: skip
-    version = parameters["DatasetVersion"]
+    version = execution_parameters(first)["DatasetVersion"]
     assert version.startswith(f"s3://{BUCKET}/imgclf/datasets/") and version.endswith(".manifest")
-    assert parameters["DatasetType"] == "ManifestFile"
-    assert parameters["ChampionModel"] == f"s3://{BUCKET}/imgclf/pipelines/{PIPELINE}/{NO_MODEL}"
     entries = json.loads(s3.get_object(Bucket=BUCKET, Key=version.split("/", 3)[3])["Body"].read())[1:]
     assert sorted({entry.split("/")[0] for entry in entries}) == ["test", "train", "valid"]
+
+    # The execution's Resolve step, the image's `resolve` against the same AWS: first cycle, no champion.
+    no_model = f"s3://{BUCKET}/imgclf/pipelines/{PIPELINE}/{NO_MODEL}"
+    assert resolve(tmp_path, first["PipelineExecutionArn"], version) == {
+        "dataset_version": version, "dataset_type": "ManifestFile", "champion_model": no_model, "proceed": True,
+        "reason": ""}  # fmt: skip
 
     # What the RegisterChampion step of that execution would have left: an Approved package, now the champion.
     champion = f"s3://{BUCKET}/imgclf/{PIPELINE}-tune-003/output/model.tar.gz"
@@ -281,14 +292,34 @@ def test_put_and_start_against_sagemaker_and_s3(moto_server: str, tmp_path: Path
                                 "SupportedResponseMIMETypes": ["application/json"]},
     )  # fmt: skip
     assert main([*start, "--min-improvement", "0.02"]) == 0
-    assert f"against {champion}" in capsys.readouterr().err
     newest = sagemaker.list_pipeline_executions(PipelineName=PIPELINE)["PipelineExecutionSummaries"]
     assert len(newest) == 2
     second = next(e for e in newest if e["PipelineExecutionArn"] != first["PipelineExecutionArn"])
-    parameters = {p["Name"]: p["Value"] for p in sagemaker.list_pipeline_parameters_for_execution(
-        PipelineExecutionArn=second["PipelineExecutionArn"])["PipelineParameters"]}  # fmt: skip
+    parameters = execution_parameters(second)
     assert parameters["DatasetVersion"] == version  # the same data: stored once, the same version
-    assert parameters["ChampionModel"] == champion and parameters["MinImprovement"] == "0.02"
+    assert parameters["MinImprovement"] == "0.02"
+    # A trigger's execution gets "newest": the store's newest manifest; the champion is the Approved package.
+    resolved = resolve(tmp_path, second["PipelineExecutionArn"], "newest")
+    assert resolved["dataset_version"] == version and resolved["champion_model"] == champion
+
+
+def execution_parameters(summary: dict[str, Any]) -> dict[str, str]:
+    listed = boto3.client("sagemaker").list_pipeline_parameters_for_execution(
+        PipelineExecutionArn=summary["PipelineExecutionArn"]
+    )
+    return {p["Name"]: p["Value"] for p in listed["PipelineParameters"]}
+
+
+def resolve(tmp_path: Path, execution: str, dataset: str) -> dict[str, Any]:
+    """The image's `resolve` command, as the Resolve step runs it, against the AWS the environment points at."""
+    output = tmp_path / "resolved.json"
+    done = subprocess.run([str(Path(sys.executable).parent / "resolve"), "--execution", execution, "--dataset",
+                           dataset, "--datasets", f"s3://{BUCKET}/imgclf/datasets/", "--model-package-group",
+                           ENDPOINT, "--endpoint", ENDPOINT, "--no-model",
+                           f"s3://{BUCKET}/imgclf/pipelines/{PIPELINE}/{NO_MODEL}", "--output", str(output)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(output.read_text())
 
 
 def test_start_refuses_a_data_folder_without_its_splits_and_an_unknown_pipeline(
@@ -334,9 +365,10 @@ def test_status_shows_the_steps_the_best_trial_and_the_decision(aws: StubbedAWS,
     sagemaker, s3 = aws.stub("sagemaker"), aws.stub("s3")
     sagemaker.add_response("describe_pipeline_execution", {"PipelineExecutionArn": EXECUTION,
                                                            "PipelineExecutionStatus": "Succeeded"})  # fmt: skip
-    sagemaker.add_response("list_pipeline_parameters_for_execution", {"PipelineParameters": [
-        {"Name": "DatasetVersion", "Value": f"s3://{BUCKET}/imgclf/datasets/abc.manifest"},
-        {"Name": "ChampionModel", "Value": "s3://b/old/model.tar.gz"}]})  # fmt: skip
+    resolved = f"imgclf/pipelines/{PIPELINE}/abc123def456/resolved/resolved.json"
+    s3.add_response("list_objects_v2", {"Contents": [{"Key": resolved}], "KeyCount": 1})
+    inputs = {**RESOLVED, "champion_model": "s3://b/old/model.tar.gz"}
+    s3.add_response("get_object", {"Body": _body(json.dumps(inputs).encode())})
     tuning = f"{ARN}:hyper-parameter-tuning-job/pipelines-abc-tune"
     package = f"{ARN}:model-package/{ENDPOINT}/2"
     sagemaker.add_response("list_pipeline_execution_steps", {"PipelineExecutionSteps": [
@@ -365,6 +397,7 @@ def test_status_shows_the_steps_the_best_trial_and_the_decision(aws: StubbedAWS,
     out = capsys.readouterr().out
     assert f"retrain loop of endpoint {ENDPOINT}; 1 execution(s)" in out
     assert "best trial pipelines-abc-tune-003-1a2b: valid_loss 0.4" in out
+    assert f"dataset {RESOLVED['dataset_version']}; champion s3://b/old/model.tar.gz" in out
     assert "promote: true" in out and package in out
     assert "decision: promote (loss 0.3000 < 0.5000)" in out and "champion: accuracy 0.8000" in out
     aws.assert_all_answered()
@@ -435,11 +468,59 @@ def test_a_failed_step_is_shown_with_its_reason_and_wait_says_the_execution_fail
     sagemaker.add_response("describe_pipeline_execution", {"PipelineExecutionArn": EXECUTION,
                                                            "PipelineExecutionStatus": "Failed",
                                                            "FailureReason": "Step failure: Tune"})  # fmt: skip
-    sagemaker.add_response("list_pipeline_parameters_for_execution", {"PipelineParameters": []})
+    aws.stub("s3").add_response("list_objects_v2", {"KeyCount": 0})  # no resolved inputs were written
+    sagemaker.add_response("list_pipeline_parameters_for_execution", {"PipelineParameters": [
+        {"Name": "DatasetVersion", "Value": "s3://b/given.manifest"}]})  # fmt: skip
     sagemaker.add_response("list_pipeline_execution_steps", {"PipelineExecutionSteps": [failed]})
     aws.stub("s3").add_response("list_objects_v2", {"KeyCount": 0})  # no evaluation was written
     assert main(["pipeline", "status", PIPELINE, "--region", STUBBED_REGION, "--execution", "abc123def456"]) == 0
     out = capsys.readouterr().out
     assert "execution abc123def456: Failed: Step failure: Tune" in out
     assert "ClientError: image not found" in out and "decision" not in out
+    assert "dataset s3://b/given.manifest (as given; not resolved yet)" in out
     aws.assert_all_answered()
+
+
+def test_an_execution_started_while_an_earlier_one_runs_skips_itself_and_says_why(tmp_path: Path):
+    """The Resolve step's one-at-a-time rule, on ListPipelineExecutions answers from botocore's Stubber: the later
+    of two running executions is skipped, the earlier proceeds, and a lone one proceeds."""
+    from botocore.stub import Stubber
+
+    from imgclf import resolve as resolving
+
+    earlier, later = EXECUTION.replace("abc123", "aaa111"), EXECUTION
+    summaries = [
+        {"PipelineExecutionArn": later, "PipelineExecutionStatus": "Executing", "StartTime": STARTED},
+        {"PipelineExecutionArn": earlier, "PipelineExecutionStatus": "Executing",
+         "StartTime": STARTED - datetime.timedelta(minutes=5)},
+        {"PipelineExecutionArn": EXECUTION.replace("abc123", "old000"), "PipelineExecutionStatus": "Succeeded",
+         "StartTime": STARTED - datetime.timedelta(days=1)},
+    ]  # fmt: skip
+    session = boto3.Session(region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x")
+    sagemaker, s3 = session.client("sagemaker"), session.client("s3")
+    with Stubber(sagemaker) as stubber, Stubber(s3) as s3_stubber:
+        stubber.add_response("list_pipeline_executions", {"PipelineExecutionSummaries": summaries},
+                             {"PipelineName": PIPELINE})  # fmt: skip
+        assert resolving.earlier_running(sagemaker, earlier) is None  # the earlier one proceeds
+        stubber.add_response("list_pipeline_executions", {"PipelineExecutionSummaries": summaries[:1]})
+        assert resolving.earlier_running(sagemaker, later) is None  # alone, it proceeds
+
+        # The later one, through the whole step: its data and champion are resolved, and it is skipped.
+        stubber.add_response("list_pipeline_executions", {"PipelineExecutionSummaries": summaries})
+        s3_stubber.add_response("list_objects_v2", {"KeyCount": 0})  # no dataset version stored yet
+        stubber.add_response("list_model_packages", {"ModelPackageSummaryList": []})
+        stubber.add_client_error("describe_endpoint", "ValidationException", "Could not find endpoint")
+        resolved = resolving.resolve(Clients(sagemaker, s3), later, "newest", f"s3://{BUCKET}/imgclf/datasets/",
+                                     ENDPOINT, ENDPOINT, "s3://b/no-model")  # fmt: skip
+    assert resolved["proceed"] is False and resolved["champion_model"] == "s3://b/no-model"
+    assert resolved["reason"] == f"skipped: execution {earlier} started earlier and still runs (one at a time)"
+
+
+class Clients:
+    """A boto3 session's `client`, handing out the given (stubbed) clients."""
+
+    def __init__(self, sagemaker: Any, s3: Any):
+        self.clients = {"sagemaker": sagemaker, "s3": s3}
+
+    def client(self, name: str) -> Any:
+        return self.clients[name]

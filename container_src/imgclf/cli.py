@@ -242,3 +242,40 @@ def evaluate(argv: list[str] | None = None) -> None:
             "decision: %s (%s)", "promote" if result["decision"]["promote"] else "keep", result["decision"]["reason"]
         )
     log.info("evaluation written to %s", args.output)
+
+
+def resolve(argv: list[str] | None = None) -> None:
+    """Decide what a retrain pipeline's execution works on: its dataset version, its champion, whether it runs."""
+    from imgclf import resolve as resolving
+
+    parser = argparse.ArgumentParser(
+        prog="resolve",
+        description="A retrain pipeline's first step: write OUTPUT with the execution's dataset version (the given "
+        "one, else the newest ManifestFile under --datasets), its champion (the model package group's latest Approved "
+        "model, else the endpoint's, else --no-model) and whether it proceeds (not while an earlier execution of the "
+        "same pipeline runs). Exits 1 with the reason when AWS does not answer.",
+    )
+    parser.add_argument("--execution", required=True, help="this pipeline execution's ARN")
+    parser.add_argument(
+        "--dataset", default="", help=f"the given dataset version; empty or {resolving.NEWEST!r}: the newest"
+    )
+    parser.add_argument("--datasets", required=True, metavar="S3_PREFIX", help="where the store writes versions")
+    parser.add_argument("--model-package-group", required=True)
+    parser.add_argument("--endpoint", required=True)
+    parser.add_argument("--no-model", required=True, metavar="S3_URI", help="what stands for no champion")
+    parser.add_argument("--output", type=Path, required=True)
+    args = parser.parse_args(argv)
+    _configure_logging()
+    import boto3
+
+    try:
+        resolved = resolving.resolve(boto3.Session(), args.execution, args.dataset, args.datasets,
+                                     args.model_package_group, args.endpoint, args.no_model)  # fmt: skip
+    except resolving.ResolveError as err:
+        log.error("cannot resolve the execution's inputs: %s", err)
+        sys.exit(EXIT_USER_ERROR)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(resolved, indent=1))
+    log.info("dataset %s; champion %s", resolved["dataset_version"] or "none", resolved["champion_model"])
+    if not resolved["proceed"]:
+        log.info("%s", resolved["reason"])

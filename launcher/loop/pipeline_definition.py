@@ -1,16 +1,17 @@
 """The retrain loop as a SageMaker Pipeline: its definition JSON, built from the same specs and requests as
 `launcher run --backend sagemaker` sends, so that no one's machine has to stay up for a cycle.
 
-Steps: **Tune** (the config's tuning job; its best trial's model is the challenger, not trained again) →
-**Evaluate** (a Processing job of the same image: `evaluate` scores the challenger and the champion on the test
-split of the same dataset version and writes the decision of `imgclf_contract.judging.Rule`, the rule
-`launcher promote` uses, as the property file `Evaluation`) → **Decide** (promote if `decision.promote` is true) →
-**RegisterChampion** (an Approved model package in the group named after the endpoint), then **Model**,
-**EndpointConfig** and **Deploy** (the endpoint created, or updated to the new model: SageMaker starts the new fleet
-and shifts the traffic once it is healthy, with no availability loss), or **RegisterRejected** (the same evidence,
-Rejected). Every execution reads the dataset version it was started with (`DatasetVersion`, a
-ManifestFile of the content-addressed store, never rewritten) and the model the endpoint served when it started
-(`ChampionModel`; the group's NO_MODEL file on the first cycle).
+Steps: **Resolve** (a Processing job of the image: `resolve` picks the execution's dataset version — the given one,
+else the store's newest — and its champion — the group's latest Approved model, else the endpoint's — and skips the
+execution while an earlier one runs) → **Proceed** (a condition; **Skip** fails the execution with the reason) →
+**Tune** (the config's tuning job; its best trial's model is the challenger, not trained again) → **Evaluate** (the
+image's `evaluate` scores the challenger and the champion on the test split of the same dataset version and writes
+the decision of `imgclf_contract.judging.Rule`, the rule `launcher promote` uses, as the property file `Evaluation`)
+→ **Decide** (promote if `decision.promote` is true) → **RegisterChampion** (an Approved model package in the group
+named after the endpoint), then **Model**, **EndpointConfig** and **Deploy** (the endpoint created, or updated to
+the new model: SageMaker starts the new fleet and shifts the traffic once it is healthy, with no availability
+loss), or **RegisterRejected** (the same evidence, Rejected). A dataset version is a ManifestFile of the
+content-addressed store, never rewritten: a version stored while an execution runs changes nothing it reads.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from imgclf_contract.judging import MODEL_ARCHIVE, NO_MODEL
+from imgclf_contract.judging import MODEL_ARCHIVE, NEWEST, NO_MODEL
 from launcher.backends.sagemaker import (
     VOLUME_SIZE_GB,
     Hosting,
@@ -31,7 +32,7 @@ from launcher.backends.sagemaker import (
     training_request,
     tuning_request,
 )
-from launcher.contract import MANIFEST_SUFFIX, S3_SCHEME
+from launcher.contract import S3_SCHEME
 from launcher.errors import LauncherError
 from launcher.transform import CONTENT_TYPES
 from launcher.tuning import TuningSpec
@@ -41,8 +42,11 @@ ENTRYPOINT = "/usr/local/bin/imgclf-entrypoint"  # the image's (docker/Dockerfil
 TRAINING_CHANNEL = "training"  # the dataset version's channel: train/, valid/, test/ under it
 PROCESSING = "/opt/ml/processing"
 EVALUATION_FILE = "evaluation.json"
+RESOLVED_FILE = "resolved.json"
+RESOLVE_INSTANCE_TYPE = "ml.t3.medium"  # a few AWS calls
 EVALUATION_MAX_RUN = 3600
 JSON = "application/json"
+RESOLVE, PROCEED, SKIP = "Resolve", "Proceed", "Skip"
 TUNE, EVALUATE, DECIDE, REGISTER, REJECT = "Tune", "Evaluate", "Decide", "RegisterChampion", "RegisterRejected"
 MODEL, ENDPOINT_CONFIG, DEPLOY = "Model", "EndpointConfig", "Deploy"
 NAME_ROOM = 63 - 13  # SageMaker's names take 63 characters: the endpoint's, "-" and the execution's 12-character ID
@@ -71,6 +75,7 @@ class PipelinePlan:
     tuning: TuningSpec  # the trials' job (image, instance, fixed hyperparameters, options) and the search
     role: str  # the role the pipeline and its jobs run as
     output_path: str  # s3://bucket/prefix: <output>/<trial>/output/model.tar.gz, <output>/pipelines/<name>/...
+    datasets: str  # the S3 prefix under which the data store writes dataset versions (ManifestFiles)
     evaluation_instance_type: str
     endpoint_instance_type: str
     min_improvement: float = 0.0
@@ -80,7 +85,7 @@ class PipelinePlan:
 
     @property
     def folder(self) -> str:
-        """The pipeline's own S3 prefix: its NO_MODEL file and each execution's evaluation."""
+        """The pipeline's own S3 prefix: its NO_MODEL file and each execution's resolved inputs and evaluation."""
         return f"{self.output_path}/pipelines/{self.name}"
 
     @property
@@ -89,16 +94,14 @@ class PipelinePlan:
 
 
 def parameters(plan: PipelinePlan) -> list[dict[str, Any]]:
-    """What each execution may set (`launcher pipeline start` sets the data and the champion)."""
+    """What each execution may set (`launcher pipeline start` sets the data; a trigger leaves it NEWEST)."""
     training = plan.tuning.training
 
     def string(name: str, default: str) -> dict[str, Any]:
         return {"Name": name, "Type": "String", "DefaultValue": default}
 
     return [
-        string("DatasetVersion", ""),
-        string("DatasetType", "ManifestFile"),
-        string("ChampionModel", plan.no_model),
+        string("DatasetVersion", NEWEST),
         {"Name": "MinImprovement", "Type": "Float", "DefaultValue": plan.min_improvement},
         string("TrainingInstanceType", training.instance_type),
         {"Name": "TrainingInstanceCount", "Type": "Integer", "DefaultValue": training.instance_count},
@@ -106,10 +109,63 @@ def parameters(plan: PipelinePlan) -> list[dict[str, Any]]:
     ]
 
 
+def resolved(path: str) -> dict[str, Any]:
+    """A value the Resolve step decided."""
+    return json_get(RESOLVE, "Resolved", path)
+
+
+def execution_folder(plan: PipelinePlan, name: str) -> dict[str, Any]:
+    """Where this execution's step `name` writes its file."""
+    return join(plan.folder, get("Execution.PipelineExecutionId"), name, on="/")
+
+
+def processing_request(
+    plan: PipelinePlan, command: str, arguments: list[Any], output: str, inputs: list[dict[str, Any]], instance: Any
+) -> dict[str, Any]:
+    """CreateProcessingJob running the image's `command`, writing its file to `execution_folder(output)`."""
+    local = f"{PROCESSING}/{output}"
+    destination = {"S3Uri": execution_folder(plan, output), "LocalPath": local, "S3UploadMode": "EndOfJob"}
+    request = {
+        "ProcessingResources": {
+            "ClusterConfig": {"InstanceType": instance, "InstanceCount": 1, "VolumeSizeInGB": VOLUME_SIZE_GB}
+        },
+        "AppSpecification": {
+            "ImageUri": plan.tuning.training.image,
+            "ContainerEntrypoint": [ENTRYPOINT, command],
+            "ContainerArguments": arguments,
+        },
+        "RoleArn": plan.role,
+        "ProcessingOutputConfig": {"Outputs": [{"OutputName": output, "S3Output": destination}]},
+        "StoppingCondition": {"MaxRuntimeInSeconds": EVALUATION_MAX_RUN},
+    }
+    if inputs:
+        request["ProcessingInputs"] = inputs
+    return request
+
+
+def resolve_step(plan: PipelinePlan) -> dict[str, Any]:
+    """The image's `resolve`: this execution's dataset version and champion, and whether it runs."""
+    arguments = [
+        "--execution", get("Execution.PipelineExecutionArn"),
+        "--dataset", get("Parameters.DatasetVersion"),
+        "--datasets", plan.datasets,
+        "--model-package-group", plan.endpoint,
+        "--endpoint", plan.endpoint,
+        "--no-model", plan.no_model,
+        "--output", f"{PROCESSING}/resolved/{RESOLVED_FILE}",
+    ]  # fmt: skip
+    return {
+        "Name": RESOLVE,
+        "Type": "Processing",
+        "Arguments": processing_request(plan, "resolve", arguments, "resolved", [], RESOLVE_INSTANCE_TYPE),
+        "PropertyFiles": [{"PropertyFileName": "Resolved", "OutputName": "resolved", "FilePath": RESOLVED_FILE}],
+    }
+
+
 def data_channel() -> dict[str, Any]:
     source = {
-        "S3DataType": get("Parameters.DatasetType"),
-        "S3Uri": get("Parameters.DatasetVersion"),
+        "S3DataType": resolved("dataset_type"),
+        "S3Uri": resolved("dataset_version"),
         "S3DataDistributionType": "FullyReplicated",
     }
     return {"ChannelName": TRAINING_CHANNEL, "DataSource": {"S3DataSource": source}}
@@ -147,10 +203,6 @@ def challenger_model(plan: PipelinePlan) -> dict[str, Any]:
     return join(plan.output_path, get(f"Steps.{TUNE}.BestTrainingJob.TrainingJobName"), "output", MODEL_ARCHIVE, on="/")
 
 
-def evaluation_folder(plan: PipelinePlan) -> dict[str, Any]:
-    return join(plan.folder, get("Execution.PipelineExecutionId"), "evaluation", on="/")
-
-
 def processing_input(name: str, uri: Any, data_type: Any = "S3Prefix") -> dict[str, Any]:
     source = {
         "S3Uri": uri,
@@ -168,36 +220,17 @@ def evaluate_step(plan: PipelinePlan) -> dict[str, Any]:
     for role in ("challenger", "champion"):
         arguments += ["--model", f"{role}={PROCESSING}/{role}"]
     arguments += ["--min-improvement", join(get("Parameters.MinImprovement"))]
-    local = f"{PROCESSING}/evaluation"
-    arguments += ["--output", f"{local}/{EVALUATION_FILE}"]
-    destination = {"S3Uri": evaluation_folder(plan), "LocalPath": local, "S3UploadMode": "EndOfJob"}
-    output = {"OutputName": "evaluation", "S3Output": destination}
-    request = {
-        "ProcessingResources": {
-            "ClusterConfig": {
-                "InstanceType": get("Parameters.EvaluationInstanceType"),
-                "InstanceCount": 1,
-                "VolumeSizeInGB": VOLUME_SIZE_GB,
-            }
-        },
-        "AppSpecification": {
-            "ImageUri": plan.tuning.training.image,
-            "ContainerEntrypoint": [ENTRYPOINT, "evaluate"],
-            "ContainerArguments": arguments,
-        },
-        "RoleArn": plan.role,
-        "ProcessingInputs": [
-            processing_input("data", get("Parameters.DatasetVersion"), get("Parameters.DatasetType")),
-            processing_input("challenger", challenger_model(plan)),
-            processing_input("champion", get("Parameters.ChampionModel")),
-        ],
-        "ProcessingOutputConfig": {"Outputs": [output]},
-        "StoppingCondition": {"MaxRuntimeInSeconds": EVALUATION_MAX_RUN},
-    }
+    arguments += ["--output", f"{PROCESSING}/evaluation/{EVALUATION_FILE}"]
+    inputs = [
+        processing_input("data", resolved("dataset_version"), resolved("dataset_type")),
+        processing_input("challenger", challenger_model(plan)),
+        processing_input("champion", resolved("champion_model")),
+    ]
+    instance = get("Parameters.EvaluationInstanceType")
     return {
         "Name": EVALUATE,
         "Type": "Processing",
-        "Arguments": request,
+        "Arguments": processing_request(plan, "evaluate", arguments, "evaluation", inputs, instance),
         "PropertyFiles": [{"PropertyFileName": "Evaluation", "OutputName": "evaluation", "FilePath": EVALUATION_FILE}],
     }
 
@@ -220,15 +253,15 @@ def register_step(plan: PipelinePlan, name: str, status: str) -> dict[str, Any]:
             "ModelQuality": {
                 "Statistics": {
                     "ContentType": JSON,
-                    "S3Uri": join(evaluation_folder(plan), EVALUATION_FILE, on="/"),
+                    "S3Uri": join(execution_folder(plan, "evaluation"), EVALUATION_FILE, on="/"),
                 }
             }
         },
         "CustomerMetadataProperties": {
-            "dataset_version": get("Parameters.DatasetVersion"),
+            "dataset_version": resolved("dataset_version"),
             "tuning_job": get(f"Steps.{TUNE}.HyperParameterTuningJobName"),
             "training_job": get(f"Steps.{TUNE}.BestTrainingJob.TrainingJobName"),
-            "champion_model": get("Parameters.ChampionModel"),
+            "champion_model": resolved("champion_model"),
             "code_revision": plan.code_revision,
             "pipeline": plan.name,
         },
@@ -275,6 +308,21 @@ def decide_step(plan: PipelinePlan) -> dict[str, Any]:
     }
 
 
+def proceed_step(plan: PipelinePlan) -> dict[str, Any]:
+    """The loop, unless Resolve said to skip this execution: then Skip ends it, Failed, with the reason."""
+    proceed = {"Type": "Equals", "LeftValue": resolved("proceed"), "RightValue": True}
+    skip = {"Name": SKIP, "Type": "Fail", "Arguments": {"ErrorMessage": resolved("reason")}}
+    return {
+        "Name": PROCEED,
+        "Type": "Condition",
+        "Arguments": {
+            "Conditions": [proceed],
+            "IfSteps": [tune_step(plan), evaluate_step(plan), decide_step(plan)],
+            "ElseSteps": [skip],
+        },
+    }
+
+
 def definition(plan: PipelinePlan) -> dict[str, Any]:
     """The pipeline definition (CreatePipeline's PipelineDefinition, as JSON)."""
     return {
@@ -285,13 +333,8 @@ def definition(plan: PipelinePlan) -> dict[str, Any]:
             "ExperimentName": get("Execution.PipelineName"),
             "TrialName": get("Execution.PipelineExecutionId"),
         },
-        "Steps": [tune_step(plan), evaluate_step(plan), decide_step(plan)],
+        "Steps": [resolve_step(plan), proceed_step(plan)],
     }
-
-
-def dataset_type(uri: str) -> str:
-    """The S3DataType of a dataset version's URI: a store's ManifestFile, or a prefix laid out as train/valid/test."""
-    return "ManifestFile" if uri.endswith(MANIFEST_SUFFIX) else "S3Prefix"
 
 
 @dataclass(frozen=True)
@@ -308,11 +351,22 @@ class PutPipeline:
     @classmethod
     def of(cls, name: str, definition: dict[str, Any]) -> PutPipeline:
         try:
-            decide = next(step for step in definition["Steps"] if step["Name"] == DECIDE)
-            endpoint = decide["Arguments"]["IfSteps"][0]["Arguments"]["ModelPackageGroupName"]
-            champion = next(p for p in definition["Parameters"] if p["Name"] == "ChampionModel")["DefaultValue"]
-        except (KeyError, IndexError, StopIteration, TypeError) as err:
+            steps = {step["Name"]: step for step in every_step(definition["Steps"])}
+            endpoint = steps[REGISTER]["Arguments"]["ModelPackageGroupName"]
+            arguments = steps[RESOLVE]["Arguments"]["AppSpecification"]["ContainerArguments"]
+            no_model = arguments[arguments.index("--no-model") + 1]
+        except (KeyError, IndexError, ValueError, TypeError) as err:
             raise LauncherError(
                 f"pipeline {name} was not made by `launcher pipeline put` (its definition has no {err}): put it again"
             ) from None
-        return cls(endpoint=endpoint, folder=champion.removesuffix(f"/{NO_MODEL}"))
+        return cls(endpoint=endpoint, folder=no_model.removesuffix(f"/{NO_MODEL}"))
+
+
+def every_step(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The steps in order, each condition's branches after it."""
+    found = []
+    for step in steps:
+        found.append(step)
+        if step["Type"] == "Condition":
+            found += every_step(step["Arguments"].get("IfSteps", []) + step["Arguments"].get("ElseSteps", []))
+    return found

@@ -13,10 +13,10 @@ from launcher.contract import S3_SCHEME
 from launcher.errors import LauncherError
 from launcher.loop.pipeline_definition import (
     EVALUATION_FILE,
+    RESOLVED_FILE,
     TRAINING_CHANNEL,
     PipelinePlan,
     PutPipeline,
-    dataset_type,
     definition,
 )
 from launcher.progress import say
@@ -75,8 +75,8 @@ def dataset_version(aws: Aws, data: str, bucket: str) -> str:
 
 
 def start(aws: Aws, name: str, data: str, bucket: str | None = None, min_improvement: float | None = None) -> str:
-    """Start an execution on `data`'s dataset version against the endpoint's champion; its ARN. Refused while an
-    execution runs: one at a time."""
+    """Start an execution on `data`'s dataset version; its ARN. Refused while an execution runs: one at a time (an
+    execution a trigger starts meanwhile skips itself, in its Resolve step)."""
     pipeline = pipeline_of(aws, name)
     running = [e for e in pipelines.executions(aws, name) if e["PipelineExecutionStatus"] in pipelines.RUNNING]
     if running:
@@ -86,16 +86,14 @@ def start(aws: Aws, name: str, data: str, bucket: str | None = None, min_improve
             f"(launcher pipeline stop {name})"
         )
     version = dataset_version(aws, data, bucket or split_s3_uri(pipeline.folder)[0])
-    champion = pipelines.approved_model(aws, pipeline.endpoint) or pipelines.served_model(aws, pipeline.endpoint)
-    parameters = {
-        "DatasetVersion": version,
-        "DatasetType": dataset_type(version),
-        "ChampionModel": champion or pipeline.no_model,
-    }
+    parameters = {"DatasetVersion": version}
     if min_improvement is not None:
         parameters["MinImprovement"] = str(min_improvement)
-    arn = pipelines.start_execution(aws, name, parameters, f"dataset {version}; champion {champion or 'none'}")
-    say(f"pipeline {name} started on dataset {version}, against {champion or 'no champion (first cycle)'}")
+    arn = pipelines.start_execution(aws, name, parameters, f"dataset {version}")
+    say(
+        f"pipeline {name} started on dataset {version}, against the champion of endpoint {pipeline.endpoint} (its "
+        "model package group's latest Approved model, else the model it serves, else none)"
+    )
     print(arn)  # alone on stdout, for scripts
     return arn
 
@@ -138,9 +136,9 @@ def step_note(aws: Aws, step: dict[str, Any]) -> str:
     return ""
 
 
-def decision(aws: Aws, pipeline: PutPipeline, arn: str) -> dict[str, Any] | None:
-    """The execution's evaluation file, where its Evaluate step wrote one."""
-    return pipelines.read_json(aws, f"{pipeline.folder}/{execution_id(arn)}/evaluation/{EVALUATION_FILE}")
+def execution_file(aws: Aws, pipeline: PutPipeline, arn: str, step_output: str, file: str) -> dict[str, Any] | None:
+    """A file an execution's step wrote (its resolved inputs, its evaluation); None where there is none yet."""
+    return pipelines.read_json(aws, f"{pipeline.folder}/{execution_id(arn)}/{step_output}/{file}")
 
 
 def status(aws: Aws, name: str, execution: str | None = None) -> None:
@@ -163,12 +161,16 @@ def status(aws: Aws, name: str, execution: str | None = None) -> None:
     print(
         f"execution {execution_id(chosen)}: {described['PipelineExecutionStatus']}" + (f": {reason}" if reason else "")
     )
-    parameters = pipelines.execution_parameters(aws, chosen)
-    print(f"  dataset {parameters.get('DatasetVersion', '?')}; champion {parameters.get('ChampionModel', '?')}")
+    inputs = execution_file(aws, pipeline, chosen, "resolved", RESOLVED_FILE)
+    if inputs:
+        print(f"  dataset {inputs['dataset_version'] or 'none'}; champion {inputs['champion_model']}")
+    else:
+        given = pipelines.execution_parameters(aws, chosen).get("DatasetVersion", "?")
+        print(f"  dataset {given} (as given; not resolved yet)")
     for step in pipelines.execution_steps(aws, chosen):
         failure = f"; {step['FailureReason']}" if step.get("FailureReason") else ""
         print(f"  {step['StepName']:<17} {step['StepStatus']:<10} {step_note(aws, step)}{failure}")
-    evaluation = decision(aws, pipeline, chosen)
+    evaluation = execution_file(aws, pipeline, chosen, "evaluation", EVALUATION_FILE)
     if evaluation and "decision" in evaluation:
         verdict = evaluation["decision"]
         print(f"decision: {'promote' if verdict['promote'] else 'keep'} ({verdict['reason']})")

@@ -14,6 +14,7 @@ TOP_K = 5
 # no champion, and a Processing input cannot be left out at run time).
 NO_MODEL = "no-model"
 MODEL_ARCHIVE = "model.tar.gz"
+NEWEST = "newest"  # a pipeline execution's dataset version when a trigger started it: the store's newest
 
 
 def log_softmax(logits: list[float]) -> list[float]:

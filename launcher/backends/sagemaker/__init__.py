@@ -22,7 +22,7 @@ from launcher.backends.sagemaker.backend import (
     endpoint_ami_version,
     split_s3_uri,
 )
-from launcher.backends.sagemaker.datasets import store_channel
+from launcher.backends.sagemaker.datasets import MANIFEST_PREFIX, store_channel
 from launcher.backends.sagemaker.options import (
     BUCKET_ENV,
     MAX_RUN_SECONDS,
@@ -38,6 +38,7 @@ from launcher.backends.sagemaker.tuning import check_tuning_spec, tuning_request
 __all__ = [
     "BUCKET_ENV",
     "DEFAULT_ENDPOINT_INSTANCE_TYPE",
+    "MANIFEST_PREFIX",
     "MAX_RUN_SECONDS",
     "NAME",
     "REGION_ENVS",

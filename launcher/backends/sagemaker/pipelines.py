@@ -1,6 +1,5 @@
-"""A SageMaker Pipeline's requests: put its definition, start, follow, list and stop its executions, and find the
-champion an execution is to challenge (the model package group's latest Approved package, else the model the
-endpoint serves)."""
+"""A SageMaker Pipeline's requests: put its definition and its endpoint's model package group, start, follow, list
+and stop its executions, read the files its steps wrote."""
 
 from __future__ import annotations
 
@@ -67,47 +66,6 @@ def ensure_model_package_group(aws: Aws, group: str, description: str) -> bool:
     with aws_errors(f"SageMaker did not create model package group {group}"):
         aws.sagemaker.create_model_package_group(ModelPackageGroupName=group, ModelPackageGroupDescription=description)
     return True
-
-
-def approved_model(aws: Aws, group: str) -> str | None:
-    """The model.tar.gz of the group's latest Approved package; None where there is none (or no group)."""
-    from botocore.exceptions import ClientError
-
-    try:
-        listed = aws.sagemaker.list_model_packages(
-            ModelPackageGroupName=group,
-            ModelApprovalStatus="Approved",
-            SortBy="CreationTime",
-            SortOrder="Descending",
-            MaxResults=1,
-        )["ModelPackageSummaryList"]
-    except ClientError as err:
-        if error_code(err) in MISSING:
-            return None
-        with aws_errors(f"listing the model packages of {group}"):
-            raise
-    if not listed:
-        return None
-    with aws_errors(f"describing model package {listed[0]['ModelPackageArn']}"):
-        package = aws.sagemaker.describe_model_package(ModelPackageName=listed[0]["ModelPackageArn"])
-    return package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]
-
-
-def served_model(aws: Aws, endpoint: str) -> str | None:
-    """The model.tar.gz the endpoint's first variant serves; None where there is no such endpoint."""
-    from botocore.exceptions import ClientError
-
-    try:
-        config_name = aws.sagemaker.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"]
-    except ClientError as err:
-        if error_code(err) in MISSING:
-            return None
-        with aws_errors(f"describing endpoint {endpoint}"):
-            raise
-    with aws_errors(f"reading what endpoint {endpoint} serves"):
-        config = aws.sagemaker.describe_endpoint_config(EndpointConfigName=config_name)
-        model = aws.sagemaker.describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
-    return model["PrimaryContainer"]["ModelDataUrl"]
 
 
 def executions(aws: Aws, name: str) -> list[dict[str, Any]]:
