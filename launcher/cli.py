@@ -470,6 +470,27 @@ def add_pipeline_commands(commands: argparse._SubParsersAction) -> None:
         help="the instance type the registered models are for (default: the config's deploy.instance_type, else "
         "ml.m5.xlarge)",
     )
+    trigger = put.add_argument_group("triggers (an execution on the newest dataset version)")
+    trigger.add_argument(
+        "--on-new-data",
+        type=s3_prefix,
+        metavar="S3_PREFIX",
+        help="each new dataset version written under this prefix starts an execution (an EventBridge rule on the "
+        "store's manifests, the bucket's EventBridge notifications turned on); `start --data` stores versions there "
+        "too (default prefix, without a rule: s3://BUCKET/imgclf/datasets/)",
+    )
+    trigger.add_argument(
+        "--schedule",
+        metavar="EXPR",
+        help="an EventBridge Scheduler expression, e.g. 'rate(7 days)' or 'cron(0 6 ? * MON *)', that starts an "
+        "execution",
+    )
+    trigger.add_argument(
+        "--trigger-role",
+        metavar="ARN",
+        help="the role EventBridge starts the pipeline as (trusting events.amazonaws.com and scheduler.amazonaws.com, "
+        "allowed sagemaker:StartPipelineExecution) (default: --role)",
+    )
     start = actions.add_parser(
         "start",
         help="start an execution on a dataset version, and return",
@@ -487,7 +508,7 @@ def add_pipeline_commands(commands: argparse._SubParsersAction) -> None:
     )
     start.add_argument("--min-improvement", type=float, metavar="LOSS", help="override the pipeline's rule")
     start.add_argument("--wait", action="store_true", help="follow the execution to its end")
-    add_aws_options(start, "a local --data folder (default: the pipeline's own bucket)")
+    add_region_option(start)
     status = actions.add_parser(
         "status",
         help="list the executions; the newest one's steps and decision",
@@ -497,10 +518,20 @@ def add_pipeline_commands(commands: argparse._SubParsersAction) -> None:
     )
     status.add_argument("name", metavar="NAME", help="the pipeline")
     status.add_argument("--execution", metavar="ID", help="an execution's ID or ARN (default: the newest)")
-    add_aws_options(status)
+    add_region_option(status)
     stop = actions.add_parser("stop", help="stop the running execution", description="Stop the running execution.")
     stop.add_argument("name", metavar="NAME", help="the pipeline")
-    add_aws_options(stop)
+    add_region_option(stop)
+
+
+def add_region_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--region", help=f"the pipeline's AWS region (default {REGION_DEFAULT})")
+
+
+def s3_prefix(text: str) -> str:
+    if not text.startswith(S3_SCHEME):
+        raise argparse.ArgumentTypeError(f"give an s3:// prefix, not {text!r}")
+    return text.rstrip("/") + "/"
 
 
 def add_plugin_options(parser: argparse.ArgumentParser) -> None:

@@ -399,7 +399,7 @@ def pipeline(args: Args, _records: RecordStore) -> None:
     aws_settings = AwsSettings.resolve(options, needs_bucket=putting, needs_role=putting)
     aws = Aws(aws_settings.region)
     if args.pipeline_command == "start":
-        arn = sagemaker_pipeline.start(aws, args.name, args.data, options.bucket, args.min_improvement)
+        arn = sagemaker_pipeline.start(aws, args.name, args.data, args.min_improvement)
         if args.wait:
             sagemaker_pipeline.wait(aws, arn)
             sagemaker_pipeline.status(aws, args.name, arn)
@@ -430,7 +430,7 @@ def pipeline(args: Args, _records: RecordStore) -> None:
             tuning=TuningSpec.of(config.tuning, args.name, training),
             role=aws_settings.role,
             output_path=output,
-            datasets=f"{S3_SCHEME}{aws_settings.bucket}/{MANIFEST_PREFIX}/",
+            datasets=args.on_new_data or f"{S3_SCHEME}{aws_settings.bucket}/{MANIFEST_PREFIX}/",
             evaluation_instance_type=args.evaluation_instance_type,
             endpoint_instance_type=args.endpoint_instance_type or config.deploy.get("instance_type") or "ml.m5.xlarge",
             min_improvement=args.min_improvement,
@@ -438,4 +438,8 @@ def pipeline(args: Args, _records: RecordStore) -> None:
             inference_ami_version=options.inference_ami_version,
             serving_environment=EndpointSettings(workers=config.deploy.get("workers")).serving_environment(),
         )
-        sagemaker_pipeline.put(aws, plan, args.workdir)
+        triggers = None
+        if args.on_new_data or args.schedule:
+            role = args.trigger_role or aws_settings.role
+            triggers = sagemaker_pipeline.Triggers(role, on_new_data=bool(args.on_new_data), schedule=args.schedule)
+        sagemaker_pipeline.put(aws, plan, args.workdir, triggers)

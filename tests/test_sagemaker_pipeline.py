@@ -524,3 +524,53 @@ class Clients:
 
     def client(self, name: str) -> Any:
         return self.clients[name]
+
+
+def test_new_data_and_a_schedule_start_the_pipeline(moto_server: str, tmp_path: Path, capsys: pytest.CaptureFixture):  # noqa: F811
+    """The rule's pattern matches the manifest the store writes last, not the images (checked through an SQS queue
+    on a rule of its own with the same pattern: moto cannot deliver to a pipeline), and each trigger starts the
+    pipeline on the newest version."""
+    from launcher.backends.sagemaker.pipelines import new_data_pattern
+
+    boto3.client("s3").create_bucket(Bucket=BUCKET)
+    config = tmp_path / "job.yaml"
+    config.write_text(CONFIG)
+    incoming = f"s3://{BUCKET}/incoming/"
+    # The watching rule comes first: moto stops at the pipeline's rule, whose target it cannot deliver to.
+    events, sqs = boto3.client("events"), boto3.client("sqs")
+    sqs = boto3.client("sqs")
+    queue = sqs.create_queue(QueueName="new-versions")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events.put_rule(Name="watch", EventPattern=json.dumps(new_data_pattern(BUCKET, "incoming/")))
+    events.put_targets(Rule="watch", Targets=[{"Id": "queue", "Arn": queue_arn}])
+    put = [*put_args(tmp_path / "work", config), "--on-new-data", incoming, "--schedule", "rate(7 days)"]
+    assert main(put) == 0
+    err = capsys.readouterr().err
+    assert f"bucket {BUCKET} now sends its events to EventBridge" in err and "each new dataset version under" in err
+    s3 = boto3.client("s3")
+    # (moto does not answer the EventBridgeConfiguration back; it delivers the bucket's events below only with it.)
+    pipeline_arn = boto3.client("sagemaker").describe_pipeline(PipelineName=PIPELINE)["PipelineArn"]
+    (target,) = events.list_targets_by_rule(Rule=f"imgclf-{PIPELINE}-new-data")["Targets"]
+    parameters = [{"Name": "DatasetVersion", "Value": "newest"}]
+    assert target["Arn"] == pipeline_arn and target["RoleArn"] == ROLE
+    assert target["SageMakerPipelineParameters"]["PipelineParameterList"] == parameters
+    schedule = boto3.client("scheduler").get_schedule(Name=f"imgclf-{PIPELINE}")
+    assert schedule["ScheduleExpression"] == "rate(7 days)" and schedule["Target"]["Arn"] == pipeline_arn
+    assert schedule["Target"]["SageMakerPipelineParameters"]["PipelineParameterList"] == parameters
+    assert main(put) == 0  # put again: updates the pipeline, the rule and the schedule
+    assert "updated" in capsys.readouterr().err
+
+    data = tmp_path / "shapes"
+    for split in ("train", "valid", "test"):
+        write_split(data / split, per_class=1)
+    start = ["--workdir", str(tmp_path / "work"), "pipeline", "start", PIPELINE, "--data", str(data)]
+    assert main([*start, "--region", REGION]) == 0
+    version = capsys.readouterr().out.strip()
+    s3.put_object(Bucket=BUCKET, Key="incoming/not-a-version.jpg", Body=b"\xff\xd8")  # no match: not a manifest
+    received = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
+    keys = [json.loads(m["Body"])["detail"]["object"]["key"] for m in received]
+    assert len(keys) == 1 and keys[0].startswith("incoming/") and keys[0].endswith(".manifest")
+    assert version  # the execution started by `start` names that version too
+    (execution,) = boto3.client("sagemaker").list_pipeline_executions(PipelineName=PIPELINE)[
+        "PipelineExecutionSummaries"]  # fmt: skip
+    assert execution_parameters(execution)["DatasetVersion"] == f"s3://{BUCKET}/{keys[0]}"

@@ -343,6 +343,7 @@ class PutPipeline:
 
     endpoint: str
     folder: str
+    datasets: str  # the S3 prefix its executions take their newest dataset version from
 
     @property
     def no_model(self) -> str:
@@ -355,11 +356,12 @@ class PutPipeline:
             endpoint = steps[REGISTER]["Arguments"]["ModelPackageGroupName"]
             arguments = steps[RESOLVE]["Arguments"]["AppSpecification"]["ContainerArguments"]
             no_model = arguments[arguments.index("--no-model") + 1]
+            datasets = arguments[arguments.index("--datasets") + 1]
         except (KeyError, IndexError, ValueError, TypeError) as err:
             raise LauncherError(
                 f"pipeline {name} was not made by `launcher pipeline put` (its definition has no {err}): put it again"
             ) from None
-        return cls(endpoint=endpoint, folder=no_model.removesuffix(f"/{NO_MODEL}"))
+        return cls(endpoint=endpoint, folder=no_model.removesuffix(f"/{NO_MODEL}"), datasets=datasets)
 
 
 def every_step(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -5,9 +5,11 @@ what a pipeline is and did is read from SageMaker, so any checkout with the same
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imgclf_contract.judging import NEWEST
 from launcher.backends.sagemaker import Aws, pipelines, split_s3_uri, store_channel
 from launcher.contract import S3_SCHEME
 from launcher.errors import LauncherError
@@ -37,8 +39,8 @@ permissions the pipeline needs:
     logs:CreateLogStream, PutLogEvents, CreateLogGroup"""
 
 
-def put(aws: Aws, plan: PipelinePlan, workdir: Path) -> str:
-    """Create or update the pipeline of `plan` (and its endpoint's model package group); its ARN."""
+def put(aws: Aws, plan: PipelinePlan, workdir: Path, triggers: Triggers | None = None) -> str:
+    """Create or update the pipeline of `plan` (and its endpoint's model package group, and its triggers); its ARN."""
     built = definition(plan)
     folder = workdir / "pipelines" / plan.name
     folder.mkdir(parents=True, exist_ok=True)
@@ -51,9 +53,38 @@ def put(aws: Aws, plan: PipelinePlan, workdir: Path) -> str:
     )
     say(f"pipeline {plan.name} {'created' if created else 'updated'}: {arn}")
     say(f"its definition: {folder / DEFINITION_FILE}")
+    if triggers:
+        triggers.put(aws, plan, arn)
     say(PERMISSIONS)
     say(f"start it: launcher pipeline start {plan.name} --data DIR|s3://... --region {aws.region}")
     return arn
+
+
+@dataclass(frozen=True)
+class Triggers:
+    """What starts the pipeline besides `launcher pipeline start`: each new dataset version under the pipeline's
+    datasets prefix (an EventBridge rule), a schedule (EventBridge Scheduler), or both. Either starts an execution
+    on the newest version; an execution started while another runs skips itself (Resolve)."""
+
+    role: str  # the role EventBridge starts the pipeline as (sagemaker:StartPipelineExecution)
+    on_new_data: bool = False
+    schedule: str | None = None  # rate(...) or cron(...)
+
+    def put(self, aws: Aws, plan: PipelinePlan, pipeline_arn: str) -> None:
+        parameters = {"DatasetVersion": NEWEST}
+        if self.on_new_data:
+            bucket, prefix = split_s3_uri(plan.datasets)
+            if pipelines.send_bucket_events(aws, bucket):
+                say(f"bucket {bucket} now sends its events to EventBridge")
+            rule = pipelines.put_new_data_rule(
+                aws, f"imgclf-{plan.name}-new-data", bucket, prefix, pipeline_arn, self.role, parameters
+            )
+            say(f"rule {rule}: each new dataset version under {plan.datasets} starts an execution on it")
+        if self.schedule:
+            schedule = pipelines.put_schedule(
+                aws, f"imgclf-{plan.name}", self.schedule, pipeline_arn, self.role, parameters
+            )
+            say(f"schedule {schedule}: {self.schedule} starts an execution on the newest dataset version")
 
 
 def pipeline_of(aws: Aws, name: str) -> PutPipeline:
@@ -63,18 +94,20 @@ def pipeline_of(aws: Aws, name: str) -> PutPipeline:
     return PutPipeline.of(name, json.loads(described["PipelineDefinition"]))
 
 
-def dataset_version(aws: Aws, data: str, bucket: str) -> str:
-    """`data` as a dataset version: an s3:// URI as it is, a folder of this machine stored (once) as a ManifestFile."""
+def dataset_version(aws: Aws, data: str, datasets: str) -> str:
+    """`data` as a dataset version: an s3:// URI as it is, a folder of this machine stored (once) as a ManifestFile
+    under the pipeline's `datasets` prefix."""
     if data.startswith(S3_SCHEME):
         return data
     path = Path(data).resolve()
     missing = [split for split in ("train", "test") if not (path / split).is_dir()]
     if missing:
         raise LauncherError(f"{path} has no {' or '.join(missing)}/ folder: give a dataset with train/, valid/, test/")
-    return store_channel(aws, bucket, TRAINING_CHANNEL, path)
+    bucket, prefix = split_s3_uri(datasets)
+    return store_channel(aws, bucket, TRAINING_CHANNEL, path, prefix)
 
 
-def start(aws: Aws, name: str, data: str, bucket: str | None = None, min_improvement: float | None = None) -> str:
+def start(aws: Aws, name: str, data: str, min_improvement: float | None = None) -> str:
     """Start an execution on `data`'s dataset version; its ARN. Refused while an execution runs: one at a time (an
     execution a trigger starts meanwhile skips itself, in its Resolve step)."""
     pipeline = pipeline_of(aws, name)
@@ -85,7 +118,7 @@ def start(aws: Aws, name: str, data: str, bucket: str | None = None, min_improve
             f"{running[0]['PipelineExecutionStatus']}: wait for it (launcher pipeline status {name}) or stop it "
             f"(launcher pipeline stop {name})"
         )
-    version = dataset_version(aws, data, bucket or split_s3_uri(pipeline.folder)[0])
+    version = dataset_version(aws, data, pipeline.datasets)
     parameters = {"DatasetVersion": version}
     if min_improvement is not None:
         parameters["MinImprovement"] = str(min_improvement)

@@ -86,6 +86,14 @@ class Aws:
     def logs(self) -> Any:
         return self.boto.client("logs")
 
+    @cached_property
+    def events(self) -> Any:
+        return self.boto.client("events")
+
+    @cached_property
+    def scheduler(self) -> Any:
+        return self.boto.client("scheduler")
+
 
 @contextlib.contextmanager
 def aws_errors(doing: str) -> Iterator[None]:

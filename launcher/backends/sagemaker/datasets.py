@@ -41,12 +41,13 @@ def version_digest(files: list[dict]) -> str:
     return hashlib.sha256(json.dumps(listed).encode()).hexdigest()
 
 
-def store_channel(aws: api.Aws, bucket: str, channel: str, source: Path) -> str:
-    """The S3 URI of the ManifestFile of `source`'s files (a folder or one file), after uploading those S3 lacks."""
+def store_channel(aws: api.Aws, bucket: str, channel: str, source: Path, manifest_prefix: str = MANIFEST_PREFIX) -> str:
+    """The S3 URI of the ManifestFile of `source`'s files (a folder or one file), after uploading those S3 lacks;
+    the manifest goes under `manifest_prefix` (a retrain pipeline's may watch its own)."""
     files = lineage.channel_manifest(str(source))["files"]
     if not files:
         raise LauncherError(f"channel {channel!r}: {source} holds no file to upload")
-    manifest_key = f"{MANIFEST_PREFIX}/{version_digest(files)}{MANIFEST_SUFFIX}"
+    manifest_key = f"{manifest_prefix.strip('/')}/{version_digest(files)}{MANIFEST_SUFFIX}"
     manifest_uri = f"{S3_SCHEME}{bucket}/{manifest_key}"
     with s3_refusals(bucket):
         if manifest_key in api.s3_keys(aws, bucket, manifest_key):

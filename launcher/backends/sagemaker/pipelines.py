@@ -18,7 +18,8 @@ from launcher.backends.sagemaker.api import (
     put_object,
     s3_keys,
 )
-from launcher.contract import S3_SCHEME
+from launcher.contract import MANIFEST_SUFFIX, S3_SCHEME
+from launcher.errors import LauncherError
 
 RUNNING = ("Executing", "Stopping")
 MISSING = ("ResourceNotFound", "ValidationException")  # what Describe* answer for a name that does not exist
@@ -144,3 +145,82 @@ def read_json(aws: Aws, uri: str) -> dict[str, Any] | None:
     if key not in s3_keys(aws, bucket, key):
         return None
     return json.loads(get_object(aws, bucket, key))
+
+
+# -- triggers ---------------------------------------------------------------------------------------------------
+def new_data_pattern(bucket: str, prefix: str) -> dict[str, Any]:
+    """The EventBridge pattern of a new dataset version: an object created in `bucket` under `prefix` whose name
+    ends in .manifest (the store writes a version's manifest last, after its files)."""
+    return {
+        "source": ["aws.s3"],
+        "detail-type": ["Object Created"],
+        "detail": {"bucket": {"name": [bucket]}, "object": {"key": [{"wildcard": f"{prefix}*{MANIFEST_SUFFIX}"}]}},
+    }
+
+
+def pipeline_target(pipeline_arn: str, role: str, parameters: dict[str, str]) -> dict[str, Any]:
+    return {
+        "Arn": pipeline_arn,
+        "RoleArn": role,
+        "SageMakerPipelineParameters": {
+            "PipelineParameterList": [{"Name": key, "Value": value} for key, value in parameters.items()]
+        },
+    }
+
+
+def send_bucket_events(aws: Aws, bucket: str) -> bool:
+    """Turn on the bucket's notifications to EventBridge, keeping its other notifications; whether it was off."""
+    with aws_errors(f"reading the notification configuration of bucket {bucket}"):
+        config = aws.s3.get_bucket_notification_configuration(Bucket=bucket)
+    config.pop("ResponseMetadata", None)
+    if "EventBridgeConfiguration" in config:
+        return False
+    with aws_errors(f"turning on EventBridge notifications of bucket {bucket}"):
+        aws.s3.put_bucket_notification_configuration(
+            Bucket=bucket, NotificationConfiguration={**config, "EventBridgeConfiguration": {}}
+        )
+    return True
+
+
+def put_new_data_rule(
+    aws: Aws, rule: str, bucket: str, prefix: str, pipeline_arn: str, role: str, parameters: dict[str, str]
+) -> str:
+    """An EventBridge rule starting the pipeline (with `parameters`) on each new manifest under `prefix`; its ARN."""
+    with aws_errors(f"EventBridge did not put rule {rule}"):
+        arn = aws.events.put_rule(
+            Name=rule,
+            EventPattern=json.dumps(new_data_pattern(bucket, prefix)),
+            State="ENABLED",
+            Description=f"a new dataset version under s3://{bucket}/{prefix} starts {pipeline_arn}",
+        )["RuleArn"]
+        answer = aws.events.put_targets(
+            Rule=rule, Targets=[{"Id": "pipeline", **pipeline_target(pipeline_arn, role, parameters)}]
+        )
+    if answer.get("FailedEntryCount"):
+        failed = answer["FailedEntries"][0]
+        raise LauncherError(f"EventBridge did not take the pipeline as rule {rule}'s target: {failed['ErrorMessage']}")
+    return arn
+
+
+def put_schedule(aws: Aws, name: str, expression: str, pipeline_arn: str, role: str, parameters: dict[str, str]) -> str:
+    """An EventBridge Scheduler schedule starting the pipeline (with `parameters`); its ARN."""
+    from botocore.exceptions import ClientError
+
+    request = {
+        "Name": name,
+        "ScheduleExpression": expression,
+        "FlexibleTimeWindow": {"Mode": "OFF"},
+        "Target": pipeline_target(pipeline_arn, role, parameters),
+        "Description": f"starts {pipeline_arn}",
+    }
+    try:
+        aws.scheduler.get_schedule(Name=name)
+        exists = True
+    except ClientError as err:
+        if error_code(err) != "ResourceNotFoundException":
+            with aws_errors(f"reading schedule {name}"):
+                raise
+        exists = False
+    with aws_errors(f"EventBridge Scheduler did not {'update' if exists else 'create'} schedule {name}"):
+        operation = aws.scheduler.update_schedule if exists else aws.scheduler.create_schedule
+        return operation(**request)["ScheduleArn"]
