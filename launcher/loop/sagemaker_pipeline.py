@@ -29,14 +29,19 @@ PERMISSIONS = """\
 permissions the pipeline needs:
   you (put, start, status, stop): sagemaker:CreatePipeline, UpdatePipeline, DescribePipeline, StartPipelineExecution,
     ListPipelineExecutions, DescribePipelineExecution, ListPipelineExecutionSteps, ListPipelineParametersForExecution,
-    StopPipelineExecution, CreateModelPackageGroup, DescribeModelPackageGroup, ListModelPackages, DescribeModelPackage,
-    DescribeEndpoint, DescribeEndpointConfig, DescribeModel, DescribeHyperParameterTuningJob; iam:PassRole on the
-    role; s3:ListBucket, GetObject, PutObject on the bucket
-  the role (trust: sagemaker.amazonaws.com): sagemaker:CreateHyperParameterTuningJob, DescribeHyperParameterTuningJob,
-    ListTrainingJobsForHyperParameterTuningJob, CreateTrainingJob, DescribeTrainingJob, CreateProcessingJob,
-    DescribeProcessingJob, CreateModelPackage, AddTags; iam:PassRole on itself; s3:GetObject, PutObject, ListBucket
-    on the bucket; ecr:GetAuthorizationToken, BatchGetImage, GetDownloadUrlForLayer on the image's repository;
-    logs:CreateLogStream, PutLogEvents, CreateLogGroup"""
+    StopPipelineExecution, CreateModelPackageGroup, DescribeModelPackageGroup, DescribeHyperParameterTuningJob;
+    iam:PassRole on the pipeline's role (and the trigger role); s3:ListBucket, GetObject, PutObject on the bucket;
+    with triggers: s3:GetBucketNotification, PutBucketNotification; events:PutRule, PutTargets;
+    scheduler:GetSchedule, CreateSchedule, UpdateSchedule
+  the pipeline's role (trusting sagemaker.amazonaws.com): sagemaker:CreateHyperParameterTuningJob,
+    DescribeHyperParameterTuningJob, ListTrainingJobsForHyperParameterTuningJob, CreateTrainingJob,
+    DescribeTrainingJob, CreateProcessingJob, DescribeProcessingJob, ListPipelineExecutions, ListModelPackages,
+    DescribeModelPackage, CreateModelPackage, CreateModel, CreateEndpointConfig, CreateEndpoint, UpdateEndpoint,
+    DescribeEndpoint, DescribeEndpointConfig, DescribeModel, AddTags; iam:PassRole on itself; s3:ListBucket,
+    GetObject, PutObject on the bucket; ecr:GetAuthorizationToken, BatchGetImage, GetDownloadUrlForLayer on the
+    image's repository; logs:CreateLogGroup, CreateLogStream, PutLogEvents
+  the trigger role (trusting events.amazonaws.com and scheduler.amazonaws.com): sagemaker:StartPipelineExecution
+    on the pipeline"""
 
 
 def put(aws: Aws, plan: PipelinePlan, workdir: Path, triggers: Triggers | None = None) -> str:
