@@ -338,6 +338,11 @@ def test_start_refuses_a_data_folder_without_its_splits_and_an_unknown_pipeline(
     start = ["--workdir", str(tmp_path), "pipeline", "start", PIPELINE, "--data", str(tmp_path / "flat")]
     assert main(start) == 1
     assert "has no test/ folder" in capsys.readouterr().err
+    boto3.client("s3").put_object(Bucket=BUCKET, Key="flat/train/circle/a.jpg", Body=b"\xff\xd8")
+    for data, reason in ((f"s3://{BUCKET}/flat/", "has no test/ split"),
+                         (f"s3://{BUCKET}/imgclf/datasets/missing.manifest", "no dataset version at")):  # fmt: skip
+        assert main(["--workdir", str(tmp_path), "pipeline", "start", PIPELINE, "--data", data]) == 1
+        assert reason in capsys.readouterr().err
     assert not boto3.client("sagemaker").list_pipeline_executions(PipelineName=PIPELINE)["PipelineExecutionSummaries"]
 
 

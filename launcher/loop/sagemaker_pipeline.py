@@ -11,7 +11,7 @@ from typing import Any
 
 from imgclf_contract.judging import NEWEST
 from launcher.backends.sagemaker import Aws, pipelines, split_s3_uri, store_channel
-from launcher.contract import S3_SCHEME
+from launcher.contract import MANIFEST_SUFFIX, S3_SCHEME
 from launcher.errors import LauncherError
 from launcher.loop.pipeline_definition import (
     EVALUATION_FILE,
@@ -103,6 +103,7 @@ def dataset_version(aws: Aws, data: str, datasets: str) -> str:
     """`data` as a dataset version: an s3:// URI as it is, a folder of this machine stored (once) as a ManifestFile
     under the pipeline's `datasets` prefix."""
     if data.startswith(S3_SCHEME):
+        check_test_split(aws, data)
         return data
     path = Path(data).resolve()
     missing = [split for split in ("train", "test") if not (path / split).is_dir()]
@@ -110,6 +111,19 @@ def dataset_version(aws: Aws, data: str, datasets: str) -> str:
         raise LauncherError(f"{path} has no {' or '.join(missing)}/ folder: give a dataset with train/, valid/, test/")
     bucket, prefix = split_s3_uri(datasets)
     return store_channel(aws, bucket, TRAINING_CHANNEL, path, prefix)
+
+
+def check_test_split(aws: Aws, version: str) -> None:
+    """Refuse a dataset version of S3 without a test/ split to evaluate on, before anything starts."""
+    if version.endswith(MANIFEST_SUFFIX):
+        listed = pipelines.read_json(aws, version)
+        if listed is None:
+            raise LauncherError(f"no dataset version at {version}")
+        has_test = any(isinstance(entry, str) and entry.startswith("test/") for entry in listed[1:])
+    else:
+        has_test = pipelines.holds_objects(aws, f"{version.rstrip('/')}/test/")
+    if not has_test:
+        raise LauncherError(f"{version} has no test/ split: the evaluation compares the models on it")
 
 
 def start(aws: Aws, name: str, data: str, min_improvement: float | None = None) -> str:

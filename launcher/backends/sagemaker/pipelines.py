@@ -139,8 +139,15 @@ def write_object(aws: Aws, uri: str, body: bytes) -> None:
     put_object(aws, bucket, key, body)
 
 
-def read_json(aws: Aws, uri: str) -> dict[str, Any] | None:
-    """The JSON object at `uri`; None where there is none."""
+def holds_objects(aws: Aws, prefix_uri: str) -> bool:
+    """Whether any object's key starts with the URI's (one ListObjectsV2 of one key)."""
+    bucket, _, key = prefix_uri.removeprefix(S3_SCHEME).partition("/")
+    with aws_errors(f"listing {prefix_uri}"):
+        return bool(aws.s3.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("KeyCount"))
+
+
+def read_json(aws: Aws, uri: str) -> Any:
+    """The JSON value at `uri`; None where there is none."""
     bucket, _, key = uri.removeprefix(S3_SCHEME).partition("/")
     if key not in s3_keys(aws, bucket, key):
         return None
