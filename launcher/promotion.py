@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from imgclf_contract import metrics
-from imgclf_contract.judging import Rule
+from imgclf_contract.judging import Rule, other_classes
 from launcher import evaluation, hosted, lineage, steps
 from launcher.backends import Backend, DeploySpec, EndpointSettings, SwapsModels, TransformSettings
 from launcher.contract import S3_SCHEME
@@ -55,11 +55,9 @@ def served_endpoint(backend: Backend, name: str, classes: list[str] | None, fold
         )
     archive = backend.model_archive(endpoint.model_data, folder, backend.Options(), endpoint.job_name)
     served = evaluation.model_classes(archive)
-    if classes is not None and sorted(served) != classes:
-        raise LauncherError(
-            f"endpoint {name} serves a model for other classes ({', '.join(sorted(served))}) than the data's "
-            f"({', '.join(classes)}): a challenger must classify the same classes; deploy it on a new endpoint"
-        )
+    refusal = other_classes(served, classes) if classes is not None else None
+    if refusal:
+        raise LauncherError(f"endpoint {name}, against a challenger trained on this data's classes: {refusal}")
     return endpoint
 
 

@@ -99,7 +99,9 @@ def test_an_endpoint_not_in_service_or_for_other_classes_is_refused_before_train
     write_split(other / "test", per_class=1, classes=("circle", "square"))
     assert loop.cli("run", "--data", str(other), "--endpoint", loop.endpoint, *FIXED) == 1
     err = capsys.readouterr().err
-    assert "serves a model for other classes (circle, square, triangle) than the data's (circle, square)" in err
+    assert (
+        "the champion classifies other classes (circle, square, triangle) than the challenger (circle, square)" in err
+    )
     assert sorted((loop.work / "records" / "jobs").glob("*.json")) == jobs  # no training started
 
 

@@ -246,6 +246,19 @@ def test_the_images_evaluate_gives_launcher_evaluates_figures_and_the_rules_deci
     assert set(result["models"]) == {"challenger"} and result["decision"]["promote"] is True  # no champion yet
     assert result["models"]["challenger"]["loss"] == pytest.approx(image["models"]["challenger"]["loss"], abs=1e-6)
 
+    # A champion of other classes (one renamed) is not judged against: the challenger is kept out, and says why.
+    renamed = shutil.copytree(trained_model_dir, tmp_path / "renamed")
+    config = json.loads((renamed / "model_config.json").read_text())
+    config["classes"] = ["hexagon" if name == "circle" else name for name in config["classes"]]
+    (renamed / "model_config.json").write_text(json.dumps(config))
+    other = subprocess.run([str(Path(sys.executable).parent / "evaluate"), "--data", str(data), "--model",
+                            f"challenger={model}", "--model", f"champion={renamed}", "--output", str(out)],
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert other.returncode == 0, other.stdout + other.stderr
+    decision = json.loads(out.read_text())["decision"]
+    assert decision["promote"] is False
+    assert decision["reason"].startswith("the champion classifies other classes (hexagon, square, triangle)")
+
 
 @pytest.mark.parametrize(
     ("args", "message"),

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from imgclf import inference
-from imgclf_contract.judging import IMAGE_SUFFIXES, MODEL_ARCHIVE, NO_MODEL, Rule, headline
+from imgclf_contract.judging import IMAGE_SUFFIXES, MODEL_ARCHIVE, NO_MODEL, Rule, headline, other_classes
 
 BATCH = 32
 ROLES = ("champion", "challenger")
@@ -110,7 +110,8 @@ def score(model_dir: Path, root: Path, files: list[tuple[str, str]]) -> dict[str
         raise EvaluationError(
             f"no image could be scored by the model in {model_dir}: its classes are {', '.join(model.classes)}"
         )
-    return {**headline(truth, logits, len(model.classes)), "unknown_classes": unknown, "failed": failed}
+    figures = headline(truth, logits, len(model.classes))
+    return {**figures, "classes": list(model.classes), "unknown_classes": unknown, "failed": failed}
 
 
 def evaluate(data: Path, models: dict[str, Path], rule: Rule, scratch: Path) -> dict[str, Any]:
@@ -122,7 +123,11 @@ def evaluate(data: Path, models: dict[str, Path], rule: Rule, scratch: Path) -> 
     figures = {role: score(folder, root, files) for role, folder in folders.items() if folder is not None}
     result: dict[str, Any] = {"data": str(root), "files": len(files), "models": figures, "rule": str(rule)}
     if "challenger" in figures:
-        if "champion" in figures:
+        refusal = other_classes(figures["champion"]["classes"], figures["challenger"]["classes"]) if (
+            "champion" in figures) else None  # fmt: skip
+        if refusal:
+            promote, reason = False, refusal
+        elif "champion" in figures:
             promote, reason = rule.verdict(figures["champion"], figures["challenger"])
         else:
             promote, reason = True, "no champion: the first model is promoted"

@@ -41,6 +41,17 @@ def headline(truth: list[int], logits: list[list[float]], classes: int) -> dict[
     return {"images": n, "accuracy": correct / n, "top_k": k, "top_k_accuracy": in_top_k / n, "loss": loss / n}
 
 
+def other_classes(champion: list[str], challenger: list[str]) -> str | None:
+    """Why two models cannot be judged against each other (they classify other classes: images of a class one does
+    not know would be left out of its figures only); None where they classify the same."""
+    if sorted(champion) == sorted(challenger):
+        return None
+    return (
+        f"the champion classifies other classes ({', '.join(sorted(champion))}) than the challenger "
+        f"({', '.join(sorted(challenger))}): a challenger must classify the same classes; deploy it on a new endpoint"
+    )
+
+
 @dataclass(frozen=True)
 class Rule:
     """Promote when the challenger's average test loss is lower than the champion's by at least `min_improvement`
