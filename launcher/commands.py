@@ -413,6 +413,9 @@ def pipeline(args: Args, _records: RecordStore) -> None:
         config = job_config(args)
         if config.tuning is None:
             raise LauncherError("a pipeline tunes: give a --config whose `tuning` section has ranges (docs/tuning.md)")
+        if "training" in config.channels:
+            say(f"the config's data ({config.channels['training']}) is not part of a pipeline: give each execution its "
+                f"own with `launcher pipeline start {args.name} --data ...`")  # fmt: skip
         output = (config.output or f"{S3_SCHEME}{aws_settings.bucket}/{JOB_PREFIX}").rstrip("/")
         training = TrainingSpec(
             job_name=args.name,

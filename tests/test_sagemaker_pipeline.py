@@ -247,9 +247,10 @@ def put_args(workdir: Path, config: Path, region: str = REGION) -> list[str]:
 def test_put_and_start_against_sagemaker_and_s3(moto_server: str, tmp_path: Path, capsys: pytest.CaptureFixture):  # noqa: F811
     boto3.client("s3").create_bucket(Bucket=BUCKET)
     config = tmp_path / "job.yaml"
-    config.write_text(CONFIG)
+    config.write_text(f"data: {tmp_path / 'old-shapes'}\n{CONFIG}")  # a config's data is not the pipeline's
     assert main(put_args(tmp_path / "work", config)) == 0
-    assert "pipeline shapes-loop created" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "pipeline shapes-loop created" in err and "old-shapes) is not part of a pipeline" in err
     sagemaker = boto3.client("sagemaker")
     stored = json.loads(sagemaker.describe_pipeline(PipelineName=PIPELINE)["PipelineDefinition"])
     saved = json.loads((tmp_path / "work" / "pipelines" / PIPELINE / "definition.json").read_text())
