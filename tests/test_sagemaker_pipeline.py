@@ -580,3 +580,31 @@ def test_new_data_and_a_schedule_start_the_pipeline(moto_server: str, tmp_path: 
     (execution,) = boto3.client("sagemaker").list_pipeline_executions(PipelineName=PIPELINE)[
         "PipelineExecutionSummaries"]  # fmt: skip
     assert execution_parameters(execution)["DatasetVersion"] == f"s3://{BUCKET}/{keys[0]}"
+
+
+def test_a_skipped_execution_says_why_and_stop_says_when_nothing_runs(aws: StubbedAWS, capsys: pytest.CaptureFixture):
+    expect_pipeline(aws, (EXECUTION, "Failed"))
+    sagemaker, s3 = aws.stub("sagemaker"), aws.stub("s3")
+    reason = "skipped: execution arn:...:execution/aaa111 started earlier and still runs (one at a time)"
+    sagemaker.add_response("describe_pipeline_execution", {"PipelineExecutionArn": EXECUTION,
+                                                           "PipelineExecutionStatus": "Failed",
+                                                           "FailureReason": f"Step failure: {reason}"})  # fmt: skip
+    key = f"imgclf/pipelines/{PIPELINE}/abc123def456/resolved/resolved.json"
+    s3.add_response("list_objects_v2", {"Contents": [{"Key": key}], "KeyCount": 1})
+    s3.add_response(
+        "get_object", {"Body": _body(json.dumps({**RESOLVED, "proceed": False, "reason": reason}).encode())}
+    )
+    sagemaker.add_response("list_pipeline_execution_steps", {"PipelineExecutionSteps": [
+        {"StepName": "Skip", "StepStatus": "Failed", "FailureReason": reason},
+        {"StepName": "Proceed", "StepStatus": "Succeeded", "Metadata": {"Condition": {"Outcome": "False"}}},
+        {"StepName": "Resolve", "StepStatus": "Succeeded"}]})  # fmt: skip
+    s3.add_response("list_objects_v2", {"KeyCount": 0})
+    assert main(["pipeline", "status", PIPELINE, "--region", STUBBED_REGION]) == 0
+    out = capsys.readouterr().out
+    assert f"Failed: Step failure: {reason}" in out and "proceed: false" in out
+
+    expect_pipeline(aws, (EXECUTION, "Succeeded"))
+    assert main(["pipeline", "stop", PIPELINE, "--region", STUBBED_REGION]) == 0
+    assert "has no running execution" in capsys.readouterr().err
+    assert not aws.sent("StopPipelineExecution")
+    aws.assert_all_answered()

@@ -14,6 +14,7 @@ from launcher.backends.sagemaker import Aws, pipelines, split_s3_uri, store_chan
 from launcher.contract import MANIFEST_SUFFIX, S3_SCHEME
 from launcher.errors import LauncherError
 from launcher.loop.pipeline_definition import (
+    DECIDE,
     EVALUATION_FILE,
     RESOLVED_FILE,
     TRAINING_CHANNEL,
@@ -182,7 +183,8 @@ def step_note(aws: Aws, step: dict[str, Any]) -> str:
     if "ProcessingJob" in metadata:
         return f"processing job {metadata['ProcessingJob']['Arn'].rsplit('/', 1)[-1]}"
     if "Condition" in metadata:
-        return f"promote: {metadata['Condition'].get('Outcome', '?').lower()}"
+        question = "promote" if step["StepName"] == DECIDE else "proceed"
+        return f"{question}: {metadata['Condition'].get('Outcome', '?').lower()}"
     if "RegisterModel" in metadata:
         return f"model package {metadata['RegisterModel']['Arn']}"
     return ""
