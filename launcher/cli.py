@@ -416,6 +416,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     lineage.add_argument("name", metavar="NAME", help="an endpoint, training job, tuning run or `launcher run` name")
     lineage.add_argument("--json", action="store_true", help="print the chain as JSON")
+    lineage.add_argument(
+        "--region",
+        help="where this work folder has no record of NAME: read a SageMaker endpoint's chain from AWS in this region "
+        "(what it serves, and the model registry's packages of the group named after it, as `launcher pipeline` "
+        "registers them)",
+    )
     add_pipeline_commands(commands)
     for command in (train, tune, run, deploy, transform, evaluate, promote, rollback):
         add_plugin_options(command)

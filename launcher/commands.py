@@ -381,7 +381,15 @@ def ui(args: Args, _records: RecordStore) -> None:
 
 
 def lineage(args: Args, records: RecordStore) -> None:
-    chain = lineage_chain(records, args.name)
+    try:
+        chain = lineage_chain(records, args.name)
+    except LauncherError:
+        if not args.region:
+            raise
+        from launcher.backends.sagemaker import Aws
+        from launcher.loop import sagemaker_pipeline
+
+        chain = sagemaker_pipeline.registry_chain(Aws(args.region), args.name)
     if args.json:
         print(json.dumps([{"step": step, **facts} for step, facts in chain], indent=2, default=str))
     else:

@@ -608,3 +608,55 @@ def test_a_skipped_execution_says_why_and_stop_says_when_nothing_runs(aws: Stubb
     assert "has no running execution" in capsys.readouterr().err
     assert not aws.sent("StopPipelineExecution")
     aws.assert_all_answered()
+
+
+def test_lineage_from_an_empty_work_folder_reads_the_registry(
+    moto_server: str,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+):
+    """What the endpoint serves, the model package of that model and what it records, and the group's history: all
+    from AWS, in a work folder that has never seen the endpoint."""
+    sagemaker = boto3.client("sagemaker")
+    sagemaker.create_model_package_group(ModelPackageGroupName=ENDPOINT)
+
+    def register(model: str, status: str, dataset: str) -> None:
+        sagemaker.create_model_package(
+            ModelPackageGroupName=ENDPOINT, ModelApprovalStatus=status,
+            InferenceSpecification={"Containers": [{"Image": IMAGE, "ModelDataUrl": model}],
+                                    "SupportedContentTypes": ["image/jpeg"],
+                                    "SupportedResponseMIMETypes": ["application/json"]},
+            ModelMetrics={"ModelQuality": {"Statistics": {"ContentType": "application/json",
+                                                          "S3Uri": f"s3://{BUCKET}/e/{status}.json"}}},
+            CustomerMetadataProperties={"training_job": model.split("/")[4], "dataset_version": dataset,
+                                        "pipeline": PIPELINE, "code_revision": "abc123"},
+        )  # fmt: skip
+
+    served = f"s3://{BUCKET}/imgclf/loop-tune-002/output/model.tar.gz"
+    register(f"s3://{BUCKET}/imgclf/loop-tune-001/output/model.tar.gz", "Approved", "s3://b/v1.manifest")
+    register(served, "Approved", "s3://b/v2.manifest")
+    register(f"s3://{BUCKET}/imgclf/loop-tune-003/output/model.tar.gz", "Rejected", "s3://b/v3.manifest")
+    sagemaker.create_model(ModelName="m2", ExecutionRoleArn=ROLE,
+                           PrimaryContainer={"Image": IMAGE, "ModelDataUrl": served})  # fmt: skip
+    variant = {
+        "VariantName": "AllTraffic",
+        "ModelName": "m2",
+        "InitialInstanceCount": 1,
+        "InstanceType": "ml.m5.xlarge",
+    }
+    sagemaker.create_endpoint_config(EndpointConfigName="c2", ProductionVariants=[variant])
+    sagemaker.create_endpoint(EndpointName=ENDPOINT, EndpointConfigName="c2")
+
+    empty = ["--workdir", str(tmp_path / "empty"), "lineage", ENDPOINT]
+    assert main(empty) == 1  # without a region, this work folder's records only
+    assert main([*empty, "--region", REGION, "--json"]) == 0
+    chain = dict((step, facts) for step, facts in ((s["step"], s) for s in json.loads(capsys.readouterr().out)))
+    assert chain["endpoint"]["model_data"] == served and chain["endpoint"]["instance_type"] == "ml.m5.xlarge"
+    assert [line.split()[1] for line in chain["endpoint"]["served"]] == ["Approved", "Approved"]
+    assert "loop-tune-003" in chain["endpoint"]["kept out"][0]
+    assert chain["model package"]["evaluation"] == f"s3://{BUCKET}/e/Approved.json"
+    assert chain["training job"]["name"] == "loop-tune-002" and chain["dataset"]["version"] == "s3://b/v2.manifest"
+    assert main([*empty, "--region", REGION]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"endpoint:\n  name: {ENDPOINT}\n  status: InService") and "model package:" in out
+    assert "dataset:\n        version: s3://b/v2.manifest" in out

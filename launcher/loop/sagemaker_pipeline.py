@@ -260,3 +260,50 @@ def wait(aws: Aws, arn: str) -> None:
         raise LauncherError(
             f"execution {arn} ended {described['PipelineExecutionStatus']}: {described.get('FailureReason') or ''}"
         )
+
+
+def registry_chain(aws: Aws, endpoint: str) -> list[tuple[str, dict[str, Any]]]:
+    """`launcher lineage` of an endpoint from AWS alone (no work folder): what it serves, the model package of that
+    model in the group named after it (the pipeline execution, dataset version, tuning and training job, code
+    revision and evaluation it records), and the group's champions and rejected challengers, newest first."""
+    serving = pipelines.endpoint_model(aws, endpoint)
+    packages = pipelines.model_packages(aws, endpoint)
+    if serving is None and not packages:
+        raise LauncherError(f"no endpoint {endpoint} and no model package group of that name in {aws.region}")
+
+    def line(package: dict[str, Any]) -> str:
+        metadata = package.get("CustomerMetadataProperties", {})
+        model = package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]
+        return (
+            f"{package['ModelPackageArn'].rsplit('/', 1)[-1]} {package['ModelApprovalStatus']} "
+            f"{package['CreationTime']:%Y-%m-%d %H:%M} {model} (training job {metadata.get('training_job', '?')}, "
+            f"dataset {metadata.get('dataset_version', '?')})"
+        )
+
+    served_model = serving["model_data"] if serving else None
+    current = next(
+        (p for p in packages if p["InferenceSpecification"]["Containers"][0]["ModelDataUrl"] == served_model), None
+    )
+    steps: list[tuple[str, dict[str, Any]]] = [
+        ("endpoint", {"name": endpoint, **(serving or {"status": "none"}),
+                      "served": [line(p) for p in packages if p["ModelApprovalStatus"] == "Approved"] or None,
+                      "kept out": [line(p) for p in packages if p["ModelApprovalStatus"] == "Rejected"] or None}),
+    ]  # fmt: skip
+    if current is None:
+        return steps
+    metadata = current.get("CustomerMetadataProperties", {})
+    statistics = current.get("ModelMetrics", {}).get("ModelQuality", {}).get("Statistics", {})
+    package = {
+        "arn": current["ModelPackageArn"],
+        "status": current["ModelApprovalStatus"],
+        "created": f"{current['CreationTime']:%Y-%m-%d %H:%M:%S}",
+        "description": current.get("ModelPackageDescription"),
+        "evaluation": statistics.get("S3Uri"),
+        "pipeline": metadata.get("pipeline"),
+        "code_revision": metadata.get("code_revision"),
+        "judged against": metadata.get("champion_model"),
+    }
+    steps.append(("model package", package))
+    steps.append(("training job", {"name": metadata.get("training_job"), "tuning job": metadata.get("tuning_job")}))
+    steps.append(("dataset", {"version": metadata.get("dataset_version")}))
+    return steps

@@ -231,3 +231,45 @@ def put_schedule(aws: Aws, name: str, expression: str, pipeline_arn: str, role: 
     with aws_errors(f"EventBridge Scheduler did not {'update' if exists else 'create'} schedule {name}"):
         operation = aws.scheduler.update_schedule if exists else aws.scheduler.create_schedule
         return operation(**request)["ScheduleArn"]
+
+
+# -- the shared record ------------------------------------------------------------------------------------------
+def model_packages(aws: Aws, group: str, newest: int = 20) -> list[dict[str, Any]]:
+    """The group's `newest` model packages, newest first, each as DescribeModelPackage answers; [] without a group."""
+    from botocore.exceptions import ClientError
+
+    try:
+        listed = aws.sagemaker.list_model_packages(
+            ModelPackageGroupName=group, SortBy="CreationTime", SortOrder="Descending", MaxResults=newest
+        )["ModelPackageSummaryList"]
+    except ClientError as err:
+        if error_code(err) in MISSING:
+            return []
+        with aws_errors(f"listing the model packages of {group}"):
+            raise
+    with aws_errors(f"describing the model packages of {group}"):
+        return [aws.sagemaker.describe_model_package(ModelPackageName=p["ModelPackageArn"]) for p in listed]
+
+
+def endpoint_model(aws: Aws, endpoint: str) -> dict[str, Any] | None:
+    """The endpoint's status, and the image and model.tar.gz its first variant serves; None where there is none."""
+    from botocore.exceptions import ClientError
+
+    try:
+        described = aws.sagemaker.describe_endpoint(EndpointName=endpoint)
+    except ClientError as err:
+        if error_code(err) in MISSING:
+            return None
+        with aws_errors(f"describing endpoint {endpoint}"):
+            raise
+    with aws_errors(f"reading what endpoint {endpoint} serves"):
+        config = aws.sagemaker.describe_endpoint_config(EndpointConfigName=described["EndpointConfigName"])
+        variant = config["ProductionVariants"][0]
+        model = aws.sagemaker.describe_model(ModelName=variant["ModelName"])
+    return {
+        "status": described["EndpointStatus"],
+        "endpoint_config": described["EndpointConfigName"],
+        "instance_type": variant.get("InstanceType"),
+        "image": model["PrimaryContainer"]["Image"],
+        "model_data": model["PrimaryContainer"]["ModelDataUrl"],
+    }
