@@ -401,7 +401,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         "rollback",
         help="put the model an endpoint served before back in service",
         description="Serve the model the endpoint served before its current one again, the same way as a promotion "
-        "(no failed request), and move the registered model's `champion` alias back to it.",
+        "(no failed request), and move the registered model's `champion` alias back to it. A SageMaker endpoint this "
+        "work folder has no record of (one a `launcher pipeline` serves) is rolled back with --region through the "
+        "model registry: the group's previous Approved model is served again and the current one marked Rejected.",
     )
     rollback.add_argument("endpoint", metavar="NAME", help="the endpoint")
     add_rollback_alarm_option(rollback)

@@ -368,6 +368,12 @@ def promote(args: Args, records: RecordStore) -> None:
 
 
 def rollback(args: Args, records: RecordStore) -> None:
+    if args.region and not records.exists(Endpoint, args.endpoint):  # the shared record: SageMaker's registry
+        from launcher.backends.sagemaker import Aws
+        from launcher.loop import sagemaker_pipeline
+
+        sagemaker_pipeline.rollback(Aws(args.region), args.endpoint, list(args.rollback_alarms or ()))
+        return
     endpoint = records.load(Endpoint, args.endpoint)
     backend = backend_of(args, records, SwapsModels, name=endpoint.backend)
     name = new_name(records, Promotion, None, f"{JOB_PREFIX}-rollback")

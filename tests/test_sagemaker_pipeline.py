@@ -660,3 +660,81 @@ def test_lineage_from_an_empty_work_folder_reads_the_registry(
     out = capsys.readouterr().out
     assert out.startswith(f"endpoint:\n  name: {ENDPOINT}\n  status: InService") and "model package:" in out
     assert "dataset:\n        version: s3://b/v2.manifest" in out
+
+
+def expect_registry(aws: StubbedAWS, served: str, packages: list[tuple[int, str, str]]) -> None:
+    """DescribeEndpoint, its config and model (serving `served`), and the group's packages (version, status,
+    model), newest first, as `launcher rollback` reads them."""
+    sagemaker = aws.stub("sagemaker")
+    sagemaker.add_response("describe_endpoint", {
+        "EndpointName": ENDPOINT, "EndpointArn": f"{ARN}:endpoint/{ENDPOINT}", "EndpointConfigName": "c3",
+        "EndpointStatus": "InService", "CreationTime": STARTED, "LastModifiedTime": STARTED})  # fmt: skip
+    sagemaker.add_response("describe_endpoint_config", {
+        "EndpointConfigName": "c3", "EndpointConfigArn": f"{ARN}:endpoint-config/c3", "CreationTime": STARTED,
+        "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": "m3", "InitialInstanceCount": 1,
+                                "InstanceType": "ml.m5.xlarge"}]})  # fmt: skip
+    sagemaker.add_response("describe_model", {
+        "ModelName": "m3", "ModelArn": f"{ARN}:model/m3", "CreationTime": STARTED, "ExecutionRoleArn": ROLE,
+        "PrimaryContainer": {"Image": IMAGE, "ModelDataUrl": served,
+                             "Environment": {"SAGEMAKER_MODEL_SERVER_WORKERS": "1"}}})  # fmt: skip
+    arns = [f"{ARN}:model-package/{ENDPOINT}/{version}" for version, _, _ in packages]
+    summaries = [{"ModelPackageArn": arn, "CreationTime": STARTED, "ModelPackageStatus": "Completed"} for arn in arns]
+    sagemaker.add_response("list_model_packages", {"ModelPackageSummaryList": summaries})
+    for arn, (version, status, model) in zip(arns, packages, strict=True):
+        sagemaker.add_response("describe_model_package", {
+            "ModelPackageName": f"{ENDPOINT}", "ModelPackageArn": arn, "CreationTime": STARTED,
+            "ModelPackageStatus": "Completed", "ModelApprovalStatus": status, "ModelPackageVersion": version,
+            "ModelPackageStatusDetails": {"ValidationStatuses": []},
+            "InferenceSpecification": {"Containers": [{"Image": IMAGE, "ModelDataUrl": model}],
+                                       "SupportedContentTypes": ["image/jpeg"],
+                                       "SupportedResponseMIMETypes": ["application/json"]}})  # fmt: skip
+
+
+def test_rollback_from_an_empty_work_folder_goes_through_the_registry(aws: StubbedAWS, tmp_path: Path, capsys):
+    """The group's previous Approved model is served again, blue/green with the alarm, and only then is the current
+    one marked Rejected; a champion the endpoint does not serve, or a failed update, changes nothing."""
+    models = {version: f"s3://{BUCKET}/imgclf/loop-tune-00{version}/output/model.tar.gz" for version in (1, 2, 3)}
+    packages = [(3, "Approved", models[3]), (2, "Rejected", models[2]), (1, "Approved", models[1])]
+    rollback = ["--workdir", str(tmp_path / "empty"), "rollback", ENDPOINT, "--region", STUBBED_REGION,
+                "--rollback-alarm", "ep-5xx"]  # fmt: skip
+    expect_registry(aws, models[3], packages)
+    sagemaker = aws.stub("sagemaker")
+    name = f"{ENDPOINT}-3-to-1"
+    sagemaker.add_response("create_model", {"ModelArn": f"{ARN}:model/{name}"})
+    sagemaker.add_response("create_endpoint_config", {"EndpointConfigArn": f"{ARN}:endpoint-config/{name}"})
+    sagemaker.add_response("update_endpoint", {"EndpointArn": f"{ARN}:endpoint/{ENDPOINT}"})
+    for status in ("Updating", "InService"):
+        sagemaker.add_response("describe_endpoint", {
+            "EndpointName": ENDPOINT, "EndpointArn": f"{ARN}:endpoint/{ENDPOINT}", "EndpointConfigName": name,
+            "EndpointStatus": status, "CreationTime": STARTED, "LastModifiedTime": STARTED})  # fmt: skip
+    sagemaker.add_response("update_model_package", {"ModelPackageArn": f"{ARN}:model-package/{ENDPOINT}/3"})
+    assert main(rollback) == 0
+    (model,) = aws.sent("CreateModel")
+    assert model["ModelName"] == name and model["PrimaryContainer"]["ModelDataUrl"] == models[1]
+    assert model["ExecutionRoleArn"] == ROLE and model["PrimaryContainer"]["Environment"] == {
+        "SAGEMAKER_MODEL_SERVER_WORKERS": "1"}  # fmt: skip
+    (update,) = aws.sent("UpdateEndpoint")
+    assert update["DeploymentConfig"]["AutoRollbackConfiguration"] == {"Alarms": [{"AlarmName": "ep-5xx"}]}
+    (rejected,) = aws.sent("UpdateModelPackage")
+    assert rejected["ModelPackageArn"].endswith("/3") and rejected["ModelApprovalStatus"] == "Rejected"
+    assert "serves" in rejected["ApprovalDescription"] and "is now Rejected" in capsys.readouterr().err
+    aws.assert_all_answered()
+
+    # The endpoint serves a model that is not the group's latest champion (deployed by hand): refused, nothing sent.
+    expect_registry(aws, "s3://elsewhere/model.tar.gz", packages)
+    assert main(rollback) == 1
+    assert "roll it back from the work folder that deployed it" in capsys.readouterr().err
+    assert len(aws.sent("CreateModel")) == 1
+
+    # The update fails (an alarm fired while baking): the registry stays as it was.
+    expect_registry(aws, models[3], packages)
+    sagemaker.add_response("create_model", {"ModelArn": f"{ARN}:model/{name}"})
+    sagemaker.add_response("create_endpoint_config", {"EndpointConfigArn": f"{ARN}:endpoint-config/{name}"})
+    sagemaker.add_response("update_endpoint", {"EndpointArn": f"{ARN}:endpoint/{ENDPOINT}"})
+    sagemaker.add_response("describe_endpoint", {
+        "EndpointName": ENDPOINT, "EndpointArn": f"{ARN}:endpoint/{ENDPOINT}", "EndpointConfigName": "c3",
+        "EndpointStatus": "InService", "CreationTime": STARTED, "LastModifiedTime": STARTED,
+        "FailureReason": "alarm ep-5xx fired"})  # fmt: skip
+    assert main(rollback) == 1
+    assert "was not updated" in capsys.readouterr().err and len(aws.sent("UpdateModelPackage")) == 1
+    aws.assert_all_answered()

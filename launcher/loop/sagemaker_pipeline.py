@@ -5,17 +5,19 @@ what a pipeline is and did is read from SageMaker, so any checkout with the same
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from imgclf_contract.judging import NEWEST
-from launcher.backends.sagemaker import Aws, pipelines, split_s3_uri, store_channel
+from launcher.backends.sagemaker import Aws, Hosting, pipelines, split_s3_uri, store_channel
 from launcher.contract import MANIFEST_SUFFIX, S3_SCHEME
 from launcher.errors import LauncherError
 from launcher.loop.pipeline_definition import (
     DECIDE,
     EVALUATION_FILE,
+    NAME_ROOM,
     RESOLVED_FILE,
     TRAINING_CHANNEL,
     PipelinePlan,
@@ -307,3 +309,46 @@ def registry_chain(aws: Aws, endpoint: str) -> list[tuple[str, dict[str, Any]]]:
     steps.append(("training job", {"name": metadata.get("training_job"), "tuning job": metadata.get("tuning_job")}))
     steps.append(("dataset", {"version": metadata.get("dataset_version")}))
     return steps
+
+
+def rollback(aws: Aws, endpoint: str, alarms: list[str]) -> str:
+    """Serve the endpoint's previous champion again — the group's Approved model package before the latest, by the
+    blue/green update `launcher promote` makes — then mark the latest Rejected, so that the registry, and the next
+    execution's champion, follow. Returns the ARN of the package served."""
+    serving = pipelines.endpoint_model(aws, endpoint)
+    if serving is None:
+        raise LauncherError(f"no endpoint {endpoint} in {aws.region}")
+    approved = [p for p in pipelines.model_packages(aws, endpoint) if p["ModelApprovalStatus"] == "Approved"]
+    if len(approved) < 2:
+        raise LauncherError(
+            f"model package group {endpoint} has {len(approved)} Approved model(s): there is nothing to roll back to"
+        )
+    current, previous = approved[0], approved[1]
+    if pipelines.package_model(current) != serving["model_data"]:
+        raise LauncherError(
+            f"endpoint {endpoint} serves {serving['model_data']}, not its group's latest Approved model "
+            f"({pipelines.package_model(current)}): roll it back from the work folder that deployed it"
+        )
+    container = previous["InferenceSpecification"]["Containers"][0]
+    hosting = Hosting(
+        image=container["Image"],
+        model_data=container["ModelDataUrl"],
+        role=serving["role"],
+        env=serving["environment"],
+        instance_type=serving["instance_type"],
+        ami_version=serving["inference_ami_version"],
+    )
+    versions = [p["ModelPackageArn"].rsplit("/", 1)[-1] for p in (current, previous)]
+    name = f"{endpoint[:NAME_ROOM]}-{versions[0]}-to-{versions[1]}"  # one name per move from a champion back
+    described = pipelines.serve(aws, endpoint, name, hosting, alarms)
+    if described["EndpointStatus"] != "InService" or described["EndpointConfigName"] != name:
+        raise LauncherError(
+            f"endpoint {endpoint} was not updated to {name} ({described['EndpointStatus']}: "
+            f"{described.get('FailureReason', 'rolled back')}); it serves {serving['model_data']} as before, and the "
+            "registry is unchanged"
+        )
+    pipelines.reject(aws, current["ModelPackageArn"], f"rolled back: endpoint {endpoint} serves "
+                     f"{previous['ModelPackageArn']} again since {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")  # fmt: skip
+    say(f"endpoint {endpoint} serves {container['ModelDataUrl']} again ({previous['ModelPackageArn']}); "
+        f"{current['ModelPackageArn']} is now Rejected")  # fmt: skip
+    return previous["ModelPackageArn"]

@@ -10,16 +10,21 @@ from typing import Any
 
 from launcher.backends.sagemaker.api import (
     Aws,
+    Hosting,
     aws_errors,
+    describe_endpoint,
     describe_tuning_job,
     error_code,
     get_object,
     poll,
     put_object,
     s3_keys,
+    update_endpoint,
 )
+from launcher.backends.sagemaker.backend import BLUE_GREEN_BAKING_SECONDS, ENDPOINT_BUSY
 from launcher.contract import MANIFEST_SUFFIX, S3_SCHEME
 from launcher.errors import LauncherError
+from launcher.progress import say
 
 RUNNING = ("Executing", "Stopping")
 MISSING = ("ResourceNotFound", "ValidationException")  # what Describe* answer for a name that does not exist
@@ -270,6 +275,36 @@ def endpoint_model(aws: Aws, endpoint: str) -> dict[str, Any] | None:
         "status": described["EndpointStatus"],
         "endpoint_config": described["EndpointConfigName"],
         "instance_type": variant.get("InstanceType"),
+        "inference_ami_version": variant.get("InferenceAmiVersion"),
         "image": model["PrimaryContainer"]["Image"],
         "model_data": model["PrimaryContainer"]["ModelDataUrl"],
+        "environment": model["PrimaryContainer"].get("Environment", {}),
+        "role": model.get("ExecutionRoleArn"),
     }
+
+
+def package_model(package: dict[str, Any]) -> str:
+    """The model.tar.gz a model package registers."""
+    return package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]
+
+
+def serve(aws: Aws, endpoint: str, name: str, hosting: Hosting, alarms: list[str]) -> dict[str, Any]:
+    """A model and an endpoint config named `name`, and the endpoint updated to them blue/green (the old fleet serves
+    until the new one is healthy, `alarms` roll it back while it bakes), followed to its end; the last description.
+    """
+    update_endpoint(aws, endpoint, name, hosting, alarms, BLUE_GREEN_BAKING_SECONDS)
+    say(f"endpoint {endpoint} is being updated to {name} (blue/green, then {BLUE_GREEN_BAKING_SECONDS} s of baking)")
+    return poll(
+        lambda: describe_endpoint(aws, endpoint),
+        lambda described: described["EndpointStatus"] in ENDPOINT_BUSY,
+        lambda described: f"{described['EndpointStatus']} {described['EndpointConfigName']}",
+        lambda described: say(f"endpoint {endpoint}: {described['EndpointStatus']}"),
+    )
+
+
+def reject(aws: Aws, package_arn: str, why: str) -> None:
+    """Mark a model package Rejected, saying why (a rolled-back champion)."""
+    with aws_errors(f"SageMaker did not update model package {package_arn}"):
+        aws.sagemaker.update_model_package(
+            ModelPackageArn=package_arn, ModelApprovalStatus="Rejected", ApprovalDescription=why[:1024]
+        )
